@@ -1,0 +1,92 @@
+//! `rlhf generate`: completions from a checkpoint, one per prompt, on stdout.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::data::jsonl::{read_records, PromptRecord};
+use crate::model::generate::{generate, GenerateOptions, Sampling};
+use crate::model::{DeviceSpec, LanguageModel, Precision};
+
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// A checkpoint directory (model.safetensors, config.json, tokenizer.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// One prompt.
+    #[arg(long, conflicts_with = "prompts", required_unless_present = "prompts")]
+    pub prompt: Option<String>,
+    /// A JSONL file of {"prompt": ...} lines.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: i64,
+    /// Always take the most likely token.
+    #[arg(long, conflicts_with_all = ["temperature", "top_k", "top_p"])]
+    pub greedy: bool,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    #[arg(long)]
+    pub top_k: Option<i64>,
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
+    /// fp32 or bf16.
+    #[arg(long, default_value = "fp32")]
+    pub dtype: Precision,
+    /// Prompts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Recompute the whole prefix at every step instead of using the KV cache (for comparison).
+    #[arg(long)]
+    pub no_kv_cache: bool,
+    /// One JSON object per line: {"prompt", "completion", "completion_ids"}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: &GenerateArgs) -> Result<()> {
+    let prompts: Vec<String> = match (&args.prompt, &args.prompts) {
+        (Some(prompt), _) => vec![prompt.clone()],
+        (None, Some(file)) => read_records::<PromptRecord>(file)?.into_iter().map(|r| r.prompt).collect(),
+        (None, None) => unreachable!("clap requires --prompt or --prompts"),
+    };
+    let device = args.device.resolve()?;
+    let model = LanguageModel::load(&args.model, device, args.dtype)
+        .with_context(|| format!("loading model from `{}`", args.model.display()))?;
+    let sampling = if args.greedy {
+        Sampling::Greedy
+    } else {
+        Sampling::Sample { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p }
+    };
+    let options = GenerateOptions {
+        max_new_tokens: args.max_new_tokens,
+        sampling,
+        seed: Some(args.seed),
+        use_kv_cache: !args.no_kv_cache,
+    };
+    let encoded = prompts.iter().map(|p| model.tokenizer.encode(p)).collect::<Result<Vec<_>, _>>()?;
+
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for (batch_index, (texts, ids)) in prompts.chunks(args.batch_size.max(1)).zip(encoded.chunks(args.batch_size.max(1))).enumerate() {
+        let generation = generate(&model.gpt, ids, model.tokenizer.eos_id(), &options).map_err(|error| {
+            anyhow::anyhow!("{error}").context(format!("prompt batch {} (prompts are counted within the batch)", batch_index + 1))
+        })?;
+        for (prompt, completion_ids) in texts.iter().zip(generation.completions()) {
+            let completion = model.tokenizer.decode(&completion_ids);
+            if args.json {
+                let line = serde_json::json!({"prompt": prompt, "completion": completion, "completion_ids": completion_ids});
+                writeln!(out, "{line}")?;
+            } else {
+                writeln!(out, "{completion}")?;
+            }
+        }
+    }
+    Ok(())
+}

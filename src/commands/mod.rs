@@ -1,0 +1,4 @@
+//! One module per `rlhf` subcommand: its arguments (parsed by clap in `main.rs`) and its work.
+
+pub mod generate;
+pub mod validate;

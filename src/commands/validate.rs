@@ -1,0 +1,30 @@
+//! `rlhf validate EXP.toml [--set KEY=VALUE]...`: checks an experiment without training.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::config;
+
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// The experiment file.
+    pub experiment: PathBuf,
+    /// Override a value: a dotted key into the TOML (stages by name), e.g. stages.sft.lr=1e-4.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Print the resolved config (defaults and overrides applied).
+    #[arg(long)]
+    pub print: bool,
+}
+
+pub fn run(args: &ValidateArgs) -> Result<()> {
+    let experiment = config::load(&args.experiment, &args.overrides)?;
+    if args.print {
+        print!("{}", experiment.to_toml());
+    } else {
+        let stages: Vec<String> = experiment.stages.iter().map(|s| format!("{} ({})", s.name, s.kind)).collect();
+        println!("{}: ok — experiment `{}`, stages: {}", args.experiment.display(), experiment.name, stages.join(" → "));
+    }
+    Ok(())
+}

@@ -1,0 +1,290 @@
+//! Experiment files: parse the TOML, apply `--set` overrides, check every value and every
+//! reference between stages, and report problems with file, line, column and key.
+
+mod overrides;
+mod schema;
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use overrides::OverrideError;
+pub use schema::{Experiment, ModelConfig, StageConfig, TaskConfig, TaskKind, TokenizerConfig};
+
+use crate::stages::{stage_kind, STAGE_KINDS};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read experiment file `{path}`: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Toml { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("{path}:{line}:{column}: {message}")]
+    At { path: PathBuf, line: usize, column: usize, message: String },
+    #[error(transparent)]
+    Override(#[from] OverrideError),
+    #[error("{path}, after applying --set {assignments}: {message}")]
+    AfterOverrides { path: PathBuf, assignments: String, message: String },
+}
+
+/// Where a stage gets its starting model from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// The output of an earlier stage of the same run.
+    Stage(String),
+    /// A `[models.NAME]` section.
+    Section(String),
+    /// `run:RUN_DIR/STAGE`: a stage's checkpoint from another run.
+    Run { run_dir: PathBuf, stage: String },
+    /// A checkpoint directory.
+    Path(PathBuf),
+}
+
+/// Reads, overrides and validates an experiment file.
+pub fn load(path: &Path, assignments: &[String]) -> Result<Experiment, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    // Checked once as written, so that errors point at the file's own lines…
+    let experiment = parse(path, &text)?;
+    if assignments.is_empty() {
+        return Ok(experiment);
+    }
+    // …then again with the overrides applied.
+    let mut table: toml::Table = toml::from_str(&text).expect("already parsed once");
+    for assignment in assignments {
+        overrides::apply(&mut table, assignment)?;
+    }
+    let overridden = toml::to_string(&table).expect("a TOML table serialises");
+    parse(path, &overridden).map_err(|error| ConfigError::AfterOverrides {
+        path: path.into(),
+        assignments: assignments.join(" --set "),
+        message: error.to_string().trim_start_matches(&format!("{}: ", path.display())).to_string(),
+    })
+}
+
+impl Experiment {
+    /// The fully resolved config (defaults filled in), as a run records it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("an experiment serialises to TOML")
+    }
+
+    pub fn stage(&self, name: &str) -> Option<&StageConfig> {
+        self.stages.iter().find(|stage| stage.name == name)
+    }
+
+    /// Resolves a reference written in stage number `stage_index`; `validate` has checked it.
+    pub fn model_source(&self, stage_index: usize, reference: &str) -> ModelSource {
+        let earlier: Vec<&str> = self.stages[..stage_index].iter().map(|s| s.name.as_str()).collect();
+        resolve_reference(reference, &earlier, &[], &self.models).expect("references are validated at load time")
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExperiment {
+    name: String,
+    #[serde(default = "schema::defaults::seed")]
+    seed: u64,
+    #[serde(default)]
+    threads: Option<i32>,
+    task: Spanned<TaskConfig>,
+    #[serde(default)]
+    tokenizer: TokenizerConfig,
+    #[serde(default)]
+    models: BTreeMap<String, Spanned<ModelConfig>>,
+    #[serde(default)]
+    stages: Vec<Spanned<BTreeMap<Spanned<String>, Spanned<toml::Value>>>>,
+}
+
+fn parse(path: &Path, text: &str) -> Result<Experiment, ConfigError> {
+    let raw: RawExperiment =
+        toml::from_str(text).map_err(|source| ConfigError::Toml { path: path.into(), source: Box::new(source) })?;
+    let at = |span: Range<usize>, message: String| {
+        let (line, column) = line_column(text, span.start);
+        ConfigError::At { path: path.into(), line, column, message }
+    };
+    if raw.stages.is_empty() {
+        return Err(at(0..0, "the experiment has no `[[stages]]`".into()));
+    }
+    if let Some(threads) = raw.threads.filter(|&t| t < 1) {
+        return Err(at(0..0, format!("`threads` must be ≥ 1, got {threads}")));
+    }
+    check_task(raw.task.get_ref()).map_err(|message| at(raw.task.span(), format!("[task]: {message}")))?;
+    for (name, model) in &raw.models {
+        check_model(model.get_ref()).map_err(|message| at(model.span(), format!("[models.{name}]: {message}")))?;
+    }
+    let models: BTreeMap<String, ModelConfig> = raw.models.into_iter().map(|(k, v)| (k, v.into_inner())).collect();
+
+    let mut stages: Vec<StageConfig> = Vec::new();
+    let all_names: Vec<String> = raw
+        .stages
+        .iter()
+        .filter_map(|stage| stage.get_ref().iter().find(|(k, _)| k.get_ref() == "name"))
+        .filter_map(|(_, v)| v.get_ref().as_str().map(str::to_string))
+        .collect();
+    for spanned in raw.stages {
+        let stage_span = spanned.span();
+        let mut entries = spanned.into_inner();
+        let take_string = |entries: &mut BTreeMap<Spanned<String>, Spanned<toml::Value>>, key: &str| {
+            let found = entries.keys().find(|k| k.get_ref() == key).cloned();
+            let Some(found) = found else {
+                return Err(at(stage_span.clone(), format!("a stage needs a `{key}`")));
+            };
+            let value = entries.remove(&found).expect("key just found");
+            match value.get_ref().as_str() {
+                Some(text) => Ok((text.to_string(), value.span())),
+                None => Err(at(value.span(), format!("stage `{key}` must be a string, found {}", value.get_ref().type_str()))),
+            }
+        };
+        let (name, name_span) = take_string(&mut entries, "name")?;
+        let (kind, kind_span) = take_string(&mut entries, "kind")?;
+        if stages.iter().any(|s| s.name == name) {
+            return Err(at(name_span, format!("a second stage named `{name}`: stage names must be unique")));
+        }
+        let Some(stage_kind) = stage_kind(&kind) else {
+            let known: Vec<&str> = STAGE_KINDS.iter().map(|k| k.name).collect();
+            return Err(at(kind_span, format!("stage `{name}`: unknown kind `{kind}`, expected one of {}", known.join(", "))));
+        };
+        let spans: BTreeMap<String, Range<usize>> = entries.keys().map(|k| (k.get_ref().clone(), k.span())).collect();
+        let table: toml::Table = entries.into_iter().map(|(k, v)| (k.into_inner(), v.into_inner())).collect();
+        let (settings, resolved) = (stage_kind.parse)(table).map_err(|error| {
+            let span = error_key(&error).and_then(|key| spans.get(&key).cloned()).unwrap_or(stage_span.clone());
+            at(span, format!("stage `{name}` ({kind}): {}", error.message().replace('\n', " ")))
+        })?;
+        let spans_map = |key: &str| spans.get(key).cloned().unwrap_or(stage_span.clone());
+        settings
+            .check()
+            .map_err(|(key, expected)| at(spans_map(key), format!("stage `{name}`: `{key}`: expected {expected}")))?;
+
+        let earlier: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
+        for (key, reference) in settings.inputs() {
+            let later: Vec<&str> = all_names.iter().map(String::as_str).filter(|n| !earlier.contains(n) && *n != name).collect();
+            let problem = if reference == name {
+                Some(format!("stage `{name}` cannot take its own output as `{key}`"))
+            } else {
+                resolve_reference(reference, &earlier, &later, &models).err().map(|m| format!("stage `{name}`: `{key}`: {m}"))
+            };
+            if let Some(message) = problem {
+                return Err(at(spans_map(key), message));
+            }
+        }
+        stages.push(StageConfig { name, kind, settings, resolved });
+    }
+
+    Ok(Experiment {
+        name: raw.name,
+        seed: raw.seed,
+        threads: raw.threads,
+        task: raw.task.into_inner(),
+        tokenizer: raw.tokenizer,
+        models,
+        stages,
+    })
+}
+
+/// The key a schema error is about: `unknown field `x``, or the `in `x`` path toml appends.
+fn error_key(error: &toml::de::Error) -> Option<String> {
+    let message = error.message();
+    let quoted = |prefix: &str| {
+        let rest = &message[message.find(prefix)? + prefix.len()..];
+        Some(rest[..rest.find('`')?].split('.').next()?.to_string())
+    };
+    quoted("unknown field `").or_else(|| quoted("in `"))
+}
+
+fn resolve_reference(
+    reference: &str,
+    earlier: &[&str],
+    later: &[&str],
+    models: &BTreeMap<String, ModelConfig>,
+) -> Result<ModelSource, String> {
+    if let Some(run) = reference.strip_prefix("run:") {
+        let run_path = Path::new(run);
+        let (Some(run_dir), Some(stage)) = (run_path.parent(), run_path.file_name()) else {
+            return Err(format!("`{reference}`: expected run:RUN_DIR/STAGE"));
+        };
+        if !run_path.join("checkpoint").is_dir() {
+            return Err(format!("`{reference}`: no checkpoint at `{}`", run_path.join("checkpoint").display()));
+        }
+        return Ok(ModelSource::Run { run_dir: run_dir.to_path_buf(), stage: stage.to_string_lossy().into_owned() });
+    }
+    if earlier.contains(&reference) {
+        return Ok(ModelSource::Stage(reference.to_string()));
+    }
+    if later.contains(&reference) {
+        return Err(format!("stage `{reference}` comes later; a stage can only use the output of an earlier one"));
+    }
+    if models.contains_key(reference) {
+        return Ok(ModelSource::Section(reference.to_string()));
+    }
+    let path = Path::new(reference);
+    if path.is_dir() {
+        return Ok(ModelSource::Path(path.to_path_buf()));
+    }
+    let mut known: Vec<String> = earlier.iter().map(|s| format!("stage `{s}`")).collect();
+    known.extend(models.keys().map(|m| format!("model `{m}`")));
+    Err(format!(
+        "`{reference}` is not an earlier stage, a [models] section, run:RUN_DIR/STAGE or an existing checkpoint directory (known: {})",
+        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+    ))
+}
+
+fn check_task(task: &TaskConfig) -> Result<(), String> {
+    if !(0.0..0.5).contains(&task.eval_fraction) {
+        return Err(format!("`eval_fraction` must be in [0, 0.5), got {}", task.eval_fraction));
+    }
+    if task.kind == TaskKind::Jsonl {
+        let files = [("corpus", &task.corpus), ("demonstrations", &task.demonstrations), ("prompts", &task.prompts)];
+        if files.iter().all(|(_, file)| file.is_none()) {
+            return Err("a `jsonl` task needs at least one of `corpus`, `demonstrations`, `prompts`".into());
+        }
+        for (key, file) in files {
+            if let Some(file) = file.as_ref().filter(|f| !f.is_file()) {
+                return Err(format!("`{key}`: no file `{}` (relative paths start at `{}`)", file.display(), working_dir()));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn working_dir() -> String {
+    std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_else(|_| ".".into())
+}
+
+fn check_model(model: &ModelConfig) -> Result<(), String> {
+    let shape = [("n_layer", model.n_layer), ("n_head", model.n_head), ("n_embd", model.n_embd), ("n_ctx", model.n_ctx)];
+    if let Some(from) = &model.from {
+        if let Some((key, _)) = shape.iter().find(|(_, v)| v.is_some()) {
+            return Err(format!("`{key}` cannot be set together with `from` (the checkpoint fixes the shape)"));
+        }
+        if !from.is_dir() {
+            return Err(format!("`from`: no checkpoint directory `{}`", from.display()));
+        }
+        return Ok(());
+    }
+    for (key, value) in shape {
+        match value {
+            None => return Err(format!("`{key}` is required for a fresh model (or give `from` = a checkpoint directory)")),
+            Some(v) if v < 1 => return Err(format!("`{key}` must be ≥ 1, got {v}")),
+            _ => {}
+        }
+    }
+    let (n_head, n_embd) = (model.n_head.unwrap_or(1), model.n_embd.unwrap_or(1));
+    if n_embd % n_head != 0 {
+        return Err(format!("`n_embd` ({n_embd}) must be a multiple of `n_head` ({n_head})"));
+    }
+    if !(0.0..1.0).contains(&model.dropout) {
+        return Err(format!("`dropout` must be in [0, 1), got {}", model.dropout));
+    }
+    Ok(())
+}
+
+/// 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}

@@ -1,0 +1,135 @@
+//! The experiment file's shape. Every table rejects unknown keys; defaults are filled in so that
+//! the serialised form is the fully resolved config a run records.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{DeviceSpec, Precision};
+use crate::stages::StageSettings;
+
+#[derive(Debug, Serialize)]
+pub struct Experiment {
+    pub name: String,
+    pub seed: u64,
+    /// CPU threads for libtorch (absent: libtorch's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<i32>,
+    pub task: TaskConfig,
+    pub tokenizer: TokenizerConfig,
+    pub models: BTreeMap<String, ModelConfig>,
+    pub stages: Vec<StageConfig>,
+}
+
+/// Which data the experiment trains on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    pub kind: TaskKind,
+    /// Synthetic task: number of corpus texts to generate.
+    #[serde(default = "defaults::corpus_size")]
+    pub corpus_size: usize,
+    /// Synthetic task: number of demonstrations (prompt → good response).
+    #[serde(default = "defaults::demonstrations")]
+    pub demonstrations_size: usize,
+    /// Synthetic task: number of held-out prompts.
+    #[serde(default = "defaults::prompts")]
+    pub prompts_size: usize,
+    /// JSONL task: `{"text"}` lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corpus: Option<PathBuf>,
+    /// JSONL task: `{"prompt", "response"}` lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demonstrations: Option<PathBuf>,
+    /// JSONL task: `{"prompt"}` lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompts: Option<PathBuf>,
+    /// Fraction of each data set held out for evaluation.
+    #[serde(default = "defaults::eval_fraction")]
+    pub eval_fraction: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskKind {
+    /// The embedded task generated from the seed, with a gold oracle.
+    SyntheticReviews,
+    /// The user's JSONL files.
+    Jsonl,
+}
+
+/// Where token ids come from: trained on the task's corpus, or an existing `tokenizer.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<PathBuf>,
+    /// Size of the byte-level BPE trained on the corpus when `from` is absent.
+    #[serde(default = "defaults::vocab_size")]
+    pub vocab_size: usize,
+}
+
+impl Default for TokenizerConfig {
+    fn default() -> Self {
+        TokenizerConfig { from: None, vocab_size: defaults::vocab_size() }
+    }
+}
+
+/// A model section: a fresh GPT-2 of the given shape, or a checkpoint directory (`from`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_layer: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_head: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_embd: Option<i64>,
+    /// Context length (GPT-2's `n_positions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_ctx: Option<i64>,
+    /// Dropout probability for embeddings, attention and residuals while training.
+    #[serde(default)]
+    pub dropout: f64,
+    #[serde(default)]
+    pub device: DeviceSpec,
+    #[serde(default)]
+    pub dtype: Precision,
+}
+
+/// One `[[stages]]` entry: its name, kind and the kind's settings.
+#[derive(Debug)]
+pub struct StageConfig {
+    pub name: String,
+    pub kind: String,
+    pub settings: Box<dyn StageSettings>,
+    /// The settings with defaults filled in, as recorded in a run's config.toml.
+    pub resolved: toml::Table,
+}
+
+impl Serialize for StageConfig {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.resolved.len() + 2))?;
+        map.serialize_entry("name", &self.name)?;
+        map.serialize_entry("kind", &self.kind)?;
+        // Plain values first: TOML requires them before sub-tables.
+        let (tables, values): (Vec<_>, Vec<_>) = self.resolved.iter().partition(|(_, v)| v.is_table());
+        for (key, value) in values.into_iter().chain(tables) {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
+pub(super) mod defaults {
+    pub fn seed() -> u64 { 1 }
+    pub fn corpus_size() -> usize { 4000 }
+    pub fn demonstrations() -> usize { 2000 }
+    pub fn prompts() -> usize { 200 }
+    pub fn eval_fraction() -> f64 { 0.05 }
+    pub fn vocab_size() -> usize { 1024 }
+}

@@ -1,0 +1,4 @@
+//! The data side: tokenizer and JSONL records.
+
+pub mod jsonl;
+pub mod tokenizer;

@@ -1,0 +1,9 @@
+//! rlhf-lab: RLHF experiments on libtorch. The modules follow the flow of an experiment:
+//! `config` (the TOML file) → `data` (tokens and records) → `model` (GPT-2, checkpoints,
+//! generation) → `stages` (what each kind of stage trains) → `commands` (the CLI's verbs).
+
+pub mod commands;
+pub mod config;
+pub mod data;
+pub mod model;
+pub mod stages;

@@ -1,0 +1,249 @@
+//! Checkpoints are Hugging Face GPT-2 directories: `model.safetensors` (HF tensor names, Conv1D
+//! weights `[in, out]`, no `lm_head.weight` since it is tied to `wte`), `config.json` with
+//! `GPT2Config` keys and `tokenizer.json`. Scalar heads are extra tensors in the same file.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+use serde_json::{json, Value};
+use tch::nn::VarStore;
+use tch::{Kind, Tensor};
+
+use super::gpt2::Gpt2Config;
+use crate::data::tokenizer::{TextTokenizer, TokenizerError};
+
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const CONFIG_FILE: &str = "config.json";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint directory `{dir}` has no `{file}` (a checkpoint holds {WEIGHTS_FILE}, {CONFIG_FILE} and {TOKENIZER_FILE})")]
+    MissingFile { dir: PathBuf, file: &'static str },
+    #[error("cannot read `{path}`: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("`{path}` is not valid JSON: {source}")]
+    ConfigJson { path: PathBuf, source: serde_json::Error },
+    #[error("`{path}`: unsupported model: {reason}")]
+    Unsupported { path: PathBuf, reason: String },
+    #[error("`{path}` is not a safetensors file: {message}")]
+    Safetensors { path: PathBuf, message: String },
+    #[error("`{path}` has no tensor `{name}` (nor `{}`)", name.strip_prefix("transformer.").unwrap_or(name))]
+    MissingTensor { path: PathBuf, name: String },
+    #[error("`{path}`: tensor `{name}` has shape {found:?}, the model expects {expected:?}")]
+    ShapeMismatch { path: PathBuf, name: String, found: Vec<i64>, expected: Vec<i64> },
+    #[error("`{path}`: tensor `{name}` has dtype {dtype:?}; expected F32, F16 or BF16")]
+    UnsupportedDtype { path: PathBuf, name: String, dtype: Dtype },
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+}
+
+fn require(dir: &Path, file: &'static str) -> Result<PathBuf, CheckpointError> {
+    let path = dir.join(file);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(CheckpointError::MissingFile { dir: dir.to_path_buf(), file })
+    }
+}
+
+/// Reads `config.json`, refusing GPT-2 variants this implementation would compute differently.
+pub fn read_config(dir: &Path) -> Result<Gpt2Config, CheckpointError> {
+    let path = require(dir, CONFIG_FILE)?;
+    let text = std::fs::read_to_string(&path).map_err(|source| CheckpointError::Io { path: path.clone(), source })?;
+    let json: Value = serde_json::from_str(&text).map_err(|source| CheckpointError::ConfigJson { path: path.clone(), source })?;
+    let unsupported = |reason: String| CheckpointError::Unsupported { path: path.clone(), reason };
+    let get = |key: &str| json.get(key).filter(|v| !v.is_null());
+
+    if let Some(model_type) = get("model_type").and_then(Value::as_str) {
+        if model_type != "gpt2" {
+            return Err(unsupported(format!("model_type is `{model_type}`, only `gpt2` is supported")));
+        }
+    }
+    let activation = get("activation_function").and_then(Value::as_str).unwrap_or("gelu_new");
+    if !matches!(activation, "gelu_new" | "gelu_pytorch_tanh") {
+        return Err(unsupported(format!(
+            "activation_function is `{activation}`; only the tanh GELU (`gelu_new`, `gelu_pytorch_tanh`) is implemented"
+        )));
+    }
+    let flag = |key: &str| get(key).and_then(Value::as_bool);
+    if flag("add_cross_attention") == Some(true) {
+        return Err(unsupported("add_cross_attention = true (encoder-decoder GPT-2) is not supported".into()));
+    }
+    if flag("scale_attn_by_inverse_layer_idx") == Some(true) {
+        return Err(unsupported("scale_attn_by_inverse_layer_idx = true is not supported".into()));
+    }
+    if flag("scale_attn_weights") == Some(false) {
+        return Err(unsupported("scale_attn_weights = false (unscaled attention) is not supported".into()));
+    }
+    if flag("tie_word_embeddings") == Some(false) {
+        return Err(unsupported("tie_word_embeddings = false: the LM head must be tied to `wte`".into()));
+    }
+
+    let config: Gpt2Config =
+        serde_json::from_value(json.clone()).map_err(|source| CheckpointError::ConfigJson { path: path.clone(), source })?;
+    if config.n_embd % config.n_head != 0 {
+        return Err(unsupported(format!("n_embd = {} is not a multiple of n_head = {}", config.n_embd, config.n_head)));
+    }
+    Ok(config)
+}
+
+/// Writes `config.json` with the keys `transformers.GPT2Config` reads.
+pub fn write_config(dir: &Path, config: &Gpt2Config, precision: Kind) -> Result<(), CheckpointError> {
+    let json = json!({
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.n_positions,
+        "n_ctx": config.n_positions,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": config.n_inner,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": config.layer_norm_epsilon,
+        "embd_pdrop": config.embd_pdrop,
+        "attn_pdrop": config.attn_pdrop,
+        "resid_pdrop": config.resid_pdrop,
+        "initializer_range": config.initializer_range,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
+        "pad_token_id": config.eos_token_id,
+        "scale_attn_weights": true,
+        "scale_attn_by_inverse_layer_idx": false,
+        "reorder_and_upcast_attn": false,
+        "add_cross_attention": false,
+        "tie_word_embeddings": true,
+        "use_cache": true,
+        "dtype": if precision == Kind::BFloat16 { "bfloat16" } else { "float32" },
+    });
+    let path = dir.join(CONFIG_FILE);
+    let text = serde_json::to_string_pretty(&json).expect("a JSON value serialises");
+    std::fs::write(&path, text).map_err(|source| CheckpointError::Io { path, source })
+}
+
+/// Writes every variable of `vs` (model and scalar heads) to `model.safetensors`, plus the
+/// config and the tokenizer. The weights file is written under a temporary name and renamed, so
+/// a crash never leaves a truncated checkpoint behind.
+pub fn save(dir: &Path, vs: &VarStore, config: &Gpt2Config, tokenizer: &TextTokenizer) -> Result<(), CheckpointError> {
+    std::fs::create_dir_all(dir).map_err(|source| CheckpointError::Io { path: dir.to_path_buf(), source })?;
+    let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
+    let precision = variables.first().map_or(Kind::Float, |(_, t)| t.kind());
+
+    let buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = variables
+        .iter()
+        .map(|(name, tensor)| {
+            let tensor = tensor.detach().to_device(tch::Device::Cpu).contiguous();
+            let (kind, dtype) = match tensor.kind() {
+                Kind::BFloat16 => (Kind::BFloat16, Dtype::BF16),
+                _ => (Kind::Float, Dtype::F32),
+            };
+            let tensor = tensor.to_kind(kind);
+            let numel = tensor.numel();
+            let mut bytes = vec![0u8; numel * kind.elt_size_in_bytes()];
+            tensor.copy_data_u8(&mut bytes, numel);
+            let shape = tensor.size().iter().map(|&d| d as usize).collect();
+            (name.clone(), dtype, shape, bytes)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = buffers
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).expect("shape matches byte count");
+            (name.clone(), view)
+        })
+        .collect();
+    // transformers refuses safetensors files whose metadata lacks `format`.
+    let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+    let final_path = dir.join(WEIGHTS_FILE);
+    let partial_path = dir.join(format!("{WEIGHTS_FILE}.partial"));
+    safetensors::serialize_to_file(views, metadata, &partial_path)
+        .map_err(|e| CheckpointError::Safetensors { path: partial_path.clone(), message: e.to_string() })?;
+    std::fs::rename(&partial_path, &final_path).map_err(|source| CheckpointError::Io { path: final_path, source })?;
+
+    write_config(dir, config, precision)?;
+    tokenizer.save(&dir.join(TOKENIZER_FILE))?;
+    Ok(())
+}
+
+/// What `load_weights` did not take from the file.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Variables of the model absent from the file (only for the allowed prefixes).
+    pub missing: Vec<String>,
+    /// Tensors of the file the model has no use for.
+    pub unused: Vec<String>,
+}
+
+/// Tensors HF writes that carry no learned state here: the causal-mask buffers of old
+/// `transformers` versions and the LM head, tied to `wte`.
+fn is_derived_tensor(name: &str) -> bool {
+    name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") || name == "lm_head.weight"
+}
+
+/// Copies the tensors of `model.safetensors` in `dir` into the variables of `vs`. File names may
+/// carry the `transformer.` prefix or not. Variables whose name starts with one of
+/// `may_be_missing` (e.g. a fresh reward head on an SFT checkpoint) keep their initial values when
+/// absent; any other absence, or a shape mismatch, is an error naming the tensor.
+pub fn load_weights(vs: &mut VarStore, dir: &Path, may_be_missing: &[&str]) -> Result<LoadReport, CheckpointError> {
+    let path = require(dir, WEIGHTS_FILE)?;
+    let bytes = std::fs::read(&path).map_err(|source| CheckpointError::Io { path: path.clone(), source })?;
+    let file = SafeTensors::deserialize(&bytes)
+        .map_err(|e| CheckpointError::Safetensors { path: path.clone(), message: e.to_string() })?;
+    let by_name: HashMap<String, String> = file
+        .names()
+        .into_iter()
+        .filter(|name| !is_derived_tensor(name))
+        .map(|name| (canonical_name(name), name.to_string()))
+        .collect();
+
+    let mut report = LoadReport::default();
+    let mut used = std::collections::HashSet::new();
+    let _no_grad = tch::no_grad_guard();
+    for (name, mut variable) in vs.variables() {
+        let Some(file_name) = by_name.get(&name) else {
+            if may_be_missing.iter().any(|prefix| name.starts_with(prefix)) {
+                report.missing.push(name);
+                continue;
+            }
+            return Err(CheckpointError::MissingTensor { path, name });
+        };
+        let view = file.tensor(file_name).expect("name listed by the file");
+        let kind = match view.dtype() {
+            Dtype::F32 => Kind::Float,
+            Dtype::F16 => Kind::Half,
+            Dtype::BF16 => Kind::BFloat16,
+            dtype => return Err(CheckpointError::UnsupportedDtype { path, name: file_name.clone(), dtype }),
+        };
+        let found: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        if found != variable.size() {
+            return Err(CheckpointError::ShapeMismatch { path, name: file_name.clone(), found, expected: variable.size() });
+        }
+        let tensor = Tensor::f_from_data_size(view.data(), &found, kind)
+            .map_err(|e| CheckpointError::Safetensors { path: path.clone(), message: e.to_string() })?;
+        variable.copy_(&tensor.to_kind(variable.kind()).to_device(variable.device()));
+        used.insert(name);
+    }
+    report.unused = by_name.keys().filter(|name| !used.contains(*name)).cloned().collect();
+    report.unused.sort();
+    Ok(report)
+}
+
+/// Our variable name for a file's tensor: transformer weights always under `transformer.`.
+fn canonical_name(name: &str) -> String {
+    const TRANSFORMER_PARTS: [&str; 4] = ["wte.", "wpe.", "h.", "ln_f."];
+    if TRANSFORMER_PARTS.iter().any(|part| name.starts_with(part)) {
+        format!("transformer.{name}")
+    } else {
+        name.to_string()
+    }
+}
+
+/// Reads `tokenizer.json` of a checkpoint and checks it fits the model's vocabulary.
+pub fn read_tokenizer(dir: &Path, config: &Gpt2Config) -> Result<TextTokenizer, CheckpointError> {
+    let tokenizer = TextTokenizer::from_file(&require(dir, TOKENIZER_FILE)?)?;
+    tokenizer.check_fits(config.vocab_size)?;
+    Ok(tokenizer)
+}
