@@ -1,8 +1,8 @@
 //! Bakes libtorch's library directory into the binary's rpath so that `rlhf` runs without
-//! `LD_LIBRARY_PATH` (torch-sys exports the directory as `DEP_TORCH_SYS_LIBTORCH_LIB`).
+//! `LD_LIBRARY_PATH` (torch-sys, `links = "tch"`, exports it as `DEP_TCH_LIBTORCH_LIB`).
 fn main() {
-    println!("cargo:rerun-if-env-changed=DEP_TORCH_SYS_LIBTORCH_LIB");
-    if let Ok(lib_dir) = std::env::var("DEP_TORCH_SYS_LIBTORCH_LIB") {
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    if let Ok(lib_dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{lib_dir}");
         // Rust links with --as-needed, which drops libtorch_cuda (nothing references it by
         // symbol); without it libtorch sees no CUDA device even on a GPU machine.

@@ -1,0 +1,51 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rlhf_lab::data::tokenizer::TextTokenizer;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The venv's Python, with torch and transformers (installed by `scripts/setup`).
+pub fn python() -> PathBuf {
+    let venv = std::env::var_os("RLHF_VENV").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv"));
+    let python = venv.join("bin/python");
+    assert!(python.exists(), "no Python venv at {}: run scripts/setup first", venv.display());
+    python
+}
+
+/// Runs `scripts/reference/hf_gpt2.py` with `args`; panics with its stderr when it fails.
+pub fn hf_reference(args: &[&str]) {
+    let output = Command::new(python())
+        .arg(repo_root().join("scripts/reference/hf_gpt2.py"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TRANSFORMERS_OFFLINE", "1")
+        .output()
+        .expect("python runs");
+    assert!(output.status.success(), "hf_gpt2.py {args:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// A small byte-level BPE (at most `vocab_size` tokens, end-of-text = id 0).
+pub fn tiny_tokenizer(vocab_size: usize) -> TextTokenizer {
+    let corpus: Vec<String> = (0..300)
+        .map(|i| format!("review {i}: the battery is great and the screen is dull, price fair<|endoftext|>"))
+        .collect();
+    let tokenizer = TextTokenizer::train(corpus.iter(), vocab_size).unwrap();
+    assert_eq!(tokenizer.eos_id(), 0);
+    tokenizer
+}
+
+/// Runs the built `rlhf` binary; returns (exit success, stdout, stderr).
+pub fn rlhf(args: &[&str], cwd: &Path) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_rlhf")).args(args).current_dir(cwd).output().expect("rlhf runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
