@@ -1,4 +1,5 @@
 //! The data side: tokenizer and JSONL records.
 
 pub mod jsonl;
+pub mod synthetic;
 pub mod tokenizer;

@@ -1,0 +1,176 @@
+//! The embedded task, "synthetic reviews": short product reviews generated from a seed, with a
+//! gold oracle that stands for the true human preference and simulated annotators that label
+//! pairs from it with noise. Nothing is downloaded, and every experiment on it is measurable
+//! offline (reward-model accuracy against gold, gold score of a policy, over-optimisation).
+//!
+//! A prompt asks for a review of one product about one aspect, with a requested sentiment:
+//! `Write a positive review of the phone about its battery.\nReview:`. The oracle
+//! (`oracle.rs`) rewards the requested sentiment, staying on the product and aspect, fluent
+//! non-repetitive text and a moderate length.
+
+pub mod annotators;
+pub mod oracle;
+mod vocabulary;
+
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+pub use oracle::GoldOracle;
+use vocabulary::{Product, CONNECTORS, NEGATIVE, NEUTRAL_OPENERS, POSITIVE, PRODUCTS};
+
+/// What a prompt asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sentiment {
+    Positive,
+    Negative,
+}
+
+impl Sentiment {
+    fn word(self) -> &'static str {
+        match self {
+            Sentiment::Positive => "positive",
+            Sentiment::Negative => "negative",
+        }
+    }
+
+    fn adjectives(self) -> &'static [&'static str] {
+        match self {
+            Sentiment::Positive => POSITIVE,
+            Sentiment::Negative => NEGATIVE,
+        }
+    }
+}
+
+/// A review request: which product, which aspect, which sentiment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewRequest {
+    pub product: String,
+    pub aspect: String,
+    pub sentiment: Sentiment,
+}
+
+impl ReviewRequest {
+    pub fn prompt(&self) -> String {
+        format!("Write a {} review of the {} about its {}.\nReview:", self.sentiment.word(), self.product, self.aspect)
+    }
+
+    /// Reads the request back from a prompt written by `prompt`.
+    pub fn parse(prompt: &str) -> Option<ReviewRequest> {
+        let rest = prompt.trim_start().strip_prefix("Write a ")?;
+        let (sentiment, rest) = rest.split_once(" review of the ")?;
+        let (product, rest) = rest.split_once(" about its ")?;
+        let (aspect, _) = rest.split_once('.')?;
+        let sentiment = match sentiment {
+            "positive" => Sentiment::Positive,
+            "negative" => Sentiment::Negative,
+            _ => return None,
+        };
+        Some(ReviewRequest { product: product.to_string(), aspect: aspect.to_string(), sentiment })
+    }
+}
+
+/// A prompt with a good response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Demonstration {
+    pub prompt: String,
+    pub response: String,
+}
+
+/// Everything the task provides, generated from one seed.
+#[derive(Debug, Clone)]
+pub struct SyntheticReviews {
+    /// Free-form reviews of mixed sentiment and quality (pretraining text).
+    pub corpus: Vec<String>,
+    pub demonstrations: Vec<Demonstration>,
+    /// Held-out prompts (for PPO and evaluation), drawn independently of the demonstrations.
+    pub prompts: Vec<String>,
+}
+
+impl SyntheticReviews {
+    pub fn generate(seed: u64, corpus_size: usize, demonstrations: usize, prompts: usize) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let corpus = (0..corpus_size).map(|_| corpus_text(&mut rng)).collect();
+        let demonstrations = (0..demonstrations)
+            .map(|_| {
+                let request = random_request(&mut rng, 0.8);
+                Demonstration { prompt: request.prompt(), response: good_response(&mut rng, &request) }
+            })
+            .collect();
+        let prompts = (0..prompts).map(|_| random_request(&mut rng, 0.8).prompt()).collect();
+        SyntheticReviews { corpus, demonstrations, prompts }
+    }
+}
+
+fn random_request(rng: &mut ChaCha8Rng, positive_rate: f64) -> ReviewRequest {
+    let product: &Product = PRODUCTS.choose(rng).expect("products are listed");
+    let aspect = product.aspects.choose(rng).expect("every product has aspects");
+    let sentiment = if rng.random_bool(positive_rate) { Sentiment::Positive } else { Sentiment::Negative };
+    ReviewRequest { product: product.name.to_string(), aspect: aspect.to_string(), sentiment }
+}
+
+/// A response the oracle scores well: the requested sentiment, on the product and aspect,
+/// no repetition, 2–3 sentences.
+pub fn good_response(rng: &mut impl Rng, request: &ReviewRequest) -> String {
+    let adjectives = request.sentiment.adjectives();
+    let mut picks = adjectives.choose_multiple(rng, 3);
+    let mut next = || *picks.next().expect("three adjectives drawn");
+    let first = format!("The {} is {}.", request.aspect, next());
+    let second = format!("{} the {} feels {}.", CONNECTORS.choose(rng).expect("connectors"), request.product, next());
+    let closing = match request.sentiment {
+        Sentiment::Positive => format!("I would buy this {} again.", request.product),
+        Sentiment::Negative => format!("I would not buy this {} again.", request.product),
+    };
+    if rng.random_bool(0.5) {
+        format!(" {first} {second} {closing}")
+    } else {
+        format!(" {first} The {} is {} too. {closing}", request.aspect, next())
+    }
+}
+
+/// A corpus review: random product, random mix of aspects and sentiments, sometimes sloppy.
+fn corpus_text(rng: &mut ChaCha8Rng) -> String {
+    let product: &Product = PRODUCTS.choose(rng).expect("products are listed");
+    let sentences = rng.random_range(2..=5);
+    let mut text = format!("{} {}.", NEUTRAL_OPENERS.choose(rng).expect("openers"), product.name);
+    for _ in 0..sentences {
+        let aspect = product.aspects.choose(rng).expect("aspects");
+        let sentiment = if rng.random_bool(0.5) { Sentiment::Positive } else { Sentiment::Negative };
+        let adjective = sentiment.adjectives().choose(rng).expect("adjectives");
+        let sentence = match rng.random_range(0..4) {
+            0 => format!(" The {aspect} is {adjective}."),
+            1 => format!(" {} the {aspect} feels {adjective}.", CONNECTORS.choose(rng).expect("connectors")),
+            2 => format!(" I think the {aspect} of this {} is {adjective}.", product.name),
+            _ => format!(" The {aspect} is {adjective} and {}.", sentiment.adjectives().choose(rng).expect("adjectives")),
+        };
+        text.push_str(&sentence);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_task_other_seed_other_task() {
+        let a = SyntheticReviews::generate(3, 50, 20, 10);
+        let b = SyntheticReviews::generate(3, 50, 20, 10);
+        let c = SyntheticReviews::generate(4, 50, 20, 10);
+        assert_eq!(a.corpus, b.corpus);
+        assert_eq!(a.demonstrations, b.demonstrations);
+        assert_ne!(a.corpus, c.corpus);
+    }
+
+    #[test]
+    fn prompts_parse_back_into_their_request() {
+        let task = SyntheticReviews::generate(1, 0, 30, 30);
+        for prompt in task.prompts.iter().chain(task.demonstrations.iter().map(|d| &d.prompt)) {
+            let request = ReviewRequest::parse(prompt).unwrap_or_else(|| panic!("unparsable prompt {prompt:?}"));
+            assert_eq!(&request.prompt(), prompt);
+        }
+        assert!(ReviewRequest::parse("Tell me a story.").is_none());
+    }
+}
