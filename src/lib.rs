@@ -5,5 +5,6 @@
 pub mod commands;
 pub mod config;
 pub mod data;
+pub mod label;
 pub mod model;
 pub mod stages;

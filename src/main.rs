@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use rlhf_lab::commands::{generate, validate};
+use rlhf_lab::commands::{generate, label, validate};
 
 #[derive(Parser)]
 #[command(name = "rlhf", version, about = "RLHF experiments on libtorch: pretraining, SFT, reward modeling, PPO")]
@@ -18,6 +18,8 @@ enum Command {
     Validate(validate::ValidateArgs),
     /// Complete prompts with a checkpoint.
     Generate(generate::GenerateArgs),
+    /// Label pairs of responses in the browser; preferences go to SQLite.
+    Label(label::LabelArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Validate(args) => validate::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Label(args) => label::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

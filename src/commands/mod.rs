@@ -1,4 +1,5 @@
 //! One module per `rlhf` subcommand: its arguments (parsed by clap in `main.rs`) and its work.
 
 pub mod generate;
+pub mod label;
 pub mod validate;

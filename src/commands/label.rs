@@ -1,0 +1,173 @@
+//! `rlhf label …`: import pairs, add annotators, serve the labeling page, export preferences,
+//! show statistics. The work is in `crate::label`; this file parses arguments and reports.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::label::{export, import, server, ExportFilter, Policy, Store};
+
+#[derive(Debug, clap::Args)]
+pub struct LabelArgs {
+    #[command(subcommand)]
+    pub command: LabelCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum LabelCommand {
+    /// Import pairs to label from a JSONL file or from a run stage's samples.
+    Import(ImportArgs),
+    /// Manage annotators.
+    Annotator(AnnotatorArgs),
+    /// Serve the labeling page and its API.
+    Serve(ServeArgs),
+    /// Write the labels as preference records (JSONL).
+    Export(ExportArgs),
+    /// Show counts, annotator throughput and agreement.
+    Stats(StatsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["pairs", "from_run"])))]
+pub struct ImportArgs {
+    /// The labeling database (created when missing).
+    #[arg(long, value_name = "FILE")]
+    pub db: PathBuf,
+    /// Pairs, one `{"prompt", "response_a", "response_b"}` object a line; other fields are kept as metadata.
+    #[arg(value_name = "PAIRS.jsonl")]
+    pub pairs: Option<PathBuf>,
+    /// Build pairs from RUN_DIR/STAGE/samples.jsonl: two different completions of a prompt make a pair.
+    #[arg(long, value_name = "RUN_DIR/STAGE")]
+    pub from_run: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AnnotatorArgs {
+    #[command(subcommand)]
+    pub command: AnnotatorCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AnnotatorCommand {
+    /// Add an annotator; prints their token (and only it) on stdout.
+    Add {
+        /// The labeling database (created when missing).
+        #[arg(long, value_name = "FILE")]
+        db: PathBuf,
+        /// The annotator's name, unique in the database.
+        name: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The labeling database.
+    #[arg(long, value_name = "FILE")]
+    pub db: PathBuf,
+    /// Address to listen on; port 0 picks a free one (the address is printed on stderr).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+    /// Labels wanted per pair, each from a different annotator.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub labels_per_pair: u32,
+    /// Seconds a pair stays reserved for the annotator it was handed to.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub lease_secs: u64,
+    /// Seconds during which an annotator may undo their last label.
+    #[arg(long, default_value_t = 30)]
+    pub undo_secs: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The labeling database.
+    #[arg(long, value_name = "FILE")]
+    pub db: PathBuf,
+    /// Where to write the preference records.
+    #[arg(short = 'o', long = "out", value_name = "PREFS.jsonl")]
+    pub out: PathBuf,
+    /// Also write ties (chosen = response_a, rejected = response_b, "judgement": "tie").
+    #[arg(long)]
+    pub include_ties: bool,
+    /// Also write skips ("judgement": "skip").
+    #[arg(long)]
+    pub include_skips: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatsArgs {
+    /// The labeling database.
+    #[arg(long, value_name = "FILE")]
+    pub db: PathBuf,
+    /// Print JSON (as `GET /api/stats` does) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: &LabelArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        match &args.command {
+            LabelCommand::Import(args) => import(args).await,
+            LabelCommand::Annotator(AnnotatorArgs { command: AnnotatorCommand::Add { db, name } }) => {
+                let store = Store::open_or_create(db).await?;
+                let token = store.add_annotator(name).await;
+                store.close().await;
+                println!("{}", token?);
+                Ok(())
+            }
+            LabelCommand::Serve(args) => {
+                let store = Store::open(&args.db).await?;
+                let policy = Policy {
+                    labels_per_pair: args.labels_per_pair,
+                    lease: Duration::from_secs(args.lease_secs),
+                    undo_window: Duration::from_secs(args.undo_secs),
+                };
+                Ok(server::serve(store, args.bind, policy).await?)
+            }
+            LabelCommand::Export(args) => {
+                let store = Store::open(&args.db).await?;
+                let filter = ExportFilter { ties: args.include_ties, skips: args.include_skips };
+                let records = store.preferences(filter).await;
+                store.close().await;
+                let written = export::write_jsonl(&args.out, &records?)?;
+                eprintln!("wrote {written} preference records to {}", args.out.display());
+                Ok(())
+            }
+            LabelCommand::Stats(args) => {
+                let store = Store::open(&args.db).await?;
+                let stats = store.stats().await;
+                store.close().await;
+                let stats = stats?;
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(&stats)?);
+                } else {
+                    print!("{stats}");
+                }
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn import(args: &ImportArgs) -> Result<()> {
+    let (pairs, source) = match (&args.pairs, &args.from_run) {
+        (Some(path), _) => (import::read_pairs(path)?, path.clone()),
+        (None, Some(stage_dir)) => (import::pairs_from_samples(stage_dir)?, import::samples_path(stage_dir)),
+        (None, None) => anyhow::bail!("give a PAIRS.jsonl file or --from-run RUN_DIR/STAGE"),
+    };
+    let store = Store::open_or_create(&args.db).await?;
+    let summary = store.import_pairs(&pairs).await;
+    store.close().await;
+    let summary = summary?;
+    println!(
+        "imported {} new pairs from {} into {} ({} already present)",
+        summary.added,
+        source.display(),
+        args.db.display(),
+        summary.already_present
+    );
+    Ok(())
+}

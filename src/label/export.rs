@@ -1,0 +1,128 @@
+//! Labels read back as preference records `{"prompt", "chosen", "rejected", "annotator",
+//! "pair_id", "labeled_at"}` plus the pair's metadata, left/right mapped back to the stored
+//! responses through each assignment's order.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use super::assign::Preferred;
+use super::store::{rfc3339_sql, Store};
+use super::LabelError;
+
+/// Which labels become records besides real preferences.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExportFilter {
+    pub ties: bool,
+    pub skips: bool,
+}
+
+/// What the annotator said about the pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Judgement {
+    /// `chosen` was preferred over `rejected`.
+    Preference,
+    /// Neither was better; `chosen` is response_a, `rejected` response_b.
+    Tie,
+    /// The annotator declined to judge; `chosen` is response_a, `rejected` response_b.
+    Skip,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreferenceRecord {
+    pub prompt: String,
+    pub chosen: String,
+    pub rejected: String,
+    pub judgement: Judgement,
+    pub annotator: String,
+    pub pair_id: i64,
+    /// RFC 3339, UTC.
+    pub labeled_at: String,
+    /// The pair's metadata (extra fields of the imported line).
+    pub metadata: Map<String, Value>,
+}
+
+impl PreferenceRecord {
+    /// The JSON line: metadata first, then the record's own fields (which win over metadata
+    /// fields of the same name).
+    pub fn to_json(&self) -> Value {
+        let mut object = self.metadata.clone();
+        object.insert("prompt".into(), self.prompt.clone().into());
+        object.insert("chosen".into(), self.chosen.clone().into());
+        object.insert("rejected".into(), self.rejected.clone().into());
+        object.insert("judgement".into(), serde_json::to_value(self.judgement).unwrap_or(Value::Null));
+        object.insert("annotator".into(), self.annotator.clone().into());
+        object.insert("pair_id".into(), self.pair_id.into());
+        object.insert("labeled_at".into(), self.labeled_at.clone().into());
+        Value::Object(object)
+    }
+}
+
+type LabelRow = (i64, String, String, String, String, bool, String, String, String);
+
+impl Store {
+    /// The labels as preference records, oldest first; ties and skips only when `filter` asks.
+    pub async fn preferences(&self, filter: ExportFilter) -> Result<Vec<PreferenceRecord>, LabelError> {
+        let rows: Vec<LabelRow> = sqlx::query_as(&format!(
+            "SELECT p.id, p.prompt, p.response_a, p.response_b, p.metadata, a.swapped, l.preferred, n.name, {labeled_at} \
+             FROM labels l JOIN assignments a ON a.id = l.assignment_id \
+             JOIN pairs p ON p.id = a.pair_id JOIN annotators n ON n.id = a.annotator_id \
+             ORDER BY l.labeled_at, l.id",
+            labeled_at = rfc3339_sql("l.labeled_at"),
+        ))
+        .fetch_all(self.reader())
+        .await?;
+        let mut records = Vec::with_capacity(rows.len());
+        for (pair_id, prompt, response_a, response_b, metadata, swapped, preferred, annotator, labeled_at) in rows {
+            let (judgement, a_wins) = match (Preferred::from_db(&preferred)?, swapped) {
+                (Preferred::Left, false) | (Preferred::Right, true) => (Judgement::Preference, true),
+                (Preferred::Left, true) | (Preferred::Right, false) => (Judgement::Preference, false),
+                (Preferred::Tie, _) => (Judgement::Tie, true),
+                (Preferred::Skip, _) => (Judgement::Skip, true),
+            };
+            let wanted = match judgement {
+                Judgement::Preference => true,
+                Judgement::Tie => filter.ties,
+                Judgement::Skip => filter.skips,
+            };
+            if !wanted {
+                continue;
+            }
+            let (chosen, rejected) = if a_wins { (response_a, response_b) } else { (response_b, response_a) };
+            let metadata = match serde_json::from_str(&metadata) {
+                Ok(Value::Object(map)) => map,
+                // The schema's CHECK admits only JSON objects.
+                _ => Map::new(),
+            };
+            records.push(PreferenceRecord { prompt, chosen, rejected, judgement, annotator, pair_id, labeled_at, metadata });
+        }
+        Ok(records)
+    }
+}
+
+/// Writes records as JSONL to `path` (created or replaced); returns how many.
+pub fn write_jsonl(path: &Path, records: &[PreferenceRecord]) -> Result<usize, LabelError> {
+    let write_error = |source| LabelError::Write { path: path.into(), source };
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(write_error)?);
+    for record in records {
+        writeln!(out, "{}", record.to_json()).map_err(write_error)?;
+    }
+    out.flush().map_err(write_error)?;
+    Ok(records.len())
+}
+
+/// The preferences (no ties, no skips) of the labeling database at `db`, for callers outside an
+/// async runtime, such as the reward stage.
+pub fn read_preferences(db: &Path) -> Result<Vec<PreferenceRecord>, LabelError> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|source| {
+        LabelError::Open { path: db.into(), source: sqlx::Error::Io(source) }
+    })?;
+    runtime.block_on(async {
+        let store = Store::open(db).await?;
+        let records = store.preferences(ExportFilter::default()).await;
+        store.close().await;
+        records
+    })
+}

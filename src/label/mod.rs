@@ -1,0 +1,56 @@
+//! Labeling: people compare two responses to a prompt in the browser and their preferences go to
+//! SQLite. `store` opens the database (migrations, WAL, foreign keys) and keeps annotators;
+//! `import` turns JSONL files and run samples into pairs; `assign` hands pairs out under leases
+//! and records labels; `server` is the HTTP API and the embedded page; `stats` counts and
+//! measures agreement; `export` reads the preferences back as records.
+
+pub mod assign;
+pub mod export;
+pub mod import;
+pub mod server;
+pub mod stats;
+pub mod store;
+
+use std::path::PathBuf;
+
+pub use assign::{Policy, Preferred};
+pub use export::{read_preferences, ExportFilter, Judgement, PreferenceRecord};
+pub use store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabelError {
+    #[error("no labeling database at `{0}` (create one with `rlhf label import --db {0} PAIRS.jsonl`)")]
+    NoDatabase(PathBuf),
+    #[error("cannot open database `{path}`: {source}")]
+    Open { path: PathBuf, source: sqlx::Error },
+    #[error("cannot migrate database `{path}`: {source}")]
+    Migrate { path: PathBuf, source: sqlx::migrate::MigrateError },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Jsonl(#[from] crate::data::jsonl::JsonlError),
+    #[error("`{path}` yields no pair: no prompt has two different completions")]
+    NoPairs { path: PathBuf },
+    #[error("cannot write `{path}`: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+    #[error("annotator name must not be empty")]
+    EmptyAnnotatorName,
+    #[error("annotator `{0}` already exists")]
+    AnnotatorExists(String),
+    #[error("unknown pair {0}")]
+    UnknownPair(i64),
+    #[error("you already labeled pair {0}")]
+    AlreadyLabeled(i64),
+    #[error("pair {0} was not handed to you: ask GET /api/pairs/next for a pair")]
+    NotAssigned(i64),
+    #[error("pair {0} already has all its labels (your lease on it had run out)")]
+    PairFull(i64),
+    #[error("you have no label to undo")]
+    NothingToUndo,
+    #[error("your last label is older than {0} s and can no longer be undone")]
+    UndoTooLate(u64),
+}

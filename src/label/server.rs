@@ -1,0 +1,277 @@
+//! The labeling HTTP server: the JSON API of DESIGN.md (plus `DELETE /api/labels/last` to undo)
+//! and the page from `labeling-ui/`, embedded in the binary.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Extension, Json, Router};
+use serde::de::DeserializeOwned;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use super::assign::{Policy, Preferred};
+use super::stats::{Progress, Stats};
+use super::store::{sha256_hex, Annotator, Store};
+use super::LabelError;
+
+/// Request bodies are a pair id and a word; anything bigger is refused with 413.
+pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
+
+/// The page's files; only these are served, so no path can reach anything else.
+const PAGE_FILES: [(&str, &str, &str); 3] = [
+    ("/", "text/html; charset=utf-8", include_str!("../../labeling-ui/index.html")),
+    ("/app.js", "text/javascript; charset=utf-8", include_str!("../../labeling-ui/app.js")),
+    ("/style.css", "text/css; charset=utf-8", include_str!("../../labeling-ui/style.css")),
+];
+
+/// The page loads only its own script and style: data shown in it can never run as code.
+const CONTENT_SECURITY_POLICY: &str =
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; \
+     frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
+struct App {
+    store: Store,
+    policy: Policy,
+    /// Annotators by token hash. Tokens cannot be revoked, so a token once found stays valid;
+    /// unknown tokens are looked up each time (an annotator may be added while serving).
+    annotators: RwLock<HashMap<String, Annotator>>,
+}
+
+impl App {
+    async fn annotator(&self, token: &str) -> Result<Option<Annotator>, LabelError> {
+        let token_hash = sha256_hex(token.as_bytes());
+        let cached = self.annotators.read().unwrap_or_else(|e| e.into_inner()).get(&token_hash).cloned();
+        if cached.is_some() {
+            return Ok(cached);
+        }
+        let found = self.store.annotator_by_token(token).await?;
+        if let Some(annotator) = &found {
+            self.annotators.write().unwrap_or_else(|e| e.into_inner()).insert(token_hash, annotator.clone());
+        }
+        Ok(found)
+    }
+}
+
+/// The whole application; `serve` runs it, tests may drive it directly.
+pub fn router(store: Store, policy: Policy) -> Router {
+    let app = Arc::new(App { store, policy, annotators: RwLock::new(HashMap::new()) });
+    let api = Router::new()
+        .route("/pairs/next", get(next_pair))
+        .route("/labels", post(post_label))
+        .route("/labels/last", delete(undo_last_label))
+        .route("/stats", get(stats))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API route") })
+        // `layer` (not `route_layer`): unknown /api paths also answer 401 without a token.
+        .layer(middleware::from_fn_with_state(app.clone(), require_annotator));
+    let mut router = Router::new();
+    for (path, content_type, body) in PAGE_FILES {
+        router = router.route(path, get(move || async move { page_file(content_type, body) }));
+    }
+    router
+        .nest("/api", api)
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .on_response(DefaultOnResponse::new().level(Level::INFO).latency_unit(tower_http::LatencyUnit::Micros)),
+        )
+        .with_state(app)
+}
+
+/// Serves on `bind` until Ctrl-C or SIGTERM, then lets requests in flight finish. Prints
+/// `listening on http://ADDR` on stderr once the socket is bound.
+pub async fn serve(store: Store, bind: SocketAddr, policy: Policy) -> Result<(), LabelError> {
+    let listener = tokio::net::TcpListener::bind(bind).await.map_err(|source| LabelError::Bind { addr: bind, source })?;
+    let addr = listener.local_addr().map_err(|source| LabelError::Bind { addr: bind, source })?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "serving beyond this machine: tokens travel unencrypted (no TLS)");
+    }
+    eprintln!("listening on http://{addr}");
+    let app = router(store.clone(), policy);
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await;
+    store.close().await;
+    served.map_err(LabelError::Serve)?;
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+fn shutdown_signal() -> impl Future<Output = ()> {
+    async {
+        let ctrl_c = async {
+            if let Err(error) = tokio::signal::ctrl_c().await {
+                tracing::error!(%error, "cannot listen for Ctrl-C");
+                std::future::pending::<()>().await;
+            }
+        };
+        #[cfg(unix)]
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            () = ctrl_c => {}
+            () = terminate => {}
+        }
+        tracing::info!("shutting down: finishing requests in flight");
+    }
+}
+
+fn page_file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn require_annotator(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Result<Response, ApiError> {
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .ok_or(ApiError::unauthorized("send `Authorization: Bearer <token>` (from `rlhf label annotator add`)"))?;
+    let annotator = app.annotator(token).await?.ok_or(ApiError::unauthorized("unknown token"))?;
+    request.extensions_mut().insert(annotator);
+    Ok(next.run(request).await)
+}
+
+async fn next_pair(State(app): State<Arc<App>>, Extension(annotator): Extension<Annotator>) -> Result<Response, ApiError> {
+    Ok(match app.store.next_pair(annotator.id, &app.policy).await? {
+        Some(pair) => Json(pair).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct LabelRequest {
+    pair_id: i64,
+    preferred: Preferred,
+}
+
+async fn post_label(
+    State(app): State<Arc<App>>,
+    Extension(annotator): Extension<Annotator>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: LabelRequest = parse_json(body)?;
+    let label = app.store.record_label(annotator.id, request.pair_id, request.preferred, &app.policy).await?;
+    Ok((StatusCode::CREATED, Json(label)).into_response())
+}
+
+async fn undo_last_label(State(app): State<Arc<App>>, Extension(annotator): Extension<Annotator>) -> Result<Response, ApiError> {
+    let label = app.store.undo_last_label(annotator.id, &app.policy).await?;
+    Ok(Json(label).into_response())
+}
+
+#[derive(serde::Serialize)]
+struct StatsResponse {
+    #[serde(flatten)]
+    stats: Stats,
+    labels_per_pair: u32,
+    undo_secs: u64,
+    /// The asking annotator's own progress.
+    you: You,
+}
+
+#[derive(serde::Serialize)]
+struct You {
+    name: String,
+    #[serde(flatten)]
+    progress: Progress,
+}
+
+async fn stats(State(app): State<Arc<App>>, Extension(annotator): Extension<Annotator>) -> Result<Response, ApiError> {
+    let stats = app.store.stats().await?;
+    let progress = app.store.progress(annotator.id, app.policy.labels_per_pair).await?;
+    let you = You { name: annotator.name, progress };
+    Ok(Json(StatsResponse {
+        stats,
+        labels_per_pair: app.policy.labels_per_pair,
+        undo_secs: app.policy.undo_window.as_secs(),
+        you,
+    }).into_response())
+}
+
+/// Parses a JSON body: 400 when it is not JSON, 422 when it is JSON of the wrong shape, 413 when
+/// it is over the size limit.
+fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let bytes = body.map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
+    serde_json::from_slice(&bytes).map_err(|error| {
+        let status = match error.classify() {
+            serde_json::error::Category::Data => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, format!("invalid request body: {error}"))
+    })
+}
+
+/// An error answer: `{"error": "..."}` with its status.
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into() }
+    }
+
+    fn unauthorized(message: &str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, message)
+    }
+}
+
+impl From<LabelError> for ApiError {
+    fn from(error: LabelError) -> Self {
+        let status = match &error {
+            LabelError::UnknownPair(_) | LabelError::NothingToUndo => StatusCode::NOT_FOUND,
+            LabelError::AlreadyLabeled(_)
+            | LabelError::NotAssigned(_)
+            | LabelError::PairFull(_)
+            | LabelError::UndoTooLate(_) => StatusCode::CONFLICT,
+            _ => {
+                tracing::error!(%error, "request failed");
+                return Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error (see the server log)");
+            }
+        };
+        Self::new(status, error.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(serde_json::json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

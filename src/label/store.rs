@@ -1,0 +1,148 @@
+//! The SQLite database behind labeling: opening it (migrations, WAL, foreign keys), the
+//! connection pools, and annotators with their hashed tokens.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, Sqlite, Transaction};
+
+use super::LabelError;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+/// Readers run side by side under WAL; more than a few buys nothing on a small machine.
+const READER_CONNECTIONS: u32 = 4;
+
+/// An open labeling database. Cloning is cheap (the pools are shared).
+///
+/// Every write goes through a single connection, one `BEGIN IMMEDIATE` transaction per write:
+/// SQLite allows one writer at a time anyway, and queueing in the pool is fairer and faster
+/// than SQLite's sleep-and-retry busy handler. WAL with `synchronous = NORMAL` makes a commit
+/// durable against a killed process (the WAL is written before COMMIT returns); only a power
+/// cut can lose the last commits.
+#[derive(Clone)]
+pub struct Store {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    path: PathBuf,
+}
+
+/// An annotator, as the server knows them after checking a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Annotator {
+    pub id: i64,
+    pub name: String,
+}
+
+impl Store {
+    /// Opens the database at `path`, creating it when missing (import, annotator add).
+    pub async fn open_or_create(path: &Path) -> Result<Self, LabelError> {
+        Self::connect(path, true).await
+    }
+
+    /// Opens an existing database (serve, export, stats): a missing file is an error rather
+    /// than a new, empty database.
+    pub async fn open(path: &Path) -> Result<Self, LabelError> {
+        if !path.exists() {
+            return Err(LabelError::NoDatabase(path.into()));
+        }
+        Self::connect(path, false).await
+    }
+
+    async fn connect(path: &Path, create: bool) -> Result<Self, LabelError> {
+        let open_error = |source| LabelError::Open { path: path.into(), source };
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10))
+            .disable_statement_logging();
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                options
+                    .clone()
+                    .create_if_missing(create)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal),
+            )
+            .await
+            .map_err(open_error)?;
+        MIGRATOR.run(&writer).await.map_err(|source| LabelError::Migrate { path: path.into(), source })?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READER_CONNECTIONS)
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(open_error)?;
+        Ok(Self { writer, reader, path: path.into() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits for open connections to finish and closes them (the last one checkpoints the WAL).
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    /// A write transaction; IMMEDIATE takes the write lock up front, so a transaction that
+    /// reads before it writes cannot fail halfway because another process wrote meanwhile.
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, LabelError> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    pub(crate) fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    /// Adds an annotator and returns their token; only its sha256 is stored.
+    pub async fn add_annotator(&self, name: &str) -> Result<String, LabelError> {
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(LabelError::EmptyAnnotatorName);
+        }
+        let token = hex::encode(rand::rng().random::<[u8; 32]>());
+        let mut tx = self.begin_write().await?;
+        let taken: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM annotators WHERE name = ?").bind(name).fetch_optional(&mut *tx).await?;
+        if taken.is_some() {
+            return Err(LabelError::AnnotatorExists(name.into()));
+        }
+        sqlx::query("INSERT INTO annotators (name, token_sha256, created_at) VALUES (?, ?, ?)")
+            .bind(name)
+            .bind(sha256_hex(token.as_bytes()))
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(token)
+    }
+
+    /// The annotator whose token this is, if any.
+    pub async fn annotator_by_token(&self, token: &str) -> Result<Option<Annotator>, LabelError> {
+        let row: Option<(i64, String)> = sqlx::query_as("SELECT id, name FROM annotators WHERE token_sha256 = ?")
+            .bind(sha256_hex(token.as_bytes()))
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(row.map(|(id, name)| Annotator { id, name }))
+    }
+}
+
+/// Milliseconds since the Unix epoch: how the database stores time.
+pub fn now_ms() -> i64 {
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// SQL that formats a unix-milliseconds column as RFC 3339 UTC, e.g. `2025-01-31T12:00:00.250Z`.
+pub(crate) fn rfc3339_sql(column: &str) -> String {
+    format!("strftime('%Y-%m-%dT%H:%M:%fZ', {column} / 1000.0, 'unixepoch')")
+}
