@@ -7,4 +7,7 @@ pub mod config;
 pub mod data;
 pub mod label;
 pub mod model;
+pub mod rng;
+pub mod run;
 pub mod stages;
+pub mod train;

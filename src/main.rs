@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use rlhf_lab::commands::{generate, label, validate};
+use rlhf_lab::commands::{generate, label, run, validate};
 
 #[derive(Parser)]
 #[command(name = "rlhf", version, about = "RLHF experiments on libtorch: pretraining, SFT, reward modeling, PPO")]
@@ -14,6 +14,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run an experiment's stages (or resume a run), writing a run directory.
+    Run(run::RunArgs),
     /// Check an experiment file (schema, values, stage references) without training.
     Validate(validate::ValidateArgs),
     /// Complete prompts with a checkpoint.
@@ -24,13 +26,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    rlhf_lab::run::log::init();
     let result = match &cli.command {
+        Command::Run(args) => run::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Label(args) => label::run(args),

@@ -2,4 +2,5 @@
 
 pub mod generate;
 pub mod label;
+pub mod run;
 pub mod validate;

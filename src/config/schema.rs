@@ -48,6 +48,19 @@ pub struct TaskConfig {
     /// Fraction of each data set held out for evaluation.
     #[serde(default = "defaults::eval_fraction")]
     pub eval_fraction: f64,
+    /// JSONL task: skip (and count) malformed lines instead of stopping at the first one.
+    #[serde(default)]
+    pub skip_bad_lines: bool,
+    /// JSONL task: records shorter than this (in characters, all fields together) are dropped.
+    #[serde(default = "defaults::min_chars")]
+    pub min_chars: usize,
+    /// JSONL task: records longer than this are dropped.
+    #[serde(default = "defaults::max_chars")]
+    pub max_chars: usize,
+    /// JSONL task: word-trigram Jaccard similarity from which a record is a near-duplicate of an
+    /// earlier one (1.0 keeps near-duplicates).
+    #[serde(default = "defaults::near_duplicate_threshold")]
+    pub near_duplicate_threshold: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,5 +144,8 @@ pub(super) mod defaults {
     pub fn demonstrations() -> usize { 2000 }
     pub fn prompts() -> usize { 200 }
     pub fn eval_fraction() -> f64 { 0.05 }
+    pub fn min_chars() -> usize { 1 }
+    pub fn max_chars() -> usize { 20_000 }
+    pub fn near_duplicate_threshold() -> f64 { 0.9 }
     pub fn vocab_size() -> usize { 1024 }
 }

@@ -21,27 +21,55 @@ pub struct PromptRecord {
     pub prompt: String,
 }
 
+/// `{"text"}` records: the corpus.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct TextRecord {
+    pub text: String,
+}
+
+/// `{"prompt", "response"}` records: demonstrations.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct DemonstrationRecord {
+    pub prompt: String,
+    pub response: String,
+}
+
 /// Reads every non-blank line of `path` as a `T`; the first line that is not valid JSON or lacks
 /// a field is an error naming the file and line.
 pub fn read_records<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, JsonlError> {
+    read(path, false).map(|(records, _)| records)
+}
+
+/// Like `read_records`, but a bad line is skipped and returned (as its error) instead of
+/// ending the read.
+pub fn read_records_skipping_bad<T: DeserializeOwned>(path: &Path) -> Result<(Vec<T>, Vec<JsonlError>), JsonlError> {
+    read(path, true)
+}
+
+fn read<T: DeserializeOwned>(path: &Path, skip_bad: bool) -> Result<(Vec<T>, Vec<JsonlError>), JsonlError> {
     let file = std::fs::File::open(path).map_err(|source| JsonlError::Io { path: path.into(), source })?;
     let mut records = Vec::new();
+    let mut skipped = Vec::new();
     for (index, line) in BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|source| JsonlError::Io { path: path.into(), source })?;
         if line.trim().is_empty() {
             continue;
         }
-        let record = serde_json::from_str(&line).map_err(|error| JsonlError::BadLine {
-            path: path.into(),
-            line: index + 1,
-            message: describe(&error),
-        })?;
-        records.push(record);
+        match serde_json::from_str(&line) {
+            Ok(record) => records.push(record),
+            Err(error) => {
+                let bad = JsonlError::BadLine { path: path.into(), line: index + 1, message: describe(&error) };
+                if !skip_bad {
+                    return Err(bad);
+                }
+                skipped.push(bad);
+            }
+        }
     }
     if records.is_empty() {
         return Err(JsonlError::Empty { path: path.into() });
     }
-    Ok(records)
+    Ok((records, skipped))
 }
 
 /// serde_json's message without its trailing "at line 1 column N" (always line 1 here).
@@ -69,6 +97,17 @@ mod tests {
         assert!(error.contains("prompts.jsonl:2: EOF while parsing"), "{error}");
         std::fs::write(&path, "\n  \n").unwrap();
         assert!(matches!(read_records::<PromptRecord>(&path), Err(JsonlError::Empty { .. })));
+    }
+
+    #[test]
+    fn skipping_mode_returns_good_records_and_the_bad_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("corpus.jsonl");
+        std::fs::write(&path, "{\"text\": \"a\"}\nnot json\n{\"text\": 3}\n{\"text\": \"b\"}\n").unwrap();
+        let (records, bad) = read_records_skipping_bad::<TextRecord>(&path).unwrap();
+        assert_eq!(records.iter().map(|r| r.text.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        let lines: Vec<usize> = bad.iter().map(|e| match e { JsonlError::BadLine { line, .. } => *line, _ => 0 }).collect();
+        assert_eq!(lines, [2, 3]);
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! The data side: tokenizer and JSONL records.
+//! The data side: the task's records (synthetic or JSONL, cleaned and split) and the tokenizer.
 
+pub mod cleaning;
 pub mod jsonl;
 pub mod synthetic;
+pub mod task;
 pub mod tokenizer;

@@ -49,14 +49,6 @@ impl Gpt2Config {
     pub fn mlp_width(&self) -> i64 {
         self.n_inner.unwrap_or(4 * self.n_embd)
     }
-
-    /// Sets every dropout probability (embedding, attention, residual) at once.
-    pub fn with_dropout(mut self, p: f64) -> Self {
-        self.embd_pdrop = p;
-        self.attn_pdrop = p;
-        self.resid_pdrop = p;
-        self
-    }
 }
 
 /// HF's `Conv1D`: a linear layer whose weight is stored `[in, out]`.

@@ -1,10 +1,26 @@
 //! Language-model training: `lm` (next-token pretraining on the task's corpus) and `sft`
-//! (supervised fine-tuning on demonstrations, loss on response tokens only).
+//! (supervised fine-tuning on demonstrations, loss on response tokens only). Both share one loop:
+//! AdamW with warmup + decay, gradient accumulation and clipping, periodic evaluation with
+//! samples, early stopping on eval loss, best and last checkpoints, and resumable state.
 
+use std::io::IsTerminal;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use tch::{Kind, Reduction, Tensor};
 
-use super::StageSettings;
-use crate::model::{DeviceSpec, Precision};
+use super::{StageContext, StageError, StageSettings, CHECKPOINT_DIR, STATE_DIR};
+use crate::data::tokenizer::TextTokenizer;
+use crate::model::generate::{generate, GenerateOptions, Sampling};
+use crate::model::{DeviceSpec, Gpt2, LanguageModel, Precision};
+use crate::rng::step_seed;
+use crate::run::{Metrics, MetricsWriter, RunDirError};
+use crate::train::optimizer::{AdamW, AdamWConfig};
+use crate::train::schedule::LrSchedule;
 
 /// How the learning rate moves after warmup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +158,12 @@ impl StageSettings for LmSettings {
     fn check(&self) -> Result<(), (&'static str, String)> {
         self.0.check()
     }
+    fn devices(&self) -> Vec<(&'static str, DeviceSpec)> {
+        vec![("model", self.0.device)]
+    }
+    fn run(&self, context: &StageContext) -> Result<Metrics, StageError> {
+        train(context, &self.0, Objective::Lm)
+    }
 }
 
 impl StageSettings for SftSettings {
@@ -151,4 +173,458 @@ impl StageSettings for SftSettings {
     fn check(&self) -> Result<(), (&'static str, String)> {
         self.0.check()
     }
+    fn devices(&self) -> Vec<(&'static str, DeviceSpec)> {
+        vec![("model", self.0.device)]
+    }
+    fn run(&self, context: &StageContext) -> Result<Metrics, StageError> {
+        train(context, &self.0, Objective::Sft)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Objective {
+    Lm,
+    Sft,
+}
+
+/// Token id that carries no loss.
+const IGNORE: i64 = -100;
+
+/// One micro-batch: `inputs` `[B, T]`, `targets` `[B, T]` (the next token, or `IGNORE`).
+pub struct Batch {
+    pub inputs: Tensor,
+    pub targets: Tensor,
+    /// Number of targets that carry loss.
+    pub target_tokens: i64,
+}
+
+/// Sums token losses over all micro-batches of one optimizer step and divides by the total
+/// number of target tokens, so that k micro-batches give the same gradient as one batch k times
+/// larger (even when micro-batches hold different numbers of response tokens). Returns the loss.
+pub fn accumulate_gradients(gpt: &Gpt2, batches: &[Batch]) -> f64 {
+    let total_tokens: i64 = batches.iter().map(|b| b.target_tokens).sum::<i64>().max(1);
+    let mut loss = 0.0;
+    for batch in batches {
+        let micro_loss = token_loss_sum(gpt, batch, true) / total_tokens as f64;
+        micro_loss.backward();
+        loss += micro_loss.double_value(&[]);
+    }
+    loss
+}
+
+/// Summed cross-entropy of a batch's targets.
+fn token_loss_sum(gpt: &Gpt2, batch: &Batch, train: bool) -> Tensor {
+    let logits = gpt.forward_logits(&batch.inputs, None, train).to_kind(Kind::Float);
+    let vocab = logits.size()[2];
+    logits.view([-1, vocab]).cross_entropy_loss::<Tensor>(&batch.targets.view([-1]), None, Reduction::Sum, IGNORE, 0.0)
+}
+
+/// Mean token loss over evaluation batches.
+fn evaluate(gpt: &Gpt2, batches: &[Batch]) -> f64 {
+    let _no_grad = tch::no_grad_guard();
+    let total_tokens: i64 = batches.iter().map(|b| b.target_tokens).sum();
+    let loss: f64 = batches.iter().map(|b| token_loss_sum(gpt, b, false).double_value(&[])).sum();
+    loss / total_tokens.max(1) as f64
+}
+
+/// Where batches come from.
+trait BatchSource {
+    /// Micro-batch `micro` of optimizer step `step`: a function of (seed, step, micro) only.
+    fn train_batch(&self, step: u64, micro: usize) -> Batch;
+    fn eval_batches(&self, count: usize) -> Vec<Batch>;
+    fn sample_prompts(&self, count: usize) -> Vec<String>;
+}
+
+/// Purposes of derived seeds.
+const DATA_SEED: u64 = 1;
+const DROPOUT_SEED: u64 = 2;
+const SAMPLES_SEED: u64 = 3;
+
+/// Pretraining: random windows of `seq_len + 1` tokens from the concatenated corpus, each text
+/// followed by end-of-text.
+struct CorpusWindows {
+    train: Vec<i64>,
+    eval: Vec<i64>,
+    eval_texts: Vec<String>,
+    seq_len: i64,
+    batch_size: usize,
+    seed: u64,
+    device: tch::Device,
+}
+
+impl CorpusWindows {
+    fn new(context: &StageContext, settings: &TrainSettings, device: tch::Device) -> Result<Self, StageError> {
+        let corpus = &context.task.corpus;
+        let stream = |texts: &[String]| -> Result<Vec<i64>, StageError> {
+            let mut tokens = Vec::new();
+            for text in texts {
+                tokens.extend(context.tokenizer.encode(text)?);
+                tokens.push(context.tokenizer.eos_id());
+            }
+            Ok(tokens)
+        };
+        let (train, eval) = (stream(&corpus.train)?, stream(&corpus.eval)?);
+        let needed = settings.seq_len as usize + 1;
+        if train.len() < needed || eval.len() < needed {
+            return Err(context.invalid(format!(
+                "the corpus is too small: {} train and {} eval tokens, each needs at least seq_len + 1 = {needed}",
+                train.len(),
+                eval.len()
+            )));
+        }
+        Ok(CorpusWindows {
+            train,
+            eval,
+            eval_texts: corpus.eval.clone(),
+            seq_len: settings.seq_len,
+            batch_size: settings.batch_size,
+            seed: context.seed(),
+            device,
+        })
+    }
+
+    fn windows(&self, tokens: &[i64], starts: &[usize]) -> Batch {
+        let width = self.seq_len as usize;
+        let mut inputs = Vec::with_capacity(starts.len() * width);
+        let mut targets = Vec::with_capacity(starts.len() * width);
+        for &start in starts {
+            inputs.extend_from_slice(&tokens[start..start + width]);
+            targets.extend_from_slice(&tokens[start + 1..start + width + 1]);
+        }
+        let shape = [starts.len() as i64, self.seq_len];
+        Batch {
+            inputs: Tensor::from_slice(&inputs).view(shape).to(self.device),
+            targets: Tensor::from_slice(&targets).view(shape).to(self.device),
+            target_tokens: targets.len() as i64,
+        }
+    }
+}
+
+impl BatchSource for CorpusWindows {
+    fn train_batch(&self, step: u64, micro: usize) -> Batch {
+        let mut rng = ChaCha8Rng::seed_from_u64(step_seed(self.seed, DATA_SEED, step * 1024 + micro as u64));
+        let last_start = self.train.len() - self.seq_len as usize - 1;
+        let starts: Vec<usize> = (0..self.batch_size).map(|_| rng.random_range(0..=last_start)).collect();
+        self.windows(&self.train, &starts)
+    }
+
+    fn eval_batches(&self, count: usize) -> Vec<Batch> {
+        // Evenly spaced windows: the same every evaluation, so eval losses are comparable.
+        let last_start = self.eval.len() - self.seq_len as usize - 1;
+        let windows = count * self.batch_size;
+        let starts: Vec<usize> = (0..windows).map(|i| i * last_start / windows.max(2).saturating_sub(1).max(1)).collect();
+        starts.chunks(self.batch_size).map(|chunk| self.windows(&self.eval, chunk)).collect()
+    }
+
+    fn sample_prompts(&self, count: usize) -> Vec<String> {
+        // The first words of held-out texts.
+        self.eval_texts.iter().take(count).map(|text| text.split_whitespace().take(4).collect::<Vec<_>>().join(" ")).collect()
+    }
+}
+
+/// SFT: prompt + response + end-of-text, loss on the response and the end-of-text only.
+struct Demonstrations {
+    train: Vec<Example>,
+    eval: Vec<Example>,
+    eval_prompts: Vec<String>,
+    batch_size: usize,
+    grad_accum: usize,
+    pad_id: i64,
+    seed: u64,
+    device: tch::Device,
+}
+
+struct Example {
+    ids: Vec<i64>,
+    prompt_len: usize,
+}
+
+impl Demonstrations {
+    fn new(context: &StageContext, settings: &TrainSettings, device: tch::Device) -> Result<Self, StageError> {
+        let demonstrations = &context.task.demonstrations;
+        let max_len = settings.seq_len as usize + 1;
+        let tokenizer = context.tokenizer;
+        let encode = |split: &[crate::data::synthetic::Demonstration]| -> Result<(Vec<Example>, usize), StageError> {
+            let mut examples = Vec::new();
+            let mut too_long = 0;
+            for demonstration in split {
+                let prompt = tokenizer.encode(&demonstration.prompt)?;
+                if prompt.len() + 1 >= max_len {
+                    too_long += 1;
+                    continue;
+                }
+                let mut ids = prompt.clone();
+                ids.extend(tokenizer.encode(&demonstration.response)?);
+                ids.push(tokenizer.eos_id());
+                ids.truncate(max_len);
+                examples.push(Example { ids, prompt_len: prompt.len() });
+            }
+            Ok((examples, too_long))
+        };
+        let (train, dropped_train) = encode(&demonstrations.train)?;
+        let (eval, dropped_eval) = encode(&demonstrations.eval)?;
+        if dropped_train + dropped_eval > 0 {
+            tracing::warn!(dropped = dropped_train + dropped_eval, "demonstrations whose prompt fills seq_len were skipped");
+        }
+        if train.is_empty() || eval.is_empty() {
+            return Err(context.invalid(format!(
+                "needs demonstrations for training and evaluation, the task has {} and {} usable ones",
+                train.len(),
+                eval.len()
+            )));
+        }
+        Ok(Demonstrations {
+            train,
+            eval,
+            eval_prompts: demonstrations.eval.iter().map(|d| d.prompt.clone()).collect(),
+            batch_size: settings.batch_size,
+            grad_accum: settings.grad_accum,
+            pad_id: tokenizer.eos_id(),
+            seed: context.seed(),
+            device,
+        })
+    }
+
+    /// Right-padded batch; padding and prompt positions carry no loss.
+    fn batch(&self, examples: &[&Example]) -> Batch {
+        let width = examples.iter().map(|e| e.ids.len() - 1).max().unwrap_or(1);
+        let mut inputs = vec![self.pad_id; examples.len() * width];
+        let mut targets = vec![IGNORE; examples.len() * width];
+        let mut target_tokens = 0;
+        for (row, example) in examples.iter().enumerate() {
+            let offset = row * width;
+            for t in 0..example.ids.len() - 1 {
+                inputs[offset + t] = example.ids[t];
+                // Position t predicts token t + 1: a loss only where that token is the response's.
+                if t + 1 >= example.prompt_len {
+                    targets[offset + t] = example.ids[t + 1];
+                    target_tokens += 1;
+                }
+            }
+        }
+        let shape = [examples.len() as i64, width as i64];
+        Batch {
+            inputs: Tensor::from_slice(&inputs).view(shape).to(self.device),
+            targets: Tensor::from_slice(&targets).view(shape).to(self.device),
+            target_tokens,
+        }
+    }
+}
+
+impl BatchSource for Demonstrations {
+    fn train_batch(&self, step: u64, micro: usize) -> Batch {
+        // Epochs over a seeded permutation: example k of the whole run is a function of k.
+        let n = self.train.len();
+        let first = ((step - 1) as usize * self.grad_accum + micro) * self.batch_size;
+        let mut permutation_epoch = usize::MAX;
+        let mut permutation: Vec<usize> = Vec::new();
+        let examples: Vec<&Example> = (first..first + self.batch_size)
+            .map(|k| {
+                let epoch = k / n;
+                if epoch != permutation_epoch {
+                    permutation = (0..n).collect();
+                    permutation.shuffle(&mut ChaCha8Rng::seed_from_u64(step_seed(self.seed, DATA_SEED, epoch as u64)));
+                    permutation_epoch = epoch;
+                }
+                &self.train[permutation[k % n]]
+            })
+            .collect();
+        self.batch(&examples)
+    }
+
+    fn eval_batches(&self, count: usize) -> Vec<Batch> {
+        let examples: Vec<&Example> = self.eval.iter().take(count * self.batch_size).collect();
+        examples.chunks(self.batch_size).map(|chunk| self.batch(chunk)).collect()
+    }
+
+    fn sample_prompts(&self, count: usize) -> Vec<String> {
+        self.eval_prompts.iter().take(count).cloned().collect()
+    }
+}
+
+/// What `--resume` restores besides the weights and the optimizer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Progress {
+    step: u64,
+    best_eval_loss: f64,
+    evals_since_best: u64,
+}
+
+const PROGRESS_FILE: &str = "progress.json";
+
+fn train(context: &StageContext, settings: &TrainSettings, objective: Objective) -> Result<Metrics, StageError> {
+    let dir = context.dir();
+    let state_dir = dir.join(STATE_DIR);
+    std::fs::create_dir_all(&state_dir).map_err(|source| RunDirError::Write { path: state_dir.clone(), source })?;
+    let reference = settings.model.as_deref().or(settings.init.as_deref()).expect("validated: model or init");
+    let mut model = context.load_model(reference, settings.device, settings.dtype)?;
+    let context_len = model.gpt.config.n_positions;
+    if settings.seq_len > context_len {
+        return Err(context.invalid(format!("seq_len = {} exceeds the model's context of {context_len}", settings.seq_len)));
+    }
+    let device = model.device();
+    let data: Box<dyn BatchSource> = match objective {
+        Objective::Lm => Box::new(CorpusWindows::new(context, settings, device)?),
+        Objective::Sft => Box::new(Demonstrations::new(context, settings, device)?),
+    };
+    let schedule = LrSchedule {
+        lr: settings.lr,
+        min_lr_ratio: settings.min_lr_ratio,
+        warmup_steps: settings.warmup_steps,
+        total_steps: settings.steps,
+        shape: settings.schedule,
+    };
+    let mut optimizer = AdamW::new(
+        &model.vs,
+        AdamWConfig { beta1: settings.beta1, beta2: settings.beta2, eps: 1e-8, weight_decay: settings.weight_decay },
+    );
+
+    let progress_path = state_dir.join(PROGRESS_FILE);
+    let mut progress = Progress { step: 0, best_eval_loss: f64::INFINITY, evals_since_best: 0 };
+    if context.resume && progress_path.exists() {
+        progress = restore(&state_dir, &mut model, &mut optimizer)?;
+        tracing::info!(stage = context.name(), step = progress.step, "resuming");
+    }
+    let keep_up_to = context.resume.then_some(progress.step);
+    let mut metrics_log = MetricsWriter::open(&dir.join("metrics.jsonl"), keep_up_to)?;
+    let mut samples_log = MetricsWriter::open(&dir.join("samples.jsonl"), keep_up_to)?;
+
+    let bar = progress_bar(settings.steps, progress.step, context.name());
+    let seed = context.seed();
+    let mut last_metrics = Metrics::new();
+    let mut stopped_early = false;
+    for step in progress.step + 1..=settings.steps {
+        let started = Instant::now();
+        let lr = schedule.at(step);
+        tch::manual_seed(step_seed(seed, DROPOUT_SEED, step) as i64);
+        let batches: Vec<Batch> = (0..settings.grad_accum).map(|micro| data.train_batch(step, micro)).collect();
+        let train_loss = accumulate_gradients(&model.gpt, &batches);
+        let grad_norm = optimizer.clip_grad_norm(settings.grad_clip);
+        optimizer.step(lr);
+        optimizer.zero_grad();
+        let tokens: i64 = batches.iter().map(|b| b.inputs.numel() as i64).sum();
+        let mut metrics = Metrics::from([
+            ("train/loss".to_string(), train_loss),
+            ("lr".to_string(), lr),
+            ("grad_norm".to_string(), grad_norm),
+            ("tokens_per_s".to_string(), tokens as f64 / started.elapsed().as_secs_f64()),
+        ]);
+        bar.set_position(step);
+        bar.set_message(format!("loss {train_loss:.3}"));
+
+        let evaluate_now = step % settings.eval_every == 0 || step == settings.steps;
+        if evaluate_now {
+            let eval_loss = evaluate(&model.gpt, &data.eval_batches(settings.eval_batches));
+            metrics.insert("eval/loss".into(), eval_loss);
+            metrics.insert("eval/ppl".into(), eval_loss.exp());
+            write_samples(context, &model, &data.sample_prompts(settings.samples), step, &mut samples_log)?;
+            if eval_loss < progress.best_eval_loss {
+                progress.best_eval_loss = eval_loss;
+                progress.evals_since_best = 0;
+                model.save(&dir.join(CHECKPOINT_DIR))?;
+            } else {
+                progress.evals_since_best += 1;
+            }
+            bar.suspend(|| tracing::info!(stage = context.name(), step, train_loss, eval_loss, "evaluated"));
+        }
+        metrics_log.log(step, &metrics)?;
+        last_metrics = metrics;
+        if evaluate_now {
+            // State after the metrics line: a run killed in between replays this step on resume.
+            progress.step = step;
+            save_state(&state_dir, &model, &optimizer, &progress)?;
+            if settings.patience.is_some_and(|patience| progress.evals_since_best >= patience) {
+                tracing::info!(stage = context.name(), step, "early stopping: eval loss has not improved for {} evaluations", progress.evals_since_best);
+                stopped_early = true;
+                break;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    model.save(&dir.join("last"))?;
+    if !dir.join(CHECKPOINT_DIR).exists() {
+        tracing::warn!(stage = context.name(), "eval loss was never finite; the last weights are the checkpoint");
+        model.save(&dir.join(CHECKPOINT_DIR))?;
+    }
+
+    let mut summary = Metrics::from([
+        ("best/eval_loss".to_string(), progress.best_eval_loss),
+        ("steps".to_string(), progress.step as f64),
+        ("stopped_early".to_string(), f64::from(u8::from(stopped_early))),
+    ]);
+    summary.extend(last_metrics.into_iter().filter(|(name, _)| name.contains("loss") || name == "eval/ppl"));
+    Ok(summary)
+}
+
+fn save_state(state_dir: &std::path::Path, model: &LanguageModel, optimizer: &AdamW, progress: &Progress) -> Result<(), StageError> {
+    model.vs.save(state_dir.join("model.safetensors"))?;
+    optimizer.save(&state_dir.join("optimizer.safetensors"))?;
+    // Written last: its presence means the two files above belong to this step.
+    crate::run::write_atomic(&state_dir.join(PROGRESS_FILE), &serde_json::to_string(progress).expect("serialises"))?;
+    Ok(())
+}
+
+fn restore(state_dir: &std::path::Path, model: &mut LanguageModel, optimizer: &mut AdamW) -> Result<Progress, StageError> {
+    let path = state_dir.join(PROGRESS_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|source| RunDirError::Read { path: path.clone(), source })?;
+    let progress: Progress =
+        serde_json::from_str(&text).map_err(|e| RunDirError::Corrupt { path: path.clone(), message: e.to_string() })?;
+    model.vs.load(state_dir.join("model.safetensors"))?;
+    optimizer.load(&state_dir.join("optimizer.safetensors"))?;
+    Ok(progress)
+}
+
+/// Generations for held-out prompts, with their gold score when the task has an oracle.
+fn write_samples(
+    context: &StageContext,
+    model: &LanguageModel,
+    prompts: &[String],
+    step: u64,
+    log: &mut MetricsWriter,
+) -> Result<(), StageError> {
+    if prompts.is_empty() {
+        return Ok(());
+    }
+    let tokenizer: &TextTokenizer = &model.tokenizer;
+    let encoded = prompts.iter().map(|p| tokenizer.encode(p)).collect::<Result<Vec<_>, _>>()?;
+    let longest = encoded.iter().map(Vec::len).max().unwrap_or(0) as i64;
+    let max_new_tokens = (model.gpt.config.n_positions - longest).clamp(0, 48);
+    if max_new_tokens == 0 {
+        return Ok(());
+    }
+    let options = GenerateOptions {
+        max_new_tokens,
+        sampling: Sampling::Sample { temperature: 0.7, top_k: Some(50), top_p: None },
+        seed: Some(step_seed(context.seed(), SAMPLES_SEED, step)),
+        use_kv_cache: true,
+    };
+    let generation = generate(&model.gpt, &encoded, tokenizer.eos_id(), &options)?;
+    for (prompt, ids) in prompts.iter().zip(generation.completions()) {
+        let completion = tokenizer.decode(&ids);
+        let mut line = serde_json::Map::new();
+        line.insert("step".into(), step.into());
+        line.insert("prompt".into(), prompt.clone().into());
+        line.insert("completion".into(), completion.clone().into());
+        if let Some(oracle) = &context.task.oracle {
+            line.insert("gold_score".into(), oracle.score(prompt, &completion).total.into());
+        }
+        log.log_object(line)?;
+    }
+    Ok(())
+}
+
+/// A bar on a terminal; nothing otherwise (CI logs get the `evaluated` lines instead).
+pub fn progress_bar(total: u64, position: u64, stage: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(
+        Some(total),
+        if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
+    );
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({per_sec}, eta {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(stage.to_string());
+    bar.set_position(position);
+    bar
 }

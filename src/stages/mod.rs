@@ -1,14 +1,22 @@
-//! Stage kinds. Each kind is one file defining its settings (the keys of its `[[stages]]` table)
-//! and one line in `STAGE_KINDS`.
+//! Stage kinds and how a run executes them. Each kind is one file defining its settings (the keys
+//! of its `[[stages]]` table) and how it runs, plus one line in `STAGE_KINDS`.
 
 pub mod lm;
+pub mod pipeline;
 
 use std::fmt::Debug;
+use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// The validated settings of one stage kind.
+use crate::config::{Experiment, ModelSource};
+use crate::data::task::TaskData;
+use crate::data::tokenizer::TextTokenizer;
+use crate::model::{CheckpointError, DeviceSpec, LanguageModel, Precision};
+use crate::run::{Metrics, RunDir, RunDirError};
+
+/// The validated settings of one stage kind, and what running it does.
 pub trait StageSettings: Debug + Send + Sync {
     /// The keys of this stage that name a model source (an earlier stage, a `[models.X]`
     /// section, `run:RUN_DIR/STAGE` or a checkpoint path), with their values.
@@ -16,6 +24,12 @@ pub trait StageSettings: Debug + Send + Sync {
 
     /// Values that parse but cannot work (a learning rate ≤ 0, …), as `(key, what is expected)`.
     fn check(&self) -> Result<(), (&'static str, String)>;
+
+    /// The devices this stage's models run on, as `(role, device)`, for env.json.
+    fn devices(&self) -> Vec<(&'static str, DeviceSpec)>;
+
+    /// Trains, writing into the stage directory; returns the stage's final figures.
+    fn run(&self, context: &StageContext) -> Result<Metrics, StageError>;
 }
 
 /// Parses a stage table (without `name` and `kind`) into its settings and the same table with
@@ -44,4 +58,94 @@ where
     let settings: T = toml::Value::Table(table).try_into()?;
     let resolved = toml::Table::try_from(&settings).expect("stage settings serialise to a TOML table");
     Ok((Box::new(settings), resolved))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error(transparent)]
+    RunDir(#[from] RunDirError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Device(#[from] crate::model::device::DeviceError),
+    #[error(transparent)]
+    Tokenizer(#[from] crate::data::tokenizer::TokenizerError),
+    #[error(transparent)]
+    Generate(#[from] crate::model::generate::GenerateError),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("stage `{stage}`: {message}")]
+    Invalid { stage: String, message: String },
+}
+
+/// What a running stage may use: the experiment, its run directory, the task's data and the
+/// tokenizer shared by every model of the run.
+pub struct StageContext<'a> {
+    pub experiment: &'a Experiment,
+    pub stage_index: usize,
+    pub run: &'a RunDir,
+    pub task: &'a TaskData,
+    pub tokenizer: &'a TextTokenizer,
+    /// Continue from the stage's saved state, if it has one.
+    pub resume: bool,
+}
+
+/// Where a stage writes its final checkpoint, read by later stages.
+pub const CHECKPOINT_DIR: &str = "checkpoint";
+/// What `--resume` needs.
+pub const STATE_DIR: &str = "state";
+
+impl StageContext<'_> {
+    pub fn name(&self) -> &str {
+        &self.experiment.stages[self.stage_index].name
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.run.stage_dir(self.name())
+    }
+
+    /// A seed for this stage: the experiment's seed mixed with the stage's position.
+    pub fn seed(&self) -> u64 {
+        crate::rng::splitmix64(self.experiment.seed ^ (self.stage_index as u64 + 1))
+    }
+
+    pub fn invalid(&self, message: impl Into<String>) -> StageError {
+        StageError::Invalid { stage: self.name().to_string(), message: message.into() }
+    }
+
+    /// Builds the model a stage starts from: a `[models.X]` section (fresh, or its `from`
+    /// checkpoint), an earlier stage's checkpoint, another run's, or a checkpoint directory.
+    pub fn load_model(&self, reference: &str, device: DeviceSpec, precision: Precision) -> Result<LanguageModel, StageError> {
+        let device = device.resolve()?;
+        let checkpoint_dir = match self.experiment.model_source(self.stage_index, reference) {
+            ModelSource::Section(name) => {
+                let section = &self.experiment.models[&name];
+                if let Some(from) = &section.from {
+                    from.clone()
+                } else {
+                    let config = crate::model::Gpt2Config {
+                        vocab_size: self.tokenizer.vocab_size() as i64,
+                        n_positions: section.n_ctx.expect("validated"),
+                        n_embd: section.n_embd.expect("validated"),
+                        n_layer: section.n_layer.expect("validated"),
+                        n_head: section.n_head.expect("validated"),
+                        n_inner: None,
+                        layer_norm_epsilon: 1e-5,
+                        embd_pdrop: section.dropout,
+                        attn_pdrop: section.dropout,
+                        resid_pdrop: section.dropout,
+                        initializer_range: 0.02,
+                        bos_token_id: self.tokenizer.eos_id(),
+                        eos_token_id: self.tokenizer.eos_id(),
+                    };
+                    tch::manual_seed(self.seed() as i64);
+                    return Ok(LanguageModel::fresh(&config, self.tokenizer.clone(), device, precision));
+                }
+            }
+            ModelSource::Stage(stage) => self.run.stage_dir(&stage).join(CHECKPOINT_DIR),
+            ModelSource::Run { run_dir, stage } => run_dir.join(stage).join(CHECKPOINT_DIR),
+            ModelSource::Path(path) => path,
+        };
+        Ok(LanguageModel::load(&checkpoint_dir, device, precision)?)
+    }
 }

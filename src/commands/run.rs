@@ -1,0 +1,51 @@
+//! `rlhf run EXP.toml [--set KEY=VALUE]... [--out DIR] [--only STAGE[,STAGE]] [--resume RUN_DIR]`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+
+use crate::config;
+use crate::run::RunDir;
+use crate::stages::pipeline::{run_experiment, Selection};
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The experiment file (not needed with --resume, which uses the run's recorded config).
+    #[arg(required_unless_present = "resume")]
+    pub experiment: Option<PathBuf>,
+    /// Override a value: a dotted key into the TOML (stages by name), e.g. stages.sft.lr=1e-4.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Parent of the run directories: runs go to DIR/<experiment>/<run_id>/.
+    #[arg(long, default_value = "results")]
+    pub out: PathBuf,
+    /// Run only these stages (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Continue a killed or partial run from its last saved state.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+}
+
+pub fn run(args: &RunArgs) -> Result<()> {
+    let (experiment, run) = match &args.resume {
+        Some(run_dir) => {
+            if !args.overrides.is_empty() {
+                bail!("--set cannot change the config of an existing run ({}); start a new run instead", run_dir.display());
+            }
+            let run = RunDir::open(run_dir)?;
+            let experiment = config::load(&run.config_path(), &[]).context("reading the run's recorded config")?;
+            (experiment, run)
+        }
+        None => {
+            let path = args.experiment.as_ref().expect("clap requires EXPERIMENT without --resume");
+            let experiment = config::load(path, &args.overrides)?;
+            let run = RunDir::create(&args.out, &experiment.name, &experiment.to_toml())?;
+            (experiment, run)
+        }
+    };
+    let selection = Selection { only: args.only.clone(), resume: args.resume.is_some() };
+    run_experiment(&experiment, &run, &selection).with_context(|| format!("run {}", run.path.display()))?;
+    println!("{}", run.path.display());
+    Ok(())
+}
