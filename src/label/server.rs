@@ -220,17 +220,23 @@ async fn stats(State(app): State<Arc<App>>, Extension(annotator): Extension<Anno
     }).into_response())
 }
 
-/// Parses a JSON body: 400 when it is not JSON, 422 when it is JSON of the wrong shape, 413 when
-/// it is over the size limit.
+/// Parses a JSON object body: 400 when it is not JSON, 422 when it is JSON of the wrong shape,
+/// 413 when it is over the size limit.
 fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let bytes = body.map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
-    serde_json::from_slice(&bytes).map_err(|error| {
-        let status = match error.classify() {
-            serde_json::error::Category::Data => StatusCode::UNPROCESSABLE_ENTITY,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        ApiError::new(status, format!("invalid request body: {error}"))
-    })
+    let bytes = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over {} KiB", BODY_LIMIT_BYTES / 1024))
+        }
+        status => ApiError::new(status, rejection.body_text()),
+    })?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, format!("request body is not JSON: {error}")))?;
+    // serde would also take a struct's fields from an array; the API speaks objects only.
+    if !value.is_object() {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "request body must be a JSON object"));
+    }
+    serde_json::from_value(value)
+        .map_err(|error| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid request body: {error}")))
 }
 
 /// An error answer: `{"error": "..."}` with its status.
