@@ -150,8 +150,10 @@ fn parse(path: &Path, text: &str) -> Result<Experiment, ConfigError> {
         let spans: BTreeMap<String, Range<usize>> = entries.keys().map(|k| (k.get_ref().clone(), k.span())).collect();
         let table: toml::Table = entries.into_iter().map(|(k, v)| (k.into_inner(), v.into_inner())).collect();
         let (settings, resolved) = (stage_kind.parse)(table).map_err(|error| {
-            let span = error_key(&error).and_then(|key| spans.get(&key).cloned()).unwrap_or(stage_span.clone());
-            at(span, format!("stage `{name}` ({kind}): {}", error.message().replace('\n', " ")))
+            let key = error_key(&error);
+            let span = key.as_ref().and_then(|key| spans.get(key).cloned()).unwrap_or(stage_span.clone());
+            let about = key.map(|key| format!("`{key}`: ")).unwrap_or_default();
+            at(span, format!("stage `{name}` ({kind}): {about}{}", error.message().replace('\n', " ")))
         })?;
         let spans_map = |key: &str| spans.get(key).cloned().unwrap_or(stage_span.clone());
         settings
@@ -184,14 +186,15 @@ fn parse(path: &Path, text: &str) -> Result<Experiment, ConfigError> {
     })
 }
 
-/// The key a schema error is about: `unknown field `x``, or the `in `x`` path toml appends.
+/// The key a schema error is about: `unknown field `x``, or the `in `x`` line toml's Display
+/// adds for errors inside a value (the path is not otherwise public).
 fn error_key(error: &toml::de::Error) -> Option<String> {
-    let message = error.message();
+    let text = error.to_string();
     let quoted = |prefix: &str| {
-        let rest = &message[message.find(prefix)? + prefix.len()..];
+        let rest = &text[text.find(prefix)? + prefix.len()..];
         Some(rest[..rest.find('`')?].split('.').next()?.to_string())
     };
-    quoted("unknown field `").or_else(|| quoted("in `"))
+    quoted("unknown field `").or_else(|| quoted("\nin `"))
 }
 
 fn resolve_reference(

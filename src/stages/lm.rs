@@ -76,6 +76,9 @@ pub struct TrainSettings {
     /// Stop after this many evaluations without a better eval loss (absent: never).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patience: Option<u64>,
+    /// An eval loss counts as better only when it is lower than the best by more than this.
+    #[serde(default)]
+    pub min_delta: f64,
     /// Generations written to samples.jsonl at each evaluation.
     #[serde(default = "defaults::samples")]
     pub samples: usize,
@@ -134,8 +137,10 @@ impl TrainSettings {
                 return Err((key, format!("a value in [0, 1), got {beta}")));
             }
         }
-        if self.weight_decay < 0.0 || self.grad_clip < 0.0 {
-            return Err(("weight_decay", "weight_decay and grad_clip ≥ 0".into()));
+        for (key, value) in [("weight_decay", self.weight_decay), ("grad_clip", self.grad_clip), ("min_delta", self.min_delta)] {
+            if !(value >= 0.0) {
+                return Err((key, format!("a value ≥ 0, got {value}")));
+            }
         }
         Ok(())
     }
@@ -187,8 +192,8 @@ enum Objective {
     Sft,
 }
 
-/// Token id that carries no loss.
-const IGNORE: i64 = -100;
+/// Target id that carries no loss.
+pub const IGNORE: i64 = -100;
 
 /// One micro-batch: `inputs` `[B, T]`, `targets` `[B, T]` (the next token, or `IGNORE`).
 pub struct Batch {
@@ -385,29 +390,35 @@ impl Demonstrations {
         })
     }
 
-    /// Right-padded batch; padding and prompt positions carry no loss.
     fn batch(&self, examples: &[&Example]) -> Batch {
-        let width = examples.iter().map(|e| e.ids.len() - 1).max().unwrap_or(1);
-        let mut inputs = vec![self.pad_id; examples.len() * width];
-        let mut targets = vec![IGNORE; examples.len() * width];
-        let mut target_tokens = 0;
-        for (row, example) in examples.iter().enumerate() {
-            let offset = row * width;
-            for t in 0..example.ids.len() - 1 {
-                inputs[offset + t] = example.ids[t];
-                // Position t predicts token t + 1: a loss only where that token is the response's.
-                if t + 1 >= example.prompt_len {
-                    targets[offset + t] = example.ids[t + 1];
-                    target_tokens += 1;
-                }
+        let rows: Vec<(&[i64], usize)> = examples.iter().map(|e| (e.ids.as_slice(), e.prompt_len)).collect();
+        response_only_batch(&rows, self.pad_id, self.device)
+    }
+}
+
+/// A right-padded batch of `(ids, prompt_len)` rows where only the response tokens (those at or
+/// after `prompt_len`) are targets: prompt and padding positions carry no loss.
+pub fn response_only_batch(rows: &[(&[i64], usize)], pad_id: i64, device: tch::Device) -> Batch {
+    let width = rows.iter().map(|(ids, _)| ids.len() - 1).max().unwrap_or(1);
+    let mut inputs = vec![pad_id; rows.len() * width];
+    let mut targets = vec![IGNORE; rows.len() * width];
+    let mut target_tokens = 0;
+    for (row, (ids, prompt_len)) in rows.iter().enumerate() {
+        let offset = row * width;
+        for t in 0..ids.len() - 1 {
+            inputs[offset + t] = ids[t];
+            // Position t predicts token t + 1: a loss only where that token is the response's.
+            if t + 1 >= *prompt_len {
+                targets[offset + t] = ids[t + 1];
+                target_tokens += 1;
             }
         }
-        let shape = [examples.len() as i64, width as i64];
-        Batch {
-            inputs: Tensor::from_slice(&inputs).view(shape).to(self.device),
-            targets: Tensor::from_slice(&targets).view(shape).to(self.device),
-            target_tokens,
-        }
+    }
+    let shape = [rows.len() as i64, width as i64];
+    Batch {
+        inputs: Tensor::from_slice(&inputs).view(shape).to(device),
+        targets: Tensor::from_slice(&targets).view(shape).to(device),
+        target_tokens,
     }
 }
 
@@ -518,7 +529,7 @@ fn train(context: &StageContext, settings: &TrainSettings, objective: Objective)
             metrics.insert("eval/loss".into(), eval_loss);
             metrics.insert("eval/ppl".into(), eval_loss.exp());
             write_samples(context, &model, &data.sample_prompts(settings.samples), step, &mut samples_log)?;
-            if eval_loss < progress.best_eval_loss {
+            if eval_loss < progress.best_eval_loss - settings.min_delta {
                 progress.best_eval_loss = eval_loss;
                 progress.evals_since_best = 0;
                 model.save(&dir.join(CHECKPOINT_DIR))?;

@@ -1,0 +1,123 @@
+//! `rlhf validate` on broken experiment files: every error names the file, the line and column,
+//! the key and what was expected, exits non-zero, and never panics.
+
+mod common;
+
+use std::path::Path;
+
+const VALID: &str = r#"name = "tiny"
+seed = 3
+
+[task]
+kind = "synthetic-reviews"
+
+[models.base]
+n_layer = 2
+n_head = 2
+n_embd = 32
+n_ctx = 64
+
+[[stages]]
+name = "pretrain"
+kind = "lm"
+model = "base"
+steps = 10
+
+[[stages]]
+name = "sft"
+kind = "sft"
+init = "pretrain"
+lr = 1e-4
+"#;
+
+/// Writes `text` as an experiment and validates it; returns (success, stdout, stderr).
+fn validate(text: &str, extra: &[&str]) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("exp.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut args = vec!["validate", path.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    common::rlhf(&args, dir.path())
+}
+
+fn assert_error(text: &str, extra: &[&str], needles: &[&str]) {
+    let (ok, _, stderr) = validate(text, extra);
+    assert!(!ok, "accepted:\n{text}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "`{needle}` missing from:\n{stderr}");
+    }
+}
+
+#[test]
+fn a_valid_file_passes_and_its_resolved_form_validates_to_itself() {
+    let (ok, stdout, stderr) = validate(VALID, &[]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("pretrain (lm) → sft (sft)"), "{stdout}");
+    let (ok, resolved, stderr) = validate(VALID, &["--print"]);
+    assert!(ok, "{stderr}");
+    // defaults are filled in
+    assert!(resolved.contains("batch_size = 16") && resolved.contains("schedule = \"cosine\""), "{resolved}");
+    let (ok, again, _) = validate(&resolved, &["--print"]);
+    assert!(ok);
+    assert_eq!(resolved, again, "the resolved config is not a fixed point");
+}
+
+#[test]
+fn syntax_errors_name_file_line_and_column() {
+    let broken = VALID.replace("seed = 3", "seed = = 3");
+    assert_error(&broken, &[], &["exp.toml", "line 2, column"]);
+}
+
+#[test]
+fn unknown_keys_are_rejected_at_their_line() {
+    assert_error(&VALID.replace("seed = 3", "seed = 3\nsede = 4"), &[], &["exp.toml", "line 3", "unknown field `sede`"]);
+    let in_stage = VALID.replace("lr = 1e-4", "lr = 1e-4\nlearning_rate = 1e-4");
+    assert_error(&in_stage, &[], &["exp.toml:24:1", "stage `sft` (sft)", "unknown field `learning_rate`", "expected one of"]);
+    let in_model = VALID.replace("n_ctx = 64", "n_ctx = 64\nn_kv = 2");
+    assert_error(&in_model, &[], &["unknown field `n_kv`", "line 12"]);
+}
+
+#[test]
+fn wrong_types_and_impossible_values_name_the_key() {
+    assert_error(&VALID.replace("steps = 10", "steps = \"ten\""), &[], &["exp.toml:17:1", "invalid type", "steps"]);
+    assert_error(&VALID.replace("lr = 1e-4", "lr = -1.0"), &[], &["exp.toml:23:1", "`lr`: expected a value > 0, got -1"]);
+    assert_error(&VALID.replace("n_embd = 32", "n_embd = 33"), &[], &["[models.base]", "multiple of `n_head`"]);
+    assert_error(&VALID.replace("kind = \"synthetic-reviews\"", "kind = \"reviews\""), &[], &["unknown variant `reviews`"]);
+}
+
+#[test]
+fn stage_references_must_exist_and_come_earlier() {
+    let later = VALID.replace("model = \"base\"", "init = \"sft\"");
+    assert_error(&later, &[], &["exp.toml:16:1", "stage `pretrain`: `init`: stage `sft` comes later"]);
+    let missing = VALID.replace("init = \"pretrain\"", "init = \"pretrian\"");
+    assert_error(&missing, &[], &["exp.toml:22:1", "`pretrian` is not an earlier stage", "stage `pretrain`", "model `base`"]);
+    let itself = VALID.replace("init = \"pretrain\"", "init = \"sft\"");
+    assert_error(&itself, &[], &["cannot take its own output"]);
+    let both = VALID.replace("init = \"pretrain\"", "init = \"pretrain\"\nmodel = \"base\"");
+    assert_error(&both, &[], &["either `model` or `init`, not both"]);
+    let duplicate = VALID.replace("name = \"sft\"", "name = \"pretrain\"");
+    assert_error(&duplicate, &[], &["a second stage named `pretrain`"]);
+    let kind = VALID.replace("kind = \"sft\"", "kind = \"dpo\"");
+    assert_error(&kind, &[], &["unknown kind `dpo`, expected one of lm, sft"]);
+    assert_error("name = \"x\"\n[task]\nkind = \"synthetic-reviews\"\n", &[], &["no `[[stages]]`"]);
+}
+
+#[test]
+fn overrides_are_type_checked_and_address_stages_by_name() {
+    let (ok, resolved, stderr) = validate(VALID, &["--print", "--set", "stages.sft.lr=0.002", "--set", "models.base.n_layer=3"]);
+    assert!(ok, "{stderr}");
+    assert!(resolved.contains("lr = 0.002") && resolved.contains("n_layer = 3"), "{resolved}");
+    assert_error(VALID, &["--set", "stages.sft.lr=fast"], &["--set `stages.sft.lr=fast`", "type float", "type string"]);
+    assert_error(VALID, &["--set", "stages.rm.lr=1"], &["no stage named `rm` (stages: pretrain, sft)"]);
+    assert_error(VALID, &["--set", "stages.sft.lrr=1"], &["after applying --set stages.sft.lrr=1", "unknown field `lrr`"]);
+    assert_error(VALID, &["--set", "stages.sft.steps=0"], &["`steps`: expected a value > 0"]);
+}
+
+#[test]
+fn a_missing_file_and_missing_jsonl_data_are_named() {
+    let (ok, _, stderr) = common::rlhf(&["validate", "nowhere.toml"], Path::new("."));
+    assert!(!ok && stderr.contains("cannot read experiment file `nowhere.toml`"), "{stderr}");
+    let jsonl = VALID.replace("kind = \"synthetic-reviews\"", "kind = \"jsonl\"\ncorpus = \"missing.jsonl\"");
+    assert_error(&jsonl, &[], &["[task]", "`corpus`: no file `missing.jsonl`"]);
+}
