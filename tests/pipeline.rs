@@ -1,0 +1,216 @@
+//! `rlhf run` end to end on a tiny experiment: the run directory's contents, resume after a
+//! kill -9 giving the same metrics as an uninterrupted run, early stopping, `--only`, and the
+//! checkpoint feeding `rlhf generate`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const TINY: &str = r#"name = "tiny"
+seed = 5
+threads = 1
+
+[task]
+kind = "synthetic-reviews"
+corpus_size = 300
+demonstrations_size = 200
+prompts_size = 20
+eval_fraction = 0.1
+
+[tokenizer]
+vocab_size = 400
+
+[models.base]
+n_layer = 2
+n_head = 2
+n_embd = 32
+n_ctx = 64
+dropout = 0.1
+device = "cpu"
+
+[[stages]]
+name = "pretrain"
+kind = "lm"
+model = "base"
+steps = 120
+batch_size = 4
+seq_len = 48
+eval_every = 10
+eval_batches = 2
+samples = 2
+device = "cpu"
+
+[[stages]]
+name = "sft"
+kind = "sft"
+init = "pretrain"
+steps = 20
+batch_size = 4
+seq_len = 48
+eval_every = 10
+eval_batches = 2
+samples = 2
+device = "cpu"
+"#;
+
+fn write_experiment(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("tiny.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs `rlhf run` to completion; returns the run directory it printed.
+fn run(dir: &Path, args: &[&str]) -> PathBuf {
+    let (ok, stdout, stderr) = common::rlhf(args, dir);
+    assert!(ok, "rlhf {args:?} failed:\n{stderr}");
+    dir.join(stdout.trim())
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Metrics without the wall-clock ones, which differ between any two runs.
+fn deterministic_metrics(path: &Path) -> Vec<Value> {
+    lines(path)
+        .into_iter()
+        .map(|mut line| {
+            line.as_object_mut().unwrap().remove("tokens_per_s");
+            line
+        })
+        .collect()
+}
+
+#[test]
+fn a_run_writes_the_documented_directory_and_its_checkpoint_generates() {
+    let work = tempfile::tempdir().unwrap();
+    let experiment = write_experiment(work.path(), TINY);
+    let run_dir = run(work.path(), &["run", experiment.to_str().unwrap(), "--out", "out"]);
+    assert!(run_dir.starts_with(work.path().join("out/tiny")), "{}", run_dir.display());
+
+    for file in ["config.toml", "env.json", "run.log", "summary.json", "tokenizer.json"] {
+        assert!(run_dir.join(file).is_file(), "missing {file}");
+    }
+    for stage in ["pretrain", "sft"] {
+        for file in ["metrics.jsonl", "samples.jsonl", "checkpoint/model.safetensors", "checkpoint/config.json", "checkpoint/tokenizer.json", "state/progress.json"] {
+            assert!(run_dir.join(stage).join(file).is_file(), "missing {stage}/{file}");
+        }
+    }
+    let env: Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("env.json")).unwrap()).unwrap();
+    assert_eq!(env["seed"], 5);
+    assert_eq!(env["threads"], 1);
+    assert_eq!(env["libtorch_version"], "2.13.0");
+    assert_eq!(env["devices"]["sft.model"], "cpu");
+
+    let metrics = lines(&run_dir.join("pretrain/metrics.jsonl"));
+    assert_eq!(metrics.len(), 120);
+    assert_eq!(metrics[0]["step"], 1);
+    for name in ["train/loss", "lr", "grad_norm", "tokens_per_s"] {
+        assert!(metrics[5][name].is_f64(), "no {name} in {}", metrics[5]);
+    }
+    let evals: Vec<f64> = metrics.iter().filter_map(|m| m["eval/loss"].as_f64()).collect();
+    assert_eq!(evals.len(), 12);
+    assert!(evals.last().unwrap() < &(evals[0] - 0.5), "eval loss did not fall: {evals:?}");
+    assert!((metrics[119]["eval/ppl"].as_f64().unwrap() - evals[11].exp()).abs() < 1e-9);
+
+    let samples = lines(&run_dir.join("sft/samples.jsonl"));
+    assert_eq!(samples.len(), 4); // 2 prompts × 2 evaluations
+    assert!(samples[0]["prompt"].as_str().unwrap().starts_with("Write a "));
+    assert!(samples[0]["gold_score"].is_f64());
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
+    assert!(summary["sft"]["best/eval_loss"].as_f64().unwrap() < summary["pretrain"]["best/eval_loss"].as_f64().unwrap() + 10.0);
+
+    let checkpoint = run_dir.join("sft/checkpoint");
+    let (ok, stdout, stderr) = common::rlhf(
+        &["generate", "--model", checkpoint.to_str().unwrap(), "--prompt", "Write a positive review of the phone about its battery.\nReview:", "--max-new-tokens", "8", "--json", "--device", "cpu"],
+        work.path(),
+    );
+    assert!(ok, "{stderr}");
+    let line: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(line["completion_ids"].as_array().unwrap().len() <= 8);
+    assert!(line["completion"].is_string());
+}
+
+#[test]
+fn resuming_a_killed_run_gives_the_metrics_of_an_uninterrupted_one() {
+    let work = tempfile::tempdir().unwrap();
+    let experiment = write_experiment(work.path(), TINY);
+    let uninterrupted = run(work.path(), &["run", experiment.to_str().unwrap(), "--out", "a"]);
+
+    // Start the same run and kill -9 it once it has saved state past step 30 of pretraining.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["run", experiment.to_str().unwrap(), "--out", "b"])
+        .current_dir(work.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let killed_run = loop {
+        let progress = glob_one(&work.path().join("b/tiny")).map(|run| (run.join("pretrain/state/progress.json"), run));
+        if let Some((path, run)) = progress {
+            let step = std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()).and_then(|v| v["step"].as_u64());
+            if step.is_some_and(|s| s >= 30) {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break run;
+            }
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run finished before it could be killed");
+        assert!(started.elapsed() < Duration::from_secs(120), "no state saved in time");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let before = lines(&killed_run.join("pretrain/metrics.jsonl")).len();
+    assert!(before < 120, "the run was not interrupted ({before} metric lines)");
+    assert!(!killed_run.join("sft").exists() || !killed_run.join("sft/state/progress.json").exists());
+
+    let resumed = run(work.path(), &["run", "--resume", killed_run.to_str().unwrap()]);
+    assert_eq!(resumed, killed_run);
+    for stage in ["pretrain", "sft"] {
+        let expected = deterministic_metrics(&uninterrupted.join(stage).join("metrics.jsonl"));
+        let got = deterministic_metrics(&killed_run.join(stage).join("metrics.jsonl"));
+        assert_eq!(expected.len(), got.len(), "{stage}: different number of metric lines");
+        assert_eq!(expected, got, "{stage}: resumed metrics differ from the uninterrupted run");
+        assert_eq!(lines(&uninterrupted.join(stage).join("samples.jsonl")), lines(&killed_run.join(stage).join("samples.jsonl")));
+    }
+
+    // Resuming a finished run does nothing and changes nothing.
+    let metrics_before = std::fs::read_to_string(killed_run.join("sft/metrics.jsonl")).unwrap();
+    run(work.path(), &["run", "--resume", killed_run.to_str().unwrap()]);
+    assert_eq!(metrics_before, std::fs::read_to_string(killed_run.join("sft/metrics.jsonl")).unwrap());
+}
+
+fn glob_one(dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(dir).ok()?.filter_map(Result::ok).map(|e| e.path()).next()
+}
+
+#[test]
+fn early_stopping_ends_a_stage_that_stopped_improving() {
+    let work = tempfile::tempdir().unwrap();
+    // A learning rate too small to move the loss by min_delta: the first evaluation is the best.
+    let text = TINY.replace("eval_every = 10\neval_batches = 2\nsamples = 2\ndevice = \"cpu\"\n\n[[stages]]\nname = \"sft\"", "eval_every = 10\neval_batches = 2\nsamples = 2\ndevice = \"cpu\"\nlr = 1e-9\npatience = 2\nmin_delta = 0.01\n\n[[stages]]\nname = \"sft\"");
+    assert_ne!(text, TINY);
+    let experiment = write_experiment(work.path(), &text);
+    let run_dir = run(work.path(), &["run", experiment.to_str().unwrap(), "--out", "out", "--only", "pretrain"]);
+    let metrics = lines(&run_dir.join("pretrain/metrics.jsonl"));
+    assert_eq!(metrics.last().unwrap()["step"], 30, "expected a stop at the third evaluation");
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["pretrain"]["stopped_early"], 1.0);
+    assert!(summary.get("sft").is_none(), "--only pretrain ran sft");
+}
+
+#[test]
+fn only_a_later_stage_needs_the_earlier_checkpoint() {
+    let work = tempfile::tempdir().unwrap();
+    let experiment = write_experiment(work.path(), TINY);
+    let (ok, _, stderr) = common::rlhf(&["run", experiment.to_str().unwrap(), "--out", "out", "--only", "sft"], work.path());
+    assert!(!ok);
+    assert!(stderr.contains("stage `sft` needs the checkpoint of stage `pretrain`"), "{stderr}");
+    let (ok, _, stderr) = common::rlhf(&["run", experiment.to_str().unwrap(), "--out", "out", "--only", "ppo"], work.path());
+    assert!(!ok && stderr.contains("--only ppo: no stage named `ppo` (stages: pretrain, sft)"), "{stderr}");
+    assert!(!stderr.contains("panicked"));
+}
