@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use crate::data::jsonl::{read_records, PromptRecord};
-use crate::model::generate::{generate, GenerateOptions, Sampling};
+use crate::model::generate::{generate, GenerateError, GenerateOptions, Sampling};
 use crate::model::{DeviceSpec, LanguageModel, Precision};
 
 #[derive(Debug, clap::Args)]
@@ -74,9 +74,14 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
 
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    for (batch_index, (texts, ids)) in prompts.chunks(args.batch_size.max(1)).zip(encoded.chunks(args.batch_size.max(1))).enumerate() {
-        let generation = generate(&model.gpt, ids, model.tokenizer.eos_id(), &options).map_err(|error| {
-            anyhow::anyhow!("{error}").context(format!("prompt batch {} (prompts are counted within the batch)", batch_index + 1))
+    let batch_size = args.batch_size.max(1);
+    for (batch_index, (texts, ids)) in prompts.chunks(batch_size).zip(encoded.chunks(batch_size)).enumerate() {
+        let generation = generate(&model.gpt, ids, model.tokenizer.eos_id(), &options).map_err(|error| match error {
+            // Indices inside the error count within this batch; say which prompt of the input it is.
+            GenerateError::TooLong { index, .. } => {
+                anyhow::anyhow!("{error}").context(format!("prompt {} of {}", batch_index * batch_size + index + 1, prompts.len()))
+            }
+            other => other.into(),
         })?;
         for (prompt, completion_ids) in texts.iter().zip(generation.completions()) {
             let completion = model.tokenizer.decode(&completion_ids);

@@ -1,0 +1,129 @@
+//! `rlhf generate` on bad input: a checkpoint missing a file, a tokenizer that does not fit the
+//! model, an unsupported architecture, a prompt longer than the context, a broken prompts file.
+//! Each is a clear error naming the thing, a non-zero exit, and no panic.
+
+mod common;
+
+use std::path::Path;
+
+use rlhf_lab::model::{Gpt2Config, LanguageModel, Precision};
+use tch::Device;
+
+fn save_tiny_checkpoint(dir: &Path, vocab_size: i64) {
+    let config = Gpt2Config {
+        vocab_size,
+        n_positions: 16,
+        n_embd: 16,
+        n_layer: 1,
+        n_head: 2,
+        n_inner: None,
+        layer_norm_epsilon: 1e-5,
+        embd_pdrop: 0.0,
+        attn_pdrop: 0.0,
+        resid_pdrop: 0.0,
+        initializer_range: 0.02,
+        bos_token_id: 0,
+        eos_token_id: 0,
+    };
+    tch::manual_seed(0);
+    LanguageModel::fresh(&config, common::tiny_tokenizer(300), Device::Cpu, Precision::Fp32).save(dir).unwrap();
+}
+
+fn generate(work: &Path, extra: &[&str]) -> (bool, String, String) {
+    let mut args = vec!["generate", "--model", "ckpt", "--device", "cpu"];
+    args.extend_from_slice(extra);
+    common::rlhf(&args, work)
+}
+
+fn assert_error(result: (bool, String, String), needles: &[&str]) {
+    let (ok, stdout, stderr) = result;
+    assert!(!ok, "succeeded: {stdout}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stdout.is_empty(), "errors belong on stderr, stdout had: {stdout}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "`{needle}` missing from:\n{stderr}");
+    }
+}
+
+#[test]
+fn a_working_checkpoint_generates_reproducibly() {
+    let work = tempfile::tempdir().unwrap();
+    save_tiny_checkpoint(&work.path().join("ckpt"), 300);
+    let (ok, first, stderr) = generate(work.path(), &["--prompt", "the battery", "--max-new-tokens", "5", "--seed", "3"]);
+    assert!(ok, "{stderr}");
+    let (_, second, _) = generate(work.path(), &["--prompt", "the battery", "--max-new-tokens", "5", "--seed", "3"]);
+    assert_eq!(first, second);
+    assert_eq!(first.lines().count(), 1);
+}
+
+#[test]
+fn each_missing_checkpoint_file_is_named() {
+    for file in ["model.safetensors", "config.json", "tokenizer.json"] {
+        let work = tempfile::tempdir().unwrap();
+        save_tiny_checkpoint(&work.path().join("ckpt"), 300);
+        std::fs::remove_file(work.path().join("ckpt").join(file)).unwrap();
+        assert_error(generate(work.path(), &["--prompt", "hi"]), &["loading model from `ckpt`", &format!("has no `{file}`")]);
+    }
+}
+
+#[test]
+fn a_tokenizer_larger_than_the_vocabulary_is_rejected() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("ckpt");
+    save_tiny_checkpoint(&dir, 300);
+    // Swap in the weights of a model with a smaller vocabulary, as a mismatched pair would be.
+    let small = work.path().join("small");
+    save_tiny_checkpoint(&small, 100);
+    std::fs::copy(small.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    std::fs::copy(small.join("config.json"), dir.join("config.json")).unwrap();
+    assert_error(generate(work.path(), &["--prompt", "hi"]), &["tokenizer has", "model's vocabulary has only 100"]);
+}
+
+#[test]
+fn weights_that_do_not_match_the_config_are_named() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("ckpt");
+    save_tiny_checkpoint(&dir, 300);
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap().replace("\"n_embd\": 16", "\"n_embd\": 32");
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    assert_error(generate(work.path(), &["--prompt", "hi"]), &["model.safetensors", "has shape", "the model expects"]);
+}
+
+#[test]
+fn unsupported_architectures_are_refused() {
+    let cases = [
+        ("\"activation_function\": \"gelu_new\"", "\"activation_function\": \"relu\"", "activation_function is `relu`"),
+        ("\"add_cross_attention\": false", "\"add_cross_attention\": true", "add_cross_attention = true"),
+        ("\"model_type\": \"gpt2\"", "\"model_type\": \"llama\"", "model_type is `llama`"),
+        ("\"tie_word_embeddings\": true", "\"tie_word_embeddings\": false", "must be tied"),
+    ];
+    for (from, to, message) in cases {
+        let work = tempfile::tempdir().unwrap();
+        let dir = work.path().join("ckpt");
+        save_tiny_checkpoint(&dir, 300);
+        let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+        assert!(config.contains(from), "{config}");
+        std::fs::write(dir.join("config.json"), config.replace(from, to)).unwrap();
+        assert_error(generate(work.path(), &["--prompt", "hi"]), &["config.json", "unsupported model", message]);
+    }
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_is_an_error() {
+    let work = tempfile::tempdir().unwrap();
+    save_tiny_checkpoint(&work.path().join("ckpt"), 300);
+    let long = "price ".repeat(40);
+    assert_error(
+        generate(work.path(), &["--prompt", &long, "--max-new-tokens", "4"]),
+        &["prompt 1 of 1", "max_new_tokens = 4", "context of 16 positions"],
+    );
+}
+
+#[test]
+fn a_broken_prompts_file_names_the_line() {
+    let work = tempfile::tempdir().unwrap();
+    save_tiny_checkpoint(&work.path().join("ckpt"), 300);
+    std::fs::write(work.path().join("prompts.jsonl"), "{\"prompt\": \"a\"}\n{\"promt\": \"b\"}\n").unwrap();
+    assert_error(generate(work.path(), &["--prompts", "prompts.jsonl"]), &["prompts.jsonl:2: missing field `prompt`"]);
+    assert_error(generate(work.path(), &["--prompts", "nope.jsonl"]), &["cannot read `nope.jsonl`"]);
+}
