@@ -65,3 +65,11 @@ BEGIN
     SET claims = claims + (CASE WHEN NEW.state IN ('open', 'judged') THEN 1 ELSE -1 END)
     WHERE id = NEW.pair_id;
 END;
+
+-- A label settles its assignment in the same statement that stores it.
+CREATE TRIGGER labels_settle_assignment AFTER INSERT ON labels
+BEGIN
+    UPDATE assignments
+    SET state = (CASE WHEN NEW.preferred = 'skip' THEN 'skipped' ELSE 'judged' END)
+    WHERE id = NEW.assignment_id;
+END;

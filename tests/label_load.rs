@@ -63,16 +63,16 @@ fn sixteen_concurrent_annotators_lose_and_duplicate_no_label() {
     const PAIRS: usize = 1200;
     let dir = tempfile::tempdir().unwrap();
     let db = database_with(dir.path(), &numbered_pairs(PAIRS));
-    let tokens: Vec<String> = (0..ANNOTATORS).map(|i| add_annotator(&db, &format!("annotator-{i:02}"))).collect();
+    let tokens = add_annotators(&db, ANNOTATORS);
     let server = Server::start(&db, &[]);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(60);
 
     let workers: Vec<_> = tokens
-        .into_iter()
+        .iter()
         .enumerate()
         .map(|(index, token)| {
-            let client = server.client(&token);
+            let client = server.client(token);
             std::thread::spawn(move || {
                 let mut acked: Vec<Ack> = Vec::new();
                 while let Some(pair) = client.next() {
@@ -87,8 +87,23 @@ fn sixteen_concurrent_annotators_lose_and_duplicate_no_label() {
             })
         })
         .collect();
-    let acked: Vec<Ack> = workers.into_iter().flat_map(|worker| worker.join().expect("annotator thread")).collect();
+    let mut acked: Vec<Ack> = workers.into_iter().flat_map(|worker| worker.join().expect("annotator thread")).collect();
     let elapsed = started.elapsed();
+    // A pair skipped while the others had already finished is still waiting: skips go back to
+    // the pool, and one annotator who never skips picks up exactly those.
+    let sweeper = server.client(&tokens[1]);
+    let skipped_only: BTreeSet<i64> = {
+        let judged: BTreeSet<i64> = acked.iter().filter(|a| a.2 != "skip").map(|a| a.0).collect();
+        acked.iter().filter(|a| !judged.contains(&a.0)).map(|a| a.0).collect()
+    };
+    let mut swept = BTreeSet::new();
+    while let Some(pair) = sweeper.next() {
+        let pair_id = pair["pair_id"].as_i64().unwrap();
+        assert_eq!(sweeper.label(pair_id, "left").status, 201);
+        acked.push((pair_id, "annotator-01".to_string(), "left".to_string()));
+        swept.insert(pair_id);
+    }
+    assert_eq!(swept, skipped_only, "the sweep finds exactly the pairs that were only skipped");
     eprintln!("{} labels by {ANNOTATORS} annotators in {elapsed:.2?} ({:.0} labels/s)", acked.len(), acked.len() as f64 / elapsed.as_secs_f64());
 
     let acked_set: BTreeSet<Ack> = acked.iter().cloned().collect();
@@ -111,7 +126,7 @@ fn a_killed_server_keeps_every_acknowledged_label() {
     const ANNOTATORS: usize = 8;
     let dir = tempfile::tempdir().unwrap();
     let db = database_with(dir.path(), &numbered_pairs(20_000));
-    let tokens: Vec<String> = (0..ANNOTATORS).map(|i| add_annotator(&db, &format!("annotator-{i:02}"))).collect();
+    let tokens = add_annotators(&db, ANNOTATORS);
     let mut server = Server::start(&db, &[]);
 
     let acked_count = Arc::new(AtomicUsize::new(0));

@@ -3,7 +3,8 @@
 //! An assignment leases a pair to one annotator, in a random left/right order, until the lease
 //! runs out. A pair is handed out while it has fewer than `labels_per_pair` claims (open leases
 //! plus judgements), never twice to the same annotator. Leases that ran out are expired lazily,
-//! at the next request for a pair, so abandoned pairs come back without a background task.
+//! by requests for pairs at most once a second, so abandoned pairs come back (within a second of
+//! the lease's end) without a background task.
 //! Skips do not use up a slot: the pair goes on to someone else.
 
 use std::time::Duration;
@@ -84,63 +85,78 @@ pub struct RecordedLabel {
     pub labeled_at_ms: i64,
 }
 
-type PairRow = (i64, String, String, String, bool);
 
 impl Store {
     /// The pair this annotator should label now: the one they already hold if its lease runs,
     /// else a new one; `None` when nothing is left for them.
+    ///
+    /// Handing out a pair is a single statement (so a single, short write transaction, and a
+    /// single trip to the database): it leases the best candidate unless the annotator already
+    /// holds a lease, and returns the pair's texts.
     pub async fn next_pair(&self, annotator_id: i64, policy: &Policy) -> Result<Option<ShownPair>, LabelError> {
         let now = now_ms();
-        let mut tx = self.begin_write().await?;
-        sqlx::query("UPDATE assignments SET state = 'expired' WHERE state = 'open' AND expires_at <= ?")
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        let held: Option<PairRow> = sqlx::query_as(
-            "SELECT p.id, p.prompt, p.response_a, p.response_b, a.swapped FROM assignments a \
-             JOIN pairs p ON p.id = a.pair_id WHERE a.annotator_id = ? AND a.state = 'open'",
-        )
-        .bind(annotator_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some((pair_id, prompt, response_a, response_b, swapped)) = held {
-            tx.commit().await?;
-            return Ok(Some(ShownPair::new(pair_id, prompt, response_a, response_b, swapped)));
+        if self.lease_sweep_due(now) {
+            self.expire_leases(now).await?;
         }
-        // An annotator's own expired lease does not exclude the pair: it comes back to them
-        // (in the order they saw it) when nobody else took it.
-        let candidate: Option<(i64, String, String, String)> = sqlx::query_as(
-            "SELECT p.id, p.prompt, p.response_a, p.response_b FROM pairs p \
-             WHERE p.claims < ?1 AND NOT EXISTS (SELECT 1 FROM assignments a \
-                 WHERE a.pair_id = p.id AND a.annotator_id = ?2 AND a.state != 'expired') \
-             ORDER BY p.claims DESC, p.id LIMIT 1",
-        )
-        .bind(policy.labels_per_pair)
-        .bind(annotator_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((pair_id, prompt, response_a, response_b)) = candidate else {
-            tx.commit().await?;
-            return Ok(None);
-        };
         // Drawn before the query: the thread-local RNG must not live across an await.
         let random_order: bool = rand::random();
-        let swapped: bool = sqlx::query_scalar(
-            "INSERT INTO assignments (pair_id, annotator_id, swapped, state, assigned_at, expires_at) \
-             VALUES (?1, ?2, ?3, 'open', ?4, ?5) \
-             ON CONFLICT (pair_id, annotator_id) DO UPDATE \
-                 SET state = 'open', assigned_at = excluded.assigned_at, expires_at = excluded.expires_at \
-             RETURNING swapped",
-        )
-        .bind(pair_id)
-        .bind(annotator_id)
-        .bind(random_order)
-        .bind(now)
-        .bind(now.saturating_add(duration_ms(policy.lease)))
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Some(ShownPair::new(pair_id, prompt, response_a, response_b, swapped)))
+        // Three rounds at most: a lease held at the insert may be labeled or expire before it
+        // is read back.
+        for _ in 0..3 {
+            // An annotator's own expired lease does not exclude the pair: it comes back to them
+            // (in the order they saw it) when nobody else took it.
+            let leased: Option<(i64, bool, String, String, String)> = sqlx::query_as(
+                "INSERT INTO assignments (pair_id, annotator_id, swapped, state, assigned_at, expires_at) \
+                 SELECT p.id, ?2, ?3, 'open', ?4, ?5 FROM pairs p \
+                 WHERE p.claims < ?1 \
+                   AND NOT EXISTS (SELECT 1 FROM assignments a \
+                                   WHERE a.pair_id = p.id AND a.annotator_id = ?2 AND a.state != 'expired') \
+                   AND NOT EXISTS (SELECT 1 FROM assignments h WHERE h.annotator_id = ?2 AND h.state = 'open') \
+                 ORDER BY p.claims DESC, p.id LIMIT 1 \
+                 ON CONFLICT (pair_id, annotator_id) DO UPDATE \
+                     SET state = 'open', assigned_at = excluded.assigned_at, expires_at = excluded.expires_at \
+                 RETURNING pair_id, swapped, \
+                     (SELECT prompt FROM pairs WHERE id = pair_id), \
+                     (SELECT response_a FROM pairs WHERE id = pair_id), \
+                     (SELECT response_b FROM pairs WHERE id = pair_id)",
+            )
+            .bind(policy.labels_per_pair)
+            .bind(annotator_id)
+            .bind(random_order)
+            .bind(now)
+            .bind(now.saturating_add(duration_ms(policy.lease)))
+            .fetch_optional(self.writer())
+            .await?;
+            if let Some((pair_id, swapped, prompt, response_a, response_b)) = leased {
+                return Ok(Some(ShownPair::new(pair_id, prompt, response_a, response_b, swapped)));
+            }
+            // Nothing was leased: the annotator holds a lease already, or nothing is left.
+            let held: Option<(i64, i64, String, String, String, bool)> = sqlx::query_as(
+                "SELECT a.expires_at, p.id, p.prompt, p.response_a, p.response_b, a.swapped \
+                 FROM assignments a JOIN pairs p ON p.id = a.pair_id \
+                 WHERE a.annotator_id = ? AND a.state = 'open'",
+            )
+            .bind(annotator_id)
+            .fetch_optional(self.reader())
+            .await?;
+            match held {
+                None => return Ok(None),
+                Some((expires_at, pair_id, prompt, response_a, response_b, swapped)) if expires_at > now => {
+                    return Ok(Some(ShownPair::new(pair_id, prompt, response_a, response_b, swapped)));
+                }
+                Some(_) => self.expire_leases(now).await?,
+            }
+        }
+        Ok(None)
+    }
+
+    /// Marks leases that ran out by `now` as expired, which frees their pairs.
+    async fn expire_leases(&self, now: i64) -> Result<(), LabelError> {
+        sqlx::query("UPDATE assignments SET state = 'expired' WHERE state = 'open' AND expires_at <= ?")
+            .bind(now)
+            .execute(self.writer())
+            .await?;
+        Ok(())
     }
 
     /// Records a label for a pair handed to this annotator. A label that arrives after the lease
@@ -153,43 +169,45 @@ impl Store {
         policy: &Policy,
     ) -> Result<RecordedLabel, LabelError> {
         let now = now_ms();
-        let mut tx = self.begin_write().await?;
-        let found: Option<(Option<i64>, Option<String>, Option<i64>, i64)> = sqlx::query_as(
-            "SELECT a.id, a.state, a.assigned_at, \
-                 (SELECT count(*) FROM assignments j WHERE j.pair_id = p.id AND j.state = 'judged') \
-             FROM pairs p LEFT JOIN assignments a ON a.pair_id = p.id AND a.annotator_id = ?2 \
-             WHERE p.id = ?1",
+        // One statement, so one transaction: it stores the label only when every condition
+        // holds, and a trigger settles the assignment with it.
+        let stored: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO labels (assignment_id, preferred, labeled_at, time_spent_ms) \
+             SELECT a.id, ?3, ?4, max(?4 - a.assigned_at, 0) FROM assignments a \
+             WHERE a.pair_id = ?1 AND a.annotator_id = ?2 AND a.state IN ('open', 'expired') \
+               AND (?3 = 'skip' OR ?5 > (SELECT count(*) FROM assignments j \
+                                         WHERE j.pair_id = a.pair_id AND j.state = 'judged')) \
+             RETURNING id",
         )
         .bind(pair_id)
         .bind(annotator_id)
-        .fetch_optional(&mut *tx)
+        .bind(preferred.as_str())
+        .bind(now)
+        .bind(policy.labels_per_pair)
+        .fetch_optional(self.writer())
         .await?;
-        let Some((assignment, state, assigned_at, judged)) = found else {
-            return Err(LabelError::UnknownPair(pair_id));
-        };
-        let (Some(assignment_id), Some(state), Some(assigned_at)) = (assignment, state, assigned_at) else {
-            return Err(LabelError::NotAssigned(pair_id));
-        };
-        if state == "judged" || state == "skipped" {
-            return Err(LabelError::AlreadyLabeled(pair_id));
+        match stored {
+            Some(_) => Ok(RecordedLabel { pair_id, preferred, labeled_at_ms: now }),
+            None => Err(self.label_refusal(annotator_id, pair_id).await?),
         }
-        if preferred != Preferred::Skip && judged >= i64::from(policy.labels_per_pair) {
-            return Err(LabelError::PairFull(pair_id));
-        }
-        sqlx::query("INSERT INTO labels (assignment_id, preferred, labeled_at, time_spent_ms) VALUES (?, ?, ?, ?)")
-            .bind(assignment_id)
-            .bind(preferred.as_str())
-            .bind(now)
-            .bind((now - assigned_at).max(0))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE assignments SET state = ? WHERE id = ?")
-            .bind(if preferred == Preferred::Skip { "skipped" } else { "judged" })
-            .bind(assignment_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(RecordedLabel { pair_id, preferred, labeled_at_ms: now })
+    }
+
+    /// Why a label for this pair was not stored.
+    async fn label_refusal(&self, annotator_id: i64, pair_id: i64) -> Result<LabelError, LabelError> {
+        let found: Option<(i64, Option<String>)> = sqlx::query_as(
+            "SELECT p.id, a.state FROM pairs p \
+             LEFT JOIN assignments a ON a.pair_id = p.id AND a.annotator_id = ?2 WHERE p.id = ?1",
+        )
+        .bind(pair_id)
+        .bind(annotator_id)
+        .fetch_optional(self.reader())
+        .await?;
+        Ok(match found {
+            None => LabelError::UnknownPair(pair_id),
+            Some((_, None)) => LabelError::NotAssigned(pair_id),
+            Some((_, Some(state))) if state == "judged" || state == "skipped" => LabelError::AlreadyLabeled(pair_id),
+            Some(_) => LabelError::PairFull(pair_id),
+        })
     }
 
     /// Takes back this annotator's most recent label if it is younger than the undo window; the

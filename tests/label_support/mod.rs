@@ -64,6 +64,21 @@ pub fn add_annotator(db: &Path, name: &str) -> String {
     rlhf_ok(&["label", "annotator", "add", "--db", path_str(db), name]).trim().to_string()
 }
 
+/// Annotators `annotator-00`, `annotator-01`, … through the library (faster than a process
+/// each); returns their tokens.
+pub fn add_annotators(db: &Path, count: usize) -> Vec<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let store = rlhf_lab::label::Store::open(db).await.unwrap();
+        let mut tokens = Vec::new();
+        for i in 0..count {
+            tokens.push(store.add_annotator(&format!("annotator-{i:02}")).await.unwrap());
+        }
+        store.close().await;
+        tokens
+    })
+}
+
 /// A `rlhf label serve` process on 127.0.0.1 with a port of its own; killed when dropped.
 pub struct Server {
     child: Child,
