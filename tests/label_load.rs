@@ -17,7 +17,7 @@ type Ack = (i64, String, String);
 /// What annotator `index` answers for `pair_id`: some skips (even annotators only, so every pair
 /// still finds someone to judge it), otherwise left, right or tie.
 fn answer_for(index: usize, pair_id: i64) -> &'static str {
-    if index % 2 == 0 && pair_id % 7 == 0 {
+    if index.is_multiple_of(2) && pair_id % 7 == 0 {
         return "skip";
     }
     ["left", "right", "tie"][(pair_id as usize + index) % 3]

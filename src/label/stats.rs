@@ -68,6 +68,9 @@ pub struct Progress {
     pub remaining: i64,
 }
 
+/// Name, labels, ties, skips, first and last label time, span in ms, mean seconds per label.
+type AnnotatorRow = (String, i64, i64, i64, Option<String>, Option<String>, Option<i64>, Option<f64>);
+
 /// The judgement in terms of the stored responses (left/right mapped back through the order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Outcome {
@@ -90,7 +93,7 @@ impl Store {
                 .bind(now_ms())
                 .fetch_one(db)
                 .await?;
-        let rows: Vec<(String, i64, i64, i64, Option<String>, Option<String>, Option<i64>, Option<f64>)> =
+        let rows: Vec<AnnotatorRow> =
             sqlx::query_as(&format!(
                 "SELECT n.name, \
                      count(l.id), \
