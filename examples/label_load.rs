@@ -42,6 +42,8 @@ struct Samples {
     /// GET next + POST label, the time an annotator's label costs the server round trips.
     cycle: Vec<u32>,
     errors: u64,
+    /// When this thread's last label was acknowledged.
+    last_label: Option<Instant>,
 }
 
 fn main() -> Result<()> {
@@ -77,8 +79,14 @@ fn main() -> Result<()> {
         all.label.extend(samples.label);
         all.cycle.extend(samples.cycle);
         all.errors += samples.errors;
+        all.last_label = all.last_label.max(samples.last_label);
     }
-    let measured = Instant::now().min(stop_at).saturating_duration_since(measure_from).as_secs_f64();
+    // Annotators stop early when the pairs run out: measure up to the last label then.
+    let ended = all.last_label.unwrap_or(stop_at).min(stop_at);
+    if ended + Duration::from_millis(500) < stop_at {
+        eprintln!("warning: the pairs ran out {:.1} s before the end; import more for a full run", (stop_at - ended).as_secs_f64());
+    }
+    let measured = ended.saturating_duration_since(measure_from).as_secs_f64();
     if all.label.is_empty() {
         bail!("no label was measured (were there pairs left, and was the run long enough?)");
     }
@@ -137,6 +145,7 @@ fn annotate(url: &str, token: &str, labels: &AtomicU64, max_labels: u64, measure
             continue;
         }
         labels.fetch_add(1, Ordering::Relaxed);
+        samples.last_label = Some(done);
         if began >= measure_from && done <= stop_at {
             let micros = |d: Duration| u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
             samples.next.push(micros(next_done - began));
