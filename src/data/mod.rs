@@ -2,6 +2,7 @@
 
 pub mod cleaning;
 pub mod jsonl;
+pub mod preferences;
 pub mod synthetic;
 pub mod task;
 pub mod tokenizer;

@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod device;
 pub mod generate;
 pub mod gpt2;
+pub mod reward;
 
 use std::path::Path;
 

@@ -18,9 +18,10 @@ use crate::data::tokenizer::TextTokenizer;
 use crate::model::generate::{generate, GenerateOptions, Sampling};
 use crate::model::{DeviceSpec, Gpt2, LanguageModel, Precision};
 use crate::rng::step_seed;
-use crate::run::{Metrics, MetricsWriter, RunDirError};
+use crate::run::{Metrics, MetricsWriter};
 use crate::train::optimizer::{AdamW, AdamWConfig};
 use crate::train::schedule::LrSchedule;
+use crate::train::state;
 
 /// How the learning rate moves after warmup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -461,12 +462,9 @@ struct Progress {
     evals_since_best: u64,
 }
 
-const PROGRESS_FILE: &str = "progress.json";
-
 fn train(context: &StageContext, settings: &TrainSettings, objective: Objective) -> Result<Metrics, StageError> {
     let dir = context.dir();
     let state_dir = dir.join(STATE_DIR);
-    std::fs::create_dir_all(&state_dir).map_err(|source| RunDirError::Write { path: state_dir.clone(), source })?;
     let reference = settings.model.as_deref().or(settings.init.as_deref()).expect("validated: model or init");
     let mut model = context.load_model(reference, settings.device, settings.dtype)?;
     let context_len = model.gpt.config.n_positions;
@@ -490,10 +488,9 @@ fn train(context: &StageContext, settings: &TrainSettings, objective: Objective)
         AdamWConfig { beta1: settings.beta1, beta2: settings.beta2, eps: 1e-8, weight_decay: settings.weight_decay },
     );
 
-    let progress_path = state_dir.join(PROGRESS_FILE);
     let mut progress = Progress { step: 0, best_eval_loss: f64::INFINITY, evals_since_best: 0 };
-    if context.resume && progress_path.exists() {
-        progress = restore(&state_dir, &mut model, &mut optimizer)?;
+    if context.resume && state::exists(&state_dir) {
+        progress = state::restore(&state_dir, &mut model.vs, &mut optimizer)?;
         tracing::info!(stage = context.name(), step = progress.step, "resuming");
     }
     let keep_up_to = context.resume.then_some(progress.step);
@@ -543,7 +540,7 @@ fn train(context: &StageContext, settings: &TrainSettings, objective: Objective)
         if evaluate_now {
             // State after the metrics line: a run killed in between replays this step on resume.
             progress.step = step;
-            save_state(&state_dir, &model, &optimizer, &progress)?;
+            state::save(&state_dir, &model.vs, &optimizer, &progress)?;
             if settings.patience.is_some_and(|patience| progress.evals_since_best >= patience) {
                 tracing::info!(stage = context.name(), step, "early stopping: eval loss has not improved for {} evaluations", progress.evals_since_best);
                 stopped_early = true;
@@ -565,24 +562,6 @@ fn train(context: &StageContext, settings: &TrainSettings, objective: Objective)
     ]);
     summary.extend(last_metrics.into_iter().filter(|(name, _)| name.contains("loss") || name == "eval/ppl"));
     Ok(summary)
-}
-
-fn save_state(state_dir: &std::path::Path, model: &LanguageModel, optimizer: &AdamW, progress: &Progress) -> Result<(), StageError> {
-    model.vs.save(state_dir.join("model.safetensors"))?;
-    optimizer.save(&state_dir.join("optimizer.safetensors"))?;
-    // Written last: its presence means the two files above belong to this step.
-    crate::run::write_atomic(&state_dir.join(PROGRESS_FILE), &serde_json::to_string(progress).expect("serialises"))?;
-    Ok(())
-}
-
-fn restore(state_dir: &std::path::Path, model: &mut LanguageModel, optimizer: &mut AdamW) -> Result<Progress, StageError> {
-    let path = state_dir.join(PROGRESS_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|source| RunDirError::Read { path: path.clone(), source })?;
-    let progress: Progress =
-        serde_json::from_str(&text).map_err(|e| RunDirError::Corrupt { path: path.clone(), message: e.to_string() })?;
-    model.vs.load(state_dir.join("model.safetensors"))?;
-    optimizer.load(&state_dir.join("optimizer.safetensors"))?;
-    Ok(progress)
 }
 
 /// Generations for held-out prompts, with their gold score when the task has an oracle.

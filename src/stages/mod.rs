@@ -3,6 +3,7 @@
 
 pub mod lm;
 pub mod pipeline;
+pub mod reward;
 
 use std::fmt::Debug;
 use std::path::PathBuf;
@@ -45,6 +46,7 @@ pub struct StageKind {
 pub const STAGE_KINDS: &[StageKind] = &[
     StageKind { name: "lm", parse: parse_settings::<lm::LmSettings> },
     StageKind { name: "sft", parse: parse_settings::<lm::SftSettings> },
+    StageKind { name: "reward", parse: parse_settings::<reward::RewardSettings> },
 ];
 
 pub fn stage_kind(name: &str) -> Option<&'static StageKind> {
@@ -74,6 +76,8 @@ pub enum StageError {
     Generate(#[from] crate::model::generate::GenerateError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    #[error(transparent)]
+    State(#[from] crate::train::state::StateError),
     #[error("stage `{stage}`: {message}")]
     Invalid { stage: String, message: String },
 }
@@ -113,38 +117,42 @@ impl StageContext<'_> {
         StageError::Invalid { stage: self.name().to_string(), message: message.into() }
     }
 
+    /// The checkpoint directory a reference names; a fresh `[models.X]` section has none.
+    pub fn checkpoint_dir(&self, reference: &str) -> Option<PathBuf> {
+        match self.experiment.model_source(self.stage_index, reference) {
+            ModelSource::Section(name) => self.experiment.models[&name].from.clone(),
+            ModelSource::Stage(stage) => Some(self.run.stage_dir(&stage).join(CHECKPOINT_DIR)),
+            ModelSource::Run { run_dir, stage } => Some(run_dir.join(stage).join(CHECKPOINT_DIR)),
+            ModelSource::Path(path) => Some(path),
+        }
+    }
+
     /// Builds the model a stage starts from: a `[models.X]` section (fresh, or its `from`
     /// checkpoint), an earlier stage's checkpoint, another run's, or a checkpoint directory.
     pub fn load_model(&self, reference: &str, device: DeviceSpec, precision: Precision) -> Result<LanguageModel, StageError> {
         let device = device.resolve()?;
-        let checkpoint_dir = match self.experiment.model_source(self.stage_index, reference) {
-            ModelSource::Section(name) => {
-                let section = &self.experiment.models[&name];
-                if let Some(from) = &section.from {
-                    from.clone()
-                } else {
-                    let config = crate::model::Gpt2Config {
-                        vocab_size: self.tokenizer.vocab_size() as i64,
-                        n_positions: section.n_ctx.expect("validated"),
-                        n_embd: section.n_embd.expect("validated"),
-                        n_layer: section.n_layer.expect("validated"),
-                        n_head: section.n_head.expect("validated"),
-                        n_inner: None,
-                        layer_norm_epsilon: 1e-5,
-                        embd_pdrop: section.dropout,
-                        attn_pdrop: section.dropout,
-                        resid_pdrop: section.dropout,
-                        initializer_range: 0.02,
-                        bos_token_id: self.tokenizer.eos_id(),
-                        eos_token_id: self.tokenizer.eos_id(),
-                    };
-                    tch::manual_seed(self.seed() as i64);
-                    return Ok(LanguageModel::fresh(&config, self.tokenizer.clone(), device, precision));
-                }
-            }
-            ModelSource::Stage(stage) => self.run.stage_dir(&stage).join(CHECKPOINT_DIR),
-            ModelSource::Run { run_dir, stage } => run_dir.join(stage).join(CHECKPOINT_DIR),
-            ModelSource::Path(path) => path,
+        let Some(checkpoint_dir) = self.checkpoint_dir(reference) else {
+            let ModelSource::Section(name) = self.experiment.model_source(self.stage_index, reference) else {
+                unreachable!("only a fresh [models] section has no checkpoint")
+            };
+            let section = &self.experiment.models[&name];
+            let config = crate::model::Gpt2Config {
+                vocab_size: self.tokenizer.vocab_size() as i64,
+                n_positions: section.n_ctx.expect("validated"),
+                n_embd: section.n_embd.expect("validated"),
+                n_layer: section.n_layer.expect("validated"),
+                n_head: section.n_head.expect("validated"),
+                n_inner: None,
+                layer_norm_epsilon: 1e-5,
+                embd_pdrop: section.dropout,
+                attn_pdrop: section.dropout,
+                resid_pdrop: section.dropout,
+                initializer_range: 0.02,
+                bos_token_id: self.tokenizer.eos_id(),
+                eos_token_id: self.tokenizer.eos_id(),
+            };
+            tch::manual_seed(self.seed() as i64);
+            return Ok(LanguageModel::fresh(&config, self.tokenizer.clone(), device, precision));
         };
         Ok(LanguageModel::load(&checkpoint_dir, device, precision)?)
     }

@@ -82,6 +82,8 @@ pub fn run_experiment(experiment: &Experiment, run: &RunDir, selection: &Selecti
                 }
             }
         }
+        let stage_dir = run.stage_dir(&stage.name);
+        std::fs::create_dir_all(&stage_dir).map_err(|source| RunDirError::Write { path: stage_dir.clone(), source })?;
         tracing::info!(stage = stage.name, kind = stage.kind, "stage starts");
         let context = StageContext { experiment, stage_index, run, task: &task, tokenizer: &tokenizer, resume: selection.resume };
         let figures = stage.settings.run(&context)?;

@@ -1,4 +1,5 @@
-//! Pieces every training stage uses: the optimizer and the learning-rate schedule.
+//! Pieces every training stage uses: the optimizer, the learning-rate schedule, resume state.
 
 pub mod optimizer;
 pub mod schedule;
+pub mod state;

@@ -130,6 +130,51 @@ pub fn good_response(rng: &mut impl Rng, request: &ReviewRequest) -> String {
     }
 }
 
+/// A response of random quality for `request`: a good response with some of the faults the
+/// oracle punishes — the wrong sentiment, another product or aspect, repetition, praise spam,
+/// a cut-off ending, too short or too long. Pairs of these teach a reward model every term.
+pub fn varied_response(rng: &mut impl Rng, request: &ReviewRequest) -> String {
+    let mut request = request.clone();
+    if rng.random_bool(0.25) {
+        request.sentiment = match request.sentiment {
+            Sentiment::Positive => Sentiment::Negative,
+            Sentiment::Negative => Sentiment::Positive,
+        };
+    }
+    if rng.random_bool(0.2) {
+        let product: &Product = PRODUCTS.choose(rng).expect("products are listed");
+        request.product = product.name.to_string();
+    }
+    if rng.random_bool(0.2) {
+        let product = PRODUCTS.iter().find(|p| p.name == request.product).unwrap_or(&PRODUCTS[0]);
+        request.aspect = product.aspects.choose(rng).expect("aspects").to_string();
+    }
+    let mut text = good_response(rng, &request);
+    if rng.random_bool(0.2) {
+        let first_sentence = text.split_inclusive('.').next().unwrap_or("").to_string();
+        for _ in 0..rng.random_range(1..=3) {
+            text.push_str(&first_sentence);
+        }
+    }
+    if rng.random_bool(0.15) {
+        let word = request.sentiment.adjectives().choose(rng).expect("adjectives");
+        for _ in 0..rng.random_range(2..=8) {
+            text.push(' ');
+            text.push_str(word);
+        }
+    }
+    if rng.random_bool(0.15) {
+        // too short: just one sentence of it
+        text = text.split_inclusive('.').next().unwrap_or("").to_string();
+    }
+    if rng.random_bool(0.15) {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let keep = rng.random_range(1..words.len().max(2));
+        text = format!(" {}", words[..keep].join(" "));
+    }
+    text
+}
+
 /// A corpus review: random product, random mix of aspects and sentiments, sometimes sloppy.
 fn corpus_text(rng: &mut ChaCha8Rng) -> String {
     let product: &Product = PRODUCTS.choose(rng).expect("products are listed");

@@ -1,0 +1,556 @@
+//! `kind = "reward"`: a reward model trained on preference pairs with the Bradley–Terry loss
+//! −log σ(r_chosen − r_rejected − margin) (Christiano et al. 2017; Ouyang et al. 2022), ties as
+//! ½/½ targets, and an optional penalty (r_chosen + r_rejected)² keeping scores centred on zero
+//! (Eisenstein et al. 2023). Pairs come from a preference file, the labeling database, or the
+//! synthetic task's simulated annotators judging responses of the policy and of the task's
+//! generator of varied quality.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use super::lm::{progress_bar, Schedule};
+use super::{StageContext, StageError, StageSettings, CHECKPOINT_DIR, STATE_DIR};
+use crate::data::preferences::{read_jsonl, read_label_database, PreferencePair};
+use crate::data::synthetic::annotators::{sigmoid, AnnotatorPool, Preference};
+use crate::data::synthetic::{varied_response, ReviewRequest};
+use crate::model::generate::{generate, left_pad, GenerateOptions, Sampling};
+use crate::model::reward::{RewardModel, RewardNormalization};
+use crate::model::{DeviceSpec, Precision};
+use crate::rng::step_seed;
+use crate::run::{Metrics, MetricsWriter};
+use crate::train::optimizer::{AdamW, AdamWConfig};
+use crate::train::schedule::LrSchedule;
+use crate::train::state;
+
+/// Where preference pairs come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PreferenceSource {
+    /// The synthetic task's simulated annotators.
+    Synthetic,
+    /// A `{"prompt", "chosen", "rejected"}` JSONL file (`preferences`).
+    Jsonl,
+    /// The labeling server's SQLite database (`database`), read directly.
+    Labels,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardSettings {
+    /// The model the backbone starts from (usually the SFT stage).
+    pub init: String,
+    #[serde(default = "defaults::source")]
+    pub source: PreferenceSource,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferences: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<PathBuf>,
+    /// File and database sources: fraction of pairs held out for evaluation.
+    #[serde(default = "defaults::eval_fraction")]
+    pub eval_fraction: f64,
+
+    /// Synthetic source: training and held-out pairs to label.
+    #[serde(default = "defaults::pairs")]
+    pub pairs: usize,
+    #[serde(default = "defaults::eval_pairs")]
+    pub eval_pairs: usize,
+    #[serde(default = "defaults::annotators")]
+    pub annotators: usize,
+    /// Mean probability that an annotator answers at random (spread over the pool).
+    #[serde(default = "defaults::noise")]
+    pub noise: f64,
+    /// Std of the annotators' position bias (a logit added in favour of the first response).
+    #[serde(default)]
+    pub bias_std: f64,
+    /// Bradley–Terry temperature of the annotators: lower is more decisive.
+    #[serde(default = "defaults::annotator_temperature")]
+    pub annotator_temperature: f64,
+    #[serde(default)]
+    pub tie_rate: f64,
+    /// Share of responses sampled from the policy (the rest from the task's varied generator).
+    #[serde(default = "defaults::policy_fraction")]
+    pub policy_fraction: f64,
+    #[serde(default = "defaults::sample_temperature")]
+    pub sample_temperature: f64,
+
+    /// Use the pairs' `margin` in the loss when they have one.
+    #[serde(default = "defaults::yes")]
+    pub use_margin: bool,
+    /// Weight of the (r_chosen + r_rejected)² centring penalty.
+    #[serde(default = "defaults::center_coef")]
+    pub center_coef: f64,
+
+    #[serde(default = "defaults::steps")]
+    pub steps: u64,
+    /// Pairs per step (each pair is two sequences, scored in one batch).
+    #[serde(default = "defaults::batch_size")]
+    pub batch_size: usize,
+    #[serde(default = "defaults::lr")]
+    pub lr: f64,
+    #[serde(default = "defaults::warmup_steps")]
+    pub warmup_steps: u64,
+    #[serde(default = "defaults::schedule")]
+    pub schedule: Schedule,
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default = "defaults::grad_clip")]
+    pub grad_clip: f64,
+    #[serde(default = "defaults::eval_every")]
+    pub eval_every: u64,
+    /// Policy samples scored at the end for `reward/mean` and `reward/std` (PPO's normalisation).
+    #[serde(default = "defaults::normalization_samples")]
+    pub normalization_samples: usize,
+    #[serde(default)]
+    pub device: DeviceSpec,
+    #[serde(default)]
+    pub dtype: Precision,
+}
+
+mod defaults {
+    use super::{PreferenceSource, Schedule};
+    pub fn source() -> PreferenceSource { PreferenceSource::Synthetic }
+    pub fn eval_fraction() -> f64 { 0.1 }
+    pub fn pairs() -> usize { 2000 }
+    pub fn eval_pairs() -> usize { 400 }
+    pub fn annotators() -> usize { 5 }
+    pub fn noise() -> f64 { 0.1 }
+    pub fn annotator_temperature() -> f64 { 0.3 }
+    pub fn policy_fraction() -> f64 { 0.5 }
+    pub fn sample_temperature() -> f64 { 1.0 }
+    pub fn yes() -> bool { true }
+    pub fn center_coef() -> f64 { 0.01 }
+    pub fn steps() -> u64 { 300 }
+    pub fn batch_size() -> usize { 16 }
+    pub fn lr() -> f64 { 1e-4 }
+    pub fn warmup_steps() -> u64 { 10 }
+    pub fn schedule() -> Schedule { Schedule::Cosine }
+    pub fn grad_clip() -> f64 { 1.0 }
+    pub fn eval_every() -> u64 { 100 }
+    pub fn normalization_samples() -> usize { 64 }
+}
+
+impl StageSettings for RewardSettings {
+    fn inputs(&self) -> Vec<(&'static str, &str)> {
+        vec![("init", self.init.as_str())]
+    }
+
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        match self.source {
+            PreferenceSource::Jsonl if self.preferences.is_none() => {
+                return Err(("preferences", "a preference JSONL file with source = \"jsonl\"".into()))
+            }
+            PreferenceSource::Labels if self.database.is_none() => {
+                return Err(("database", "the labeling database with source = \"labels\"".into()))
+            }
+            _ => {}
+        }
+        let positive = [("steps", self.steps as f64), ("batch_size", self.batch_size as f64), ("lr", self.lr), ("eval_every", self.eval_every as f64), ("annotator_temperature", self.annotator_temperature), ("sample_temperature", self.sample_temperature), ("annotators", self.annotators as f64)];
+        if let Some((key, value)) = positive.into_iter().find(|(_, v)| !(*v > 0.0)) {
+            return Err((key, format!("a value > 0, got {value}")));
+        }
+        let probabilities = [("noise", self.noise), ("tie_rate", self.tie_rate), ("policy_fraction", self.policy_fraction), ("eval_fraction", self.eval_fraction)];
+        if let Some((key, value)) = probabilities.into_iter().find(|(_, v)| !(0.0..=1.0).contains(v)) {
+            return Err((key, format!("a probability in [0, 1], got {value}")));
+        }
+        if self.source == PreferenceSource::Synthetic && (self.pairs == 0 || self.eval_pairs == 0) {
+            return Err(("pairs", "pairs and eval_pairs > 0".into()));
+        }
+        Ok(())
+    }
+
+    fn devices(&self) -> Vec<(&'static str, DeviceSpec)> {
+        vec![("reward", self.device)]
+    }
+
+    fn run(&self, context: &StageContext) -> Result<Metrics, StageError> {
+        train(context, self)
+    }
+}
+
+/// Per-pair Bradley–Terry loss, averaged: −log σ(Δ) for a preference, −½ log σ(Δ) − ½ log σ(−Δ)
+/// for a tie, with Δ = r_chosen − r_rejected − margin; plus `center_coef` · mean((r_c + r_r)²).
+pub fn bradley_terry_loss(chosen: &Tensor, rejected: &Tensor, margin: &Tensor, tie: &Tensor, center_coef: f64) -> Tensor {
+    let delta = chosen - rejected - margin;
+    let preferred = -delta.log_sigmoid();
+    let tied = -(delta.log_sigmoid() + (-&delta).log_sigmoid()) * 0.5;
+    let per_pair = tied.where_self(tie, &preferred);
+    let centring = (chosen + rejected).square().mean(Kind::Float) * center_coef;
+    per_pair.mean(Kind::Float) + centring
+}
+
+/// Held-out figures from the scores of each pair, `(r_chosen, r_rejected)`:
+/// - `eval/accuracy`: share of non-tied pairs where r_chosen > r_rejected;
+/// - `eval/precision`, `eval/recall`, `eval/f1`: the pair shown in a random order (`flips[i]`
+///   puts the rejected response first) as a binary task, "is the first one preferred?";
+/// - `eval/ece`: expected calibration error of σ(r_first − r_second) over 10 bins;
+/// - with gold scores: `eval/gold_agreement` (the RM orders the pair as gold does) and
+///   `eval/noise_ceiling` (the annotators' label orders it as gold does).
+pub fn preference_metrics(scores: &[(f64, f64)], pairs: &[&PreferencePair], flips: &[bool]) -> Metrics {
+    let judged: Vec<usize> = (0..scores.len()).filter(|&i| !pairs[i].tie).collect();
+    let n = judged.len().max(1) as f64;
+    let accuracy = judged.iter().filter(|&&i| scores[i].0 > scores[i].1).count() as f64 / n;
+
+    let (mut tp, mut fp, mut fn_) = (0.0, 0.0, 0.0);
+    let mut bins = [(0.0f64, 0.0f64, 0usize); 10];
+    for &i in &judged {
+        let (r_first, r_second, first_preferred) =
+            if flips[i] { (scores[i].1, scores[i].0, false) } else { (scores[i].0, scores[i].1, true) };
+        let predicted_first = r_first > r_second;
+        match (predicted_first, first_preferred) {
+            (true, true) => tp += 1.0,
+            (true, false) => fp += 1.0,
+            (false, true) => fn_ += 1.0,
+            (false, false) => {}
+        }
+        let p = sigmoid(r_first - r_second);
+        let bin = &mut bins[((p * 10.0) as usize).min(9)];
+        bin.0 += p;
+        bin.1 += f64::from(u8::from(first_preferred));
+        bin.2 += 1;
+    }
+    let precision = if tp + fp > 0.0 { tp / (tp + fp) } else { 0.0 };
+    let recall = if tp + fn_ > 0.0 { tp / (tp + fn_) } else { 0.0 };
+    let f1 = if precision + recall > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 };
+    let ece = bins.iter().filter(|b| b.2 > 0).map(|(p, y, _)| (p - y).abs()).sum::<f64>() / n;
+
+    let mut metrics = Metrics::from([
+        ("eval/accuracy".to_string(), accuracy),
+        ("eval/precision".to_string(), precision),
+        ("eval/recall".to_string(), recall),
+        ("eval/f1".to_string(), f1),
+        ("eval/ece".to_string(), ece),
+    ]);
+    let golds: Vec<(usize, (f64, f64))> = (0..scores.len()).filter_map(|i| pairs[i].gold.map(|g| (i, g))).filter(|(_, g)| g.0 != g.1).collect();
+    if !golds.is_empty() {
+        let count = golds.len() as f64;
+        let rm_agrees = golds.iter().filter(|(i, g)| (scores[*i].0 > scores[*i].1) == (g.0 > g.1)).count() as f64;
+        let annotators_agree = golds.iter().filter(|(i, g)| !pairs[*i].tie && g.0 > g.1).count() as f64;
+        metrics.insert("eval/gold_agreement".into(), rm_agrees / count);
+        metrics.insert("eval/noise_ceiling".into(), annotators_agree / count);
+    }
+    metrics
+}
+
+/// A batch of pairs scored in one forward pass: chosen rows then rejected rows.
+fn score_pairs(model: &RewardModel, pairs: &[&PreferencePair], train: bool) -> Result<(Tensor, Tensor), StageError> {
+    let mut rows = Vec::with_capacity(2 * pairs.len());
+    for pair in pairs {
+        rows.push(model.encode(&pair.prompt, &pair.chosen)?);
+    }
+    for pair in pairs {
+        rows.push(model.encode(&pair.prompt, &pair.rejected)?);
+    }
+    let (ids, mask) = left_pad(&rows, model.tokenizer.eos_id(), model.vs.device());
+    let scores = model.scores(&ids, &mask, train);
+    let n = pairs.len() as i64;
+    Ok((scores.narrow(0, 0, n), scores.narrow(0, n, n)))
+}
+
+/// What `--resume` restores besides weights and optimizer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Progress {
+    step: u64,
+}
+
+const DATA_SEED: u64 = 11;
+const PAIRS_SEED: u64 = 12;
+const DROPOUT_SEED: u64 = 13;
+
+fn train(context: &StageContext, settings: &RewardSettings) -> Result<Metrics, StageError> {
+    let dir = context.dir();
+    let state_dir = dir.join(STATE_DIR);
+    let seed = context.seed();
+    let (train_pairs, eval_pairs) = preference_pairs(context, settings)?;
+    tracing::info!(train = train_pairs.len(), eval = eval_pairs.len(), "preference pairs");
+
+    let source_dir = context
+        .checkpoint_dir(&settings.init)
+        .ok_or_else(|| context.invalid("`init` must be a trained checkpoint (an earlier stage or a directory), not a fresh [models] section"))?;
+    tch::manual_seed(step_seed(seed, DATA_SEED, 0) as i64);
+    let mut model = RewardModel::load(&source_dir, settings.device.resolve()?, settings.dtype, true)?;
+    let schedule = LrSchedule {
+        lr: settings.lr,
+        min_lr_ratio: 0.1,
+        warmup_steps: settings.warmup_steps,
+        total_steps: settings.steps,
+        shape: settings.schedule,
+    };
+    let mut optimizer = AdamW::new(&model.vs, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: settings.weight_decay });
+    let mut progress = Progress { step: 0 };
+    if context.resume && state::exists(&state_dir) {
+        progress = state::restore(&state_dir, &mut model.vs, &mut optimizer)?;
+        tracing::info!(stage = context.name(), step = progress.step, "resuming");
+    }
+    let keep_up_to = context.resume.then_some(progress.step);
+    let mut metrics_log = MetricsWriter::open(&dir.join("metrics.jsonl"), keep_up_to)?;
+
+    let eval_refs: Vec<&PreferencePair> = eval_pairs.iter().collect();
+    let mut flip_rng = ChaCha8Rng::seed_from_u64(step_seed(seed, PAIRS_SEED, 1));
+    let flips: Vec<bool> = eval_pairs.iter().map(|_| flip_rng.random_bool(0.5)).collect();
+    let bar = progress_bar(settings.steps, progress.step, context.name());
+    let mut last_eval = Metrics::new();
+    for step in progress.step + 1..=settings.steps {
+        let started = Instant::now();
+        let lr = schedule.at(step);
+        tch::manual_seed(step_seed(seed, DROPOUT_SEED, step) as i64);
+        let batch = epoch_batch(&train_pairs, settings.batch_size, step, seed);
+        let (chosen, rejected) = score_pairs(&model, &batch, true)?;
+        let device = chosen.device();
+        let margins: Vec<f64> = batch.iter().map(|p| if settings.use_margin { p.margin.unwrap_or(0.0) } else { 0.0 }).collect();
+        let ties: Vec<bool> = batch.iter().map(|p| p.tie).collect();
+        let loss = bradley_terry_loss(
+            &chosen,
+            &rejected,
+            &Tensor::from_slice(&margins).to_kind(Kind::Float).to(device),
+            &Tensor::from_slice(&ties).to(device),
+            settings.center_coef,
+        );
+        loss.backward();
+        let grad_norm = optimizer.clip_grad_norm(settings.grad_clip);
+        optimizer.step(lr);
+        optimizer.zero_grad();
+        let batch_accuracy = chosen.gt_tensor(&rejected).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+        let mut metrics = Metrics::from([
+            ("train/loss".to_string(), loss.double_value(&[])),
+            ("train/accuracy".to_string(), batch_accuracy),
+            ("lr".to_string(), lr),
+            ("grad_norm".to_string(), grad_norm),
+            ("pairs_per_s".to_string(), batch.len() as f64 / started.elapsed().as_secs_f64()),
+        ]);
+        bar.set_position(step);
+
+        let evaluate_now = step % settings.eval_every == 0 || step == settings.steps;
+        if evaluate_now {
+            let scores = eval_scores(&model, &eval_refs)?;
+            last_eval = preference_metrics(&scores, &eval_refs, &flips);
+            metrics.extend(last_eval.clone());
+            bar.suspend(|| tracing::info!(stage = context.name(), step, accuracy = last_eval["eval/accuracy"], "evaluated"));
+        }
+        metrics_log.log(step, &metrics)?;
+        if evaluate_now {
+            progress.step = step;
+            state::save(&state_dir, &model.vs, &optimizer, &progress)?;
+        }
+    }
+    bar.finish_and_clear();
+
+    // Scores of policy samples, stored with the checkpoint so PPO can normalise rewards.
+    let normalization = policy_score_statistics(context, settings, &model)?;
+    model.normalization = Some(normalization);
+    model.save(&dir.join(CHECKPOINT_DIR))?;
+    let mut summary = last_eval;
+    summary.insert("reward/mean".into(), normalization.mean);
+    summary.insert("reward/std".into(), normalization.std);
+    metrics_log.log(settings.steps, &Metrics::from([("reward/mean".to_string(), normalization.mean), ("reward/std".to_string(), normalization.std)]))?;
+    Ok(summary)
+}
+
+fn eval_scores(model: &RewardModel, pairs: &[&PreferencePair]) -> Result<Vec<(f64, f64)>, StageError> {
+    let _no_grad = tch::no_grad_guard();
+    let mut scores = Vec::with_capacity(pairs.len());
+    for chunk in pairs.chunks(32) {
+        let (chosen, rejected) = score_pairs(model, chunk, false)?;
+        let chosen = Vec::<f64>::try_from(chosen.to_kind(Kind::Double).to_device(tch::Device::Cpu)).expect("1-D");
+        let rejected = Vec::<f64>::try_from(rejected.to_kind(Kind::Double).to_device(tch::Device::Cpu)).expect("1-D");
+        scores.extend(chosen.into_iter().zip(rejected));
+    }
+    Ok(scores)
+}
+
+/// Batch of step `step`: epochs over seeded permutations, as in SFT.
+fn epoch_batch(pairs: &[PreferencePair], batch_size: usize, step: u64, seed: u64) -> Vec<&PreferencePair> {
+    let n = pairs.len();
+    let first = (step - 1) as usize * batch_size;
+    let mut cached_epoch = usize::MAX;
+    let mut permutation: Vec<usize> = Vec::new();
+    (first..first + batch_size)
+        .map(|k| {
+            if k / n != cached_epoch {
+                cached_epoch = k / n;
+                permutation = (0..n).collect();
+                permutation.shuffle(&mut ChaCha8Rng::seed_from_u64(step_seed(seed, DATA_SEED, cached_epoch as u64)));
+            }
+            &pairs[permutation[k % n]]
+        })
+        .collect()
+}
+
+/// Training and held-out pairs from the configured source.
+fn preference_pairs(context: &StageContext, settings: &RewardSettings) -> Result<(Vec<PreferencePair>, Vec<PreferencePair>), StageError> {
+    let invalid = |e: crate::data::preferences::PreferenceError| context.invalid(e.to_string());
+    let all = match settings.source {
+        PreferenceSource::Synthetic => return synthetic_pairs(context, settings),
+        PreferenceSource::Jsonl => read_jsonl(settings.preferences.as_ref().expect("checked")).map_err(invalid)?,
+        PreferenceSource::Labels => read_label_database(settings.database.as_ref().expect("checked")).map_err(invalid)?,
+    };
+    let mut all = all;
+    all.shuffle(&mut ChaCha8Rng::seed_from_u64(step_seed(context.seed(), PAIRS_SEED, 0)));
+    let eval_len = ((all.len() as f64 * settings.eval_fraction).ceil() as usize).clamp(1, all.len().saturating_sub(1).max(1));
+    if all.len() < 2 {
+        return Err(context.invalid(format!("{} preference pair(s): need at least 2 (one to train, one to evaluate)", all.len())));
+    }
+    let train = all.split_off(eval_len);
+    Ok((train, all))
+}
+
+/// Pairs of responses to task prompts, labeled by simulated annotators from the gold oracle.
+fn synthetic_pairs(context: &StageContext, settings: &RewardSettings) -> Result<(Vec<PreferencePair>, Vec<PreferencePair>), StageError> {
+    let oracle = context.task.oracle.ok_or_else(|| context.invalid("source = \"synthetic\" needs a task with a gold oracle (synthetic-reviews)"))?;
+    let mut rng = ChaCha8Rng::seed_from_u64(step_seed(context.seed(), PAIRS_SEED, 2));
+    let pool = AnnotatorPool::new(settings.annotators, settings.noise, settings.bias_std, settings.annotator_temperature, settings.tie_rate, &mut rng);
+    let prompts: Vec<&String> = context.task.prompts.train.iter().chain(context.task.demonstrations.train.iter().map(|d| &d.prompt)).collect();
+    let eval_prompts: Vec<&String> = context.task.prompts.eval.iter().chain(context.task.demonstrations.eval.iter().map(|d| &d.prompt)).collect();
+    if prompts.is_empty() || eval_prompts.is_empty() {
+        return Err(context.invalid("the task has no prompts to build pairs from"));
+    }
+
+    // Which responses come from the policy is drawn first, so the generation can be batched.
+    let total = settings.pairs + settings.eval_pairs;
+    let pair_prompts: Vec<&String> = (0..total)
+        .map(|i| *if i < settings.pairs { prompts.choose(&mut rng) } else { eval_prompts.choose(&mut rng) }.expect("non-empty"))
+        .collect();
+    let from_policy: Vec<[bool; 2]> = (0..total).map(|_| [rng.random_bool(settings.policy_fraction), rng.random_bool(settings.policy_fraction)]).collect();
+    let policy_prompts: Vec<&str> = pair_prompts
+        .iter()
+        .zip(&from_policy)
+        .flat_map(|(prompt, flags)| flags.iter().filter(|&&f| f).map(move |_| prompt.as_str()))
+        .collect();
+    let mut policy_responses = sample_policy(context, settings, &policy_prompts, step_seed(context.seed(), PAIRS_SEED, 3))?.into_iter();
+
+    let mut pairs = Vec::with_capacity(total);
+    for (index, (prompt, flags)) in pair_prompts.iter().zip(&from_policy).enumerate() {
+        let request = ReviewRequest::parse(prompt);
+        let mut respond = |from_policy: bool, rng: &mut ChaCha8Rng| match (from_policy, &request) {
+            (true, _) => policy_responses.next().expect("one policy response per flag"),
+            (false, Some(request)) => varied_response(rng, request),
+            (false, None) => String::new(),
+        };
+        let first = respond(flags[0], &mut rng);
+        let mut second = respond(flags[1], &mut rng);
+        if second == first {
+            if let Some(request) = &request {
+                second = varied_response(&mut rng, request);
+            }
+        }
+        let (gold_first, gold_second) = (oracle.score(prompt, &first).total, oracle.score(prompt, &second).total);
+        let pair = match pool.label(index, gold_first, gold_second, &mut rng) {
+            Preference::Second => PreferencePair { prompt: prompt.to_string(), chosen: second, rejected: first, tie: false, margin: None, gold: Some((gold_second, gold_first)) },
+            label => PreferencePair { prompt: prompt.to_string(), chosen: first, rejected: second, tie: label == Preference::Tie, margin: None, gold: Some((gold_first, gold_second)) },
+        };
+        pairs.push(pair);
+    }
+    let eval = pairs.split_off(settings.pairs);
+    Ok((pairs, eval))
+}
+
+/// Samples one response per prompt from the stage's init policy.
+fn sample_policy(context: &StageContext, settings: &RewardSettings, prompts: &[&str], seed: u64) -> Result<Vec<String>, StageError> {
+    if prompts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let policy = context.load_model(&settings.init, settings.device, settings.dtype)?;
+    let mut responses = Vec::with_capacity(prompts.len());
+    for (index, chunk) in prompts.chunks(64).enumerate() {
+        let encoded = chunk.iter().map(|p| policy.tokenizer.encode(p)).collect::<Result<Vec<_>, _>>()?;
+        let longest = encoded.iter().map(Vec::len).max().unwrap_or(0) as i64;
+        let options = GenerateOptions {
+            max_new_tokens: (policy.gpt.config.n_positions - longest).clamp(1, 64),
+            sampling: Sampling::Sample { temperature: settings.sample_temperature, top_k: None, top_p: None },
+            seed: Some(seed.wrapping_add(index as u64)),
+            use_kv_cache: true,
+        };
+        let generation = generate(&policy.gpt, &encoded, policy.tokenizer.eos_id(), &options)?;
+        responses.extend(generation.completions().iter().map(|ids| policy.tokenizer.decode(ids)));
+    }
+    Ok(responses)
+}
+
+/// Mean and std of the reward model's scores on policy samples for held-out prompts.
+fn policy_score_statistics(context: &StageContext, settings: &RewardSettings, model: &RewardModel) -> Result<RewardNormalization, StageError> {
+    let prompts: Vec<&str> = context
+        .task
+        .prompts
+        .eval
+        .iter()
+        .chain(&context.task.prompts.train)
+        .chain(context.task.demonstrations.eval.iter().map(|d| &d.prompt))
+        .map(String::as_str)
+        .take(settings.normalization_samples)
+        .collect();
+    if prompts.is_empty() {
+        return Ok(RewardNormalization { mean: 0.0, std: 1.0 });
+    }
+    let responses = sample_policy(context, settings, &prompts, step_seed(context.seed(), PAIRS_SEED, 4))?;
+    let pairs: Vec<(&str, &str)> = prompts.iter().copied().zip(responses.iter().map(String::as_str)).collect();
+    let scores = model.score_texts(&pairs, 32)?;
+    let mean = scores.iter().sum::<f64>() / scores.len() as f64;
+    let variance = scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / scores.len() as f64;
+    Ok(RewardNormalization { mean, std: variance.sqrt().max(1e-6) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(tie: bool, gold: Option<(f64, f64)>) -> PreferencePair {
+        PreferencePair { prompt: "p".into(), chosen: "a".into(), rejected: "b".into(), tie, margin: None, gold }
+    }
+
+    #[test]
+    fn bradley_terry_loss_matches_hand_computation() {
+        let chosen = Tensor::from_slice(&[2.0f32, 0.5, 1.0]);
+        let rejected = Tensor::from_slice(&[1.0f32, 1.5, 1.0]);
+        let no_margin = Tensor::zeros([3], (Kind::Float, tch::Device::Cpu));
+        let no_tie = Tensor::from_slice(&[false, false, false]);
+        // −log σ(1) = 0.313262, −log σ(−1) = 1.313262, −log σ(0) = 0.693147
+        let expected = (0.313_261_687_5 + 1.313_261_687_5 + 0.693_147_180_6) / 3.0;
+        let loss = bradley_terry_loss(&chosen, &rejected, &no_margin, &no_tie, 0.0).double_value(&[]);
+        assert!((loss - expected).abs() < 1e-6, "{loss} vs {expected}");
+
+        // margin 1 on the first pair: −log σ(1 − 1) = log 2
+        let margin = Tensor::from_slice(&[1.0f32, 0.0, 0.0]);
+        let with_margin = bradley_terry_loss(&chosen, &rejected, &margin, &no_tie, 0.0).double_value(&[]);
+        assert!((with_margin - (0.693_147_180_6 + 1.313_261_687_5 + 0.693_147_180_6) / 3.0).abs() < 1e-6);
+
+        // a tie on the second pair: ½(−log σ(−1)) + ½(−log σ(1)) = 0.813262
+        let tie = Tensor::from_slice(&[false, true, false]);
+        let with_tie = bradley_terry_loss(&chosen, &rejected, &no_margin, &tie, 0.0).double_value(&[]);
+        assert!((with_tie - (0.313_261_687_5 + 0.813_261_687_5 + 0.693_147_180_6) / 3.0).abs() < 1e-6);
+
+        // centring: 0.1 · mean((3)², (2)², (2)²) = 0.1 · 17/3
+        let centred = bradley_terry_loss(&chosen, &rejected, &no_margin, &no_tie, 0.1).double_value(&[]);
+        assert!((centred - expected - 0.1 * 17.0 / 3.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn preference_metrics_on_crafted_predictions() {
+        let pairs: Vec<PreferencePair> = vec![
+            pair(false, Some((1.0, 0.0))),  // RM right, gold agrees with the label
+            pair(false, Some((1.0, 0.0))),  // RM wrong
+            pair(false, Some((0.0, 1.0))),  // RM right, but the annotator went against gold
+            pair(false, Some((2.0, 0.0))),  // RM right
+            pair(true, Some((0.5, 0.5))),   // tie: not in accuracy, equal gold: not in agreement
+        ];
+        let refs: Vec<&PreferencePair> = pairs.iter().collect();
+        let scores = [(1.0, 0.0), (0.0, 2.0), (3.0, 1.0), (0.5, 0.0), (0.0, 0.0)];
+        // shown orders: pairs 1 and 3 show the rejected response first
+        let flips = [false, true, false, true, false];
+        let m = preference_metrics(&scores, &refs, &flips);
+        assert_eq!(m["eval/accuracy"], 0.75);
+        // "first preferred?" labels: 1, 0, 1, 0 ; predictions: 1, 1 (r_first=2 > 0), 1, 0
+        // tp = 2, fp = 1, fn = 0 → precision 2/3, recall 1, f1 0.8
+        assert!((m["eval/precision"] - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(m["eval/recall"], 1.0);
+        assert!((m["eval/f1"] - 0.8).abs() < 1e-12);
+        // gold: RM orders pairs 0, 3 like gold (2 of 4 with distinct gold); annotators 0, 1, 3 (3 of 4)
+        assert_eq!(m["eval/gold_agreement"], 0.5);
+        assert_eq!(m["eval/noise_ceiling"], 0.75);
+        assert!(m["eval/ece"] > 0.0 && m["eval/ece"] < 1.0);
+    }
+}
