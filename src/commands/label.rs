@@ -1,6 +1,7 @@
 //! `rlhf label …`: import pairs, add annotators, serve the labeling page, export preferences,
 //! show statistics. The work is in `crate::label`; this file parses arguments and reports.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -115,8 +116,7 @@ pub fn run(args: &LabelArgs) -> Result<()> {
                 let store = Store::open_or_create(db).await?;
                 let token = store.add_annotator(name).await;
                 store.close().await;
-                println!("{}", token?);
-                Ok(())
+                print_out(&format!("{}\n", token?))
             }
             LabelCommand::Serve(args) => {
                 let store = Store::open(&args.db).await?;
@@ -142,11 +142,10 @@ pub fn run(args: &LabelArgs) -> Result<()> {
                 store.close().await;
                 let stats = stats?;
                 if args.json {
-                    println!("{}", serde_json::to_string_pretty(&stats)?);
+                    print_out(&format!("{}\n", serde_json::to_string_pretty(&stats)?))
                 } else {
-                    print!("{stats}");
+                    print_out(&stats.to_string())
                 }
-                Ok(())
             }
         }
     })
@@ -162,12 +161,18 @@ async fn import(args: &ImportArgs) -> Result<()> {
     let summary = store.import_pairs(&pairs).await;
     store.close().await;
     let summary = summary?;
-    println!(
-        "imported {} new pairs from {} into {} ({} already present)",
+    print_out(&format!(
+        "imported {} new pairs from {} into {} ({} already present)\n",
         summary.added,
         source.display(),
         args.db.display(),
         summary.already_present
-    );
-    Ok(())
+    ))
 }
+
+/// Writes to stdout; a closed pipe (`… | head`) is an error, not a panic as with `println!`.
+fn print_out(text: &str) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).context("cannot write to stdout")
+}
+
