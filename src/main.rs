@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use rlhf_lab::commands::{generate, label, run, validate};
+use rlhf_lab::commands::{generate, label, run, score, validate};
 
 #[derive(Parser)]
 #[command(name = "rlhf", version, about = "RLHF experiments on libtorch: pretraining, SFT, reward modeling, PPO")]
@@ -20,6 +20,8 @@ enum Command {
     Validate(validate::ValidateArgs),
     /// Complete prompts with a checkpoint.
     Generate(generate::GenerateArgs),
+    /// Score responses (or pairs) with a reward model.
+    Score(score::ScoreArgs),
     /// Label pairs of responses in the browser; preferences go to SQLite.
     Label(label::LabelArgs),
 }
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Score(args) => score::run(args),
         Command::Label(args) => label::run(args),
     };
     match result {

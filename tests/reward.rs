@@ -8,7 +8,7 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rlhf_lab::model::generate::left_pad;
-use rlhf_lab::model::reward::RewardModel;
+use rlhf_lab::model::reward::{RewardModel, RewardNormalization};
 use rlhf_lab::model::{Gpt2Config, LanguageModel, Precision};
 use rlhf_lab::stages::reward::bradley_terry_loss;
 use rlhf_lab::train::optimizer::{AdamW, AdamWConfig};
@@ -99,4 +99,57 @@ fn a_tiny_reward_model_learns_a_planted_rule() {
     let (chosen, rejected) = score(&model, &held_out, false);
     let accuracy = chosen.gt_tensor(&rejected).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
     assert!(accuracy >= 0.95, "held-out accuracy {accuracy}");
+}
+
+#[test]
+fn score_command_prints_rewards_for_responses_and_preference_probabilities_for_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = fresh_reward_model(&dir.path().join("rm"));
+    model.normalization = Some(RewardNormalization { mean: 0.5, std: 2.0 });
+    model.save(&dir.path().join("rm")).unwrap();
+    let expected = model.score_texts(&[("review:", " the battery is great"), ("review:", " price fair")], 8).unwrap();
+
+    let input = dir.path().join("input.jsonl");
+    std::fs::write(
+        &input,
+        concat!(
+            "{\"prompt\": \"review:\", \"response\": \" the battery is great\"}\n",
+            "{\"prompt\": \"review:\", \"chosen\": \" the battery is great\", \"rejected\": \" price fair\"}\n",
+            "{\"prompt\": \"review:\", \"response_a\": \" price fair\", \"response_b\": \" the battery is great\"}\n",
+        ),
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = common::rlhf(&["score", "--model", "rm", "--input", "input.jsonl", "--device", "cpu"], dir.path());
+    assert!(ok, "{stderr}");
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    let close = |value: &serde_json::Value, expected: f64| (value.as_f64().unwrap() - expected).abs() < 1e-5;
+    assert!(close(&lines[0]["reward"], expected[0]), "{}", lines[0]);
+    assert!(close(&lines[0]["normalized"], (expected[0] - 0.5) / 2.0), "{}", lines[0]);
+    let p_chosen = 1.0 / (1.0 + (expected[1] - expected[0]).exp());
+    assert!(close(&lines[1]["p_first_preferred"], p_chosen), "{}", lines[1]);
+    assert!(close(&lines[2]["p_first_preferred"], 1.0 - p_chosen), "{}", lines[2]);
+    assert!(close(&lines[2]["reward_second"], expected[0]), "{}", lines[2]);
+}
+
+#[test]
+fn score_command_names_the_bad_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    fresh_reward_model(&dir.path().join("rm"));
+    let cases = [
+        ("{\"prompt\": \"p\", \"response\": \"r\"}\n{\"prompt\": \"p\", \"chosen\": \"a\"}\n", "record 2", "`rejected`"),
+        ("{\"response\": \"r\"}\n", "record 1", "`prompt`"),
+        ("{\"prompt\": \"p\", \"response\": \"r\"}\n{\"prompt\": \"p\", \"resp\n", "bad.jsonl:2", "EOF"),
+    ];
+    for (text, place, field) in cases {
+        std::fs::write(dir.path().join("bad.jsonl"), text).unwrap();
+        let (ok, stdout, stderr) = common::rlhf(&["score", "--model", "rm", "--input", "bad.jsonl", "--device", "cpu"], dir.path());
+        assert!(!ok, "accepted {text:?}: {stdout}");
+        assert!(stdout.is_empty(), "printed scores before failing: {stdout}");
+        assert!(stderr.contains("bad.jsonl") && stderr.contains(place) && stderr.contains(field), "{text:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    std::fs::write(dir.path().join("good.jsonl"), "{\"prompt\": \"p\", \"response\": \"r\"}\n").unwrap();
+    let (ok, _, stderr) = common::rlhf(&["score", "--model", "missing", "--input", "good.jsonl", "--device", "cpu"], dir.path());
+    assert!(!ok && stderr.contains("missing"), "{stderr}");
 }

@@ -3,4 +3,5 @@
 pub mod generate;
 pub mod label;
 pub mod run;
+pub mod score;
 pub mod validate;
