@@ -21,7 +21,7 @@ use crate::rng::step_seed;
 use crate::run::{Metrics, MetricsWriter};
 use crate::train::optimizer::{AdamW, AdamWConfig};
 use crate::train::schedule::LrSchedule;
-use crate::train::state;
+use crate::train::state::{self, Part, PartMut};
 
 /// How the learning rate moves after warmup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -490,7 +490,7 @@ fn train(context: &StageContext, settings: &TrainSettings, objective: Objective)
 
     let mut progress = Progress { step: 0, best_eval_loss: f64::INFINITY, evals_since_best: 0 };
     if context.resume && state::exists(&state_dir) {
-        progress = state::restore(&state_dir, &mut model.vs, &mut optimizer)?;
+        progress = state::restore(&state_dir, &mut [PartMut { name: "model", vs: &mut model.vs, optimizer: &mut optimizer }])?;
         tracing::info!(stage = context.name(), step = progress.step, "resuming");
     }
     let keep_up_to = context.resume.then_some(progress.step);
@@ -540,7 +540,7 @@ fn train(context: &StageContext, settings: &TrainSettings, objective: Objective)
         if evaluate_now {
             // State after the metrics line: a run killed in between replays this step on resume.
             progress.step = step;
-            state::save(&state_dir, &model.vs, &optimizer, &progress)?;
+            state::save(&state_dir, &[Part { name: "model", vs: &model.vs, optimizer: &optimizer }], &progress)?;
             if settings.patience.is_some_and(|patience| progress.evals_since_best >= patience) {
                 tracing::info!(stage = context.name(), step, "early stopping: eval loss has not improved for {} evaluations", progress.evals_since_best);
                 stopped_early = true;

@@ -3,6 +3,7 @@
 
 pub mod lm;
 pub mod pipeline;
+pub mod ppo;
 pub mod reward;
 
 use std::fmt::Debug;
@@ -47,6 +48,7 @@ pub const STAGE_KINDS: &[StageKind] = &[
     StageKind { name: "lm", parse: parse_settings::<lm::LmSettings> },
     StageKind { name: "sft", parse: parse_settings::<lm::SftSettings> },
     StageKind { name: "reward", parse: parse_settings::<reward::RewardSettings> },
+    StageKind { name: "ppo", parse: parse_settings::<ppo::PpoSettings> },
 ];
 
 pub fn stage_kind(name: &str) -> Option<&'static StageKind> {

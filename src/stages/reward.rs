@@ -26,7 +26,7 @@ use crate::rng::step_seed;
 use crate::run::{Metrics, MetricsWriter};
 use crate::train::optimizer::{AdamW, AdamWConfig};
 use crate::train::schedule::LrSchedule;
-use crate::train::state;
+use crate::train::state::{self, Part, PartMut};
 
 /// Where preference pairs come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -284,7 +284,7 @@ fn train(context: &StageContext, settings: &RewardSettings) -> Result<Metrics, S
     let mut optimizer = AdamW::new(&model.vs, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: settings.weight_decay });
     let mut progress = Progress { step: 0 };
     if context.resume && state::exists(&state_dir) {
-        progress = state::restore(&state_dir, &mut model.vs, &mut optimizer)?;
+        progress = state::restore(&state_dir, &mut [PartMut { name: "model", vs: &mut model.vs, optimizer: &mut optimizer }])?;
         tracing::info!(stage = context.name(), step = progress.step, "resuming");
     }
     let keep_up_to = context.resume.then_some(progress.step);
@@ -335,7 +335,7 @@ fn train(context: &StageContext, settings: &RewardSettings) -> Result<Metrics, S
         metrics_log.log(step, &metrics)?;
         if evaluate_now {
             progress.step = step;
-            state::save(&state_dir, &model.vs, &optimizer, &progress)?;
+            state::save(&state_dir, &[Part { name: "model", vs: &model.vs, optimizer: &optimizer }], &progress)?;
         }
     }
     bar.finish_and_clear();

@@ -1,0 +1,888 @@
+//! `kind = "ppo"`: RLHF with PPO (Schulman et al. 2017) against a frozen reward model, with a
+//! per-token KL penalty to a frozen reference policy (Ziegler et al. 2019; Stiennon et al. 2020;
+//! Ouyang et al. 2022). Implementation details follow Huang et al. 2024, "The N+ Implementation
+//! Details of RLHF with PPO": log-probs recomputed after generation, the score placed on the last
+//! response token, no loss after end-of-text, whitened advantages, clipped value loss.
+//!
+//! One iteration, in order:
+//! 1. rollout: sample prompts, generate with the policy (KV cache, temperature `temperature`);
+//! 2. scoring: policy and reference log-probs of the responses, values, reward-model score;
+//! 3. rewards: −β·(log π − log π_ref) per token, plus the normalised score on the last token;
+//! 4. advantages by GAE, whitened; returns = advantages + values;
+//! 5. `ppo_epochs` passes over shuffled minibatches: clipped surrogate, clipped value loss.
+
+use std::time::Instant;
+
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use super::lm::{progress_bar, Schedule};
+use super::{StageContext, StageError, StageSettings, CHECKPOINT_DIR, STATE_DIR};
+use crate::model::generate::{generate, Generation, GenerateOptions, Sampling};
+use crate::model::reward::{RewardModel, RewardNormalization};
+use crate::model::{DeviceSpec, Gpt2, LanguageModel, Precision};
+use crate::rng::step_seed;
+use crate::run::{Metrics, MetricsWriter};
+use crate::train::optimizer::{AdamW, AdamWConfig};
+use crate::train::schedule::LrSchedule;
+use crate::train::state::{self, Part, PartMut};
+
+/// A setting per model role.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerModel<T> {
+    #[serde(default)]
+    pub policy: T,
+    #[serde(default)]
+    pub reference: T,
+    #[serde(default)]
+    pub reward: T,
+    #[serde(default)]
+    pub value: T,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PpoSettings {
+    /// The trained policy starts from this model (usually the SFT stage).
+    pub policy: String,
+    /// The frozen model of the KL penalty (usually the same as `policy`).
+    pub reference: String,
+    /// A reward stage's checkpoint: frozen, its scores normalised with its stored mean and std.
+    pub reward: String,
+    /// The value model starts from this checkpoint: a reward model (its head included) or an LM
+    /// (a fresh head).
+    pub value: String,
+    #[serde(default)]
+    pub devices: PerModel<DeviceSpec>,
+    #[serde(default)]
+    pub dtypes: PerModel<Precision>,
+
+    /// PPO iterations (rollout + optimisation).
+    #[serde(default = "defaults::iterations")]
+    pub iterations: u64,
+    /// Prompts (and so responses) per iteration.
+    #[serde(default = "defaults::rollout_batch")]
+    pub rollout_batch: usize,
+    /// Responses per optimizer step.
+    #[serde(default = "defaults::minibatch_size")]
+    pub minibatch_size: usize,
+    /// Each minibatch is split into this many micro-batches whose gradients add up.
+    #[serde(default = "defaults::one")]
+    pub grad_accum: usize,
+    #[serde(default = "defaults::ppo_epochs")]
+    pub ppo_epochs: usize,
+    #[serde(default = "defaults::max_new_tokens")]
+    pub max_new_tokens: i64,
+    /// Sampling temperature; log-probs are computed at the same temperature.
+    #[serde(default = "defaults::one_f")]
+    pub temperature: f64,
+
+    /// β of the KL penalty (the initial β with `adaptive_kl`).
+    #[serde(default = "defaults::kl_coef")]
+    pub kl_coef: f64,
+    /// Adapt β to keep the KL near `kl_target` (Ziegler et al. 2019, §2.2).
+    #[serde(default)]
+    pub adaptive_kl: bool,
+    #[serde(default = "defaults::kl_target")]
+    pub kl_target: f64,
+    #[serde(default = "defaults::kl_horizon")]
+    pub kl_horizon: f64,
+    /// Subtracted from the normalised score of a response that ends without end-of-text.
+    #[serde(default = "defaults::missing_eos_penalty")]
+    pub missing_eos_penalty: f64,
+    /// Clip normalised scores to ±`score_clip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_clip: Option<f64>,
+    /// Whiten the per-token rewards of a rollout before GAE.
+    #[serde(default)]
+    pub whiten_rewards: bool,
+
+    #[serde(default = "defaults::one_f")]
+    pub gamma: f64,
+    #[serde(default = "defaults::lam")]
+    pub lam: f64,
+    /// ε of the clipped surrogate.
+    #[serde(default = "defaults::clip")]
+    pub cliprange: f64,
+    /// ε of the clipped value loss.
+    #[serde(default = "defaults::clip")]
+    pub cliprange_value: f64,
+    #[serde(default)]
+    pub entropy_coef: f64,
+    /// Stop an iteration's remaining epochs once a minibatch's approximate KL to the rollout
+    /// policy exceeds this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_approx_kl: Option<f64>,
+
+    #[serde(default = "defaults::policy_lr")]
+    pub policy_lr: f64,
+    #[serde(default = "defaults::value_lr")]
+    pub value_lr: f64,
+    #[serde(default = "defaults::schedule")]
+    pub schedule: Schedule,
+    #[serde(default)]
+    pub warmup_iterations: u64,
+    #[serde(default = "defaults::grad_clip")]
+    pub grad_clip: f64,
+
+    /// Evaluate on held-out prompts every this many iterations (and before the first).
+    #[serde(default = "defaults::eval_every")]
+    pub eval_every: u64,
+    #[serde(default = "defaults::eval_prompts")]
+    pub eval_prompts: usize,
+    /// Evaluated responses written to samples.jsonl at each evaluation.
+    #[serde(default = "defaults::samples")]
+    pub samples: usize,
+}
+
+mod defaults {
+    use super::Schedule;
+    pub fn iterations() -> u64 { 100 }
+    pub fn rollout_batch() -> usize { 64 }
+    pub fn minibatch_size() -> usize { 16 }
+    pub fn one() -> usize { 1 }
+    pub fn one_f() -> f64 { 1.0 }
+    pub fn ppo_epochs() -> usize { 4 }
+    pub fn max_new_tokens() -> i64 { 48 }
+    pub fn kl_coef() -> f64 { 0.05 }
+    pub fn kl_target() -> f64 { 6.0 }
+    pub fn kl_horizon() -> f64 { 10_000.0 }
+    pub fn missing_eos_penalty() -> f64 { 1.0 }
+    pub fn lam() -> f64 { 0.95 }
+    pub fn clip() -> f64 { 0.2 }
+    pub fn policy_lr() -> f64 { 1e-5 }
+    pub fn value_lr() -> f64 { 1e-4 }
+    pub fn schedule() -> Schedule { Schedule::Constant }
+    pub fn grad_clip() -> f64 { 1.0 }
+    pub fn eval_every() -> u64 { 10 }
+    pub fn eval_prompts() -> usize { 64 }
+    pub fn samples() -> usize { 8 }
+}
+
+impl StageSettings for PpoSettings {
+    fn inputs(&self) -> Vec<(&'static str, &str)> {
+        vec![("policy", &self.policy), ("reference", &self.reference), ("reward", &self.reward), ("value", &self.value)]
+    }
+
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        let positive = [
+            ("iterations", self.iterations as f64),
+            ("rollout_batch", self.rollout_batch as f64),
+            ("minibatch_size", self.minibatch_size as f64),
+            ("grad_accum", self.grad_accum as f64),
+            ("ppo_epochs", self.ppo_epochs as f64),
+            ("max_new_tokens", self.max_new_tokens as f64),
+            ("temperature", self.temperature),
+            ("kl_target", self.kl_target),
+            ("kl_horizon", self.kl_horizon),
+            ("cliprange", self.cliprange),
+            ("cliprange_value", self.cliprange_value),
+            ("policy_lr", self.policy_lr),
+            ("value_lr", self.value_lr),
+            ("grad_clip", self.grad_clip),
+            ("eval_every", self.eval_every as f64),
+            ("eval_prompts", self.eval_prompts as f64),
+        ];
+        if let Some((key, value)) = positive.into_iter().find(|(_, v)| !(*v > 0.0 && v.is_finite())) {
+            return Err((key, format!("a value > 0, got {value}")));
+        }
+        let non_negative = [("kl_coef", self.kl_coef), ("entropy_coef", self.entropy_coef), ("missing_eos_penalty", self.missing_eos_penalty)];
+        if let Some((key, value)) = non_negative.into_iter().find(|(_, v)| !(*v >= 0.0 && v.is_finite())) {
+            return Err((key, format!("a value ≥ 0, got {value}")));
+        }
+        if let Some((key, value)) = [("gamma", self.gamma), ("lam", self.lam)].into_iter().find(|(_, v)| !(0.0..=1.0).contains(v)) {
+            return Err((key, format!("a value in [0, 1], got {value}")));
+        }
+        if self.rollout_batch % self.minibatch_size != 0 {
+            return Err(("minibatch_size", format!("a divisor of rollout_batch = {}, got {}", self.rollout_batch, self.minibatch_size)));
+        }
+        if self.minibatch_size % self.grad_accum != 0 {
+            return Err(("grad_accum", format!("a divisor of minibatch_size = {}, got {}", self.minibatch_size, self.grad_accum)));
+        }
+        if let Some(clip) = self.score_clip.filter(|c| !(*c > 0.0)) {
+            return Err(("score_clip", format!("a value > 0, got {clip}")));
+        }
+        if let Some(kl) = self.target_approx_kl.filter(|k| !(*k > 0.0)) {
+            return Err(("target_approx_kl", format!("a value > 0, got {kl}")));
+        }
+        Ok(())
+    }
+
+    fn devices(&self) -> Vec<(&'static str, DeviceSpec)> {
+        let d = &self.devices;
+        vec![("policy", d.policy), ("reference", d.reference), ("reward", d.reward), ("value", d.value)]
+    }
+
+    fn run(&self, context: &StageContext) -> Result<Metrics, StageError> {
+        train(context, self)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The algorithm's pieces, on tensors: masks are 1 for response tokens up to and including
+// end-of-text, 0 after.
+
+/// Mean of `values` where `mask` is 1.
+pub fn masked_mean(values: &Tensor, mask: &Tensor) -> Tensor {
+    (values * mask).sum(Kind::Float) / mask.sum(Kind::Float).clamp_min(1.0)
+}
+
+/// `values` shifted and scaled to mean 0, variance 1 over the masked entries (`shift_mean =
+/// false` keeps the mean, as for rewards, whose sign matters).
+pub fn whiten(values: &Tensor, mask: &Tensor, shift_mean: bool) -> Tensor {
+    let mean = masked_mean(values, mask);
+    let variance = masked_mean(&(values - &mean).square(), mask);
+    let whitened = (values - &mean) * (variance + 1e-8).rsqrt();
+    let whitened = if shift_mean { whitened } else { whitened + mean };
+    whitened * mask
+}
+
+/// Per-token rewards `[B, T]`: −β·(log π − log π_ref) on every response token, plus each row's
+/// score on its last response token (Ziegler et al. 2019, eq. 2; Stiennon et al. 2020, eq. 1).
+/// Returns `(rewards, per-token KL)`.
+pub fn shaped_rewards(logprobs: &Tensor, reference_logprobs: &Tensor, mask: &Tensor, scores: &Tensor, kl_coef: f64) -> (Tensor, Tensor) {
+    let kl = (logprobs - reference_logprobs) * mask;
+    let last_token = (mask.sum_dim_intlist(1, false, Kind::Int64) - 1).clamp_min(0).unsqueeze(1);
+    let score_on_last = Tensor::zeros_like(&kl).scatter(1, &last_token, &scores.unsqueeze(1).to_kind(Kind::Float));
+    (-kl_coef * &kl + score_on_last * mask, kl)
+}
+
+/// Generalised advantage estimation (Schulman et al. 2016, eq. 16): with
+/// δ_t = r_t + γ·V_{t+1} − V_t, A_t = δ_t + γλ·A_{t+1}; the value after the last token is 0.
+/// Returns `(advantages, returns = advantages + values)`, both zero after each row's end.
+pub fn gae(rewards: &Tensor, values: &Tensor, mask: &Tensor, gamma: f64, lam: f64) -> (Tensor, Tensor) {
+    let values = values * mask;
+    let rewards = rewards * mask;
+    let length = rewards.size()[1];
+    let mut advantages = Vec::with_capacity(length as usize);
+    let mut next_advantage = Tensor::zeros_like(&rewards.select(1, 0));
+    for t in (0..length).rev() {
+        let next_value = if t + 1 < length { values.select(1, t + 1) } else { Tensor::zeros_like(&next_advantage) };
+        let delta = rewards.select(1, t) + gamma * next_value - values.select(1, t);
+        next_advantage = (delta + gamma * lam * &next_advantage) * mask.select(1, t);
+        advantages.push(next_advantage.shallow_clone());
+    }
+    advantages.reverse();
+    let advantages = Tensor::stack(&advantages, 1);
+    let returns = &advantages + values;
+    (advantages, returns)
+}
+
+/// PPO's clipped surrogate (Schulman et al. 2017, eq. 7), as a loss to minimise:
+/// mean over tokens of max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)) with ρ = π/π_old.
+/// Returns `(loss, clip fraction, approximate KL ½·mean((log π − log π_old)²))`.
+pub fn clipped_policy_loss(logprobs: &Tensor, old_logprobs: &Tensor, advantages: &Tensor, mask: &Tensor, cliprange: f64) -> (Tensor, Tensor, Tensor) {
+    let log_ratio = logprobs - old_logprobs;
+    let ratio = log_ratio.exp();
+    let unclipped = -advantages * &ratio;
+    let clipped = -advantages * ratio.clamp(1.0 - cliprange, 1.0 + cliprange);
+    let loss = masked_mean(&unclipped.maximum(&clipped), mask);
+    let clip_fraction = masked_mean(&clipped.gt_tensor(&unclipped).to_kind(Kind::Float), mask);
+    let approx_kl = 0.5 * masked_mean(&log_ratio.square(), mask);
+    (loss, clip_fraction, approx_kl)
+}
+
+/// The clipped value loss of PPO implementations (Huang et al. 2024, detail 9):
+/// ½·mean(max((V − R)², (V_old + clip(V − V_old, −ε, ε) − R)²)). Returns `(loss, clip fraction)`.
+pub fn clipped_value_loss(values: &Tensor, old_values: &Tensor, returns: &Tensor, mask: &Tensor, cliprange: f64) -> (Tensor, Tensor) {
+    let clipped_values = old_values + (values - old_values).clamp(-cliprange, cliprange);
+    let unclipped_error = (values - returns).square();
+    let clipped_error = (clipped_values - returns).square();
+    let loss = 0.5 * masked_mean(&unclipped_error.maximum(&clipped_error), mask);
+    let clip_fraction = masked_mean(&clipped_error.gt_tensor(&unclipped_error).to_kind(Kind::Float), mask);
+    (loss, clip_fraction)
+}
+
+/// The KL coefficient β: fixed, or adapted towards a target KL (Ziegler et al. 2019, §2.2):
+/// e = clip(KL/target − 1, −0.2, 0.2), β ← β·(1 + e·n/horizon) after a batch of n responses.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct KlController {
+    pub coef: f64,
+    pub target: Option<f64>,
+    pub horizon: f64,
+}
+
+impl KlController {
+    pub fn update(&mut self, kl: f64, responses: usize) {
+        if let Some(target) = self.target {
+            let error = (kl / target - 1.0).clamp(-0.2, 0.2);
+            self.coef *= 1.0 + error * responses as f64 / self.horizon;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Models and rollouts.
+
+/// Log-probabilities `[B, T]` of each row's response tokens under softmax(logits / temperature),
+/// and, when asked, the entropy of that distribution at each response position.
+fn response_logprobs(gpt: &Gpt2, rollout: &RolloutTokens, temperature: f64, train: bool, with_entropy: bool) -> (Tensor, Option<Tensor>) {
+    let device = gpt.device();
+    let (ids, mask) = (rollout.sequence.to(device), rollout.sequence_mask.to(device));
+    let hidden = gpt.forward(&ids, Some(&mask), None, train);
+    // Position p predicts token p + 1: the response's T tokens are predicted from P − 1 … P + T − 2.
+    let predicting = hidden.narrow(1, rollout.prompt_width - 1, rollout.response_width);
+    let log_distribution = (gpt.logits(&predicting).to_kind(Kind::Float) / temperature).log_softmax(-1, Kind::Float);
+    let response = rollout.response_ids.to(device).unsqueeze(-1);
+    let logprobs = log_distribution.gather(2, &response, false).squeeze_dim(-1);
+    let entropy = with_entropy.then(|| -(log_distribution.exp() * &log_distribution).sum_dim_intlist(-1, false, Kind::Float));
+    (logprobs, entropy)
+}
+
+/// Values `[B, T]` of the states before each response token.
+fn response_values(value_model: &RewardModel, rollout: &RolloutTokens, train: bool) -> Tensor {
+    let device = value_model.vs.device();
+    let hidden = value_model.gpt.forward(&rollout.sequence.to(device), Some(&rollout.sequence_mask.to(device)), None, train);
+    value_model.head.forward(&hidden).to_kind(Kind::Float).narrow(1, rollout.prompt_width - 1, rollout.response_width)
+}
+
+/// Prompt and response tokens of a batch, on the CPU (each model moves them to its device).
+struct RolloutTokens {
+    /// `[B, P + T]` left-padded prompt then response (end-of-text after a row's end).
+    sequence: Tensor,
+    /// `[B, P + T]` 1 for real prompt tokens and response tokens up to end-of-text.
+    sequence_mask: Tensor,
+    /// `[B, T]`
+    response_ids: Tensor,
+    /// `[B, T]`
+    response_mask: Tensor,
+    prompt_width: i64,
+    response_width: i64,
+}
+
+impl RolloutTokens {
+    fn new(generation: &Generation) -> Self {
+        let cpu = |t: &Tensor| t.to_device(Device::Cpu);
+        let (prompt_ids, prompt_mask) = (cpu(&generation.prompt_ids), cpu(&generation.prompt_mask));
+        let (response_ids, response_mask) = (cpu(&generation.completion_ids), cpu(&generation.completion_mask));
+        RolloutTokens {
+            sequence: Tensor::cat(&[&prompt_ids, &response_ids], 1),
+            sequence_mask: Tensor::cat(&[&prompt_mask, &response_mask], 1),
+            prompt_width: prompt_ids.size()[1],
+            response_width: response_ids.size()[1],
+            response_ids,
+            response_mask,
+        }
+    }
+
+    fn rows(&self, index: &Tensor) -> Self {
+        RolloutTokens {
+            sequence: self.sequence.index_select(0, index),
+            sequence_mask: self.sequence_mask.index_select(0, index),
+            response_ids: self.response_ids.index_select(0, index),
+            response_mask: self.response_mask.index_select(0, index),
+            prompt_width: self.prompt_width,
+            response_width: self.response_width,
+        }
+    }
+}
+
+/// What one rollout yields for optimisation (all on the CPU) and for the metrics.
+struct Rollout {
+    tokens: RolloutTokens,
+    logprobs: Tensor,
+    values: Tensor,
+    advantages: Tensor,
+    returns: Tensor,
+    metrics: Metrics,
+}
+
+/// The four models of the stage.
+struct Models {
+    policy: LanguageModel,
+    reference: LanguageModel,
+    reward: RewardModel,
+    value: RewardModel,
+}
+
+/// Scores of each row's prompt + response (without end-of-text) by the reward model, normalised
+/// with its stored statistics; raw scores when it has none.
+fn reward_scores(reward: &RewardModel, prompts: &[Vec<i64>], responses: &[Vec<i64>]) -> Tensor {
+    let rows: Vec<Vec<i64>> = prompts.iter().zip(responses).map(|(p, r)| p.iter().chain(r).copied().collect()).collect();
+    let (ids, mask) = crate::model::generate::left_pad(&rows, reward.tokenizer.eos_id(), reward.vs.device());
+    let scores = reward.scores(&ids, &mask, false).to_device(Device::Cpu);
+    let RewardNormalization { mean, std } = reward.normalization.unwrap_or(RewardNormalization { mean: 0.0, std: 1.0 });
+    (scores - mean) / std
+}
+
+/// Responses of the policy for `prompts` and how they fare: rm score, gold score, KL to the
+/// reference. Shared by rollouts and evaluation.
+struct Scored {
+    generation: Generation,
+    tokens: RolloutTokens,
+    responses: Vec<String>,
+    /// Normalised reward-model scores `[B]` (CPU), before the missing-end-of-text penalty.
+    scores: Tensor,
+    /// `[B]` whether the response ended with end-of-text.
+    stopped: Vec<bool>,
+    /// Policy and reference log-probs `[B, T]` (CPU, masked to the response).
+    logprobs: Tensor,
+    reference_logprobs: Tensor,
+    gold: Option<Vec<f64>>,
+}
+
+fn sample_and_score(context: &StageContext, settings: &PpoSettings, models: &Models, prompts: &[String], seed: u64, timings: &mut Timings) -> Result<Scored, StageError> {
+    let _no_grad = tch::no_grad_guard();
+    let started = Instant::now();
+    let tokenizer = &models.policy.tokenizer;
+    let encoded = prompts.iter().map(|p| tokenizer.encode(p)).collect::<Result<Vec<_>, _>>()?;
+    let options = GenerateOptions {
+        max_new_tokens: settings.max_new_tokens,
+        sampling: Sampling::Sample { temperature: settings.temperature, top_k: None, top_p: None },
+        seed: Some(seed),
+        use_kv_cache: true,
+    };
+    let generation = generate(&models.policy.gpt, &encoded, tokenizer.eos_id(), &options)?;
+    timings.generation += started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let tokens = RolloutTokens::new(&generation);
+    let mask = &tokens.response_mask.to_kind(Kind::Float);
+    let (logprobs, _) = response_logprobs(&models.policy.gpt, &tokens, settings.temperature, false, false);
+    let (reference_logprobs, _) = response_logprobs(&models.reference.gpt, &tokens, settings.temperature, false, false);
+    let completions = generation.completions();
+    let scores = reward_scores(&models.reward, &encoded, &completions);
+    let responses: Vec<String> = completions.iter().map(|ids| tokenizer.decode(ids)).collect();
+    let gold = context.task.oracle.map(|oracle| prompts.iter().zip(&responses).map(|(p, r)| oracle.score(p, r).total).collect());
+    timings.scoring += started.elapsed().as_secs_f64();
+    Ok(Scored {
+        stopped: generation.stopped(),
+        logprobs: logprobs.to_device(Device::Cpu) * mask,
+        reference_logprobs: reference_logprobs.to_device(Device::Cpu) * mask,
+        generation,
+        tokens,
+        responses,
+        scores,
+        gold,
+    })
+}
+
+#[derive(Debug, Default)]
+struct Timings {
+    generation: f64,
+    scoring: f64,
+    training: f64,
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len().max(1) as f64
+}
+
+fn scalar(t: &Tensor) -> f64 {
+    t.double_value(&[])
+}
+
+/// Steps 1–4 of an iteration.
+fn rollout(context: &StageContext, settings: &PpoSettings, models: &Models, prompts: &[String], kl: &KlController, seed: u64, timings: &mut Timings) -> Result<Rollout, StageError> {
+    let scored = sample_and_score(context, settings, models, prompts, seed, timings)?;
+    let started = Instant::now();
+    let _no_grad = tch::no_grad_guard();
+    let tokens = scored.tokens;
+    let mask = tokens.response_mask.to_kind(Kind::Float);
+    let values = response_values(&models.value, &tokens, false).to_device(Device::Cpu) * &mask;
+
+    // A response cut off by max_new_tokens gets a penalty (Huang et al. 2024, detail 23).
+    let stopped = Tensor::from_slice(&scored.stopped);
+    let mut scores = scored.scores.where_self(&stopped, &(&scored.scores - settings.missing_eos_penalty));
+    if let Some(clip) = settings.score_clip {
+        scores = scores.clamp(-clip, clip);
+    }
+    let (rewards, token_kl) = shaped_rewards(&scored.logprobs, &scored.reference_logprobs, &mask, &scores, kl.coef);
+    let rewards = if settings.whiten_rewards { whiten(&rewards, &mask, false) } else { rewards };
+    let (advantages, returns) = gae(&rewards, &values, &mask, settings.gamma, settings.lam);
+    let advantages = whiten(&advantages, &mask, true);
+    timings.scoring += started.elapsed().as_secs_f64();
+
+    let sequence_kl = token_kl.sum_dim_intlist(1, false, Kind::Float);
+    let sampling_gap = (&scored.generation.logprobs.to_device(Device::Cpu) * &mask - &scored.logprobs).abs().max();
+    let mut metrics = Metrics::from([
+        ("objective/scores".to_string(), scalar(&scores.mean(Kind::Float))),
+        ("objective/kl".to_string(), scalar(&sequence_kl.mean(Kind::Float))),
+        ("objective/rlhf_reward".to_string(), scalar(&(&scores - kl.coef * &sequence_kl).mean(Kind::Float))),
+        ("objective/entropy".to_string(), scalar(&(-&scored.logprobs).sum_dim_intlist(1, false, Kind::Float).mean(Kind::Float))),
+        ("objective/eos_fraction".to_string(), mean(&scored.stopped.iter().map(|&s| f64::from(u8::from(s))).collect::<Vec<_>>())),
+        ("objective/response_length".to_string(), scalar(&mask.sum_dim_intlist(1, false, Kind::Float).mean(Kind::Float))),
+        ("val/mean".to_string(), scalar(&masked_mean(&values, &mask))),
+        ("rollout/sampling_logprob_gap".to_string(), scalar(&sampling_gap)),
+    ]);
+    if let Some(gold) = &scored.gold {
+        metrics.insert("objective/gold_score".into(), mean(gold));
+    }
+    Ok(Rollout { tokens, logprobs: scored.logprobs, values, advantages, returns, metrics })
+}
+
+/// Step 5: PPO epochs over shuffled minibatches. Returns the averaged losses and statistics.
+#[allow(clippy::too_many_arguments)]
+fn optimise(
+    settings: &PpoSettings,
+    models: &Models,
+    rollout: &Rollout,
+    optimizers: (&mut AdamW, &mut AdamW),
+    lrs: (f64, f64),
+    seed: u64,
+    timings: &mut Timings,
+) -> Metrics {
+    let started = Instant::now();
+    let (policy_optimizer, value_optimizer) = optimizers;
+    let (policy_device, value_device) = (models.policy.device(), models.value.vs.device());
+    let micro_size = settings.minibatch_size / settings.grad_accum;
+    let mut sums: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+    let mut stopped_early = false;
+    let mut order: Vec<i64> = (0..settings.rollout_batch as i64).collect();
+    'epochs: for epoch in 0..settings.ppo_epochs {
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(step_seed(seed, SHUFFLE_SEED, epoch as u64)));
+        for minibatch in order.chunks(settings.minibatch_size) {
+            let mut approx_kl_sum = 0.0;
+            for micro in minibatch.chunks(micro_size) {
+                let index = Tensor::from_slice(micro);
+                let tokens = rollout.tokens.rows(&index);
+                let mask = tokens.response_mask.to_kind(Kind::Float);
+                let rows = |t: &Tensor, device: Device| t.index_select(0, &index).to(device);
+
+                let (logprobs, entropy) = response_logprobs(&models.policy.gpt, &tokens, settings.temperature, true, true);
+                let policy_mask = mask.to(policy_device);
+                let (policy_loss, clip_fraction, approx_kl) = clipped_policy_loss(
+                    &logprobs,
+                    &rows(&rollout.logprobs, policy_device),
+                    &rows(&rollout.advantages, policy_device),
+                    &policy_mask,
+                    settings.cliprange,
+                );
+                let entropy = masked_mean(&entropy.expect("asked for"), &policy_mask);
+                ((&policy_loss - settings.entropy_coef * &entropy) / settings.grad_accum as f64).backward();
+
+                let values = response_values(&models.value, &tokens, true);
+                let (value_loss, value_clip_fraction) = clipped_value_loss(
+                    &values,
+                    &rows(&rollout.values, value_device),
+                    &rows(&rollout.returns, value_device),
+                    &mask.to(value_device),
+                    settings.cliprange_value,
+                );
+                (&value_loss / settings.grad_accum as f64).backward();
+
+                let approx_kl = scalar(&approx_kl);
+                approx_kl_sum += approx_kl;
+                for (name, value) in [
+                    ("policy/approxkl_avg", approx_kl),
+                    ("policy/clipfrac_avg", scalar(&clip_fraction)),
+                    ("policy/entropy_avg", scalar(&entropy)),
+                    ("loss/policy_avg", scalar(&policy_loss)),
+                    ("loss/value_avg", scalar(&value_loss)),
+                    ("val/clipfrac_avg", scalar(&value_clip_fraction)),
+                ] {
+                    sums.entry(name).or_default().push(value);
+                }
+            }
+            let policy_grad_norm = policy_optimizer.clip_grad_norm(settings.grad_clip);
+            let value_grad_norm = value_optimizer.clip_grad_norm(settings.grad_clip);
+            sums.entry("policy/grad_norm").or_default().push(policy_grad_norm);
+            sums.entry("val/grad_norm").or_default().push(value_grad_norm);
+            policy_optimizer.step(lrs.0);
+            value_optimizer.step(lrs.1);
+            policy_optimizer.zero_grad();
+            value_optimizer.zero_grad();
+            // An early stop once the policy has moved too far from the rollout policy.
+            let minibatch_kl = approx_kl_sum / minibatch.chunks(micro_size).len() as f64;
+            if settings.target_approx_kl.is_some_and(|target| minibatch_kl > target) {
+                stopped_early = true;
+                break 'epochs;
+            }
+        }
+    }
+    timings.training += started.elapsed().as_secs_f64();
+    let mut metrics: Metrics = sums.into_iter().map(|(name, values)| (name.to_string(), mean(&values))).collect();
+    metrics.insert("policy/early_stop".into(), f64::from(u8::from(stopped_early)));
+    metrics
+}
+
+/// Held-out evaluation: rm and gold scores and KL of fresh samples (with the same seed at every
+/// evaluation, so that changes come from the policy), and samples for samples.jsonl.
+fn evaluate(context: &StageContext, settings: &PpoSettings, models: &Models, prompts: &[String], iteration: u64, samples_log: &mut MetricsWriter) -> Result<Metrics, StageError> {
+    let mut timings = Timings::default();
+    let scored = sample_and_score(context, settings, models, prompts, step_seed(context.seed(), EVAL_SEED, 0), &mut timings)?;
+    let sequence_kl: Vec<f64> = Vec::try_from((&scored.logprobs - &scored.reference_logprobs).sum_dim_intlist(1, false, Kind::Double)).expect("1-D");
+    let scores: Vec<f64> = Vec::try_from(scored.scores.to_kind(Kind::Double)).expect("1-D");
+    let mut metrics = Metrics::from([
+        ("eval/rm_score".to_string(), mean(&scores)),
+        ("eval/kl".to_string(), mean(&sequence_kl)),
+        ("eval/eos_fraction".to_string(), mean(&scored.stopped.iter().map(|&s| f64::from(u8::from(s))).collect::<Vec<_>>())),
+    ]);
+    if let Some(gold) = &scored.gold {
+        metrics.insert("eval/gold_score".into(), mean(gold));
+    }
+    for index in 0..settings.samples.min(prompts.len()) {
+        let mut line = serde_json::Map::new();
+        line.insert("step".into(), iteration.into());
+        line.insert("prompt".into(), prompts[index].clone().into());
+        line.insert("completion".into(), scored.responses[index].clone().into());
+        line.insert("rm_score".into(), scores[index].into());
+        line.insert("kl".into(), sequence_kl[index].into());
+        if let Some(gold) = &scored.gold {
+            line.insert("gold_score".into(), gold[index].into());
+        }
+        samples_log.log_object(line)?;
+    }
+    Ok(metrics)
+}
+
+/// What `--resume` restores besides the policy's and value model's weights and optimizers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Progress {
+    iteration: u64,
+    kl: KlController,
+}
+
+const PROMPT_SEED: u64 = 21;
+const ROLLOUT_SEED: u64 = 22;
+const SHUFFLE_SEED: u64 = 23;
+const DROPOUT_SEED: u64 = 24;
+const EVAL_SEED: u64 = 25;
+
+fn load_models(context: &StageContext, settings: &PpoSettings) -> Result<Models, StageError> {
+    let (devices, dtypes) = (&settings.devices, &settings.dtypes);
+    let policy = context.load_model(&settings.policy, devices.policy, dtypes.policy)?;
+    let mut reference = context.load_model(&settings.reference, devices.reference, dtypes.reference)?;
+    reference.vs.freeze();
+    let checkpoint = |key: &str, reference: &str| {
+        context.checkpoint_dir(reference).ok_or_else(|| context.invalid(format!("`{key}` must be a trained checkpoint, not a fresh [models] section")))
+    };
+    let mut reward = RewardModel::load(&checkpoint("reward", &settings.reward)?, devices.reward.resolve()?, dtypes.reward, false)?;
+    reward.vs.freeze();
+    if reward.normalization.is_none() {
+        tracing::warn!(stage = context.name(), "the reward model stores no score statistics; PPO uses its raw scores");
+    }
+    tch::manual_seed(step_seed(context.seed(), ROLLOUT_SEED, 0) as i64);
+    let value = RewardModel::load(&checkpoint("value", &settings.value)?, devices.value.resolve()?, dtypes.value, true)?;
+    for (role, vocab) in [("reference", reference.gpt.config.vocab_size), ("reward", reward.gpt.config.vocab_size), ("value", value.gpt.config.vocab_size)] {
+        if vocab != policy.gpt.config.vocab_size {
+            return Err(context.invalid(format!("the {role} model's vocabulary ({vocab}) differs from the policy's ({})", policy.gpt.config.vocab_size)));
+        }
+    }
+    Ok(Models { policy, reference, reward, value })
+}
+
+fn train(context: &StageContext, settings: &PpoSettings) -> Result<Metrics, StageError> {
+    let dir = context.dir();
+    let state_dir = dir.join(STATE_DIR);
+    let seed = context.seed();
+    let mut models = load_models(context, settings)?;
+    let task = context.task;
+    let train_prompts: Vec<String> = task.prompts.train.iter().chain(task.demonstrations.train.iter().map(|d| &d.prompt)).cloned().collect();
+    let eval_prompts: Vec<String> =
+        task.prompts.eval.iter().chain(task.demonstrations.eval.iter().map(|d| &d.prompt)).take(settings.eval_prompts).cloned().collect();
+    if train_prompts.is_empty() || eval_prompts.is_empty() {
+        return Err(context.invalid("the task has no prompts to train or evaluate on"));
+    }
+
+    let adam = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+    let mut policy_optimizer = AdamW::new(&models.policy.vs, adam);
+    let mut value_optimizer = AdamW::new(&models.value.vs, adam);
+    let schedule = |lr: f64| LrSchedule { lr, min_lr_ratio: 0.0, warmup_steps: settings.warmup_iterations, total_steps: settings.iterations, shape: settings.schedule };
+    let (policy_schedule, value_schedule) = (schedule(settings.policy_lr), schedule(settings.value_lr));
+
+    let mut progress = Progress {
+        iteration: 0,
+        kl: KlController { coef: settings.kl_coef, target: settings.adaptive_kl.then_some(settings.kl_target), horizon: settings.kl_horizon },
+    };
+    if context.resume && state::exists(&state_dir) {
+        progress = state::restore(
+            &state_dir,
+            &mut [
+                PartMut { name: "policy", vs: &mut models.policy.vs, optimizer: &mut policy_optimizer },
+                PartMut { name: "value", vs: &mut models.value.vs, optimizer: &mut value_optimizer },
+            ],
+        )?;
+        tracing::info!(stage = context.name(), iteration = progress.iteration, "resuming");
+    }
+    let keep_up_to = context.resume.then_some(progress.iteration);
+    let mut metrics_log = MetricsWriter::open(&dir.join("metrics.jsonl"), keep_up_to)?;
+    let mut samples_log = MetricsWriter::open(&dir.join("samples.jsonl"), keep_up_to)?;
+
+    if progress.iteration == 0 {
+        // The starting policy's figures, the baseline every later evaluation is read against.
+        let start = evaluate(context, settings, &models, &eval_prompts, 0, &mut samples_log)?;
+        tracing::info!(stage = context.name(), rm_score = start["eval/rm_score"], gold = start.get("eval/gold_score"), "evaluated the starting policy");
+        metrics_log.log(0, &start)?;
+    }
+
+    let bar = progress_bar(settings.iterations, progress.iteration, context.name());
+    let mut last_eval = Metrics::new();
+    for iteration in progress.iteration + 1..=settings.iterations {
+        let started = Instant::now();
+        let mut timings = Timings::default();
+        let mut prompt_rng = ChaCha8Rng::seed_from_u64(step_seed(seed, PROMPT_SEED, iteration));
+        let prompts: Vec<String> = (0..settings.rollout_batch).map(|_| train_prompts.choose(&mut prompt_rng).expect("non-empty").clone()).collect();
+        let rollout = rollout(context, settings, &models, &prompts, &progress.kl, step_seed(seed, ROLLOUT_SEED, iteration), &mut timings)?;
+
+        let lrs = (policy_schedule.at(iteration), value_schedule.at(iteration));
+        tch::manual_seed(step_seed(seed, DROPOUT_SEED, iteration) as i64);
+        let optimisation = optimise(settings, &models, &rollout, (&mut policy_optimizer, &mut value_optimizer), lrs, step_seed(seed, SHUFFLE_SEED, iteration), &mut timings);
+
+        let kl_coef = progress.kl.coef;
+        progress.kl.update(rollout.metrics["objective/kl"], settings.rollout_batch);
+        let generated_tokens = rollout.metrics["objective/response_length"] * settings.rollout_batch as f64;
+        let step_seconds = started.elapsed().as_secs_f64();
+        let mut metrics = rollout.metrics;
+        metrics.extend(optimisation);
+        metrics.extend([
+            ("kl_coef".to_string(), kl_coef),
+            ("lr".to_string(), lrs.0),
+            ("val/lr".to_string(), lrs.1),
+            ("time/step_s".to_string(), step_seconds),
+            ("time/generation_s".to_string(), timings.generation),
+            ("time/scoring_s".to_string(), timings.scoring),
+            ("time/training_s".to_string(), timings.training),
+            ("tokens_per_s".to_string(), generated_tokens / step_seconds),
+        ]);
+        bar.set_position(iteration);
+        bar.set_message(format!("score {:.3} kl {:.2}", metrics["objective/scores"], metrics["objective/kl"]));
+
+        let evaluate_now = iteration % settings.eval_every == 0 || iteration == settings.iterations;
+        if evaluate_now {
+            last_eval = evaluate(context, settings, &models, &eval_prompts, iteration, &mut samples_log)?;
+            metrics.extend(last_eval.clone());
+            bar.suspend(|| {
+                tracing::info!(
+                    stage = context.name(),
+                    iteration,
+                    rm_score = last_eval["eval/rm_score"],
+                    gold = last_eval.get("eval/gold_score"),
+                    kl = last_eval["eval/kl"],
+                    "evaluated"
+                )
+            });
+        }
+        metrics_log.log(iteration, &metrics)?;
+        if evaluate_now {
+            progress.iteration = iteration;
+            state::save(
+                &state_dir,
+                &[
+                    Part { name: "policy", vs: &models.policy.vs, optimizer: &policy_optimizer },
+                    Part { name: "value", vs: &models.value.vs, optimizer: &value_optimizer },
+                ],
+                &progress,
+            )?;
+        }
+    }
+    bar.finish_and_clear();
+    models.policy.save(&dir.join(CHECKPOINT_DIR))?;
+    let mut summary = last_eval;
+    summary.insert("kl_coef".into(), progress.kl.coef);
+    summary.insert("iterations".into(), progress.iteration as f64);
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(rows: &[&[f32]]) -> Tensor {
+        let width = rows[0].len() as i64;
+        let flat: Vec<f32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+        Tensor::from_slice(&flat).view([rows.len() as i64, width])
+    }
+
+    fn values(t: &Tensor) -> Vec<f64> {
+        Vec::try_from(t.to_kind(Kind::Double).view([-1])).unwrap()
+    }
+
+    fn assert_close(actual: &[f64], expected: &[f64]) {
+        assert_eq!(actual.len(), expected.len());
+        for (a, e) in actual.iter().zip(expected) {
+            assert!((a - e).abs() < 1e-5, "{actual:?} vs {expected:?}");
+        }
+    }
+
+    #[test]
+    fn gae_and_returns_match_hand_computation() {
+        // one row of 3 tokens, then a row that ended after 2 (its third token is after the end)
+        let rewards = t(&[&[0.0, 0.0, 1.0], &[0.5, 2.0, 9.0]]);
+        let value = t(&[&[0.1, 0.2, 0.3], &[0.4, 0.5, 9.0]]);
+        let mask = t(&[&[1.0, 1.0, 1.0], &[1.0, 1.0, 0.0]]);
+        let (gamma, lam) = (0.9, 0.8);
+        let (advantages, returns) = gae(&rewards, &value, &mask, gamma, lam);
+        // row 0: δ2 = 1 − 0.3 = 0.7; δ1 = 0 + 0.9·0.3 − 0.2 = 0.07; δ0 = 0 + 0.9·0.2 − 0.1 = 0.08
+        //        A2 = 0.7; A1 = 0.07 + 0.72·0.7 = 0.574; A0 = 0.08 + 0.72·0.574 = 0.49328
+        // row 1: δ1 = 2 − 0.5 = 1.5; δ0 = 0.5 + 0.9·0.5 − 0.4 = 0.55; A1 = 1.5; A0 = 0.55 + 0.72·1.5 = 1.63
+        assert_close(&values(&advantages), &[0.49328, 0.574, 0.7, 1.63, 1.5, 0.0]);
+        assert_close(&values(&returns), &[0.59328, 0.774, 1.0, 2.03, 2.0, 0.0]);
+    }
+
+    #[test]
+    fn kl_penalty_on_every_token_and_the_score_on_the_last() {
+        let logprobs = t(&[&[-1.0, -2.0, -0.5], &[-1.0, -1.0, -7.0]]);
+        let reference = t(&[&[-1.5, -1.0, -0.5], &[-2.0, -1.0, -1.0]]);
+        let mask = t(&[&[1.0, 1.0, 1.0], &[1.0, 1.0, 0.0]]);
+        let scores = Tensor::from_slice(&[3.0f32, -1.0]);
+        let (rewards, kl) = shaped_rewards(&logprobs, &reference, &mask, &scores, 0.1);
+        assert_close(&values(&kl), &[0.5, -1.0, 0.0, 1.0, 0.0, 0.0]);
+        // −0.1·kl, plus the score on each row's last real token (index 2, then index 1)
+        assert_close(&values(&rewards), &[-0.05, 0.1, 3.0, -0.1, -1.0, 0.0]);
+    }
+
+    #[test]
+    fn nothing_after_the_end_counts() {
+        let mask = t(&[&[1.0, 1.0, 0.0, 0.0]]);
+        let old = t(&[&[-1.0, -1.0, -1.0, -1.0]]);
+        let advantages = t(&[&[1.0, -1.0, 100.0, 100.0]]);
+        // after the end the new log-probs are wild; they must not move the loss
+        let new_a = t(&[&[-0.9, -1.1, 5.0, -50.0]]);
+        let new_b = t(&[&[-0.9, -1.1, -1.0, -1.0]]);
+        let (loss_a, clip_a, kl_a) = clipped_policy_loss(&new_a, &old, &advantages, &mask, 0.2);
+        let (loss_b, clip_b, kl_b) = clipped_policy_loss(&new_b, &old, &advantages, &mask, 0.2);
+        assert_close(&[scalar(&loss_a), scalar(&clip_a), scalar(&kl_a)], &[scalar(&loss_b), scalar(&clip_b), scalar(&kl_b)]);
+        let (_, returns) = gae(&t(&[&[0.0, 1.0, 5.0, 5.0]]), &t(&[&[0.0, 0.0, 3.0, 3.0]]), &mask, 1.0, 1.0);
+        assert_close(&values(&returns), &[1.0, 1.0, 0.0, 0.0]);
+        let whitened = whiten(&t(&[&[1.0, 3.0, 100.0, -100.0]]), &mask, true);
+        assert_close(&values(&whitened), &[-1.0, 1.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn policy_clipping_on_crafted_numbers() {
+        // ratios e^0.5 ≈ 1.6487 (A = 1: clipped to 1.2), e^−0.5 ≈ 0.6065 (A = 1: not clipped,
+        // the min keeps the lower ratio), 1.1 (A = −2: inside the range), e^-0.5 (A = −1: clipped to 0.8)
+        let old = t(&[&[0.0, 0.0, 0.0, 0.0]]);
+        let new = t(&[&[0.5, -0.5, (1.1f32).ln(), -0.5]]);
+        let advantages = t(&[&[1.0, 1.0, -2.0, -1.0]]);
+        let mask = t(&[&[1.0, 1.0, 1.0, 1.0]]);
+        let (loss, clip_fraction, approx_kl) = clipped_policy_loss(&new, &old, &advantages, &mask, 0.2);
+        let r = [0.5f64.exp(), (-0.5f64).exp(), 1.1, (-0.5f64).exp()];
+        let per_token = [-1.2, -r[1], 2.0 * r[2], 0.8];
+        assert_close(&[scalar(&loss)], &[per_token.iter().sum::<f64>() / 4.0]);
+        assert_close(&[scalar(&clip_fraction)], &[0.5]);
+        let log_ratio_sq = [0.25, 0.25, 1.1f64.ln().powi(2), 0.25];
+        assert_close(&[scalar(&approx_kl)], &[0.5 * log_ratio_sq.iter().sum::<f64>() / 4.0]);
+    }
+
+    #[test]
+    fn value_clipping_on_crafted_numbers() {
+        let old = t(&[&[1.0, 1.0, 1.0]]);
+        let new = t(&[&[2.0, 1.1, 0.0]]);
+        let returns = t(&[&[3.0, 0.0, 0.5]]);
+        let mask = t(&[&[1.0, 1.0, 1.0]]);
+        let (loss, clip_fraction) = clipped_value_loss(&new, &old, &returns, &mask, 0.2);
+        // token 0: unclipped (2 − 3)² = 1, clipped (1.2 − 3)² = 3.24 → 3.24 (clipped counts)
+        // token 1: (1.1 − 0)² = 1.21, clipped 1.1 (inside) → 1.21
+        // token 2: (0 − 0.5)² = 0.25, clipped (0.8 − 0.5)² = 0.09 → 0.25
+        assert_close(&[scalar(&loss)], &[0.5 * (3.24 + 1.21 + 0.25) / 3.0]);
+        assert_close(&[scalar(&clip_fraction)], &[1.0 / 3.0]);
+    }
+
+    #[test]
+    fn adaptive_kl_controller_moves_towards_the_target() {
+        let mut controller = KlController { coef: 0.1, target: Some(6.0), horizon: 10_000.0 };
+        controller.update(9.0, 100); // error clipped to 0.2: β · (1 + 0.2 · 100 / 10000)
+        assert!((controller.coef - 0.1 * 1.002).abs() < 1e-12);
+        controller.update(5.4, 1000); // error −0.1: β · (1 − 0.1 · 0.1)
+        assert!((controller.coef - 0.1 * 1.002 * 0.99).abs() < 1e-12);
+        let mut fixed = KlController { coef: 0.1, target: None, horizon: 10_000.0 };
+        fixed.update(100.0, 1000);
+        assert_eq!(fixed.coef, 0.1);
+    }
+}
