@@ -23,6 +23,7 @@ use super::lm::{progress_bar, Schedule};
 use super::{StageContext, StageError, StageSettings, CHECKPOINT_DIR, STATE_DIR};
 use crate::model::generate::{generate, Generation, GenerateOptions, Sampling};
 use crate::model::reward::{RewardModel, RewardNormalization};
+use crate::data::synthetic::oracle::GoldOracle;
 use crate::model::{DeviceSpec, Gpt2, LanguageModel, Precision};
 use crate::rng::step_seed;
 use crate::run::{Metrics, MetricsWriter};
@@ -391,31 +392,40 @@ struct Rollout {
     metrics: Metrics,
 }
 
-/// The four models of the stage.
-struct Models {
-    policy: LanguageModel,
-    reference: LanguageModel,
-    reward: RewardModel,
-    value: RewardModel,
+/// What PPO maximises: a score per (prompt, response) token sequence (the response without
+/// end-of-text), `[B]` float on the CPU. The stage uses a reward model; tests use programmatic
+/// rewards.
+pub trait Scorer {
+    fn score(&self, prompts: &[Vec<i64>], responses: &[Vec<i64>]) -> Tensor;
 }
 
-/// Scores of each row's prompt + response (without end-of-text) by the reward model, normalised
-/// with its stored statistics; raw scores when it has none.
-fn reward_scores(reward: &RewardModel, prompts: &[Vec<i64>], responses: &[Vec<i64>]) -> Tensor {
-    let rows: Vec<Vec<i64>> = prompts.iter().zip(responses).map(|(p, r)| p.iter().chain(r).copied().collect()).collect();
-    let (ids, mask) = crate::model::generate::left_pad(&rows, reward.tokenizer.eos_id(), reward.vs.device());
-    let scores = reward.scores(&ids, &mask, false).to_device(Device::Cpu);
-    let RewardNormalization { mean, std } = reward.normalization.unwrap_or(RewardNormalization { mean: 0.0, std: 1.0 });
-    (scores - mean) / std
+/// Reward-model scores normalised with its stored statistics (raw scores when it has none).
+impl Scorer for RewardModel {
+    fn score(&self, prompts: &[Vec<i64>], responses: &[Vec<i64>]) -> Tensor {
+        let rows: Vec<Vec<i64>> = prompts.iter().zip(responses).map(|(p, r)| p.iter().chain(r).copied().collect()).collect();
+        let (ids, mask) = crate::model::generate::left_pad(&rows, self.tokenizer.eos_id(), self.vs.device());
+        let scores = self.scores(&ids, &mask, false).to_device(Device::Cpu);
+        let RewardNormalization { mean, std } = self.normalization.unwrap_or(RewardNormalization { mean: 0.0, std: 1.0 });
+        (scores - mean) / std
+    }
 }
 
-/// Responses of the policy for `prompts` and how they fare: rm score, gold score, KL to the
-/// reference. Shared by rollouts and evaluation.
+/// The four models of the stage. The value model has a reward model's shape (backbone and
+/// scalar head), read at every position instead of the last.
+pub struct Models {
+    pub policy: LanguageModel,
+    pub reference: LanguageModel,
+    pub reward: Box<dyn Scorer>,
+    pub value: RewardModel,
+}
+
+/// Responses of the policy for `prompts` and how they fare: score, gold score, log-probs under
+/// the policy and the reference. Shared by rollouts and evaluation.
 struct Scored {
     generation: Generation,
     tokens: RolloutTokens,
     responses: Vec<String>,
-    /// Normalised reward-model scores `[B]` (CPU), before the missing-end-of-text penalty.
+    /// Scores `[B]` (CPU), before the missing-end-of-text penalty.
     scores: Tensor,
     /// `[B]` whether the response ended with end-of-text.
     stopped: Vec<bool>,
@@ -423,42 +433,6 @@ struct Scored {
     logprobs: Tensor,
     reference_logprobs: Tensor,
     gold: Option<Vec<f64>>,
-}
-
-fn sample_and_score(context: &StageContext, settings: &PpoSettings, models: &Models, prompts: &[String], seed: u64, timings: &mut Timings) -> Result<Scored, StageError> {
-    let _no_grad = tch::no_grad_guard();
-    let started = Instant::now();
-    let tokenizer = &models.policy.tokenizer;
-    let encoded = prompts.iter().map(|p| tokenizer.encode(p)).collect::<Result<Vec<_>, _>>()?;
-    let options = GenerateOptions {
-        max_new_tokens: settings.max_new_tokens,
-        sampling: Sampling::Sample { temperature: settings.temperature, top_k: None, top_p: None },
-        seed: Some(seed),
-        use_kv_cache: true,
-    };
-    let generation = generate(&models.policy.gpt, &encoded, tokenizer.eos_id(), &options)?;
-    timings.generation += started.elapsed().as_secs_f64();
-
-    let started = Instant::now();
-    let tokens = RolloutTokens::new(&generation);
-    let mask = &tokens.response_mask.to_kind(Kind::Float);
-    let (logprobs, _) = response_logprobs(&models.policy.gpt, &tokens, settings.temperature, false, false);
-    let (reference_logprobs, _) = response_logprobs(&models.reference.gpt, &tokens, settings.temperature, false, false);
-    let completions = generation.completions();
-    let scores = reward_scores(&models.reward, &encoded, &completions);
-    let responses: Vec<String> = completions.iter().map(|ids| tokenizer.decode(ids)).collect();
-    let gold = context.task.oracle.map(|oracle| prompts.iter().zip(&responses).map(|(p, r)| oracle.score(p, r).total).collect());
-    timings.scoring += started.elapsed().as_secs_f64();
-    Ok(Scored {
-        stopped: generation.stopped(),
-        logprobs: logprobs.to_device(Device::Cpu) * mask,
-        reference_logprobs: reference_logprobs.to_device(Device::Cpu) * mask,
-        generation,
-        tokens,
-        responses,
-        scores,
-        gold,
-    })
 }
 
 #[derive(Debug, Default)]
@@ -472,162 +446,272 @@ fn mean(values: &[f64]) -> f64 {
     values.iter().sum::<f64>() / values.len().max(1) as f64
 }
 
+fn fraction(flags: &[bool]) -> f64 {
+    flags.iter().filter(|&&f| f).count() as f64 / flags.len().max(1) as f64
+}
+
 fn scalar(t: &Tensor) -> f64 {
     t.double_value(&[])
 }
 
-/// Steps 1–4 of an iteration.
-fn rollout(context: &StageContext, settings: &PpoSettings, models: &Models, prompts: &[String], kl: &KlController, seed: u64, timings: &mut Timings) -> Result<Rollout, StageError> {
-    let scored = sample_and_score(context, settings, models, prompts, seed, timings)?;
-    let started = Instant::now();
-    let _no_grad = tch::no_grad_guard();
-    let tokens = scored.tokens;
-    let mask = tokens.response_mask.to_kind(Kind::Float);
-    let values = response_values(&models.value, &tokens, false).to_device(Device::Cpu) * &mask;
-
-    // A response cut off by max_new_tokens gets a penalty (Huang et al. 2024, detail 23).
-    let stopped = Tensor::from_slice(&scored.stopped);
-    let mut scores = scored.scores.where_self(&stopped, &(&scored.scores - settings.missing_eos_penalty));
-    if let Some(clip) = settings.score_clip {
-        scores = scores.clamp(-clip, clip);
-    }
-    let (rewards, token_kl) = shaped_rewards(&scored.logprobs, &scored.reference_logprobs, &mask, &scores, kl.coef);
-    let rewards = if settings.whiten_rewards { whiten(&rewards, &mask, false) } else { rewards };
-    let (advantages, returns) = gae(&rewards, &values, &mask, settings.gamma, settings.lam);
-    let advantages = whiten(&advantages, &mask, true);
-    timings.scoring += started.elapsed().as_secs_f64();
-
-    let sequence_kl = token_kl.sum_dim_intlist(1, false, Kind::Float);
-    let sampling_gap = (&scored.generation.logprobs.to_device(Device::Cpu) * &mask - &scored.logprobs).abs().max();
-    let mut metrics = Metrics::from([
-        ("objective/scores".to_string(), scalar(&scores.mean(Kind::Float))),
-        ("objective/kl".to_string(), scalar(&sequence_kl.mean(Kind::Float))),
-        ("objective/rlhf_reward".to_string(), scalar(&(&scores - kl.coef * &sequence_kl).mean(Kind::Float))),
-        ("objective/entropy".to_string(), scalar(&(-&scored.logprobs).sum_dim_intlist(1, false, Kind::Float).mean(Kind::Float))),
-        ("objective/eos_fraction".to_string(), mean(&scored.stopped.iter().map(|&s| f64::from(u8::from(s))).collect::<Vec<_>>())),
-        ("objective/response_length".to_string(), scalar(&mask.sum_dim_intlist(1, false, Kind::Float).mean(Kind::Float))),
-        ("val/mean".to_string(), scalar(&masked_mean(&values, &mask))),
-        ("rollout/sampling_logprob_gap".to_string(), scalar(&sampling_gap)),
-    ]);
-    if let Some(gold) = &scored.gold {
-        metrics.insert("objective/gold_score".into(), mean(gold));
-    }
-    Ok(Rollout { tokens, logprobs: scored.logprobs, values, advantages, returns, metrics })
+/// One evaluated response, for samples.jsonl.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub prompt: String,
+    pub completion: String,
+    pub score: f64,
+    pub kl: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gold_score: Option<f64>,
 }
 
-/// Step 5: PPO epochs over shuffled minibatches. Returns the averaged losses and statistics.
-#[allow(clippy::too_many_arguments)]
-fn optimise(
-    settings: &PpoSettings,
-    models: &Models,
-    rollout: &Rollout,
-    optimizers: (&mut AdamW, &mut AdamW),
-    lrs: (f64, f64),
-    seed: u64,
-    timings: &mut Timings,
-) -> Metrics {
-    let started = Instant::now();
-    let (policy_optimizer, value_optimizer) = optimizers;
-    let (policy_device, value_device) = (models.policy.device(), models.value.vs.device());
-    let micro_size = settings.minibatch_size / settings.grad_accum;
-    let mut sums: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
-    let mut stopped_early = false;
-    let mut order: Vec<i64> = (0..settings.rollout_batch as i64).collect();
-    'epochs: for epoch in 0..settings.ppo_epochs {
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(step_seed(seed, SHUFFLE_SEED, epoch as u64)));
-        for minibatch in order.chunks(settings.minibatch_size) {
-            let mut approx_kl_sum = 0.0;
-            for micro in minibatch.chunks(micro_size) {
-                let index = Tensor::from_slice(micro);
-                let tokens = rollout.tokens.rows(&index);
-                let mask = tokens.response_mask.to_kind(Kind::Float);
-                let rows = |t: &Tensor, device: Device| t.index_select(0, &index).to(device);
+/// PPO's state between iterations: the models, both optimizers and the KL coefficient.
+pub struct Ppo<'a> {
+    settings: &'a PpoSettings,
+    pub models: Models,
+    policy_optimizer: AdamW,
+    value_optimizer: AdamW,
+    pub kl: KlController,
+    /// Scores responses by the task's gold oracle, when it has one.
+    oracle: Option<GoldOracle>,
+}
 
-                let (logprobs, entropy) = response_logprobs(&models.policy.gpt, &tokens, settings.temperature, true, true);
-                let policy_mask = mask.to(policy_device);
-                let (policy_loss, clip_fraction, approx_kl) = clipped_policy_loss(
-                    &logprobs,
-                    &rows(&rollout.logprobs, policy_device),
-                    &rows(&rollout.advantages, policy_device),
-                    &policy_mask,
-                    settings.cliprange,
-                );
-                let entropy = masked_mean(&entropy.expect("asked for"), &policy_mask);
-                ((&policy_loss - settings.entropy_coef * &entropy) / settings.grad_accum as f64).backward();
+impl<'a> Ppo<'a> {
+    pub fn new(settings: &'a PpoSettings, models: Models, oracle: Option<GoldOracle>) -> Self {
+        let adam = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        Ppo {
+            policy_optimizer: AdamW::new(&models.policy.vs, adam),
+            value_optimizer: AdamW::new(&models.value.vs, adam),
+            kl: KlController { coef: settings.kl_coef, target: settings.adaptive_kl.then_some(settings.kl_target), horizon: settings.kl_horizon },
+            settings,
+            models,
+            oracle,
+        }
+    }
 
-                let values = response_values(&models.value, &tokens, true);
-                let (value_loss, value_clip_fraction) = clipped_value_loss(
-                    &values,
-                    &rows(&rollout.values, value_device),
-                    &rows(&rollout.returns, value_device),
-                    &mask.to(value_device),
-                    settings.cliprange_value,
-                );
-                (&value_loss / settings.grad_accum as f64).backward();
+    /// The trained weights and optimizers, as the resume state names them.
+    fn state_parts(&self) -> [Part<'_>; 2] {
+        [
+            Part { name: "policy", vs: &self.models.policy.vs, optimizer: &self.policy_optimizer },
+            Part { name: "value", vs: &self.models.value.vs, optimizer: &self.value_optimizer },
+        ]
+    }
 
-                let approx_kl = scalar(&approx_kl);
-                approx_kl_sum += approx_kl;
-                for (name, value) in [
-                    ("policy/approxkl_avg", approx_kl),
-                    ("policy/clipfrac_avg", scalar(&clip_fraction)),
-                    ("policy/entropy_avg", scalar(&entropy)),
-                    ("loss/policy_avg", scalar(&policy_loss)),
-                    ("loss/value_avg", scalar(&value_loss)),
-                    ("val/clipfrac_avg", scalar(&value_clip_fraction)),
-                ] {
-                    sums.entry(name).or_default().push(value);
+    fn state_parts_mut(&mut self) -> [PartMut<'_>; 2] {
+        [
+            PartMut { name: "policy", vs: &mut self.models.policy.vs, optimizer: &mut self.policy_optimizer },
+            PartMut { name: "value", vs: &mut self.models.value.vs, optimizer: &mut self.value_optimizer },
+        ]
+    }
+
+    fn sample_and_score(&self, prompts: &[String], seed: u64, timings: &mut Timings) -> Result<Scored, StageError> {
+        let _no_grad = tch::no_grad_guard();
+        let started = Instant::now();
+        let (settings, models) = (self.settings, &self.models);
+        let tokenizer = &models.policy.tokenizer;
+        let encoded = prompts.iter().map(|p| tokenizer.encode(p)).collect::<Result<Vec<_>, _>>()?;
+        let options = GenerateOptions {
+            max_new_tokens: settings.max_new_tokens,
+            sampling: Sampling::Sample { temperature: settings.temperature, top_k: None, top_p: None },
+            seed: Some(seed),
+            use_kv_cache: true,
+        };
+        let generation = generate(&models.policy.gpt, &encoded, tokenizer.eos_id(), &options)?;
+        timings.generation += started.elapsed().as_secs_f64();
+
+        let started = Instant::now();
+        let tokens = RolloutTokens::new(&generation);
+        let mask = &tokens.response_mask.to_kind(Kind::Float);
+        let (logprobs, _) = response_logprobs(&models.policy.gpt, &tokens, settings.temperature, false, false);
+        let (reference_logprobs, _) = response_logprobs(&models.reference.gpt, &tokens, settings.temperature, false, false);
+        let completions = generation.completions();
+        let scores = models.reward.score(&encoded, &completions);
+        let responses: Vec<String> = completions.iter().map(|ids| tokenizer.decode(ids)).collect();
+        let gold = self.oracle.map(|oracle| prompts.iter().zip(&responses).map(|(p, r)| oracle.score(p, r).total).collect());
+        timings.scoring += started.elapsed().as_secs_f64();
+        Ok(Scored {
+            stopped: generation.stopped(),
+            logprobs: logprobs.to_device(Device::Cpu) * mask,
+            reference_logprobs: reference_logprobs.to_device(Device::Cpu) * mask,
+            generation,
+            tokens,
+            responses,
+            scores,
+            gold,
+        })
+    }
+
+    /// Steps 1–4 of an iteration.
+    fn rollout(&self, prompts: &[String], seed: u64, timings: &mut Timings) -> Result<Rollout, StageError> {
+        let settings = self.settings;
+        let scored = self.sample_and_score(prompts, seed, timings)?;
+        let started = Instant::now();
+        let _no_grad = tch::no_grad_guard();
+        let tokens = scored.tokens;
+        let mask = tokens.response_mask.to_kind(Kind::Float);
+        let values = response_values(&self.models.value, &tokens, false).to_device(Device::Cpu) * &mask;
+
+        // A response cut off by max_new_tokens gets a penalty (Huang et al. 2024, detail 23).
+        let stopped = Tensor::from_slice(&scored.stopped);
+        let mut scores = scored.scores.where_self(&stopped, &(&scored.scores - settings.missing_eos_penalty));
+        if let Some(clip) = settings.score_clip {
+            scores = scores.clamp(-clip, clip);
+        }
+        let (rewards, token_kl) = shaped_rewards(&scored.logprobs, &scored.reference_logprobs, &mask, &scores, self.kl.coef);
+        let rewards = if settings.whiten_rewards { whiten(&rewards, &mask, false) } else { rewards };
+        let (advantages, returns) = gae(&rewards, &values, &mask, settings.gamma, settings.lam);
+        let advantages = whiten(&advantages, &mask, true);
+        timings.scoring += started.elapsed().as_secs_f64();
+
+        let sequence_kl = token_kl.sum_dim_intlist(1, false, Kind::Float);
+        let sampling_gap = (&scored.generation.logprobs.to_device(Device::Cpu) * &mask - &scored.logprobs).abs().max();
+        let mut metrics = Metrics::from([
+            ("objective/scores".to_string(), scalar(&scores.mean(Kind::Float))),
+            ("objective/kl".to_string(), scalar(&sequence_kl.mean(Kind::Float))),
+            ("objective/rlhf_reward".to_string(), scalar(&(&scores - self.kl.coef * &sequence_kl).mean(Kind::Float))),
+            ("objective/entropy".to_string(), scalar(&(-&scored.logprobs).sum_dim_intlist(1, false, Kind::Float).mean(Kind::Float))),
+            ("objective/eos_fraction".to_string(), fraction(&scored.stopped)),
+            ("objective/response_length".to_string(), scalar(&mask.sum_dim_intlist(1, false, Kind::Float).mean(Kind::Float))),
+            ("val/mean".to_string(), scalar(&masked_mean(&values, &mask))),
+            ("rollout/sampling_logprob_gap".to_string(), scalar(&sampling_gap)),
+        ]);
+        if let Some(gold) = &scored.gold {
+            metrics.insert("objective/gold_score".into(), mean(gold));
+        }
+        Ok(Rollout { tokens, logprobs: scored.logprobs, values, advantages, returns, metrics })
+    }
+
+    /// Step 5: PPO epochs over shuffled minibatches. Returns the averaged losses and statistics.
+    fn optimise(&mut self, rollout: &Rollout, lrs: (f64, f64), seed: u64) -> Metrics {
+        let settings = self.settings;
+        let models = &self.models;
+        let (policy_device, value_device) = (models.policy.device(), models.value.vs.device());
+        let micro_size = settings.minibatch_size / settings.grad_accum;
+        let mut sums: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+        let mut stopped_early = false;
+        let mut order: Vec<i64> = (0..rollout.tokens.sequence.size()[0]).collect();
+        'epochs: for epoch in 0..settings.ppo_epochs {
+            order.shuffle(&mut ChaCha8Rng::seed_from_u64(step_seed(seed, SHUFFLE_SEED, epoch as u64)));
+            for minibatch in order.chunks(settings.minibatch_size) {
+                let mut approx_kl_sum = 0.0;
+                for micro in minibatch.chunks(micro_size) {
+                    let index = Tensor::from_slice(micro);
+                    let tokens = rollout.tokens.rows(&index);
+                    let mask = tokens.response_mask.to_kind(Kind::Float);
+                    let rows = |t: &Tensor, device: Device| t.index_select(0, &index).to(device);
+
+                    let (logprobs, entropy) = response_logprobs(&models.policy.gpt, &tokens, settings.temperature, true, true);
+                    let policy_mask = mask.to(policy_device);
+                    let (policy_loss, clip_fraction, approx_kl) = clipped_policy_loss(
+                        &logprobs,
+                        &rows(&rollout.logprobs, policy_device),
+                        &rows(&rollout.advantages, policy_device),
+                        &policy_mask,
+                        settings.cliprange,
+                    );
+                    let entropy = masked_mean(&entropy.expect("asked for"), &policy_mask);
+                    ((&policy_loss - settings.entropy_coef * &entropy) / settings.grad_accum as f64).backward();
+
+                    let values = response_values(&models.value, &tokens, true);
+                    let (value_loss, value_clip_fraction) = clipped_value_loss(
+                        &values,
+                        &rows(&rollout.values, value_device),
+                        &rows(&rollout.returns, value_device),
+                        &mask.to(value_device),
+                        settings.cliprange_value,
+                    );
+                    (&value_loss / settings.grad_accum as f64).backward();
+
+                    let approx_kl = scalar(&approx_kl);
+                    approx_kl_sum += approx_kl;
+                    for (name, value) in [
+                        ("policy/approxkl_avg", approx_kl),
+                        ("policy/clipfrac_avg", scalar(&clip_fraction)),
+                        ("policy/entropy_avg", scalar(&entropy)),
+                        ("loss/policy_avg", scalar(&policy_loss)),
+                        ("loss/value_avg", scalar(&value_loss)),
+                        ("val/clipfrac_avg", scalar(&value_clip_fraction)),
+                    ] {
+                        sums.entry(name).or_default().push(value);
+                    }
+                }
+                let policy_grad_norm = self.policy_optimizer.clip_grad_norm(settings.grad_clip);
+                let value_grad_norm = self.value_optimizer.clip_grad_norm(settings.grad_clip);
+                sums.entry("policy/grad_norm").or_default().push(policy_grad_norm);
+                sums.entry("val/grad_norm").or_default().push(value_grad_norm);
+                self.policy_optimizer.step(lrs.0);
+                self.value_optimizer.step(lrs.1);
+                self.policy_optimizer.zero_grad();
+                self.value_optimizer.zero_grad();
+                // Stop once the policy has moved too far from the one that made the rollout.
+                let minibatch_kl = approx_kl_sum / minibatch.chunks(micro_size).len() as f64;
+                if settings.target_approx_kl.is_some_and(|target| minibatch_kl > target) {
+                    stopped_early = true;
+                    break 'epochs;
                 }
             }
-            let policy_grad_norm = policy_optimizer.clip_grad_norm(settings.grad_clip);
-            let value_grad_norm = value_optimizer.clip_grad_norm(settings.grad_clip);
-            sums.entry("policy/grad_norm").or_default().push(policy_grad_norm);
-            sums.entry("val/grad_norm").or_default().push(value_grad_norm);
-            policy_optimizer.step(lrs.0);
-            value_optimizer.step(lrs.1);
-            policy_optimizer.zero_grad();
-            value_optimizer.zero_grad();
-            // An early stop once the policy has moved too far from the rollout policy.
-            let minibatch_kl = approx_kl_sum / minibatch.chunks(micro_size).len() as f64;
-            if settings.target_approx_kl.is_some_and(|target| minibatch_kl > target) {
-                stopped_early = true;
-                break 'epochs;
-            }
         }
+        let mut metrics: Metrics = sums.into_iter().map(|(name, values)| (name.to_string(), mean(&values))).collect();
+        metrics.insert("policy/early_stop".into(), f64::from(u8::from(stopped_early)));
+        metrics
     }
-    timings.training += started.elapsed().as_secs_f64();
-    let mut metrics: Metrics = sums.into_iter().map(|(name, values)| (name.to_string(), mean(&values))).collect();
-    metrics.insert("policy/early_stop".into(), f64::from(u8::from(stopped_early)));
-    metrics
-}
 
-/// Held-out evaluation: rm and gold scores and KL of fresh samples (with the same seed at every
-/// evaluation, so that changes come from the policy), and samples for samples.jsonl.
-fn evaluate(context: &StageContext, settings: &PpoSettings, models: &Models, prompts: &[String], iteration: u64, samples_log: &mut MetricsWriter) -> Result<Metrics, StageError> {
-    let mut timings = Timings::default();
-    let scored = sample_and_score(context, settings, models, prompts, step_seed(context.seed(), EVAL_SEED, 0), &mut timings)?;
-    let sequence_kl: Vec<f64> = Vec::try_from((&scored.logprobs - &scored.reference_logprobs).sum_dim_intlist(1, false, Kind::Double)).expect("1-D");
-    let scores: Vec<f64> = Vec::try_from(scored.scores.to_kind(Kind::Double)).expect("1-D");
-    let mut metrics = Metrics::from([
-        ("eval/rm_score".to_string(), mean(&scores)),
-        ("eval/kl".to_string(), mean(&sequence_kl)),
-        ("eval/eos_fraction".to_string(), mean(&scored.stopped.iter().map(|&s| f64::from(u8::from(s))).collect::<Vec<_>>())),
-    ]);
-    if let Some(gold) = &scored.gold {
-        metrics.insert("eval/gold_score".into(), mean(gold));
+    /// One PPO iteration on `prompts` (one response each): rollout, then optimisation at the
+    /// learning rates `lrs` (policy, value), then the KL controller's update. Everything random
+    /// is drawn from `seed`.
+    pub fn iteration(&mut self, prompts: &[String], lrs: (f64, f64), seed: u64) -> Result<Metrics, StageError> {
+        let started = Instant::now();
+        let mut timings = Timings::default();
+        let rollout = self.rollout(prompts, step_seed(seed, ROLLOUT_SEED, 0), &mut timings)?;
+        let training_started = Instant::now();
+        tch::manual_seed(step_seed(seed, DROPOUT_SEED, 0) as i64);
+        let optimisation = self.optimise(&rollout, lrs, step_seed(seed, SHUFFLE_SEED, 0));
+        timings.training = training_started.elapsed().as_secs_f64();
+
+        let kl_coef = self.kl.coef;
+        self.kl.update(rollout.metrics["objective/kl"], prompts.len());
+        let generated_tokens = rollout.metrics["objective/response_length"] * prompts.len() as f64;
+        let step_seconds = started.elapsed().as_secs_f64();
+        let mut metrics = rollout.metrics;
+        metrics.extend(optimisation);
+        metrics.extend([
+            ("kl_coef".to_string(), kl_coef),
+            ("lr".to_string(), lrs.0),
+            ("val/lr".to_string(), lrs.1),
+            ("time/step_s".to_string(), step_seconds),
+            ("time/generation_s".to_string(), timings.generation),
+            ("time/scoring_s".to_string(), timings.scoring),
+            ("time/training_s".to_string(), timings.training),
+            ("tokens_per_s".to_string(), generated_tokens / step_seconds),
+        ]);
+        Ok(metrics)
     }
-    for index in 0..settings.samples.min(prompts.len()) {
-        let mut line = serde_json::Map::new();
-        line.insert("step".into(), iteration.into());
-        line.insert("prompt".into(), prompts[index].clone().into());
-        line.insert("completion".into(), scored.responses[index].clone().into());
-        line.insert("rm_score".into(), scores[index].into());
-        line.insert("kl".into(), sequence_kl[index].into());
+
+    /// Held-out evaluation: score, gold score and KL of samples drawn with `seed` (the stage
+    /// passes the same seed at every evaluation, so that changes come from the policy).
+    pub fn evaluate(&self, prompts: &[String], seed: u64) -> Result<(Metrics, Vec<Sample>), StageError> {
+        let scored = self.sample_and_score(prompts, seed, &mut Timings::default())?;
+        let sequence_kl: Vec<f64> = Vec::try_from((&scored.logprobs - &scored.reference_logprobs).sum_dim_intlist(1, false, Kind::Double)).expect("1-D");
+        let scores: Vec<f64> = Vec::try_from(scored.scores.to_kind(Kind::Double)).expect("1-D");
+        let mut metrics = Metrics::from([
+            ("eval/rm_score".to_string(), mean(&scores)),
+            ("eval/kl".to_string(), mean(&sequence_kl)),
+            ("eval/eos_fraction".to_string(), fraction(&scored.stopped)),
+        ]);
         if let Some(gold) = &scored.gold {
-            line.insert("gold_score".into(), gold[index].into());
+            metrics.insert("eval/gold_score".into(), mean(gold));
         }
-        samples_log.log_object(line)?;
+        let samples = (0..prompts.len())
+            .map(|i| Sample {
+                prompt: prompts[i].clone(),
+                completion: scored.responses[i].clone(),
+                score: scores[i],
+                kl: sequence_kl[i],
+                gold_score: scored.gold.as_ref().map(|g| g[i]),
+            })
+            .collect();
+        Ok((metrics, samples))
     }
-    Ok(metrics)
 }
 
 /// What `--resume` restores besides the policy's and value model's weights and optimizers.
@@ -635,6 +719,8 @@ fn evaluate(context: &StageContext, settings: &PpoSettings, models: &Models, pro
 struct Progress {
     iteration: u64,
     kl: KlController,
+    /// The starting policy's evaluation, reported beside the final one.
+    start: Metrics,
 }
 
 const PROMPT_SEED: u64 = 21;
@@ -642,6 +728,7 @@ const ROLLOUT_SEED: u64 = 22;
 const SHUFFLE_SEED: u64 = 23;
 const DROPOUT_SEED: u64 = 24;
 const EVAL_SEED: u64 = 25;
+const ITERATION_SEED: u64 = 26;
 
 fn load_models(context: &StageContext, settings: &PpoSettings) -> Result<Models, StageError> {
     let (devices, dtypes) = (&settings.devices, &settings.dtypes);
@@ -663,14 +750,23 @@ fn load_models(context: &StageContext, settings: &PpoSettings) -> Result<Models,
             return Err(context.invalid(format!("the {role} model's vocabulary ({vocab}) differs from the policy's ({})", policy.gpt.config.vocab_size)));
         }
     }
-    Ok(Models { policy, reference, reward, value })
+    Ok(Models { policy, reference, reward: Box::new(reward), value })
+}
+
+/// Writes the first `count` evaluated samples to samples.jsonl.
+fn log_samples(log: &mut MetricsWriter, iteration: u64, samples: &[Sample], count: usize) -> Result<(), StageError> {
+    for sample in samples.iter().take(count) {
+        let serde_json::Value::Object(mut line) = serde_json::to_value(sample).expect("serialises") else { unreachable!("a struct") };
+        line.insert("step".into(), iteration.into());
+        log.log_object(line)?;
+    }
+    Ok(())
 }
 
 fn train(context: &StageContext, settings: &PpoSettings) -> Result<Metrics, StageError> {
     let dir = context.dir();
     let state_dir = dir.join(STATE_DIR);
     let seed = context.seed();
-    let mut models = load_models(context, settings)?;
     let task = context.task;
     let train_prompts: Vec<String> = task.prompts.train.iter().chain(task.demonstrations.train.iter().map(|d| &d.prompt)).cloned().collect();
     let eval_prompts: Vec<String> =
@@ -678,102 +774,61 @@ fn train(context: &StageContext, settings: &PpoSettings) -> Result<Metrics, Stag
     if train_prompts.is_empty() || eval_prompts.is_empty() {
         return Err(context.invalid("the task has no prompts to train or evaluate on"));
     }
-
-    let adam = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-    let mut policy_optimizer = AdamW::new(&models.policy.vs, adam);
-    let mut value_optimizer = AdamW::new(&models.value.vs, adam);
+    let mut ppo = Ppo::new(settings, load_models(context, settings)?, task.oracle);
     let schedule = |lr: f64| LrSchedule { lr, min_lr_ratio: 0.0, warmup_steps: settings.warmup_iterations, total_steps: settings.iterations, shape: settings.schedule };
     let (policy_schedule, value_schedule) = (schedule(settings.policy_lr), schedule(settings.value_lr));
 
-    let mut progress = Progress {
-        iteration: 0,
-        kl: KlController { coef: settings.kl_coef, target: settings.adaptive_kl.then_some(settings.kl_target), horizon: settings.kl_horizon },
-    };
+    let mut progress = Progress { iteration: 0, kl: ppo.kl, start: Metrics::new() };
     if context.resume && state::exists(&state_dir) {
-        progress = state::restore(
-            &state_dir,
-            &mut [
-                PartMut { name: "policy", vs: &mut models.policy.vs, optimizer: &mut policy_optimizer },
-                PartMut { name: "value", vs: &mut models.value.vs, optimizer: &mut value_optimizer },
-            ],
-        )?;
+        progress = state::restore(&state_dir, &mut ppo.state_parts_mut())?;
+        ppo.kl = progress.kl;
         tracing::info!(stage = context.name(), iteration = progress.iteration, "resuming");
     }
-    let keep_up_to = context.resume.then_some(progress.iteration);
+    // A run killed before its first saved iteration starts over, its files included.
+    let keep_up_to = (progress.iteration > 0).then_some(progress.iteration);
     let mut metrics_log = MetricsWriter::open(&dir.join("metrics.jsonl"), keep_up_to)?;
     let mut samples_log = MetricsWriter::open(&dir.join("samples.jsonl"), keep_up_to)?;
+    let eval_seed = step_seed(seed, EVAL_SEED, 0);
 
     if progress.iteration == 0 {
-        // The starting policy's figures, the baseline every later evaluation is read against.
-        let start = evaluate(context, settings, &models, &eval_prompts, 0, &mut samples_log)?;
+        // The starting policy's figures: the baseline every later evaluation is read against.
+        let (start, samples) = ppo.evaluate(&eval_prompts, eval_seed)?;
+        log_samples(&mut samples_log, 0, &samples, settings.samples)?;
         tracing::info!(stage = context.name(), rm_score = start["eval/rm_score"], gold = start.get("eval/gold_score"), "evaluated the starting policy");
         metrics_log.log(0, &start)?;
+        progress.start = start;
     }
 
     let bar = progress_bar(settings.iterations, progress.iteration, context.name());
     let mut last_eval = Metrics::new();
     for iteration in progress.iteration + 1..=settings.iterations {
-        let started = Instant::now();
-        let mut timings = Timings::default();
         let mut prompt_rng = ChaCha8Rng::seed_from_u64(step_seed(seed, PROMPT_SEED, iteration));
         let prompts: Vec<String> = (0..settings.rollout_batch).map(|_| train_prompts.choose(&mut prompt_rng).expect("non-empty").clone()).collect();
-        let rollout = rollout(context, settings, &models, &prompts, &progress.kl, step_seed(seed, ROLLOUT_SEED, iteration), &mut timings)?;
-
         let lrs = (policy_schedule.at(iteration), value_schedule.at(iteration));
-        tch::manual_seed(step_seed(seed, DROPOUT_SEED, iteration) as i64);
-        let optimisation = optimise(settings, &models, &rollout, (&mut policy_optimizer, &mut value_optimizer), lrs, step_seed(seed, SHUFFLE_SEED, iteration), &mut timings);
-
-        let kl_coef = progress.kl.coef;
-        progress.kl.update(rollout.metrics["objective/kl"], settings.rollout_batch);
-        let generated_tokens = rollout.metrics["objective/response_length"] * settings.rollout_batch as f64;
-        let step_seconds = started.elapsed().as_secs_f64();
-        let mut metrics = rollout.metrics;
-        metrics.extend(optimisation);
-        metrics.extend([
-            ("kl_coef".to_string(), kl_coef),
-            ("lr".to_string(), lrs.0),
-            ("val/lr".to_string(), lrs.1),
-            ("time/step_s".to_string(), step_seconds),
-            ("time/generation_s".to_string(), timings.generation),
-            ("time/scoring_s".to_string(), timings.scoring),
-            ("time/training_s".to_string(), timings.training),
-            ("tokens_per_s".to_string(), generated_tokens / step_seconds),
-        ]);
+        let mut metrics = ppo.iteration(&prompts, lrs, step_seed(seed, ITERATION_SEED, iteration))?;
         bar.set_position(iteration);
         bar.set_message(format!("score {:.3} kl {:.2}", metrics["objective/scores"], metrics["objective/kl"]));
 
         let evaluate_now = iteration % settings.eval_every == 0 || iteration == settings.iterations;
         if evaluate_now {
-            last_eval = evaluate(context, settings, &models, &eval_prompts, iteration, &mut samples_log)?;
-            metrics.extend(last_eval.clone());
-            bar.suspend(|| {
-                tracing::info!(
-                    stage = context.name(),
-                    iteration,
-                    rm_score = last_eval["eval/rm_score"],
-                    gold = last_eval.get("eval/gold_score"),
-                    kl = last_eval["eval/kl"],
-                    "evaluated"
-                )
-            });
+            let (eval, samples) = ppo.evaluate(&eval_prompts, eval_seed)?;
+            log_samples(&mut samples_log, iteration, &samples, settings.samples)?;
+            metrics.extend(eval.clone());
+            bar.suspend(|| tracing::info!(stage = context.name(), iteration, rm_score = eval["eval/rm_score"], gold = eval.get("eval/gold_score"), kl = eval["eval/kl"], "evaluated"));
+            last_eval = eval;
         }
         metrics_log.log(iteration, &metrics)?;
         if evaluate_now {
             progress.iteration = iteration;
-            state::save(
-                &state_dir,
-                &[
-                    Part { name: "policy", vs: &models.policy.vs, optimizer: &policy_optimizer },
-                    Part { name: "value", vs: &models.value.vs, optimizer: &value_optimizer },
-                ],
-                &progress,
-            )?;
+            progress.kl = ppo.kl;
+            state::save(&state_dir, &ppo.state_parts(), &progress)?;
         }
     }
     bar.finish_and_clear();
-    models.policy.save(&dir.join(CHECKPOINT_DIR))?;
+    ppo.models.policy.save(&dir.join(CHECKPOINT_DIR))?;
     let mut summary = last_eval;
-    summary.insert("kl_coef".into(), progress.kl.coef);
+    summary.extend(progress.start.iter().map(|(name, value)| (name.replacen("eval/", "start/", 1), *value)));
+    summary.insert("kl_coef".into(), ppo.kl.coef);
     summary.insert("iterations".into(), progress.iteration as f64);
     Ok(summary)
 }

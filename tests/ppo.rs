@@ -1,0 +1,244 @@
+//! PPO end to end: a tiny policy learns to raise a programmatic reward while its KL to the
+//! reference stays bounded, and a PPO stage killed mid-run resumes to the metrics of an
+//! uninterrupted run.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rlhf_lab::model::reward::RewardModel;
+use rlhf_lab::model::{Gpt2Config, LanguageModel, Precision};
+use rlhf_lab::stages::ppo::{Models, Ppo, PpoSettings, Scorer};
+use serde_json::Value;
+use tch::{Device, Tensor};
+
+/// The share of response tokens whose id is below `LIKED_BELOW` (a tenth of the vocabulary).
+struct LikedTokenShare;
+
+const VOCAB: i64 = 300;
+const LIKED_BELOW: i64 = 30;
+
+impl Scorer for LikedTokenShare {
+    fn score(&self, _prompts: &[Vec<i64>], responses: &[Vec<i64>]) -> Tensor {
+        let shares: Vec<f32> = responses
+            .iter()
+            .map(|r| r.iter().filter(|&&id| (1..LIKED_BELOW).contains(&id)).count() as f32 / r.len().max(1) as f32)
+            .collect();
+        Tensor::from_slice(&shares)
+    }
+}
+
+fn tiny_models(dir: &Path) -> Models {
+    let config = Gpt2Config {
+        vocab_size: VOCAB,
+        n_positions: 32,
+        n_embd: 32,
+        n_layer: 2,
+        n_head: 2,
+        n_inner: None,
+        layer_norm_epsilon: 1e-5,
+        embd_pdrop: 0.0,
+        attn_pdrop: 0.0,
+        resid_pdrop: 0.0,
+        initializer_range: 0.02,
+        bos_token_id: 0,
+        eos_token_id: 0,
+    };
+    tch::manual_seed(3);
+    LanguageModel::fresh(&config, common::tiny_tokenizer(VOCAB as usize), Device::Cpu, Precision::Fp32).save(dir).unwrap();
+    let load = || LanguageModel::load(dir, Device::Cpu, Precision::Fp32).unwrap();
+    let mut reference = load();
+    reference.vs.freeze();
+    Models {
+        policy: load(),
+        reference,
+        reward: Box::new(LikedTokenShare),
+        value: RewardModel::load(dir, Device::Cpu, Precision::Fp32, true).unwrap(),
+    }
+}
+
+fn settings(kl_coef: f64) -> PpoSettings {
+    toml::from_str(&format!(
+        r#"policy = "p"
+reference = "p"
+reward = "r"
+value = "p"
+rollout_batch = 32
+minibatch_size = 8
+ppo_epochs = 4
+max_new_tokens = 8
+missing_eos_penalty = 0.0
+policy_lr = 3e-3
+value_lr = 3e-3
+kl_coef = {kl_coef}
+"#
+    ))
+    .unwrap()
+}
+
+/// Mean score and KL per iteration of a short PPO run with a fixed seed.
+fn train(kl_coef: f64, iterations: u64) -> Vec<(f64, f64)> {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings(kl_coef);
+    let mut ppo = Ppo::new(&settings, tiny_models(dir.path()), None);
+    let prompts: Vec<String> = (0..32).map(|i| format!("review {i}:")).collect();
+    (1..=iterations)
+        .map(|iteration| {
+            let metrics = ppo.iteration(&prompts, (settings.policy_lr, settings.value_lr), iteration).unwrap();
+            (metrics["objective/scores"], metrics["objective/kl"])
+        })
+        .collect()
+}
+
+#[test]
+fn ppo_raises_a_programmatic_reward_with_bounded_kl() {
+    let history = train(0.05, 25);
+    let mean = |slice: &[(f64, f64)]| slice.iter().map(|(score, _)| score).sum::<f64>() / slice.len() as f64;
+    let (first, last) = (mean(&history[..3]), mean(&history[history.len() - 3..]));
+    assert!(first < 0.2, "a random policy already scores {first}");
+    assert!(last > first + 0.3, "the score went from {first:.3} to {last:.3}: {history:?}");
+    let final_kl = history.last().unwrap().1;
+    assert!(final_kl.is_finite() && final_kl < 8.0, "KL {final_kl} over 8 tokens: {history:?}");
+
+    // The same seed gives the same run; a larger β keeps the policy closer to the reference.
+    assert_eq!(train(0.05, 3), history[..3].to_vec());
+    let constrained = train(1.0, 25);
+    assert!(constrained.last().unwrap().1 < final_kl, "β = 1 ended at KL {:?}, β = 0.05 at {final_kl}", constrained.last());
+}
+
+const EXPERIMENT: &str = r#"name = "tiny-ppo"
+seed = 4
+threads = 1
+
+[task]
+kind = "synthetic-reviews"
+corpus_size = 300
+demonstrations_size = 200
+prompts_size = 40
+eval_fraction = 0.1
+
+[tokenizer]
+vocab_size = 400
+
+[models.base]
+n_layer = 2
+n_head = 2
+n_embd = 32
+n_ctx = 64
+device = "cpu"
+
+[[stages]]
+name = "sft"
+kind = "sft"
+model = "base"
+steps = 30
+batch_size = 8
+seq_len = 48
+eval_every = 30
+samples = 1
+device = "cpu"
+
+[[stages]]
+name = "rm"
+kind = "reward"
+init = "sft"
+pairs = 64
+eval_pairs = 16
+steps = 8
+batch_size = 8
+eval_every = 8
+normalization_samples = 8
+device = "cpu"
+
+[[stages]]
+name = "ppo"
+kind = "ppo"
+policy = "sft"
+reference = "sft"
+reward = "rm"
+value = "rm"
+iterations = 30
+rollout_batch = 8
+minibatch_size = 4
+grad_accum = 2
+max_new_tokens = 12
+policy_lr = 1e-4
+adaptive_kl = true
+kl_target = 1.0
+kl_horizon = 100
+eval_every = 3
+eval_prompts = 8
+samples = 2
+devices = { policy = "cpu", reference = "cpu", reward = "cpu", value = "cpu" }
+"#;
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Metrics without the wall-clock ones.
+fn deterministic_metrics(path: &Path) -> Vec<Value> {
+    let mut metrics = lines(path);
+    for line in &mut metrics {
+        line.as_object_mut().unwrap().retain(|name, _| !name.starts_with("time/") && name != "tokens_per_s");
+    }
+    metrics
+}
+
+fn run_dir_in(out: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(out.join("tiny-ppo")).ok()?.filter_map(Result::ok).map(|e| e.path()).next()
+}
+
+#[test]
+fn a_killed_ppo_stage_resumes_to_the_metrics_of_an_uninterrupted_run() {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("tiny.toml"), EXPERIMENT).unwrap();
+    let (ok, stdout, stderr) = common::rlhf(&["run", "tiny.toml", "--out", "a"], work.path());
+    assert!(ok, "{stderr}");
+    let uninterrupted = work.path().join(stdout.trim());
+
+    let metrics = lines(&uninterrupted.join("ppo/metrics.jsonl"));
+    assert_eq!(metrics.len(), 31, "iteration 0 (the starting policy's evaluation) and 30 iterations");
+    for name in ["objective/scores", "objective/kl", "objective/rlhf_reward", "objective/entropy", "policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg", "loss/value_avg", "val/clipfrac_avg", "kl_coef", "lr", "time/step_s", "tokens_per_s", "objective/gold_score"] {
+        assert!(metrics[1][name].is_f64(), "no {name} in {}", metrics[1]);
+    }
+    for name in ["eval/rm_score", "eval/gold_score", "eval/kl"] {
+        assert!(metrics[0][name].is_f64() && metrics[30][name].is_f64(), "no {name} at the evaluations");
+    }
+    // the adaptive controller moved β
+    assert_ne!(metrics[1]["kl_coef"], metrics[30]["kl_coef"]);
+    let samples = lines(&uninterrupted.join("ppo/samples.jsonl"));
+    assert_eq!(samples.len(), 2 * 11);
+    assert!(samples[0]["completion"].is_string() && samples[0]["gold_score"].is_f64() && samples[0]["score"].is_f64());
+    assert!(uninterrupted.join("ppo/checkpoint/model.safetensors").is_file());
+
+    // kill -9 once the PPO stage has saved state, then resume
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["run", "tiny.toml", "--out", "b"])
+        .current_dir(work.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let killed = loop {
+        if let Some(run) = run_dir_in(&work.path().join("b")) {
+            let saved = std::fs::read_to_string(run.join("ppo/state/progress.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
+            if saved.and_then(|v| v["iteration"].as_u64()).is_some_and(|i| i >= 3) {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break run;
+            }
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run finished before it could be killed");
+        assert!(started.elapsed() < Duration::from_secs(300), "no PPO state saved in time");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    assert!(lines(&killed.join("ppo/metrics.jsonl")).len() < 31, "the run was not interrupted");
+    let (ok, _, stderr) = common::rlhf(&["run", "--resume", killed.to_str().unwrap()], work.path());
+    assert!(ok, "{stderr}");
+    assert_eq!(deterministic_metrics(&uninterrupted.join("ppo/metrics.jsonl")), deterministic_metrics(&killed.join("ppo/metrics.jsonl")));
+    assert_eq!(lines(&uninterrupted.join("ppo/samples.jsonl")), lines(&killed.join("ppo/samples.jsonl")));
+}
