@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rlhf_lab::model::reward::RewardModel;
 use rlhf_lab::model::{Gpt2Config, LanguageModel, Precision};
-use rlhf_lab::stages::ppo::{Models, Ppo, PpoSettings, Scorer};
+use rlhf_lab::stages::ppo::{shared_value_head, Critic, Models, Ppo, PpoSettings, Scorer};
 use serde_json::Value;
 use tch::{Device, Tensor};
 
@@ -30,7 +30,7 @@ impl Scorer for LikedTokenShare {
     }
 }
 
-fn tiny_models(dir: &Path) -> Models {
+fn tiny_models(dir: &Path, shared_backbone: bool) -> Models {
     let config = Gpt2Config {
         vocab_size: VOCAB,
         n_positions: 32,
@@ -51,20 +51,22 @@ fn tiny_models(dir: &Path) -> Models {
     let load = || LanguageModel::load(dir, Device::Cpu, Precision::Fp32).unwrap();
     let mut reference = load();
     reference.vs.freeze();
-    Models {
-        policy: load(),
-        reference,
-        reward: Box::new(LikedTokenShare),
-        value: RewardModel::load(dir, Device::Cpu, Precision::Fp32, true).unwrap(),
-    }
+    let mut policy = load();
+    let critic = if shared_backbone {
+        Critic::SharedHead(shared_value_head(&mut policy, Precision::Fp32))
+    } else {
+        Critic::Model(RewardModel::load(dir, Device::Cpu, Precision::Fp32, true).unwrap())
+    };
+    Models { policy, reference, reward: Box::new(LikedTokenShare), critic }
 }
 
-fn settings(kl_coef: f64) -> PpoSettings {
+fn settings(kl_coef: f64, shared_backbone: bool) -> PpoSettings {
+    let value = if shared_backbone { "shared_backbone = true" } else { "value = \"p\"" };
     toml::from_str(&format!(
         r#"policy = "p"
 reference = "p"
 reward = "r"
-value = "p"
+{value}
 rollout_batch = 32
 minibatch_size = 8
 ppo_epochs = 4
@@ -79,10 +81,12 @@ kl_coef = {kl_coef}
 }
 
 /// Mean score and KL per iteration of a short PPO run with a fixed seed.
-fn train(kl_coef: f64, iterations: u64) -> Vec<(f64, f64)> {
+fn train(kl_coef: f64, iterations: u64, shared_backbone: bool) -> Vec<(f64, f64)> {
+    // One thread: the test runner already runs tests side by side on the machine's cores.
+    tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
-    let settings = settings(kl_coef);
-    let mut ppo = Ppo::new(&settings, tiny_models(dir.path()), None);
+    let settings = settings(kl_coef, shared_backbone);
+    let mut ppo = Ppo::new(&settings, tiny_models(dir.path(), shared_backbone), None);
     let prompts: Vec<String> = (0..32).map(|i| format!("review {i}:")).collect();
     (1..=iterations)
         .map(|iteration| {
@@ -94,7 +98,7 @@ fn train(kl_coef: f64, iterations: u64) -> Vec<(f64, f64)> {
 
 #[test]
 fn ppo_raises_a_programmatic_reward_with_bounded_kl() {
-    let history = train(0.05, 25);
+    let history = train(0.05, 25, false);
     let mean = |slice: &[(f64, f64)]| slice.iter().map(|(score, _)| score).sum::<f64>() / slice.len() as f64;
     let (first, last) = (mean(&history[..3]), mean(&history[history.len() - 3..]));
     assert!(first < 0.2, "a random policy already scores {first}");
@@ -103,9 +107,16 @@ fn ppo_raises_a_programmatic_reward_with_bounded_kl() {
     assert!(final_kl.is_finite() && final_kl < 8.0, "KL {final_kl} over 8 tokens: {history:?}");
 
     // The same seed gives the same run; a larger β keeps the policy closer to the reference.
-    assert_eq!(train(0.05, 3), history[..3].to_vec());
-    let constrained = train(1.0, 25);
+    assert_eq!(train(0.05, 3, false), history[..3].to_vec());
+    let constrained = train(1.0, 25, false);
     assert!(constrained.last().unwrap().1 < final_kl, "β = 1 ended at KL {:?}, β = 0.05 at {final_kl}", constrained.last());
+}
+
+#[test]
+fn a_value_head_on_the_policy_backbone_also_learns() {
+    let history = train(0.05, 25, true);
+    let (first, last) = (history[0].0, history.iter().rev().take(3).map(|(score, _)| score).sum::<f64>() / 3.0);
+    assert!(last > first + 0.15, "the score went from {first:.3} to {last:.3}: {history:?}");
 }
 
 const EXPERIMENT: &str = r#"name = "tiny-ppo"

@@ -24,7 +24,7 @@ use super::{StageContext, StageError, StageSettings, CHECKPOINT_DIR, STATE_DIR};
 use crate::model::generate::{generate, Generation, GenerateOptions, Sampling};
 use crate::model::reward::{RewardModel, RewardNormalization};
 use crate::data::synthetic::oracle::GoldOracle;
-use crate::model::{DeviceSpec, Gpt2, LanguageModel, Precision};
+use crate::model::{DeviceSpec, Gpt2, LanguageModel, Precision, ScalarHead};
 use crate::rng::step_seed;
 use crate::run::{Metrics, MetricsWriter};
 use crate::train::optimizer::{AdamW, AdamWConfig};
@@ -55,8 +55,16 @@ pub struct PpoSettings {
     /// A reward stage's checkpoint: frozen, its scores normalised with its stored mean and std.
     pub reward: String,
     /// The value model starts from this checkpoint: a reward model (its head included) or an LM
-    /// (a fresh head).
-    pub value: String,
+    /// (a fresh head). Not used with `shared_backbone`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Instead of a separate value model, a value head on the policy's backbone: one forward
+    /// pass and one model in memory fewer; the value loss, weighted by `vf_coef`, then trains the
+    /// backbone with the policy loss at `policy_lr`.
+    #[serde(default)]
+    pub shared_backbone: bool,
+    #[serde(default = "defaults::vf_coef")]
+    pub vf_coef: f64,
     #[serde(default)]
     pub devices: PerModel<DeviceSpec>,
     #[serde(default)]
@@ -153,6 +161,7 @@ mod defaults {
     pub fn kl_target() -> f64 { 6.0 }
     pub fn kl_horizon() -> f64 { 10_000.0 }
     pub fn missing_eos_penalty() -> f64 { 1.0 }
+    pub fn vf_coef() -> f64 { 0.1 }
     pub fn lam() -> f64 { 0.95 }
     pub fn clip() -> f64 { 0.2 }
     pub fn policy_lr() -> f64 { 1e-5 }
@@ -166,7 +175,9 @@ mod defaults {
 
 impl StageSettings for PpoSettings {
     fn inputs(&self) -> Vec<(&'static str, &str)> {
-        vec![("policy", &self.policy), ("reference", &self.reference), ("reward", &self.reward), ("value", &self.value)]
+        let mut inputs = vec![("policy", self.policy.as_str()), ("reference", self.reference.as_str()), ("reward", self.reward.as_str())];
+        inputs.extend(self.value.as_deref().map(|value| ("value", value)));
+        inputs
     }
 
     fn check(&self) -> Result<(), (&'static str, String)> {
@@ -191,12 +202,17 @@ impl StageSettings for PpoSettings {
         if let Some((key, value)) = positive.into_iter().find(|(_, v)| !(*v > 0.0 && v.is_finite())) {
             return Err((key, format!("a value > 0, got {value}")));
         }
-        let non_negative = [("kl_coef", self.kl_coef), ("entropy_coef", self.entropy_coef), ("missing_eos_penalty", self.missing_eos_penalty)];
+        let non_negative = [("vf_coef", self.vf_coef), ("kl_coef", self.kl_coef), ("entropy_coef", self.entropy_coef), ("missing_eos_penalty", self.missing_eos_penalty)];
         if let Some((key, value)) = non_negative.into_iter().find(|(_, v)| !(*v >= 0.0 && v.is_finite())) {
             return Err((key, format!("a value ≥ 0, got {value}")));
         }
         if let Some((key, value)) = [("gamma", self.gamma), ("lam", self.lam)].into_iter().find(|(_, v)| !(0.0..=1.0).contains(v)) {
             return Err((key, format!("a value in [0, 1], got {value}")));
+        }
+        match (&self.value, self.shared_backbone) {
+            (None, false) => return Err(("value", "the value model's starting checkpoint (or shared_backbone = true)".into())),
+            (Some(_), true) => return Err(("value", "no value model with shared_backbone = true (the value head sits on the policy)".into())),
+            _ => {}
         }
         if self.rollout_batch % self.minibatch_size != 0 {
             return Err(("minibatch_size", format!("a divisor of rollout_batch = {}, got {}", self.rollout_batch, self.minibatch_size)));
@@ -215,7 +231,11 @@ impl StageSettings for PpoSettings {
 
     fn devices(&self) -> Vec<(&'static str, DeviceSpec)> {
         let d = &self.devices;
-        vec![("policy", d.policy), ("reference", d.reference), ("reward", d.reward), ("value", d.value)]
+        let mut devices = vec![("policy", d.policy), ("reference", d.reference), ("reward", d.reward)];
+        if !self.shared_backbone {
+            devices.push(("value", d.value));
+        }
+        devices
     }
 
     fn run(&self, context: &StageContext) -> Result<Metrics, StageError> {
@@ -319,26 +339,23 @@ impl KlController {
 // ---------------------------------------------------------------------------------------------
 // Models and rollouts.
 
+/// Hidden states `[B, T, C]` at the positions that predict the response's tokens: position p
+/// predicts token p + 1, so the T response tokens are predicted from P − 1 … P + T − 2. They are
+/// also the states a value is estimated for.
+fn response_states(gpt: &Gpt2, rollout: &RolloutTokens, train: bool) -> Tensor {
+    let device = gpt.device();
+    let hidden = gpt.forward(&rollout.sequence.to(device), Some(&rollout.sequence_mask.to(device)), None, train);
+    hidden.narrow(1, rollout.prompt_width - 1, rollout.response_width)
+}
+
 /// Log-probabilities `[B, T]` of each row's response tokens under softmax(logits / temperature),
 /// and, when asked, the entropy of that distribution at each response position.
-fn response_logprobs(gpt: &Gpt2, rollout: &RolloutTokens, temperature: f64, train: bool, with_entropy: bool) -> (Tensor, Option<Tensor>) {
-    let device = gpt.device();
-    let (ids, mask) = (rollout.sequence.to(device), rollout.sequence_mask.to(device));
-    let hidden = gpt.forward(&ids, Some(&mask), None, train);
-    // Position p predicts token p + 1: the response's T tokens are predicted from P − 1 … P + T − 2.
-    let predicting = hidden.narrow(1, rollout.prompt_width - 1, rollout.response_width);
-    let log_distribution = (gpt.logits(&predicting).to_kind(Kind::Float) / temperature).log_softmax(-1, Kind::Float);
-    let response = rollout.response_ids.to(device).unsqueeze(-1);
+fn response_logprobs(gpt: &Gpt2, states: &Tensor, rollout: &RolloutTokens, temperature: f64, with_entropy: bool) -> (Tensor, Option<Tensor>) {
+    let log_distribution = (gpt.logits(states).to_kind(Kind::Float) / temperature).log_softmax(-1, Kind::Float);
+    let response = rollout.response_ids.to(states.device()).unsqueeze(-1);
     let logprobs = log_distribution.gather(2, &response, false).squeeze_dim(-1);
     let entropy = with_entropy.then(|| -(log_distribution.exp() * &log_distribution).sum_dim_intlist(-1, false, Kind::Float));
     (logprobs, entropy)
-}
-
-/// Values `[B, T]` of the states before each response token.
-fn response_values(value_model: &RewardModel, rollout: &RolloutTokens, train: bool) -> Tensor {
-    let device = value_model.vs.device();
-    let hidden = value_model.gpt.forward(&rollout.sequence.to(device), Some(&rollout.sequence_mask.to(device)), None, train);
-    value_model.head.forward(&hidden).to_kind(Kind::Float).narrow(1, rollout.prompt_width - 1, rollout.response_width)
 }
 
 /// Prompt and response tokens of a batch, on the CPU (each model moves them to its device).
@@ -410,13 +427,32 @@ impl Scorer for RewardModel {
     }
 }
 
-/// The four models of the stage. The value model has a reward model's shape (backbone and
-/// scalar head), read at every position instead of the last.
+/// Where values come from.
+pub enum Critic {
+    /// A separate model with a reward model's shape (backbone and scalar head), read at every
+    /// position instead of the last.
+    Model(RewardModel),
+    /// A head on the policy's backbone (its variables live in the policy's `VarStore`).
+    SharedHead(ScalarHead),
+}
+
+/// The models of the stage.
 pub struct Models {
     pub policy: LanguageModel,
     pub reference: LanguageModel,
     pub reward: Box<dyn Scorer>,
-    pub value: RewardModel,
+    pub critic: Critic,
+}
+
+impl Models {
+    /// Values `[B, T]` of the states before each response token; `policy_states` are the
+    /// policy's (used by a shared head).
+    fn values(&self, rollout: &RolloutTokens, policy_states: &Tensor, train: bool) -> Tensor {
+        match &self.critic {
+            Critic::Model(model) => model.head.forward(&response_states(&model.gpt, rollout, train)).to_kind(Kind::Float),
+            Critic::SharedHead(head) => head.forward(policy_states).to_kind(Kind::Float),
+        }
+    }
 }
 
 /// Responses of the policy for `prompts` and how they fare: score, gold score, log-probs under
@@ -424,6 +460,8 @@ pub struct Models {
 struct Scored {
     generation: Generation,
     tokens: RolloutTokens,
+    /// The policy's hidden states at the response positions (for a shared value head).
+    policy_states: Tensor,
     responses: Vec<String>,
     /// Scores `[B]` (CPU), before the missing-end-of-text penalty.
     scores: Tensor,
@@ -465,12 +503,13 @@ pub struct Sample {
     pub gold_score: Option<f64>,
 }
 
-/// PPO's state between iterations: the models, both optimizers and the KL coefficient.
+/// PPO's state between iterations: the models, their optimizers and the KL coefficient.
 pub struct Ppo<'a> {
     settings: &'a PpoSettings,
     pub models: Models,
     policy_optimizer: AdamW,
-    value_optimizer: AdamW,
+    /// The separate value model's; a shared head trains with the policy.
+    value_optimizer: Option<AdamW>,
     pub kl: KlController,
     /// Scores responses by the task's gold oracle, when it has one.
     oracle: Option<GoldOracle>,
@@ -481,7 +520,10 @@ impl<'a> Ppo<'a> {
         let adam = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
         Ppo {
             policy_optimizer: AdamW::new(&models.policy.vs, adam),
-            value_optimizer: AdamW::new(&models.value.vs, adam),
+            value_optimizer: match &models.critic {
+                Critic::Model(model) => Some(AdamW::new(&model.vs, adam)),
+                Critic::SharedHead(_) => None,
+            },
             kl: KlController { coef: settings.kl_coef, target: settings.adaptive_kl.then_some(settings.kl_target), horizon: settings.kl_horizon },
             settings,
             models,
@@ -490,18 +532,21 @@ impl<'a> Ppo<'a> {
     }
 
     /// The trained weights and optimizers, as the resume state names them.
-    fn state_parts(&self) -> [Part<'_>; 2] {
-        [
-            Part { name: "policy", vs: &self.models.policy.vs, optimizer: &self.policy_optimizer },
-            Part { name: "value", vs: &self.models.value.vs, optimizer: &self.value_optimizer },
-        ]
+    fn state_parts(&self) -> Vec<Part<'_>> {
+        let mut parts = vec![Part { name: "policy", vs: &self.models.policy.vs, optimizer: &self.policy_optimizer }];
+        if let (Critic::Model(model), Some(optimizer)) = (&self.models.critic, &self.value_optimizer) {
+            parts.push(Part { name: "value", vs: &model.vs, optimizer });
+        }
+        parts
     }
 
-    fn state_parts_mut(&mut self) -> [PartMut<'_>; 2] {
-        [
-            PartMut { name: "policy", vs: &mut self.models.policy.vs, optimizer: &mut self.policy_optimizer },
-            PartMut { name: "value", vs: &mut self.models.value.vs, optimizer: &mut self.value_optimizer },
-        ]
+    fn state_parts_mut(&mut self) -> Vec<PartMut<'_>> {
+        let Ppo { models, policy_optimizer, value_optimizer, .. } = self;
+        let mut parts = vec![PartMut { name: "policy", vs: &mut models.policy.vs, optimizer: policy_optimizer }];
+        if let (Critic::Model(model), Some(optimizer)) = (&mut models.critic, value_optimizer) {
+            parts.push(PartMut { name: "value", vs: &mut model.vs, optimizer });
+        }
+        parts
     }
 
     fn sample_and_score(&self, prompts: &[String], seed: u64, timings: &mut Timings) -> Result<Scored, StageError> {
@@ -522,8 +567,10 @@ impl<'a> Ppo<'a> {
         let started = Instant::now();
         let tokens = RolloutTokens::new(&generation);
         let mask = &tokens.response_mask.to_kind(Kind::Float);
-        let (logprobs, _) = response_logprobs(&models.policy.gpt, &tokens, settings.temperature, false, false);
-        let (reference_logprobs, _) = response_logprobs(&models.reference.gpt, &tokens, settings.temperature, false, false);
+        let policy_states = response_states(&models.policy.gpt, &tokens, false);
+        let (logprobs, _) = response_logprobs(&models.policy.gpt, &policy_states, &tokens, settings.temperature, false);
+        let reference_states = response_states(&models.reference.gpt, &tokens, false);
+        let (reference_logprobs, _) = response_logprobs(&models.reference.gpt, &reference_states, &tokens, settings.temperature, false);
         let completions = generation.completions();
         let scores = models.reward.score(&encoded, &completions);
         let responses: Vec<String> = completions.iter().map(|ids| tokenizer.decode(ids)).collect();
@@ -535,6 +582,7 @@ impl<'a> Ppo<'a> {
             reference_logprobs: reference_logprobs.to_device(Device::Cpu) * mask,
             generation,
             tokens,
+            policy_states,
             responses,
             scores,
             gold,
@@ -549,7 +597,7 @@ impl<'a> Ppo<'a> {
         let _no_grad = tch::no_grad_guard();
         let tokens = scored.tokens;
         let mask = tokens.response_mask.to_kind(Kind::Float);
-        let values = response_values(&self.models.value, &tokens, false).to_device(Device::Cpu) * &mask;
+        let values = self.models.values(&tokens, &scored.policy_states, false).to_device(Device::Cpu) * &mask;
 
         // A response cut off by max_new_tokens gets a penalty (Huang et al. 2024, detail 23).
         let stopped = Tensor::from_slice(&scored.stopped);
@@ -585,7 +633,7 @@ impl<'a> Ppo<'a> {
     fn optimise(&mut self, rollout: &Rollout, lrs: (f64, f64), seed: u64) -> Metrics {
         let settings = self.settings;
         let models = &self.models;
-        let (policy_device, value_device) = (models.policy.device(), models.value.vs.device());
+        let policy_device = models.policy.device();
         let micro_size = settings.minibatch_size / settings.grad_accum;
         let mut sums: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
         let mut stopped_early = false;
@@ -600,7 +648,8 @@ impl<'a> Ppo<'a> {
                     let mask = tokens.response_mask.to_kind(Kind::Float);
                     let rows = |t: &Tensor, device: Device| t.index_select(0, &index).to(device);
 
-                    let (logprobs, entropy) = response_logprobs(&models.policy.gpt, &tokens, settings.temperature, true, true);
+                    let states = response_states(&models.policy.gpt, &tokens, true);
+                    let (logprobs, entropy) = response_logprobs(&models.policy.gpt, &states, &tokens, settings.temperature, true);
                     let policy_mask = mask.to(policy_device);
                     let (policy_loss, clip_fraction, approx_kl) = clipped_policy_loss(
                         &logprobs,
@@ -610,9 +659,10 @@ impl<'a> Ppo<'a> {
                         settings.cliprange,
                     );
                     let entropy = masked_mean(&entropy.expect("asked for"), &policy_mask);
-                    ((&policy_loss - settings.entropy_coef * &entropy) / settings.grad_accum as f64).backward();
+                    let policy_objective = &policy_loss - settings.entropy_coef * &entropy;
 
-                    let values = response_values(&models.value, &tokens, true);
+                    let values = models.values(&tokens, &states, true);
+                    let value_device = values.device();
                     let (value_loss, value_clip_fraction) = clipped_value_loss(
                         &values,
                         &rows(&rollout.values, value_device),
@@ -620,7 +670,15 @@ impl<'a> Ppo<'a> {
                         &mask.to(value_device),
                         settings.cliprange_value,
                     );
-                    (&value_loss / settings.grad_accum as f64).backward();
+                    let accumulation = settings.grad_accum as f64;
+                    match &models.critic {
+                        Critic::Model(_) => {
+                            (policy_objective / accumulation).backward();
+                            (&value_loss / accumulation).backward();
+                        }
+                        // One backbone: one loss, the value term weighted by vf_coef.
+                        Critic::SharedHead(_) => ((policy_objective + settings.vf_coef * &value_loss) / accumulation).backward(),
+                    }
 
                     let approx_kl = scalar(&approx_kl);
                     approx_kl_sum += approx_kl;
@@ -636,13 +694,15 @@ impl<'a> Ppo<'a> {
                     }
                 }
                 let policy_grad_norm = self.policy_optimizer.clip_grad_norm(settings.grad_clip);
-                let value_grad_norm = self.value_optimizer.clip_grad_norm(settings.grad_clip);
                 sums.entry("policy/grad_norm").or_default().push(policy_grad_norm);
-                sums.entry("val/grad_norm").or_default().push(value_grad_norm);
                 self.policy_optimizer.step(lrs.0);
-                self.value_optimizer.step(lrs.1);
                 self.policy_optimizer.zero_grad();
-                self.value_optimizer.zero_grad();
+                if let Some(value_optimizer) = &mut self.value_optimizer {
+                    let value_grad_norm = value_optimizer.clip_grad_norm(settings.grad_clip);
+                    sums.entry("val/grad_norm").or_default().push(value_grad_norm);
+                    value_optimizer.step(lrs.1);
+                    value_optimizer.zero_grad();
+                }
                 // Stop once the policy has moved too far from the one that made the rollout.
                 let minibatch_kl = approx_kl_sum / minibatch.chunks(micro_size).len() as f64;
                 if settings.target_approx_kl.is_some_and(|target| minibatch_kl > target) {
@@ -677,13 +737,15 @@ impl<'a> Ppo<'a> {
         metrics.extend([
             ("kl_coef".to_string(), kl_coef),
             ("lr".to_string(), lrs.0),
-            ("val/lr".to_string(), lrs.1),
             ("time/step_s".to_string(), step_seconds),
             ("time/generation_s".to_string(), timings.generation),
             ("time/scoring_s".to_string(), timings.scoring),
             ("time/training_s".to_string(), timings.training),
             ("tokens_per_s".to_string(), generated_tokens / step_seconds),
         ]);
+        if self.value_optimizer.is_some() {
+            metrics.insert("val/lr".into(), lrs.1);
+        }
         Ok(metrics)
     }
 
@@ -732,7 +794,7 @@ const ITERATION_SEED: u64 = 26;
 
 fn load_models(context: &StageContext, settings: &PpoSettings) -> Result<Models, StageError> {
     let (devices, dtypes) = (&settings.devices, &settings.dtypes);
-    let policy = context.load_model(&settings.policy, devices.policy, dtypes.policy)?;
+    let mut policy = context.load_model(&settings.policy, devices.policy, dtypes.policy)?;
     let mut reference = context.load_model(&settings.reference, devices.reference, dtypes.reference)?;
     reference.vs.freeze();
     let checkpoint = |key: &str, reference: &str| {
@@ -743,14 +805,31 @@ fn load_models(context: &StageContext, settings: &PpoSettings) -> Result<Models,
     if reward.normalization.is_none() {
         tracing::warn!(stage = context.name(), "the reward model stores no score statistics; PPO uses its raw scores");
     }
-    tch::manual_seed(step_seed(context.seed(), ROLLOUT_SEED, 0) as i64);
-    let value = RewardModel::load(&checkpoint("value", &settings.value)?, devices.value.resolve()?, dtypes.value, true)?;
-    for (role, vocab) in [("reference", reference.gpt.config.vocab_size), ("reward", reward.gpt.config.vocab_size), ("value", value.gpt.config.vocab_size)] {
+    for (role, vocab) in [("reference", reference.gpt.config.vocab_size), ("reward", reward.gpt.config.vocab_size)] {
         if vocab != policy.gpt.config.vocab_size {
             return Err(context.invalid(format!("the {role} model's vocabulary ({vocab}) differs from the policy's ({})", policy.gpt.config.vocab_size)));
         }
     }
-    Ok(Models { policy, reference, reward: Box::new(reward), value })
+    // The value head's initialisation is drawn from the stage's seed.
+    tch::manual_seed(step_seed(context.seed(), ROLLOUT_SEED, 0) as i64);
+    let critic = match &settings.value {
+        Some(value) => Critic::Model(RewardModel::load(&checkpoint("value", value)?, devices.value.resolve()?, dtypes.value, true)?),
+        None => Critic::SharedHead(shared_value_head(&mut policy, dtypes.policy)),
+    };
+    Ok(Models { policy, reference, reward: Box::new(reward), critic })
+}
+
+/// Name of the value head's variables when it sits on the policy (saved beside its weights).
+pub const VALUE_HEAD: &str = "value_head";
+
+/// A value head on the policy's backbone, initialised small like the reward head.
+pub fn shared_value_head(policy: &mut LanguageModel, precision: Precision) -> ScalarHead {
+    let n_embd = policy.gpt.config.n_embd;
+    let head = ScalarHead::new(&(policy.vs.root() / VALUE_HEAD), n_embd, 1.0 / ((n_embd + 1) as f64).sqrt());
+    if precision == Precision::Bf16 {
+        policy.vs.bfloat16();
+    }
+    head
 }
 
 /// Writes the first `count` evaluated samples to samples.jsonl.
