@@ -55,7 +55,7 @@ fn tiny_models(dir: &Path, shared_backbone: bool) -> Models {
     let critic = if shared_backbone {
         Critic::SharedHead(shared_value_head(&mut policy, Precision::Fp32))
     } else {
-        Critic::Model(RewardModel::load(dir, Device::Cpu, Precision::Fp32, true).unwrap())
+        Critic::Model(Box::new(RewardModel::load(dir, Device::Cpu, Precision::Fp32, true).unwrap()))
     };
     Models { policy, reference, reward: Box::new(LikedTokenShare), critic }
 }

@@ -214,10 +214,10 @@ impl StageSettings for PpoSettings {
             (Some(_), true) => return Err(("value", "no value model with shared_backbone = true (the value head sits on the policy)".into())),
             _ => {}
         }
-        if self.rollout_batch % self.minibatch_size != 0 {
+        if !self.rollout_batch.is_multiple_of(self.minibatch_size) {
             return Err(("minibatch_size", format!("a divisor of rollout_batch = {}, got {}", self.rollout_batch, self.minibatch_size)));
         }
-        if self.minibatch_size % self.grad_accum != 0 {
+        if !self.minibatch_size.is_multiple_of(self.grad_accum) {
             return Err(("grad_accum", format!("a divisor of minibatch_size = {}, got {}", self.minibatch_size, self.grad_accum)));
         }
         if let Some(clip) = self.score_clip.filter(|c| !(*c > 0.0)) {
@@ -431,7 +431,7 @@ impl Scorer for RewardModel {
 pub enum Critic {
     /// A separate model with a reward model's shape (backbone and scalar head), read at every
     /// position instead of the last.
-    Model(RewardModel),
+    Model(Box<RewardModel>),
     /// A head on the policy's backbone (its variables live in the policy's `VarStore`).
     SharedHead(ScalarHead),
 }
@@ -813,7 +813,7 @@ fn load_models(context: &StageContext, settings: &PpoSettings) -> Result<Models,
     // The value head's initialisation is drawn from the stage's seed.
     tch::manual_seed(step_seed(context.seed(), ROLLOUT_SEED, 0) as i64);
     let critic = match &settings.value {
-        Some(value) => Critic::Model(RewardModel::load(&checkpoint("value", value)?, devices.value.resolve()?, dtypes.value, true)?),
+        Some(value) => Critic::Model(Box::new(RewardModel::load(&checkpoint("value", value)?, devices.value.resolve()?, dtypes.value, true)?)),
         None => Critic::SharedHead(shared_value_head(&mut policy, dtypes.policy)),
     };
     Ok(Models { policy, reference, reward: Box::new(reward), critic })

@@ -504,24 +504,25 @@ mod tests {
 
     #[test]
     fn bradley_terry_loss_matches_hand_computation() {
+        use std::f64::consts::LN_2;
         let chosen = Tensor::from_slice(&[2.0f32, 0.5, 1.0]);
         let rejected = Tensor::from_slice(&[1.0f32, 1.5, 1.0]);
         let no_margin = Tensor::zeros([3], (Kind::Float, tch::Device::Cpu));
         let no_tie = Tensor::from_slice(&[false, false, false]);
         // −log σ(1) = 0.313262, −log σ(−1) = 1.313262, −log σ(0) = 0.693147
-        let expected = (0.313_261_687_5 + 1.313_261_687_5 + 0.693_147_180_6) / 3.0;
+        let expected = (0.313_261_687_5 + 1.313_261_687_5 + LN_2) / 3.0;
         let loss = bradley_terry_loss(&chosen, &rejected, &no_margin, &no_tie, 0.0).double_value(&[]);
         assert!((loss - expected).abs() < 1e-6, "{loss} vs {expected}");
 
         // margin 1 on the first pair: −log σ(1 − 1) = log 2
         let margin = Tensor::from_slice(&[1.0f32, 0.0, 0.0]);
         let with_margin = bradley_terry_loss(&chosen, &rejected, &margin, &no_tie, 0.0).double_value(&[]);
-        assert!((with_margin - (0.693_147_180_6 + 1.313_261_687_5 + 0.693_147_180_6) / 3.0).abs() < 1e-6);
+        assert!((with_margin - (LN_2 + 1.313_261_687_5 + LN_2) / 3.0).abs() < 1e-6);
 
         // a tie on the second pair: ½(−log σ(−1)) + ½(−log σ(1)) = 0.813262
         let tie = Tensor::from_slice(&[false, true, false]);
         let with_tie = bradley_terry_loss(&chosen, &rejected, &no_margin, &tie, 0.0).double_value(&[]);
-        assert!((with_tie - (0.313_261_687_5 + 0.813_261_687_5 + 0.693_147_180_6) / 3.0).abs() < 1e-6);
+        assert!((with_tie - (0.313_261_687_5 + 0.813_261_687_5 + LN_2) / 3.0).abs() < 1e-6);
 
         // centring: 0.1 · mean((3)², (2)², (2)²) = 0.1 · 17/3
         let centred = bradley_terry_loss(&chosen, &rejected, &no_margin, &no_tie, 0.1).double_value(&[]);
