@@ -1,5 +1,6 @@
 //! `rlhf label import | annotator add | export | stats` and the library's preference reader.
 
+mod common;
 mod label_support;
 
 use label_support::*;
@@ -92,6 +93,46 @@ fn import_from_run_pairs_two_completions_of_a_prompt() {
     assert!(error.contains("cannot be used with"), "{error}");
     let error = rlhf_err(&["label", "import", "--db", path_str(&db)]);
     assert!(error.contains("required"), "{error}");
+}
+
+#[test]
+fn import_with_a_model_generates_two_responses_per_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("model");
+    let config = rlhf_lab::model::Gpt2Config {
+        vocab_size: 300,
+        n_positions: 64,
+        n_embd: 32,
+        n_layer: 1,
+        n_head: 2,
+        n_inner: None,
+        layer_norm_epsilon: 1e-5,
+        embd_pdrop: 0.0,
+        attn_pdrop: 0.0,
+        resid_pdrop: 0.0,
+        initializer_range: 0.02,
+        bos_token_id: 0,
+        eos_token_id: 0,
+    };
+    let tokenizer = common::tiny_tokenizer(300);
+    rlhf_lab::model::LanguageModel::fresh(&config, tokenizer, tch::Device::Cpu, rlhf_lab::model::Precision::Fp32).save(&model_dir).unwrap();
+    let prompts = dir.path().join("prompts.jsonl");
+    write_jsonl(&prompts, &[json!({"prompt": "review 1: the battery"}), json!({"prompt": "review 2: the screen"}), json!({"prompt": "review 3:"})]);
+    let db = dir.path().join("l.db");
+    let args = ["label", "import", "--db", path_str(&db), "--model", path_str(&model_dir), "--prompts", path_str(&prompts), "--max-new-tokens", "12", "--device", "cpu"];
+    let out = rlhf_ok(&args);
+    assert!(out.starts_with("imported 3 new pairs from"), "{out}");
+    let rows: Vec<(String, String, String)> = db_rows(&db, "SELECT prompt, response_a, response_b FROM pairs ORDER BY id");
+    assert_eq!(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["review 1: the battery", "review 2: the screen", "review 3:"]);
+    assert!(rows.iter().all(|(_, a, b)| a != b && !a.is_empty()), "{rows:?}");
+    // the same seed samples the same pairs: nothing new
+    let out = rlhf_ok(&args);
+    assert!(out.starts_with("imported 0 new pairs") && out.contains("(3 already present)"), "{out}");
+
+    let error = rlhf_err(&["label", "import", "--db", path_str(&db), "--model", path_str(&model_dir)]);
+    assert!(error.contains("--prompts"), "{error}");
+    let error = rlhf_err(&["label", "import", "--db", path_str(&db), "--model", path_str(&dir.path().join("nothing")), "--prompts", path_str(&prompts)]);
+    assert!(error.contains("nothing"), "{error}");
 }
 
 #[test]

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use crate::label::import::PairSampling;
 use crate::label::{export, import, server, ExportFilter, Policy, Store};
+use crate::model::DeviceSpec;
 
 #[derive(Debug, clap::Args)]
 pub struct LabelArgs {
@@ -31,7 +33,7 @@ pub enum LabelCommand {
 }
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["pairs", "from_run"])))]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["pairs", "from_run", "model"])))]
 pub struct ImportArgs {
     /// The labeling database (created when missing).
     #[arg(long, value_name = "FILE")]
@@ -42,6 +44,22 @@ pub struct ImportArgs {
     /// Build pairs from RUN_DIR/STAGE/samples.jsonl: two different completions of a prompt make a pair.
     #[arg(long, value_name = "RUN_DIR/STAGE")]
     pub from_run: Option<PathBuf>,
+    /// Generate pairs with this checkpoint: two sampled responses for each prompt of --prompts.
+    #[arg(long, value_name = "CHECKPOINT_DIR", requires = "prompts")]
+    pub model: Option<PathBuf>,
+    /// `{"prompt"}` JSONL lines to generate pairs for (with --model).
+    #[arg(long, value_name = "PROMPTS.jsonl", requires = "model")]
+    pub prompts: Option<PathBuf>,
+    /// Sampling temperature of generated pairs.
+    #[arg(long, default_value_t = 1.0, requires = "model")]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 64, requires = "model")]
+    pub max_new_tokens: i64,
+    #[arg(long, default_value_t = 0, requires = "model")]
+    pub seed: u64,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto", requires = "model")]
+    pub device: DeviceSpec,
 }
 
 #[derive(Debug, clap::Args)]
@@ -152,10 +170,14 @@ pub fn run(args: &LabelArgs) -> Result<()> {
 }
 
 async fn import(args: &ImportArgs) -> Result<()> {
-    let (pairs, source) = match (&args.pairs, &args.from_run) {
-        (Some(path), _) => (import::read_pairs(path)?, path.clone()),
-        (None, Some(stage_dir)) => (import::pairs_from_samples(stage_dir)?, import::samples_path(stage_dir)),
-        (None, None) => anyhow::bail!("give a PAIRS.jsonl file or --from-run RUN_DIR/STAGE"),
+    let (pairs, source) = match (&args.pairs, &args.from_run, &args.model, &args.prompts) {
+        (Some(path), ..) => (import::read_pairs(path)?, path.clone()),
+        (None, Some(stage_dir), ..) => (import::pairs_from_samples(stage_dir)?, import::samples_path(stage_dir)),
+        (None, None, Some(model), Some(prompts)) => {
+            let sampling = PairSampling { temperature: args.temperature, max_new_tokens: args.max_new_tokens, seed: args.seed, device: args.device };
+            (import::pairs_from_model(model, prompts, sampling)?, model.clone())
+        }
+        _ => anyhow::bail!("give a PAIRS.jsonl file, --from-run RUN_DIR/STAGE, or --model CHECKPOINT_DIR --prompts PROMPTS.jsonl"),
     };
     let store = Store::open_or_create(&args.db).await?;
     let summary = store.import_pairs(&pairs).await;

@@ -31,6 +31,14 @@ pub enum LabelError {
     Jsonl(#[from] crate::data::jsonl::JsonlError),
     #[error("`{path}` yields no pair: no prompt has two different completions")]
     NoPairs { path: PathBuf },
+    #[error("loading the model to generate pairs: {0}")]
+    Model(#[from] crate::model::CheckpointError),
+    #[error("generating pairs: {0}")]
+    Generate(#[from] crate::model::generate::GenerateError),
+    #[error("generating pairs: {0}")]
+    Tokenizer(#[from] crate::data::tokenizer::TokenizerError),
+    #[error(transparent)]
+    Device(#[from] crate::model::device::DeviceError),
     #[error("cannot write `{path}`: {source}")]
     Write { path: PathBuf, source: std::io::Error },
     #[error("cannot listen on {addr}: {source}")]
