@@ -6,25 +6,11 @@ mod common;
 
 use std::path::Path;
 
-use rlhf_lab::model::{Gpt2Config, LanguageModel, Precision};
+use rlhf_lab::model::{LanguageModel, Precision};
 use tch::Device;
 
 fn save_tiny_checkpoint(dir: &Path, vocab_size: i64) {
-    let config = Gpt2Config {
-        vocab_size,
-        n_positions: 16,
-        n_embd: 16,
-        n_layer: 1,
-        n_head: 2,
-        n_inner: None,
-        layer_norm_epsilon: 1e-5,
-        embd_pdrop: 0.0,
-        attn_pdrop: 0.0,
-        resid_pdrop: 0.0,
-        initializer_range: 0.02,
-        bos_token_id: 0,
-        eos_token_id: 0,
-    };
+    let config = common::tiny_config(vocab_size, 16, 16, 1, 2);
     tch::manual_seed(0);
     LanguageModel::fresh(&config, common::tiny_tokenizer(300), Device::Cpu, Precision::Fp32).save(dir).unwrap();
 }

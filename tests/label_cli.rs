@@ -99,21 +99,7 @@ fn import_from_run_pairs_two_completions_of_a_prompt() {
 fn import_with_a_model_generates_two_responses_per_prompt() {
     let dir = tempfile::tempdir().unwrap();
     let model_dir = dir.path().join("model");
-    let config = rlhf_lab::model::Gpt2Config {
-        vocab_size: 300,
-        n_positions: 64,
-        n_embd: 32,
-        n_layer: 1,
-        n_head: 2,
-        n_inner: None,
-        layer_norm_epsilon: 1e-5,
-        embd_pdrop: 0.0,
-        attn_pdrop: 0.0,
-        resid_pdrop: 0.0,
-        initializer_range: 0.02,
-        bos_token_id: 0,
-        eos_token_id: 0,
-    };
+    let config = common::tiny_config(300, 64, 32, 1, 2);
     let tokenizer = common::tiny_tokenizer(300);
     rlhf_lab::model::LanguageModel::fresh(&config, tokenizer, tch::Device::Cpu, rlhf_lab::model::Precision::Fp32).save(&model_dir).unwrap();
     let prompts = dir.path().join("prompts.jsonl");

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rlhf_lab::model::reward::RewardModel;
-use rlhf_lab::model::{Gpt2Config, LanguageModel, Precision};
+use rlhf_lab::model::{LanguageModel, Precision};
 use rlhf_lab::stages::ppo::{shared_value_head, Critic, Models, Ppo, PpoSettings, Scorer};
 use serde_json::Value;
 use tch::{Device, Tensor};
@@ -31,21 +31,7 @@ impl Scorer for LikedTokenShare {
 }
 
 fn tiny_models(dir: &Path, shared_backbone: bool) -> Models {
-    let config = Gpt2Config {
-        vocab_size: VOCAB,
-        n_positions: 32,
-        n_embd: 32,
-        n_layer: 2,
-        n_head: 2,
-        n_inner: None,
-        layer_norm_epsilon: 1e-5,
-        embd_pdrop: 0.0,
-        attn_pdrop: 0.0,
-        resid_pdrop: 0.0,
-        initializer_range: 0.02,
-        bos_token_id: 0,
-        eos_token_id: 0,
-    };
+    let config = common::tiny_config(VOCAB, 32, 32, 2, 2);
     tch::manual_seed(3);
     LanguageModel::fresh(&config, common::tiny_tokenizer(VOCAB as usize), Device::Cpu, Precision::Fp32).save(dir).unwrap();
     let load = || LanguageModel::load(dir, Device::Cpu, Precision::Fp32).unwrap();

@@ -9,27 +9,13 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rlhf_lab::model::generate::left_pad;
 use rlhf_lab::model::reward::{RewardModel, RewardNormalization};
-use rlhf_lab::model::{Gpt2Config, LanguageModel, Precision};
+use rlhf_lab::model::{LanguageModel, Precision};
 use rlhf_lab::stages::reward::bradley_terry_loss;
 use rlhf_lab::train::optimizer::{AdamW, AdamWConfig};
 use tch::{Device, Kind, Tensor};
 
 fn fresh_reward_model(dir: &std::path::Path) -> RewardModel {
-    let config = Gpt2Config {
-        vocab_size: 300,
-        n_positions: 48,
-        n_embd: 32,
-        n_layer: 2,
-        n_head: 2,
-        n_inner: None,
-        layer_norm_epsilon: 1e-5,
-        embd_pdrop: 0.0,
-        attn_pdrop: 0.0,
-        resid_pdrop: 0.0,
-        initializer_range: 0.02,
-        bos_token_id: 0,
-        eos_token_id: 0,
-    };
+    let config = common::tiny_config(300, 48, 32, 2, 2);
     tch::manual_seed(7);
     LanguageModel::fresh(&config, common::tiny_tokenizer(300), Device::Cpu, Precision::Fp32).save(dir).unwrap();
     RewardModel::load(dir, Device::Cpu, Precision::Fp32, true).unwrap()

@@ -4,32 +4,14 @@
 mod common;
 
 use rlhf_lab::model::generate::{generate, GenerateOptions, Sampling};
-use rlhf_lab::model::{Gpt2Config, LanguageModel, Precision};
+use rlhf_lab::model::{LanguageModel, Precision};
 use rlhf_lab::stages::lm::{accumulate_gradients, response_only_batch, Batch, IGNORE};
 use rlhf_lab::train::optimizer::{AdamW, AdamWConfig};
 use tch::{Device, Kind, Tensor};
 
-fn tiny_config(vocab_size: i64) -> Gpt2Config {
-    Gpt2Config {
-        vocab_size,
-        n_positions: 32,
-        n_embd: 32,
-        n_layer: 2,
-        n_head: 2,
-        n_inner: None,
-        layer_norm_epsilon: 1e-5,
-        embd_pdrop: 0.0,
-        attn_pdrop: 0.0,
-        resid_pdrop: 0.0,
-        initializer_range: 0.02,
-        bos_token_id: 0,
-        eos_token_id: 0,
-    }
-}
-
 fn tiny_model(seed: i64) -> LanguageModel {
     tch::manual_seed(seed);
-    LanguageModel::fresh(&tiny_config(300), common::tiny_tokenizer(300), Device::Cpu, Precision::Fp32)
+    LanguageModel::fresh(&common::tiny_config(300, 32, 32, 2, 2), common::tiny_tokenizer(300), Device::Cpu, Precision::Fp32)
 }
 
 #[test]

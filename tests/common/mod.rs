@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rlhf_lab::data::tokenizer::TextTokenizer;
+use rlhf_lab::model::Gpt2Config;
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -28,6 +29,25 @@ pub fn hf_reference(args: &[&str]) {
         .output()
         .expect("python runs");
     assert!(output.status.success(), "hf_gpt2.py {args:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// A GPT-2 shape for tests: no dropout, GPT-2's init, end-of-text = id 0.
+pub fn tiny_config(vocab_size: i64, n_positions: i64, n_embd: i64, n_layer: i64, n_head: i64) -> Gpt2Config {
+    Gpt2Config {
+        vocab_size,
+        n_positions,
+        n_embd,
+        n_layer,
+        n_head,
+        n_inner: None,
+        layer_norm_epsilon: 1e-5,
+        embd_pdrop: 0.0,
+        attn_pdrop: 0.0,
+        resid_pdrop: 0.0,
+        initializer_range: 0.02,
+        bos_token_id: 0,
+        eos_token_id: 0,
+    }
 }
 
 /// A small byte-level BPE (at most `vocab_size` tokens, end-of-text = id 0).
