@@ -27,6 +27,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    rlhf_lab::run::environment::ensure_passive_openmp_threads();
     let cli = Cli::parse();
     rlhf_lab::run::log::init();
     let result = match &cli.command {
