@@ -419,7 +419,7 @@ mod tests {
         assert_eq!(stage.series("a"), [(1.0, 1.0), (3.0, 3.0)]);
         assert_eq!(stage.last("b"), Some(2.0));
         assert_eq!(notes.len(), 3, "{notes:?}");
-        assert!(notes[0].contains("line 5 is truncated"), "{notes:?}");
+        assert!(notes[0].contains("last line (line 5) is truncated"), "{notes:?}");
         assert!(notes[1].contains("line 3 is not valid JSON"), "{notes:?}");
         assert!(notes[2].contains("a ×1"), "{notes:?}");
     }
