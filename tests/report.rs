@@ -191,7 +191,7 @@ fn png_size(path: &Path) -> (u32, u32) {
     let frame = reader.next_frame(&mut pixels).unwrap_or_else(|e| panic!("{} does not decode: {e}", path.display()));
     // Not a blank image: a chart has both white background and dark ink.
     let bytes = &pixels[..frame.buffer_size()];
-    assert!(bytes.iter().any(|&b| b < 80) && bytes.iter().any(|&b| b == 255), "{} looks blank", path.display());
+    assert!(bytes.iter().any(|&b| b < 80) && bytes.contains(&255), "{} looks blank", path.display());
     (frame.width, frame.height)
 }
 
@@ -597,7 +597,7 @@ fn a_sweep_runs_every_variant_resumes_and_reports_mean_and_std() {
     assert_eq!(std::fs::read_to_string(sweep_dir.join(names[0]).join("pretrain/metrics.jsonl")).unwrap(), untouched);
 
     let out = dir.path().join("report");
-    let report = write_report(&[sweep_dir.clone()], &out);
+    let report = write_report(std::slice::from_ref(&sweep_dir), &out);
     let sweep = report.sweep.expect("a sweep table");
     assert_eq!(sweep.headers[..2], ["stages.pretrain.lr".to_string(), "seeds".to_string()]);
     assert_eq!(sweep.rows.len(), 2);
@@ -607,7 +607,7 @@ fn a_sweep_runs_every_variant_resumes_and_reports_mean_and_std() {
     let loss_column = sweep.headers.iter().position(|h| h == "pretrain eval/loss (mean ± std)").unwrap();
     let last_eval_loss = |name: &str| -> f64 {
         let text = std::fs::read_to_string(sweep_dir.join(name).join("pretrain/metrics.jsonl")).unwrap();
-        text.lines().filter_map(|l| serde_json::from_str::<Value>(l).unwrap()["eval/loss"].as_f64()).last().unwrap()
+        text.lines().filter_map(|l| serde_json::from_str::<Value>(l).unwrap()["eval/loss"].as_f64()).next_back().unwrap()
     };
     let (x, y) = (last_eval_loss(names[0]), last_eval_loss(names[1]));
     let (mean, std) = ((x + y) / 2.0, (x - y).abs() / 2f64.sqrt());

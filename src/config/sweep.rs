@@ -94,9 +94,12 @@ impl SweepProblem {
     }
 }
 
+/// Where each swept key is written in the file.
+pub(super) type KeySpans = Vec<(String, Range<usize>)>;
+
 /// Checks the table and expands it into variants. Returns the key spans too, so that the
 /// caller can point at the key whose values do not fit the experiment.
-pub(super) fn expand(raw: &RawSweep) -> Result<(Sweep, Vec<(String, Range<usize>)>), SweepProblem> {
+pub(super) fn expand(raw: &RawSweep) -> Result<(Sweep, KeySpans), SweepProblem> {
     if raw.parameters.is_empty() {
         return Err(SweepProblem { span: None, message: "[sweep]: `parameters` lists no key to sweep".into() });
     }

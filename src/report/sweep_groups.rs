@@ -18,7 +18,9 @@ pub fn mean_std(values: &[f64]) -> Option<(f64, f64)> {
 
 /// One row per distinct assignment of the swept keys; `None` when no run belongs to a sweep.
 pub fn group_table(runs: &[Run], figures: &Figures) -> Option<Table> {
-    let mut groups: Vec<(Vec<(String, String)>, Vec<usize>)> = Vec::new();
+    // (assignments, indices of the runs that have them), in order of first appearance.
+    type Group = (Vec<(String, String)>, Vec<usize>);
+    let mut groups: Vec<Group> = Vec::new();
     for (index, run) in runs.iter().enumerate() {
         let Some(variant) = &run.variant else { continue };
         match groups.iter_mut().find(|(assignments, _)| *assignments == variant.assignments) {

@@ -16,7 +16,7 @@ pub enum SweepError {
     #[error(transparent)]
     RunDir(#[from] RunDirError),
     #[error("sweep variant `{variant}` ({path}): {source}")]
-    Variant { variant: String, path: PathBuf, source: PipelineError },
+    Variant { variant: String, path: PathBuf, source: Box<PipelineError> },
     #[error("`{path}` is not a sweep directory: it has no {SWEEP_FILE}")]
     NotASweep { path: PathBuf },
 }
@@ -53,7 +53,7 @@ fn run_variants(dir: &Path, record: &SweepRecord) -> Result<(), SweepError> {
     let total = record.variants.len();
     for (index, variant) in record.variants.iter().enumerate() {
         let path = SweepRecord::variant_dir(dir, variant);
-        let failed = |source: PipelineError| SweepError::Variant { variant: variant.name.clone(), path: path.clone(), source };
+        let failed = |source: PipelineError| SweepError::Variant { variant: variant.name.clone(), path: path.clone(), source: Box::new(source) };
         let (experiment, run, resume) = if path.join(crate::run::CONFIG_FILE).is_file() {
             let run = RunDir::open(&path)?;
             let experiment = config::load(&run.config_path(), &[])?;
