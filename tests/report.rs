@@ -333,6 +333,37 @@ fn win_rate_against_the_baseline_is_judged_by_gold_scores() {
 }
 
 #[test]
+fn a_reward_model_given_with_judge_scores_the_samples_instead_of_gold() {
+    use rlhf_lab::model::reward::RewardModel;
+    use rlhf_lab::model::{LanguageModel, Precision};
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_complete_runs(dir.path());
+    // A reward stage's directory holding an (untrained, seeded) reward checkpoint.
+    let checkpoint = dir.path().join("rm-stage/checkpoint");
+    tch::manual_seed(3);
+    LanguageModel::fresh(&common::tiny_config(300, 48, 32, 2, 2), common::tiny_tokenizer(300), tch::Device::Cpu, Precision::Fp32).save(&checkpoint).unwrap();
+    let judge = RewardModel::load(&checkpoint, tch::Device::Cpu, Precision::Fp32, true).unwrap();
+    judge.save(&checkpoint).unwrap();
+
+    // What the judge thinks of each run's answer to p1–p4, and the paired win rate that follows.
+    let answers = |gold: [f64; 4]| -> Vec<f64> {
+        let texts: Vec<(String, String)> = PROMPTS.iter().zip(gold).map(|(p, g)| (p.to_string(), format!(" answer to {p} worth {g}"))).collect();
+        let refs: Vec<(&str, &str)> = texts.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
+        judge.score_texts(&refs, 4).unwrap()
+    };
+    let (baseline, other) = (answers([1.0, 2.0, 3.0, 4.0]), answers([2.0, 2.0, 1.0, 5.0]));
+    let expected: f64 = other.iter().zip(&baseline).map(|(o, b)| if o > b { 1.0 } else if o == b { 0.5 } else { 0.0 }).sum::<f64>() / 4.0;
+
+    let options = Options { judge: Some(dir.path().join("rm-stage")), ..Options::default() };
+    let report = report::write(&[a, b], &dir.path().join("out"), &options).unwrap();
+    let (win_rates, _) = report.win_rates.unwrap();
+    assert_eq!(win_rates.judge, format!("reward model {}", checkpoint.display()));
+    let result = win_rates.results[1].1.as_ref().unwrap();
+    assert!(result.paired);
+    assert_eq!(result.rate, expected);
+}
+
+#[test]
 fn damaged_and_partial_runs_become_notes_not_failures() {
     let dir = tempfile::tempdir().unwrap();
     let (a, _) = two_complete_runs(dir.path());
