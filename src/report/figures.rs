@@ -63,12 +63,7 @@ pub fn table(runs: &[Run], figures: &Figures) -> Table {
     let best: Vec<Option<usize>> = (0..figures.columns.len())
         .map(|c| {
             let column: Vec<Option<f64>> = figures.values.iter().map(|row| row[c]).collect();
-            // One run has no "best": nothing to compare it with.
-            if column.iter().flatten().count() < 2 {
-                None
-            } else {
-                best_index(&column, direction(&figures.columns[c].metric))
-            }
+            best_index(&column, direction(&figures.columns[c].metric))
         })
         .collect();
     let rows = runs

@@ -125,18 +125,18 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, chart: &Chart, smoothi
     let (plot_area, legend_area) = root.split_horizontally(WIDTH - LEGEND_WIDTH);
     let (x_range, y_range) = ranges(chart);
     let mut context = ChartBuilder::on(&plot_area)
-        .caption(&chart.title, (FONT, 17).into_font().style(FontStyle::Bold))
+        .caption(&chart.title, (FONT, 20).into_font().style(FontStyle::Bold))
         .margin(10)
         .x_label_area_size(42)
-        .y_label_area_size(64)
+        .y_label_area_size(70)
         .build_cartesian_2d(x_range, y_range)
         .map_err(error)?;
     context
         .configure_mesh()
         .x_desc(chart.x_label.as_str())
         .y_desc(chart.y_label.as_str())
-        .label_style((FONT, 12))
-        .axis_desc_style((FONT, 13))
+        .label_style((FONT, 14))
+        .axis_desc_style((FONT, 15))
         .x_label_formatter(&|v| axis_label(*v))
         .y_label_formatter(&|v| axis_label(*v))
         .max_light_lines(1)
@@ -169,7 +169,7 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, chart: &Chart, smoothi
 /// One entry per line: a sample of its stroke and its label.
 fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, chart: &Chart) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let top = 44;
-    let step = 20;
+    let step = 22;
     let max_entries = ((HEIGHT as i32 - top) / step) as usize;
     for (index, line) in chart.lines.iter().take(max_entries).enumerate() {
         let y = top + index as i32 * step;
@@ -183,11 +183,11 @@ fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, chart: &Chart)
         if line.markers {
             area.draw(&Circle::new((16, y), 3, color.filled()))?;
         }
-        area.draw(&Text::new(shorten(&line.label, 24), (32, y - 7), (FONT, 12).into_font()))?;
+        area.draw(&Text::new(shorten(&line.label, 22), (32, y - 8), (FONT, 15).into_font()))?;
     }
     if chart.lines.len() > max_entries {
         let y = top + max_entries as i32 * step;
-        area.draw(&Text::new(format!("… {} more", chart.lines.len() - max_entries), (32, y - 7), (FONT, 12).into_font()))?;
+        area.draw(&Text::new(format!("… {} more", chart.lines.len() - max_entries), (32, y - 8), (FONT, 15).into_font()))?;
     }
     Ok(())
 }

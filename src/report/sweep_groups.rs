@@ -46,11 +46,7 @@ pub fn group_table(runs: &[Run], figures: &Figures) -> Option<Table> {
     let best: Vec<Option<usize>> = (0..figures.columns.len())
         .map(|c| {
             let means: Vec<Option<f64>> = stats.iter().map(|row| row[c].map(|(mean, _, _)| mean)).collect();
-            if means.iter().flatten().count() < 2 {
-                None
-            } else {
-                best_index(&means, direction(&figures.columns[c].metric))
-            }
+            best_index(&means, direction(&figures.columns[c].metric))
         })
         .collect();
 

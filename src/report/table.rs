@@ -40,9 +40,14 @@ pub fn direction(metric: &str) -> Option<Direction> {
     }
 }
 
-/// Index of the best of `values` (ties: the first), if the direction is known and any value exists.
+/// Index of the best of `values` (ties: the first), if the direction is known and the values
+/// are not all equal (then none is better than another).
 pub fn best_index(values: &[Option<f64>], direction: Option<Direction>) -> Option<usize> {
     let direction = direction?;
+    let present: Vec<f64> = values.iter().flatten().copied().collect();
+    if present.windows(2).all(|pair| pair[0] == pair[1]) {
+        return None;
+    }
     values
         .iter()
         .enumerate()
@@ -87,6 +92,8 @@ mod tests {
         assert_eq!(best_index(&[Some(1.0), None, Some(0.5)], direction("eval/accuracy")), Some(0));
         assert_eq!(best_index(&[None, None], direction("eval/accuracy")), None);
         assert_eq!(best_index(&[Some(1.0)], direction("eval/kl")), None);
+        assert_eq!(best_index(&[Some(1.0), Some(1.0), None], direction("eval/loss")), None, "equal: none is best");
+        assert_eq!(best_index(&[Some(2.0), Some(1.0), Some(1.0)], direction("eval/loss")), Some(1));
     }
 
     #[test]

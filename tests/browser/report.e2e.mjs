@@ -2,6 +2,7 @@
 //
 //   REPORT_FILE=/path/to/index.html SCREENSHOT=/path/to/shot.png node report.e2e.mjs
 //
+// With PAGE_HEIGHT=N the screenshot is the top N pixels instead of the full page (for the docs).
 // Collects console errors, page errors and failed requests (the page must need nothing from
 // the network), checks that every image decoded, saves a full-page screenshot and prints, as
 // the last line of stdout, what it found.
@@ -33,7 +34,13 @@ try {
   await page.goto(pathToFileURL(file).href, { waitUntil: 'load' });
   const images = await page.$$eval('img', (all) => all.map((img) => ({ src: img.getAttribute('src'), ok: img.complete && img.naturalWidth > 0 })));
   const broken = images.filter((img) => !img.ok).map((img) => img.src);
-  await page.screenshot({ path: screenshot, fullPage: true });
+  const height = Number(process.env.PAGE_HEIGHT ?? 0);
+  if (height > 0) {
+    await page.setViewportSize({ width: 1280, height });
+    await page.screenshot({ path: screenshot });
+  } else {
+    await page.screenshot({ path: screenshot, fullPage: true });
+  }
   console.log(JSON.stringify({ title: await page.title(), images: images.length, broken, errors }));
 } finally {
   await browser.close();
