@@ -645,4 +645,7 @@ fn a_sweep_runs_every_variant_resumes_and_reports_mean_and_std() {
     let expected = format!("{} ± {}", rlhf_lab::report::table::format_number(mean), rlhf_lab::report::table::format_number(std));
     assert_eq!(sweep.rows[0][loss_column].text, expected);
     assert!(std::fs::read_to_string(out.join("summary.md")).unwrap().contains("## Sweep: mean ± std over seeds"));
+    let best_row = sweep.rows.iter().find(|row| row[loss_column].best).expect("one setting has the lower mean loss");
+    let line = format!("Best setting by mean pretrain eval/loss: stages.pretrain.lr = {} ({} over seeds 1, 2).", best_row[0].text, best_row[loss_column].text);
+    assert!(report.verdict.contains(&line), "{line} not in {:?}", report.verdict);
 }

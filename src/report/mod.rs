@@ -119,8 +119,9 @@ pub fn write(inputs: &[PathBuf], out: &Path, options: &Options) -> Result<Report
         charts.push((group.stage, rendered));
     }
 
+    let sweep = sweep_groups::group_table(&runs, &figures);
     let report = Report {
-        verdict: verdict(&runs, &figures, win_rates.as_ref(), config_diff.as_ref()),
+        verdict: verdict(&runs, &figures, win_rates.as_ref(), sweep.as_ref(), config_diff.as_ref()),
         runs: runs.iter().map(|run| (run.label.clone(), run.path.clone())).collect(),
         baseline: runs[baseline].label.clone(),
         notes,
@@ -129,7 +130,7 @@ pub fn write(inputs: &[PathBuf], out: &Path, options: &Options) -> Result<Report
             let table = comparison::win_rate_table(&w);
             (w, table)
         }),
-        sweep: sweep_groups::group_table(&runs, &figures),
+        sweep,
         config_diff,
         charts,
         samples,
@@ -156,7 +157,13 @@ fn baseline_index(runs: &[Run], given: Option<&str>) -> Result<usize, ReportErro
 
 /// Which run is better and why: the best run by the deciding figure, how often it beats the
 /// baseline (and whether that is more than chance), and the settings the runs differ in.
-fn verdict(runs: &[Run], figures: &figures::Figures, win_rates: Option<&WinRates>, diff: Option<&Table>) -> Vec<String> {
+fn verdict(
+    runs: &[Run],
+    figures: &figures::Figures,
+    win_rates: Option<&WinRates>,
+    sweep: Option<&Table>,
+    diff: Option<&Table>,
+) -> Vec<String> {
     let mut lines = Vec::new();
     if runs.len() < 2 {
         return lines;
@@ -177,6 +184,22 @@ fn verdict(runs: &[Run], figures: &figures::Figures, win_rates: Option<&WinRates
                 runs[best].label,
                 values[best].map_or("—".into(), format_number),
                 others.join(", ")
+            ));
+        }
+    }
+    if let (Some(column), Some(sweep)) = (figures::primary(figures), sweep) {
+        // The sweep's answer: the setting with the best mean over seeds.
+        let header = format!("{} (mean ± std)", figures.columns[column].header());
+        let position = sweep.headers.iter().position(|h| *h == header);
+        let keys = sweep.headers.iter().position(|h| h == "seeds").unwrap_or(0);
+        if let Some((row, position)) = position.and_then(|p| sweep.rows.iter().find(|row| row[p].best).map(|row| (row, p))) {
+            let setting: Vec<String> = sweep.headers[..keys].iter().zip(row).map(|(key, cell)| format!("{key} = {}", cell.text)).collect();
+            lines.push(format!(
+                "Best setting by mean {}: {} ({} over seeds {}).",
+                figures.columns[column].header(),
+                setting.join(", "),
+                row[position].text,
+                row[keys].text
             ));
         }
     }
