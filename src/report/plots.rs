@@ -12,7 +12,7 @@ use plotters::style::FontStyle;
 /// Size of every chart, in pixels (PNG) and user units (SVG).
 pub const WIDTH: u32 = 760;
 pub const HEIGHT: u32 = 420;
-const LEGEND_WIDTH: u32 = 190;
+const LEGEND_WIDTH: u32 = 225;
 const FONT: &str = "sans-serif";
 /// Fewer points than this are drawn as they are: an EMA over a handful of evaluations misleads.
 const MIN_POINTS_TO_SMOOTH: usize = 8;
@@ -45,6 +45,8 @@ pub struct Line {
     pub markers: bool,
     /// Draw an EMA over the points, the raw series faint behind it.
     pub smooth: bool,
+    /// Listed in the legend (a second line of the same run, told apart by its style, is not).
+    pub in_legend: bool,
 }
 
 /// A drawn chart: its title and the paths of its files relative to the report directory.
@@ -171,7 +173,8 @@ fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, chart: &Chart)
     let top = 44;
     let step = 22;
     let max_entries = ((HEIGHT as i32 - top) / step) as usize;
-    for (index, line) in chart.lines.iter().take(max_entries).enumerate() {
+    let entries: Vec<&Line> = chart.lines.iter().filter(|line| line.in_legend).collect();
+    for (index, line) in entries.iter().take(max_entries).enumerate() {
         let y = top + index as i32 * step;
         let color = color(line.color);
         if line.dashed {
@@ -183,11 +186,11 @@ fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, chart: &Chart)
         if line.markers {
             area.draw(&Circle::new((16, y), 3, color.filled()))?;
         }
-        area.draw(&Text::new(shorten(&line.label, 22), (32, y - 8), (FONT, 15).into_font()))?;
+        area.draw(&Text::new(shorten(&line.label, 24), (32, y - 7), (FONT, 13).into_font()))?;
     }
-    if chart.lines.len() > max_entries {
+    if entries.len() > max_entries {
         let y = top + max_entries as i32 * step;
-        area.draw(&Text::new(format!("… {} more", chart.lines.len() - max_entries), (32, y - 8), (FONT, 15).into_font()))?;
+        area.draw(&Text::new(format!("… {} more", entries.len() - max_entries), (32, y - 7), (FONT, 13).into_font()))?;
     }
     Ok(())
 }
