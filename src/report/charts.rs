@@ -2,7 +2,7 @@
 //! stages, the reward–KL frontier and (with a gold oracle) gold and proxy score against √KL.
 
 use super::load::Run;
-use super::plots::{Chart, Line};
+use super::plots::{Chart, Line, MIN_POINTS_TO_SMOOTH};
 
 /// Curves worth a chart, in the order they are shown.
 const CURVES: &[&str] = &[
@@ -66,9 +66,8 @@ pub fn stage_charts(runs: &[Run]) -> Vec<StageCharts> {
             if lines.is_empty() {
                 continue;
             }
-            // Evaluations are few: show each one as a point.
-            let sparse = lines.iter().all(|line| line.points.len() < 30);
-            let lines = lines.into_iter().map(|line| Line { markers: sparse, ..line }).collect();
+            // Too few points to smooth (evaluations, mostly): show each one as a point.
+            let lines = lines.into_iter().map(|line| Line { markers: line.points.len() < MIN_POINTS_TO_SMOOTH, ..line }).collect();
             charts.push(Chart {
                 stem: file_stem(&[&format!("{stage_index:02}"), &stage, metric]),
                 title: format!("{stage} · {metric}"),

@@ -21,8 +21,10 @@ th { background: #f4f4f6; }
 td.best { background: #e3f1e3; font-weight: 600; }
 .scroll { overflow-x: auto; }
 .charts { display: flex; flex-wrap: wrap; gap: 1rem; }
-figure { margin: 0; border: 1px solid #e4e4e8; padding: 0.4rem; background: #fff; }
-figure img { display: block; max-width: 100%; height: auto; }
+figure { margin: 0; border: 1px solid #e4e4e8; padding: 0.4rem; background: #fff; flex: 0 1 760px; min-width: 320px; }
+/* Two charts a row on a laptop screen, full size on a wide one. */
+@media (max-width: 1700px) { figure { flex-basis: 580px; } }
+figure img { display: block; width: 100%; height: auto; }
 figcaption { font-size: 0.85rem; color: #555; }
 .samples td { max-width: 28rem; }
 .completion { white-space: pre-wrap; }

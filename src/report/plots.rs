@@ -15,7 +15,7 @@ pub const HEIGHT: u32 = 420;
 const LEGEND_WIDTH: u32 = 225;
 const FONT: &str = "sans-serif";
 /// Fewer points than this are drawn as they are: an EMA over a handful of evaluations misleads.
-const MIN_POINTS_TO_SMOOTH: usize = 8;
+pub const MIN_POINTS_TO_SMOOTH: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlotError {
@@ -226,6 +226,10 @@ fn ranges(chart: &Chart) -> (std::ops::Range<f64>, std::ops::Range<f64>) {
 }
 
 fn axis_label(value: f64) -> String {
+    // A tick at zero computed as −8.7e-19 is zero.
+    if value.abs() < 1e-12 {
+        return "0".into();
+    }
     if value.abs() >= 1e5 || (value != 0.0 && value.abs() < 1e-3) {
         return format!("{value:.1e}");
     }
@@ -262,6 +266,7 @@ mod tests {
         assert_eq!(axis_label(0.125), "0.125");
         assert_eq!(axis_label(1.5), "1.5");
         assert_eq!(axis_label(-0.0), "0");
+        assert_eq!(axis_label(-8.7e-19), "0");
         assert_eq!(axis_label(2e-5), "2.0e-5");
     }
 }
