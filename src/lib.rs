@@ -10,6 +10,7 @@ pub mod config;
 pub mod data;
 pub mod label;
 pub mod model;
+pub mod report;
 pub mod rng;
 pub mod run;
 pub mod stages;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use rlhf_lab::commands::{generate, label, run, score, validate};
+use rlhf_lab::commands::{generate, label, report, run, score, validate};
 
 #[derive(Parser)]
 #[command(name = "rlhf", version, about = "RLHF experiments on libtorch: pretraining, SFT, reward modeling, PPO")]
@@ -24,6 +24,8 @@ enum Command {
     Score(score::ScoreArgs),
     /// Label pairs of responses in the browser; preferences go to SQLite.
     Label(label::LabelArgs),
+    /// Compare runs (or a sweep) in an HTML page with charts, and summary.md.
+    Report(report::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Score(args) => score::run(args),
         Command::Label(args) => label::run(args),
+        Command::Report(args) => report::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 
 pub mod generate;
 pub mod label;
+pub mod report;
 pub mod run;
 pub mod score;
 pub mod validate;

@@ -1,4 +1,5 @@
 //! `rlhf run EXP.toml [--set KEY=VALUE]... [--out DIR] [--only STAGE[,STAGE]] [--resume RUN_DIR]`.
+//! An experiment with a `[sweep]` runs all its variants; `--resume SWEEP_DIR` continues a sweep.
 
 use std::path::PathBuf;
 
@@ -7,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use crate::config;
 use crate::run::RunDir;
 use crate::stages::pipeline::{run_experiment, Selection};
+use crate::stages::sweep;
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -22,12 +24,20 @@ pub struct RunArgs {
     /// Run only these stages (comma-separated names).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
-    /// Continue a killed or partial run from its last saved state.
+    /// Continue a killed or partial run (or sweep) from its last saved state.
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<PathBuf>,
 }
 
 pub fn run(args: &RunArgs) -> Result<()> {
+    if let Some(dir) = args.resume.as_ref().filter(|dir| sweep::is_sweep(dir)) {
+        if !args.overrides.is_empty() || !args.only.is_empty() {
+            bail!("--set and --only cannot change a sweep that has started ({}); start a new sweep instead", dir.display());
+        }
+        sweep::resume(dir)?;
+        println!("{}", dir.display());
+        return Ok(());
+    }
     let (experiment, run) = match &args.resume {
         Some(run_dir) => {
             if !args.overrides.is_empty() {
@@ -40,6 +50,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
         None => {
             let path = args.experiment.as_ref().expect("clap requires EXPERIMENT without --resume");
             let experiment = config::load(path, &args.overrides)?;
+            if experiment.sweep.is_some() {
+                if !args.only.is_empty() {
+                    bail!("--only cannot be used with a [sweep] ({}): every variant runs all its stages", path.display());
+                }
+                let dir = sweep::start(path, &args.overrides, &experiment, &args.out)?;
+                println!("{}", dir.display());
+                return Ok(());
+            }
             let run = RunDir::create(&args.out, &experiment.name, &experiment.to_toml())?;
             (experiment, run)
         }

@@ -25,6 +25,12 @@ pub fn run(args: &ValidateArgs) -> Result<()> {
     } else {
         let stages: Vec<String> = experiment.stages.iter().map(|s| format!("{} ({})", s.name, s.kind)).collect();
         println!("{}: ok — experiment `{}`, stages: {}", args.experiment.display(), experiment.name, stages.join(" → "));
+        if let Some(sweep) = &experiment.sweep {
+            println!("sweep over {}: {} variants", sweep.keys.join(", "), sweep.variants.len());
+            for variant in &sweep.variants {
+                println!("  {}: --set {}", variant.name, variant.set_arguments().join(" --set "));
+            }
+        }
     }
     Ok(())
 }

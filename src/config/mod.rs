@@ -3,6 +3,7 @@
 
 mod overrides;
 mod schema;
+mod sweep;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -13,6 +14,7 @@ use toml::Spanned;
 
 pub use overrides::OverrideError;
 pub use schema::{Experiment, ModelConfig, StageConfig, TaskConfig, TaskKind, TokenizerConfig};
+pub use sweep::{Sweep, Variant};
 
 use crate::stages::{stage_kind, STAGE_KINDS};
 
@@ -28,6 +30,19 @@ pub enum ConfigError {
     Override(#[from] OverrideError),
     #[error("{path}, after applying --set {assignments}: {message}")]
     AfterOverrides { path: PathBuf, assignments: String, message: String },
+    #[error("{path}: [sweep] variant `{variant}` (--set {assignments}): {message}")]
+    Variant { path: PathBuf, variant: String, assignments: String, message: String },
+}
+
+impl ConfigError {
+    /// What is wrong, without the file and position (for errors re-reported elsewhere).
+    fn message(&self) -> String {
+        match self {
+            ConfigError::At { message, .. } => message.clone(),
+            ConfigError::Toml { source, .. } => source.message().to_string(),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// Where a stage gets its starting model from.
@@ -64,6 +79,35 @@ pub fn load(path: &Path, assignments: &[String]) -> Result<Experiment, ConfigErr
     })
 }
 
+/// The experiment of one variant of a sweep: the file with the user's `assignments`, then the
+/// variant's values and seed, without the `[sweep]` table.
+pub fn load_variant(path: &Path, assignments: &[String], variant: &Variant) -> Result<Experiment, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    let mut table: toml::Table =
+        toml::from_str(&text).map_err(|source| ConfigError::Toml { path: path.into(), source: Box::new(source) })?;
+    for assignment in assignments {
+        overrides::apply(&mut table, assignment)?;
+    }
+    variant_experiment(path, table, variant)
+}
+
+/// `table` (sweep and all) made into `variant`'s experiment.
+fn variant_experiment(path: &Path, mut table: toml::Table, variant: &Variant) -> Result<Experiment, ConfigError> {
+    let arguments = variant.set_arguments();
+    let failed = |message: String| ConfigError::Variant {
+        path: path.into(),
+        variant: variant.name.clone(),
+        assignments: arguments.join(" --set "),
+        message,
+    };
+    table.remove("sweep");
+    for assignment in &arguments {
+        overrides::apply(&mut table, assignment).map_err(|error| failed(error.to_string()))?;
+    }
+    let text = toml::to_string(&table).expect("a TOML table serialises");
+    parse(path, &text).map_err(|error| failed(error.message()))
+}
+
 impl Experiment {
     /// The fully resolved config (defaults filled in), as a run records it.
     pub fn to_toml(&self) -> String {
@@ -96,6 +140,8 @@ struct RawExperiment {
     models: BTreeMap<String, Spanned<ModelConfig>>,
     #[serde(default)]
     stages: Vec<Spanned<BTreeMap<Spanned<String>, Spanned<toml::Value>>>>,
+    #[serde(default)]
+    sweep: Option<Spanned<sweep::RawSweep>>,
 }
 
 fn parse(path: &Path, text: &str) -> Result<Experiment, ConfigError> {
@@ -175,6 +221,10 @@ fn parse(path: &Path, text: &str) -> Result<Experiment, ConfigError> {
         stages.push(StageConfig { name, kind, settings, resolved });
     }
 
+    let sweep = match &raw.sweep {
+        None => None,
+        Some(spanned) => Some(check_sweep(path, text, spanned, &at)?),
+    };
     Ok(Experiment {
         name: raw.name,
         seed: raw.seed,
@@ -183,7 +233,44 @@ fn parse(path: &Path, text: &str) -> Result<Experiment, ConfigError> {
         tokenizer: raw.tokenizer,
         models,
         stages,
+        sweep,
     })
+}
+
+/// Expands the `[sweep]` table and checks that every swept key takes each of its values (errors
+/// point at the key), then that every variant is a valid experiment.
+fn check_sweep(
+    path: &Path,
+    text: &str,
+    spanned: &Spanned<sweep::RawSweep>,
+    at: &impl Fn(Range<usize>, String) -> ConfigError,
+) -> Result<Sweep, ConfigError> {
+    let (sweep, key_spans) =
+        sweep::expand(spanned.get_ref()).map_err(|problem| at(problem.span.unwrap_or(spanned.span()), problem.message))?;
+    let table: toml::Table = toml::from_str(text).expect("already parsed once");
+    let mut checked: Vec<&(String, String)> = Vec::new();
+    for variant in &sweep.variants {
+        for assignment in &variant.assignments {
+            if checked.contains(&assignment) {
+                continue;
+            }
+            checked.push(assignment);
+            let alone = Variant { name: variant.name.clone(), assignments: vec![assignment.clone()], seed: None };
+            if let Err(error) = variant_experiment(path, table.clone(), &alone) {
+                let (key, value) = assignment;
+                let span = key_spans.iter().find(|(k, _)| k == key).map_or(spanned.span(), |(_, span)| span.clone());
+                let message = match error {
+                    ConfigError::Variant { message, .. } => message,
+                    other => other.to_string(),
+                };
+                return Err(at(span, format!("[sweep] `{key}` = {value}: {message}")));
+            }
+        }
+    }
+    for variant in &sweep.variants {
+        variant_experiment(path, table.clone(), variant)?;
+    }
+    Ok(sweep)
 }
 
 /// The key a schema error is about: `unknown field `x``, or the `in `x`` line toml's Display

@@ -20,6 +20,10 @@ pub struct Experiment {
     pub tokenizer: TokenizerConfig,
     pub models: BTreeMap<String, ModelConfig>,
     pub stages: Vec<StageConfig>,
+    /// The expanded `[sweep]` table: a sweep runs one experiment per variant, recorded
+    /// without it.
+    #[serde(skip)]
+    pub sweep: Option<super::Sweep>,
 }
 
 /// Which data the experiment trains on.

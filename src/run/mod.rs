@@ -4,6 +4,7 @@
 pub mod environment;
 pub mod log;
 pub mod metrics;
+pub mod sweep;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -39,20 +40,16 @@ impl RunDir {
     /// Creates `out/<experiment>/<run_id>/`, where run_id is the UTC start time (with a suffix
     /// if two runs start in the same second), and writes the resolved config into it.
     pub fn create(out: &Path, experiment: &str, resolved_config: &str) -> Result<RunDir, RunDirError> {
-        let parent = out.join(experiment);
-        std::fs::create_dir_all(&parent).map_err(|source| RunDirError::Write { path: parent.clone(), source })?;
-        let stamp = utc_timestamp();
-        let mut path = parent.join(&stamp);
-        let mut attempt = 1;
-        // create_dir (not _all) fails if the directory exists: the name is ours alone.
-        while let Err(error) = std::fs::create_dir(&path) {
-            if error.kind() != std::io::ErrorKind::AlreadyExists {
-                return Err(RunDirError::Write { path, source: error });
-            }
-            attempt += 1;
-            path = parent.join(format!("{stamp}-{attempt}"));
-        }
+        let path = create_unique_dir(&out.join(experiment), "")?;
         let run = RunDir { path };
+        run.write(CONFIG_FILE, resolved_config)?;
+        Ok(run)
+    }
+
+    /// Creates the run directory `path` itself (a sweep's variant); it must not exist yet.
+    pub fn create_at(path: &Path, resolved_config: &str) -> Result<RunDir, RunDirError> {
+        std::fs::create_dir(path).map_err(|source| RunDirError::Write { path: path.to_path_buf(), source })?;
+        let run = RunDir { path: path.to_path_buf() };
         run.write(CONFIG_FILE, resolved_config)?;
         Ok(run)
     }
@@ -93,6 +90,23 @@ impl RunDir {
         summary.insert(stage.to_string(), figures);
         self.write(SUMMARY_FILE, &serde_json::to_string_pretty(&summary).expect("JSON serialises"))
     }
+}
+
+/// Creates `parent/<prefix><UTC time>` (with a suffix if two start in the same second).
+pub fn create_unique_dir(parent: &Path, prefix: &str) -> Result<PathBuf, RunDirError> {
+    std::fs::create_dir_all(parent).map_err(|source| RunDirError::Write { path: parent.to_path_buf(), source })?;
+    let stamp = format!("{prefix}{}", utc_timestamp());
+    let mut path = parent.join(&stamp);
+    let mut attempt = 1;
+    // create_dir (not _all) fails if the directory exists: the name is ours alone.
+    while let Err(error) = std::fs::create_dir(&path) {
+        if error.kind() != std::io::ErrorKind::AlreadyExists {
+            return Err(RunDirError::Write { path, source: error });
+        }
+        attempt += 1;
+        path = parent.join(format!("{stamp}-{attempt}"));
+    }
+    Ok(path)
 }
 
 pub fn write_atomic(path: &Path, contents: &str) -> Result<(), RunDirError> {

@@ -5,6 +5,7 @@ pub mod lm;
 pub mod pipeline;
 pub mod ppo;
 pub mod reward;
+pub mod sweep;
 
 use std::fmt::Debug;
 use std::path::PathBuf;

@@ -1,0 +1,651 @@
+//! `rlhf report` on run directories written by the test: every chart the page references exists
+//! and decodes at the documented size, the config diff and the win rates match hand-computed
+//! numbers, damaged input becomes notes, the page loads in headless Chromium without errors;
+//! and `[sweep]` tables expand, validate, run, resume and report.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rlhf_lab::report::plots::{HEIGHT, WIDTH};
+use rlhf_lab::report::{self, Options, Report};
+use serde_json::{json, Value};
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures: run directories as `rlhf run` writes them.
+
+/// A run's config.toml: an SFT, a reward and a PPO stage, the PPO's β and the seed given.
+fn config(seed: u64, kl_coef: f64, extra_ppo: &str) -> String {
+    format!(
+        r#"name = "fixture"
+seed = {seed}
+
+[task]
+kind = "synthetic-reviews"
+
+[[stages]]
+name = "sft"
+kind = "sft"
+lr = 0.0005
+
+[[stages]]
+name = "rm"
+kind = "reward"
+init = "sft"
+
+[[stages]]
+name = "ppo"
+kind = "ppo"
+policy = "sft"
+kl_coef = {kl_coef}
+{extra_ppo}
+[stages.ppo.devices]
+policy = "cpu"
+"#
+    )
+}
+
+fn jsonl(lines: &[Value]) -> String {
+    lines.iter().map(|line| format!("{line}\n")).collect()
+}
+
+/// SFT metrics: 40 steps, evaluations every 10.
+fn sft_metrics(offset: f64) -> Vec<Value> {
+    (1..=40)
+        .map(|step| {
+            let loss = 2.0 / (1.0 + step as f64 / 10.0) + offset + 0.05 * ((step * 7 % 5) as f64 - 2.0);
+            let mut line = json!({"step": step, "train/loss": loss, "lr": 5e-4, "grad_norm": 1.0, "tokens_per_s": 1000.0});
+            if step % 10 == 0 {
+                line["eval/loss"] = json!(loss + 0.1);
+                line["eval/ppl"] = json!((loss + 0.1).exp());
+            }
+            line
+        })
+        .collect()
+}
+
+fn reward_metrics(accuracy: f64) -> Vec<Value> {
+    (1..=20)
+        .map(|step| {
+            let mut line = json!({"step": step, "train/loss": 0.7 - step as f64 * 0.01, "train/accuracy": 0.5 + step as f64 * 0.01});
+            if step % 10 == 0 {
+                line["eval/accuracy"] = json!(accuracy);
+                line["eval/gold_agreement"] = json!(accuracy + 0.05);
+            }
+            line
+        })
+        .collect()
+}
+
+/// PPO metrics: 20 iterations, evaluations every 5 (and at 0).
+fn ppo_metrics(kl_coef: f64, gain: f64) -> Vec<Value> {
+    (0..=20)
+        .map(|iteration| {
+            let t = iteration as f64;
+            let mut line = json!({"step": iteration});
+            if iteration > 0 {
+                line = json!({
+                    "step": iteration,
+                    "objective/scores": gain * t / 20.0,
+                    "objective/kl": t * 0.05,
+                    "objective/entropy": 2.0 - t * 0.02,
+                    "policy/clipfrac_avg": 0.1,
+                    "val/clipfrac_avg": 0.05,
+                    "kl_coef": kl_coef,
+                });
+            }
+            if iteration % 5 == 0 {
+                line["eval/rm_score"] = json!(gain * t / 20.0);
+                line["eval/gold_score"] = json!(1.0 + gain * t / 40.0);
+                line["eval/kl"] = json!(t * 0.06);
+            }
+            line
+        })
+        .collect()
+}
+
+/// Samples at the last evaluation: `(prompt, gold_score)` each.
+fn samples(step: u64, scored: &[(&str, f64)]) -> Vec<Value> {
+    scored
+        .iter()
+        .map(|(prompt, gold)| json!({"step": step, "prompt": prompt, "completion": format!(" answer to {prompt} worth {gold}"), "score": gold / 2.0, "kl": 0.1, "gold_score": gold}))
+        .collect()
+}
+
+struct RunFixture<'a> {
+    config: Option<String>,
+    /// `(stage, metrics.jsonl text, samples.jsonl text)`.
+    stages: Vec<(&'a str, String, Option<String>)>,
+    finished: Vec<&'a str>,
+}
+
+fn write_run(root: &Path, name: &str, fixture: &RunFixture) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    if let Some(config) = &fixture.config {
+        std::fs::write(dir.join("config.toml"), config).unwrap();
+    }
+    for (stage, metrics, samples) in &fixture.stages {
+        std::fs::create_dir_all(dir.join(stage)).unwrap();
+        std::fs::write(dir.join(stage).join("metrics.jsonl"), metrics).unwrap();
+        if let Some(samples) = samples {
+            std::fs::write(dir.join(stage).join("samples.jsonl"), samples).unwrap();
+        }
+    }
+    let summary: serde_json::Map<String, Value> = fixture.finished.iter().map(|s| (s.to_string(), json!({}))).collect();
+    std::fs::write(dir.join("summary.json"), Value::Object(summary).to_string()).unwrap();
+    dir
+}
+
+const PROMPTS: [&str; 4] = ["p1", "p2", "p3", "p4"];
+
+/// Baseline gold scores 1, 2, 3, 4 on p1–p4; the other run 2, 2, 1, 5: wins on p1 and p4, a tie
+/// on p2, a loss on p3 → (2 + ½) / 4 = 62.5 %.
+fn two_complete_runs(root: &Path) -> (PathBuf, PathBuf) {
+    let full = |seed, kl_coef, extra: &str, sft_offset, accuracy, gain, gold: [f64; 4]| RunFixture {
+        config: Some(config(seed, kl_coef, extra)),
+        stages: vec![
+            ("sft", jsonl(&sft_metrics(sft_offset)), None),
+            ("rm", jsonl(&reward_metrics(accuracy)), None),
+            ("ppo", jsonl(&ppo_metrics(kl_coef, gain)), Some(jsonl(&samples(20, &PROMPTS.iter().copied().zip(gold).collect::<Vec<_>>())))),
+        ],
+        finished: vec!["sft", "rm", "ppo"],
+    };
+    let baseline = write_run(root, "beta-0.1", &full(1, 0.1, "", 0.0, 0.70, 1.0, [1.0, 2.0, 3.0, 4.0]));
+    let other = write_run(root, "beta-0.05", &full(2, 0.05, "adaptive_kl = true", 0.1, 0.75, 1.5, [2.0, 2.0, 1.0, 5.0]));
+    (baseline, other)
+}
+
+fn write_report(inputs: &[PathBuf], out: &Path) -> Report {
+    report::write(inputs, out, &Options::default()).unwrap()
+}
+
+fn cells(row: &[rlhf_lab::report::table::Cell]) -> Vec<&str> {
+    row.iter().map(|c| c.text.as_str()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files and images.
+
+/// Every `src="…"` and `href="…"` of the page.
+fn references(html: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for attribute in ["src=\"", "href=\""] {
+        let mut rest = html;
+        while let Some(start) = rest.find(attribute) {
+            rest = &rest[start + attribute.len()..];
+            let end = rest.find('"').unwrap();
+            found.push(rest[..end].to_string());
+            rest = &rest[end..];
+        }
+    }
+    found
+}
+
+fn png_size(path: &Path) -> (u32, u32) {
+    let decoder = png::Decoder::new(std::fs::File::open(path).unwrap());
+    let mut reader = decoder.read_info().unwrap_or_else(|e| panic!("{} is not a PNG: {e}", path.display()));
+    let mut pixels = vec![0; reader.output_buffer_size()];
+    let frame = reader.next_frame(&mut pixels).unwrap_or_else(|e| panic!("{} does not decode: {e}", path.display()));
+    // Not a blank image: a chart has both white background and dark ink.
+    let bytes = &pixels[..frame.buffer_size()];
+    assert!(bytes.iter().any(|&b| b < 80) && bytes.contains(&255), "{} looks blank", path.display());
+    (frame.width, frame.height)
+}
+
+fn svg_size(path: &Path) -> (u32, u32) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let document = roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("{} is not XML: {e}", path.display()));
+    let root = document.root_element();
+    assert_eq!(root.tag_name().name(), "svg");
+    assert!(root.descendants().any(|n| n.tag_name().name() == "polyline" || n.tag_name().name() == "path"), "{} draws no line", path.display());
+    let number = |name: &str| root.attribute(name).unwrap().parse::<u32>().unwrap();
+    (number("width"), number("height"))
+}
+
+#[test]
+fn every_image_the_page_references_exists_at_the_documented_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_complete_runs(dir.path());
+    let out = dir.path().join("report");
+    let (ok, stdout, stderr) = common::rlhf(&["report", a.to_str().unwrap(), b.to_str().unwrap(), "-o", out.to_str().unwrap()], dir.path());
+    assert!(ok, "rlhf report failed:\n{stderr}");
+    assert_eq!(stdout.trim(), out.join("index.html").to_str().unwrap());
+
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    let references = references(&html);
+    let (mut pngs, mut svgs) = (0, 0);
+    for reference in &references {
+        assert!(!reference.contains("://") && !reference.starts_with("//"), "the page must work offline: {reference}");
+        let path = out.join(reference);
+        assert!(path.is_file(), "the page references {reference}, which does not exist");
+        if reference.ends_with(".png") {
+            assert_eq!(png_size(&path), (WIDTH, HEIGHT), "{reference}");
+            pngs += 1;
+        } else if reference.ends_with(".svg") {
+            assert_eq!(svg_size(&path), (WIDTH, HEIGHT), "{reference}");
+            svgs += 1;
+        }
+    }
+    assert_eq!((WIDTH, HEIGHT), (760, 420));
+    // sft: train/eval loss, ppl (3); rm: train loss/accuracy, eval accuracy/gold agreement (4);
+    // ppo: 9 curves, the frontier and gold/proxy against √KL (11).
+    assert_eq!((pngs, svgs), (18, 18), "{references:?}");
+    for title in ["ppo · reward–KL frontier", "ppo · gold and proxy score against √KL", "sft · eval/ppl", "ppo · kl_coef"] {
+        assert!(html.contains(title), "no chart `{title}`");
+    }
+    assert!(!html.contains("<script"), "the page needs no script");
+
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    for needle in ["## Final figures", "## Win rate against the baseline", "## Config differences", "| stages.ppo.kl_coef | 0.1 | 0.05 |", "62.5 %"] {
+        assert!(summary.contains(needle), "summary.md lacks `{needle}`:\n{summary}");
+    }
+    for needle in ["Final figures", "Win rate against the baseline", "Config differences", "<td>stages.ppo.kl_coef</td><td>0.1</td><td>0.05</td>", "62.5 %"] {
+        assert!(html.contains(needle), "index.html lacks `{needle}`");
+    }
+}
+
+#[test]
+fn final_figures_mark_the_best_of_each_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_complete_runs(dir.path());
+    let report = write_report(&[a, b], &dir.path().join("out"));
+    let headers = &report.figures.headers;
+    let column = |name: &str| headers.iter().position(|h| h == name).unwrap_or_else(|| panic!("no column {name} in {headers:?}"));
+    let best = |name: &str| report.figures.rows.iter().position(|row| row[column(name)].best);
+    // sft: the baseline's loss is lower (offset 0 vs 0.1); rm: the other's accuracy is higher;
+    // ppo: the other gains more gold; KL has no "best".
+    assert_eq!(best("sft eval/loss"), Some(0));
+    assert_eq!(best("rm eval/accuracy"), Some(1));
+    assert_eq!(best("ppo eval/gold_score"), Some(1));
+    assert_eq!(best("ppo eval/kl"), None);
+    assert_eq!(report.figures.rows[1][column("ppo eval/gold_score")].text, "1.750"); // 1 + 1.5 · 20/40
+    assert_eq!(report.figures.rows[0][column("rm eval/accuracy")].text, "0.7000");
+    assert!(report.verdict[0].starts_with("Best by ppo eval/gold_score: beta-0.05 (1.750)"), "{:?}", report.verdict);
+}
+
+#[test]
+fn config_diff_shows_only_the_keys_that_differ() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_complete_runs(dir.path());
+    let report = write_report(&[a, b], &dir.path().join("out"));
+    let diff = report.config_diff.expect("two runs with configs");
+    assert_eq!(diff.headers, ["key", "beta-0.1", "beta-0.05"]);
+    let rows: Vec<Vec<&str>> = diff.rows.iter().map(|row| cells(row)).collect();
+    assert_eq!(
+        rows,
+        [vec!["seed", "1", "2"], vec!["stages.ppo.adaptive_kl", "—", "true"], vec!["stages.ppo.kl_coef", "0.1", "0.05"]]
+    );
+}
+
+#[test]
+fn win_rate_against_the_baseline_is_judged_by_gold_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_complete_runs(dir.path());
+    // A third run evaluated on other prompts: compared all against all with the baseline's
+    // 1, 2, 3, 4: gold 3 wins twice and ties once (2.5 of 4), gold 0 never: 2.5 / 8.
+    let other_prompts = RunFixture {
+        config: Some(config(3, 0.2, "")),
+        stages: vec![("ppo", jsonl(&ppo_metrics(0.2, 0.5)), Some(jsonl(&samples(20, &[("q1", 3.0), ("q2", 0.0)]))))],
+        finished: vec!["ppo"],
+    };
+    let c = write_run(dir.path(), "elsewhere", &other_prompts);
+    let report = write_report(&[a.clone(), b.clone(), c.clone()], &dir.path().join("out"));
+    let (win_rates, table) = report.win_rates.expect("samples carry gold scores");
+    assert_eq!((win_rates.stage.as_str(), win_rates.judge.as_str(), win_rates.baseline.as_str()), ("ppo", "gold oracle", "beta-0.1"));
+    assert!(win_rates.results[0].1.is_none(), "the baseline is not compared with itself");
+
+    let paired = win_rates.results[1].1.as_ref().unwrap();
+    assert!(paired.paired);
+    assert_eq!((paired.wins, paired.ties, paired.losses, paired.rate), (2.0, 1.0, 1.0, 0.625));
+    // Resampled outcomes of {1, ½, 0, 1}: rates are multiples of 1/8.
+    assert!(paired.low <= 0.625 && 0.625 <= paired.high && paired.low >= 0.0 && paired.high <= 1.0, "{paired:?}");
+    assert!(paired.low < paired.high, "a mixed record has a real interval: {paired:?}");
+    for bound in [paired.low, paired.high] {
+        assert_eq!((bound * 8.0).fract(), 0.0, "{bound}");
+    }
+
+    let unpaired = win_rates.results[2].1.as_ref().unwrap();
+    assert!(!unpaired.paired);
+    assert_eq!((unpaired.wins, unpaired.ties, unpaired.losses, unpaired.rate), (2.0, 1.0, 5.0, 0.3125));
+    assert_eq!(unpaired.sizes, (2, 4));
+
+    assert_eq!(cells(&table.rows[1])[..2], ["beta-0.05", "62.5 %"]);
+    assert_eq!(cells(&table.rows[2])[..2], ["elsewhere", "31.2 %"]); // 31.25 rounds half to even
+    assert!(table.rows[1][1].best && !table.rows[2][1].best);
+
+    // The same seed gives the same interval; another seed may not, but stays around the rate.
+    let again = write_report(&[a.clone(), b.clone(), c.clone()], &dir.path().join("again")).win_rates.unwrap().0;
+    assert_eq!(again.results[1].1, win_rates.results[1].1);
+    let options = Options { baseline: Some("beta-0.05".into()), ..Options::default() };
+    let swapped = report::write(&[a, b, c], &dir.path().join("swapped"), &options).unwrap().win_rates.unwrap().0;
+    assert_eq!(swapped.baseline, "beta-0.05");
+    assert_eq!(swapped.results[0].1.as_ref().unwrap().rate, 0.375, "the baseline's view: 1 − 0.625");
+
+    // The side-by-side view shows each prompt with both runs' answers.
+    let samples = report.samples.expect("shared prompts");
+    assert_eq!(samples.rows.len(), 4);
+    assert_eq!(samples.rows[0].prompt, "p1");
+    assert_eq!(samples.rows[0].cells[1].as_ref().unwrap().1, "gold 2.000 · rm 1.000");
+    assert!(samples.rows[0].cells[2].is_none(), "the third run never saw p1");
+}
+
+#[test]
+fn a_reward_model_given_with_judge_scores_the_samples_instead_of_gold() {
+    use rlhf_lab::model::reward::RewardModel;
+    use rlhf_lab::model::{LanguageModel, Precision};
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_complete_runs(dir.path());
+    // A reward stage's directory holding an (untrained, seeded) reward checkpoint.
+    let checkpoint = dir.path().join("rm-stage/checkpoint");
+    tch::manual_seed(3);
+    LanguageModel::fresh(&common::tiny_config(300, 48, 32, 2, 2), common::tiny_tokenizer(300), tch::Device::Cpu, Precision::Fp32).save(&checkpoint).unwrap();
+    let judge = RewardModel::load(&checkpoint, tch::Device::Cpu, Precision::Fp32, true).unwrap();
+    judge.save(&checkpoint).unwrap();
+
+    // What the judge thinks of each run's answer to p1–p4, and the paired win rate that follows.
+    let answers = |gold: [f64; 4]| -> Vec<f64> {
+        let texts: Vec<(String, String)> = PROMPTS.iter().zip(gold).map(|(p, g)| (p.to_string(), format!(" answer to {p} worth {g}"))).collect();
+        let refs: Vec<(&str, &str)> = texts.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
+        judge.score_texts(&refs, 4).unwrap()
+    };
+    let (baseline, other) = (answers([1.0, 2.0, 3.0, 4.0]), answers([2.0, 2.0, 1.0, 5.0]));
+    let expected: f64 = other.iter().zip(&baseline).map(|(o, b)| if o > b { 1.0 } else if o == b { 0.5 } else { 0.0 }).sum::<f64>() / 4.0;
+
+    let options = Options { judge: Some(dir.path().join("rm-stage")), ..Options::default() };
+    let report = report::write(&[a, b], &dir.path().join("out"), &options).unwrap();
+    let (win_rates, _) = report.win_rates.unwrap();
+    assert_eq!(win_rates.judge, format!("reward model {}", checkpoint.display()));
+    let result = win_rates.results[1].1.as_ref().unwrap();
+    assert!(result.paired);
+    assert_eq!(result.rate, expected);
+}
+
+#[test]
+fn damaged_and_partial_runs_become_notes_not_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = two_complete_runs(dir.path());
+    // Killed during PPO: a truncated last line, a null (diverged) value, no summary entry; the
+    // config lists an `rm` stage that never ran.
+    let mut ppo = jsonl(&ppo_metrics(0.1, 1.0)[..12]);
+    ppo.push_str("{\"step\": 12, \"objective/kl\": null, \"objective/scores\": 0.5}\n{\"step\": 13, \"objective/sc");
+    let killed = write_run(
+        dir.path(),
+        "killed",
+        &RunFixture { config: Some(config(1, 0.1, "")), stages: vec![("sft", jsonl(&sft_metrics(0.0)), None), ("ppo", ppo, None)], finished: vec!["sft"] },
+    );
+    // No config.toml and only an LM stage with its own metric set.
+    let bare = write_run(
+        dir.path(),
+        "bare",
+        &RunFixture { config: None, stages: vec![("pretrain", jsonl(&[json!({"step": 1, "train/loss": 3.0}), json!({"step": 2, "eval/loss": 2.5})]), None)], finished: vec![] },
+    );
+    let out = dir.path().join("out");
+    let report = write_report(&[a, killed, bare], &out);
+    let notes: Vec<String> = report.notes.iter().map(|n| format!("{}: {}", n.run, n.message)).collect();
+    let has = |run: &str, text: &str| notes.iter().any(|n| n.starts_with(run) && n.contains(text));
+    assert!(has("killed", "the last line (line 14) is truncated"), "{notes:#?}");
+    assert!(has("killed", "null (non-finite) values left out of plots: objective/kl ×1"), "{notes:#?}");
+    assert!(has("bare", "no judgeable samples in stage `ppo`"), "{notes:#?}");
+    assert!(has("killed", "stage `rm` has no metrics.jsonl"), "{notes:#?}");
+    assert!(has("killed", "stage `ppo` is not finished"), "{notes:#?}");
+    assert!(has("bare", "no readable config.toml"), "{notes:#?}");
+
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    assert!(html.contains("Notes on the input") && html.contains("is truncated"));
+    // The killed run's PPO figures are its last values: eval at iteration 10.
+    let column = report.figures.headers.iter().position(|h| h == "ppo eval/gold_score").unwrap();
+    assert_eq!(report.figures.rows[1][column].text, "1.250");
+    assert_eq!(report.figures.rows[2][column].text, "—");
+    // The config diff leaves out the run without a config.
+    assert_eq!(report.config_diff.unwrap().headers, ["key", "beta-0.1", "killed"]);
+}
+
+#[test]
+fn missing_or_wrong_inputs_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = two_complete_runs(dir.path());
+    let out = dir.path().join("out");
+    let report = |args: &[&str]| common::rlhf(&[&["report"], args, &["-o", out.to_str().unwrap()]].concat(), dir.path());
+
+    let (ok, _, stderr) = report(&[a.to_str().unwrap(), "results/no-such-run"]);
+    assert!(!ok);
+    assert!(stderr.contains("error: `results/no-such-run` does not exist"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    std::fs::create_dir(dir.path().join("empty")).unwrap();
+    let (ok, _, stderr) = report(&["empty"]);
+    assert!(!ok && stderr.contains("`empty` is not a run directory"), "{stderr}");
+
+    let (ok, _, stderr) = report(&[a.to_str().unwrap(), "--baseline", "nobody"]);
+    assert!(!ok && stderr.contains("--baseline `nobody` is none of the runs (runs: beta-0.1)"), "{stderr}");
+
+    let (ok, _, stderr) = report(&[a.to_str().unwrap(), "--judge", "no-rm"]);
+    assert!(!ok && stderr.contains("--judge `no-rm`: no such directory"), "{stderr}");
+    assert!(!out.join("index.html").exists(), "no report after an error");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The page in a real browser.
+
+fn browser_dir() -> PathBuf {
+    common::repo_root().join("tests/browser")
+}
+
+#[test]
+fn the_page_loads_in_headless_chromium_without_errors() {
+    assert!(
+        browser_dir().join("node_modules/playwright-core").is_dir(),
+        "playwright-core is not installed: run `scripts/setup --test` (npm ci in tests/browser)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_complete_runs(dir.path());
+    let out = dir.path().join("report");
+    write_report(&[a, b], &out);
+    let screenshot = dir.path().join("screenshot.png");
+
+    let mut node = Command::new("node")
+        .arg("report.e2e.mjs")
+        .current_dir(browser_dir())
+        .env("REPORT_FILE", out.join("index.html"))
+        .env("SCREENSHOT", &screenshot)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while node.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            node.kill().unwrap();
+            panic!("the browser test ran over 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = node.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "report.e2e.mjs failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let result: Value = serde_json::from_str(stdout.lines().last().expect("a result line")).unwrap();
+    assert_eq!(result["errors"], json!([]), "console errors, page errors or failed requests");
+    assert_eq!(result["images"], 18);
+    assert_eq!(result["broken"], json!([]), "images that did not load");
+    assert_eq!(result["title"], "rlhf report: beta-0.1 vs beta-0.05");
+    let (width, height) = png_size(&screenshot);
+    assert_eq!(width, 1280);
+    assert!(height > 2000, "a full-page screenshot of all charts, got {height} px");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sweeps.
+
+const TINY: &str = r#"name = "tiny-sweep"
+seed = 5
+threads = 1
+
+[task]
+kind = "synthetic-reviews"
+corpus_size = 200
+demonstrations_size = 100
+prompts_size = 10
+eval_fraction = 0.1
+
+[tokenizer]
+vocab_size = 300
+
+[models.base]
+n_layer = 1
+n_head = 2
+n_embd = 16
+n_ctx = 48
+device = "cpu"
+
+[[stages]]
+name = "pretrain"
+kind = "lm"
+model = "base"
+steps = 4
+batch_size = 2
+seq_len = 32
+eval_every = 2
+eval_batches = 1
+samples = 1
+device = "cpu"
+"#;
+
+fn write_experiment(dir: &Path, sweep: &str) -> PathBuf {
+    let path = dir.join("sweep.toml");
+    std::fs::write(&path, format!("{TINY}\n{sweep}")).unwrap();
+    path
+}
+
+fn validate(dir: &Path, sweep: &str) -> (bool, String, String) {
+    let path = write_experiment(dir, sweep);
+    common::rlhf(&["validate", path.to_str().unwrap()], dir)
+}
+
+fn variant_lines(stdout: &str) -> Vec<String> {
+    stdout.lines().filter(|line| line.starts_with("  ")).map(|line| line.trim().to_string()).collect()
+}
+
+#[test]
+fn a_grid_sweep_crosses_nested_keys_and_seeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, stdout, stderr) = validate(
+        dir.path(),
+        r#"[sweep]
+seeds = [1, 2]
+[sweep.parameters]
+"stages.pretrain.lr" = [0.001, 0.002]
+"models.base.n_layer" = [1, 2]
+"#,
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("sweep over models.base.n_layer, stages.pretrain.lr: 8 variants"), "{stdout}");
+    let variants = variant_lines(&stdout);
+    assert_eq!(variants.len(), 8);
+    assert_eq!(variants[0], "01_n_layer=1_lr=0.001_seed=1: --set models.base.n_layer=1 --set stages.pretrain.lr=0.001 --set seed=1");
+    assert_eq!(variants[7], "08_n_layer=2_lr=0.002_seed=2: --set models.base.n_layer=2 --set stages.pretrain.lr=0.002 --set seed=2");
+}
+
+#[test]
+fn a_random_sweep_is_reproducible_from_its_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = |seed: u64| {
+        format!(
+            "[sweep]\nmethod = \"random\"\ncount = 4\nseed = {seed}\n[sweep.parameters]\n\"stages.pretrain.lr\" = {{ min = 1e-4, max = 1e-2, log = true }}\n\"stages.pretrain.batch_size\" = [2, 3, 4]\n"
+        )
+    };
+    let draw = |seed| {
+        let (ok, stdout, stderr) = validate(dir.path(), &sweep(seed));
+        assert!(ok, "{stderr}");
+        variant_lines(&stdout)
+    };
+    let first = draw(11);
+    assert_eq!(first.len(), 4);
+    assert_eq!(first, draw(11), "the same seed draws the same variants");
+    assert_ne!(first, draw(12), "another seed draws others");
+    for line in &first {
+        let lr: f64 = line.split("stages.pretrain.lr=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+        assert!((1e-4..=1e-2).contains(&lr), "{line}");
+    }
+}
+
+#[test]
+fn invalid_sweep_keys_are_errors_at_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    // The sweep table starts two lines after TINY (a blank line between); its first
+    // parameter is two lines further down.
+    let sweep_line = TINY.lines().count() + 2;
+    let key_at = format!("sweep.toml:{}:1", sweep_line + 2);
+    let unknown_at = format!("at line {}, column 1", sweep_line + 1);
+    let cases: [(&str, &[&str]); 4] = [
+        ("[sweep]\n[sweep.parameters]\n\"stages.pretrain.lrr\" = [0.1]\n", &[&key_at, "[sweep] `stages.pretrain.lrr` = 0.1", "unknown field `lrr`"]),
+        ("[sweep]\n[sweep.parameters]\n\"stages.ppo.kl_coef\" = [0.1]\n", &[&key_at, "no stage named `ppo` (stages: pretrain)"]),
+        ("[sweep]\n[sweep.parameters]\n\"stages.pretrain.lr\" = [\"fast\"]\n", &[&key_at, "`lr`: invalid type: string \"fast\", expected f64"]),
+        ("[sweep]\nmethods = \"grid\"\n", &[&unknown_at, "unknown field `methods`"]),
+    ];
+    for (sweep, needles) in cases {
+        let (ok, _, stderr) = validate(dir.path(), sweep);
+        assert!(!ok, "{sweep} should fail");
+        for needle in needles {
+            assert!(stderr.contains(needle), "`{needle}` not in:\n{stderr}");
+        }
+    }
+}
+
+#[test]
+fn a_sweep_runs_every_variant_resumes_and_reports_mean_and_std() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_experiment(
+        dir.path(),
+        "[sweep]\nseeds = [1, 2]\n[sweep.parameters]\n\"stages.pretrain.lr\" = [0.001, 0.01]\n",
+    );
+    let (ok, stdout, stderr) = common::rlhf(&["run", path.to_str().unwrap(), "--out", "results"], dir.path());
+    assert!(ok, "sweep failed:\n{stderr}");
+    let sweep_dir = dir.path().join(stdout.trim());
+    assert!(sweep_dir.starts_with(dir.path().join("results/tiny-sweep")), "{}", sweep_dir.display());
+    let record: Value = serde_json::from_str(&std::fs::read_to_string(sweep_dir.join("sweep.json")).unwrap()).unwrap();
+    let names: Vec<&str> = record["variants"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["01_lr=0.001_seed=1", "02_lr=0.001_seed=2", "03_lr=0.01_seed=1", "04_lr=0.01_seed=2"]);
+    for name in &names {
+        let config = std::fs::read_to_string(sweep_dir.join(name).join("config.toml")).unwrap();
+        assert!(!config.contains("[sweep"), "a variant's config is a plain experiment");
+        assert!(sweep_dir.join(name).join("pretrain/checkpoint/model.safetensors").is_file(), "{name} ran");
+    }
+    let seeded = |name: &str| std::fs::read_to_string(sweep_dir.join(name).join("config.toml")).unwrap().parse::<toml::Table>().unwrap();
+    assert_eq!(seeded(names[1])["seed"].as_integer(), Some(2));
+    assert_eq!(seeded(names[2])["stages"][0]["lr"].as_float(), Some(0.01));
+
+    // Kill-like damage: variant 3 never finished, variant 4 never started.
+    let untouched = std::fs::read_to_string(sweep_dir.join(names[0]).join("pretrain/metrics.jsonl")).unwrap();
+    std::fs::remove_file(sweep_dir.join(names[2]).join("summary.json")).unwrap();
+    std::fs::remove_dir_all(sweep_dir.join(names[3])).unwrap();
+    let (ok, _, stderr) = common::rlhf(&["run", "--resume", sweep_dir.to_str().unwrap()], dir.path());
+    assert!(ok, "resume failed:\n{stderr}");
+    assert_eq!(stderr.matches("already finished, skipped").count(), 2, "{stderr}");
+    assert!(sweep_dir.join(names[3]).join("summary.json").is_file() && sweep_dir.join(names[2]).join("summary.json").is_file());
+    assert_eq!(std::fs::read_to_string(sweep_dir.join(names[0]).join("pretrain/metrics.jsonl")).unwrap(), untouched);
+
+    let out = dir.path().join("report");
+    let report = write_report(std::slice::from_ref(&sweep_dir), &out);
+    let sweep = report.sweep.expect("a sweep table");
+    assert_eq!(sweep.headers[..2], ["stages.pretrain.lr".to_string(), "seeds".to_string()]);
+    assert_eq!(sweep.rows.len(), 2);
+    assert_eq!(cells(&sweep.rows[0])[..2], ["0.001", "1, 2"]);
+    assert_eq!(cells(&sweep.rows[1])[..2], ["0.01", "1, 2"]);
+    // mean ± std of the two seeds' final eval loss, recomputed here from the runs' files.
+    let loss_column = sweep.headers.iter().position(|h| h == "pretrain eval/loss (mean ± std)").unwrap();
+    let last_eval_loss = |name: &str| -> f64 {
+        let text = std::fs::read_to_string(sweep_dir.join(name).join("pretrain/metrics.jsonl")).unwrap();
+        text.lines().filter_map(|l| serde_json::from_str::<Value>(l).unwrap()["eval/loss"].as_f64()).next_back().unwrap()
+    };
+    let (x, y) = (last_eval_loss(names[0]), last_eval_loss(names[1]));
+    let (mean, std) = ((x + y) / 2.0, (x - y).abs() / 2f64.sqrt());
+    let expected = format!("{} ± {}", rlhf_lab::report::table::format_number(mean), rlhf_lab::report::table::format_number(std));
+    assert_eq!(sweep.rows[0][loss_column].text, expected);
+    assert!(std::fs::read_to_string(out.join("summary.md")).unwrap().contains("## Sweep: mean ± std over seeds"));
+    let best_row = sweep.rows.iter().find(|row| row[loss_column].best).expect("one setting has the lower mean loss");
+    let line = format!("Best setting by mean pretrain eval/loss: stages.pretrain.lr = {} ({} over seeds 1, 2).", best_row[0].text, best_row[loss_column].text);
+    assert!(report.verdict.contains(&line), "{line} not in {:?}", report.verdict);
+}
