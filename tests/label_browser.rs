@@ -1,12 +1,12 @@
 //! The labeling page in headless Chromium (tests/browser/label.e2e.mjs, playwright-core): sign
 //! in, label with the keyboard, undo, reload; then the database is checked here.
 
+mod common;
 mod label_support;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::ffi::OsStr;
+use std::time::Duration;
 
 use label_support::*;
 use serde_json::{json, Value};
@@ -15,14 +15,10 @@ const MARKUP_PROMPT: &str = "Review <b>this</b> & \"that\" — it's <script>docu
 const MARKUP_A: &str = "'; DROP TABLE labels; --\n\t<img src=x onerror=\"alert(1)\"> 🚀";
 const MARKUP_B: &str = "&lt;escaped&gt; &amp; <i>italic?</i>\nline two  with  spaces";
 
-fn browser_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
-
 #[test]
 fn an_annotator_labels_with_the_keyboard_in_a_real_browser() {
     assert!(
-        browser_dir().join("node_modules/playwright-core").is_dir(),
+        common::browser_dir().join("node_modules/playwright-core").is_dir(),
         "playwright-core is not installed: run `scripts/setup --test` (npm ci in tests/browser)"
     );
     let dir = tempfile::tempdir().unwrap();
@@ -32,24 +28,9 @@ fn an_annotator_labels_with_the_keyboard_in_a_real_browser() {
     let token = add_annotator(&db, "alice");
     let server = Server::start(&db, &[]);
 
-    let mut node = Command::new("node")
-        .arg("label.e2e.mjs")
-        .current_dir(browser_dir())
-        .env("LABEL_URL", &server.url)
-        .env("LABEL_TOKEN", &token)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("node runs");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while node.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            node.kill().unwrap();
-            panic!("the browser test ran over 120 s; server log:\n{}", server.log());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let output = node.wait_with_output().unwrap();
+    let envs = [("LABEL_URL", OsStr::new(&server.url)), ("LABEL_TOKEN", OsStr::new(&token))];
+    let output = common::run_browser_script("label.e2e.mjs", &envs, Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("the browser test ran over 120 s; server log:\n{}", server.log()));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

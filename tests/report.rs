@@ -6,8 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rlhf_lab::report::plots::{HEIGHT, WIDTH};
 use rlhf_lab::report::{self, Options, Report};
@@ -430,14 +429,10 @@ fn missing_or_wrong_inputs_are_clear_errors() {
 // ---------------------------------------------------------------------------------------------
 // The page in a real browser.
 
-fn browser_dir() -> PathBuf {
-    common::repo_root().join("tests/browser")
-}
-
 #[test]
 fn the_page_loads_in_headless_chromium_without_errors() {
     assert!(
-        browser_dir().join("node_modules/playwright-core").is_dir(),
+        common::browser_dir().join("node_modules/playwright-core").is_dir(),
         "playwright-core is not installed: run `scripts/setup --test` (npm ci in tests/browser)"
     );
     let dir = tempfile::tempdir().unwrap();
@@ -446,24 +441,9 @@ fn the_page_loads_in_headless_chromium_without_errors() {
     write_report(&[a, b], &out);
     let screenshot = dir.path().join("screenshot.png");
 
-    let mut node = Command::new("node")
-        .arg("report.e2e.mjs")
-        .current_dir(browser_dir())
-        .env("REPORT_FILE", out.join("index.html"))
-        .env("SCREENSHOT", &screenshot)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("node runs");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while node.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            node.kill().unwrap();
-            panic!("the browser test ran over 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let output = node.wait_with_output().unwrap();
+    let index = out.join("index.html");
+    let envs = [("REPORT_FILE", index.as_os_str()), ("SCREENSHOT", screenshot.as_os_str())];
+    let output = common::run_browser_script("report.e2e.mjs", &envs, Duration::from_secs(120)).expect("the browser test ran over 120 s");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "report.e2e.mjs failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let result: Value = serde_json::from_str(stdout.lines().last().expect("a result line")).unwrap();

@@ -1,8 +1,10 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)] // each test binary uses its own subset
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use rlhf_lab::data::tokenizer::TextTokenizer;
 use rlhf_lab::model::Gpt2Config;
@@ -68,4 +70,31 @@ pub fn rlhf(args: &[&str], cwd: &Path) -> (bool, String, String) {
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// Where the browser tests' Node package (playwright-core) lives.
+pub fn browser_dir() -> PathBuf {
+    repo_root().join("tests/browser")
+}
+
+/// Runs a playwright-core script of `tests/browser` with Node and these environment variables,
+/// killing it after `timeout`. `None` when it ran over time.
+pub fn run_browser_script(script: &str, envs: &[(&str, &OsStr)], timeout: Duration) -> Option<Output> {
+    let mut node = Command::new("node")
+        .arg(script)
+        .current_dir(browser_dir())
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    let deadline = Instant::now() + timeout;
+    while node.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            node.kill().unwrap();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(node.wait_with_output().unwrap())
 }
