@@ -37,7 +37,7 @@ pub fn start(source: &Path, overrides: &[String], experiment: &Experiment, out: 
 
 /// Continues the sweep in `dir`.
 pub fn resume(dir: &Path) -> Result<(), SweepError> {
-    if !dir.join(SWEEP_FILE).is_file() {
+    if !is_sweep(dir) {
         return Err(SweepError::NotASweep { path: dir.to_path_buf() });
     }
     let record = SweepRecord::read(dir)?;
