@@ -1,6 +1,6 @@
 //! Reward modeling: the head reads the last real token under both paddings, and a tiny reward
 //! model learns a planted rule ("the response containing `excellent` wins") to ≥ 95 % held-out
-//! accuracy with a fixed seed.
+//! accuracy with a fixed seed; the stage's held-out scores file reproduces its figures.
 
 mod common;
 
@@ -138,4 +138,77 @@ fn score_command_names_the_bad_line_and_field() {
     std::fs::write(dir.path().join("good.jsonl"), "{\"prompt\": \"p\", \"response\": \"r\"}\n").unwrap();
     let (ok, _, stderr) = common::rlhf(&["score", "--model", "missing", "--input", "good.jsonl", "--device", "cpu"], dir.path());
     assert!(!ok && stderr.contains("missing"), "{stderr}");
+}
+
+const SFT_AND_RM: &str = r#"name = "tiny-rm"
+seed = 3
+threads = 1
+
+[task]
+kind = "synthetic-reviews"
+corpus_size = 300
+demonstrations_size = 200
+prompts_size = 40
+
+[tokenizer]
+vocab_size = 400
+
+[models.base]
+n_layer = 2
+n_head = 2
+n_embd = 32
+n_ctx = 64
+device = "cpu"
+
+[[stages]]
+name = "sft"
+kind = "sft"
+model = "base"
+steps = 20
+batch_size = 8
+seq_len = 48
+eval_every = 20
+device = "cpu"
+
+[[stages]]
+name = "rm"
+kind = "reward"
+init = "sft"
+pairs = 64
+eval_pairs = 40
+noise = 0.2
+steps = 8
+batch_size = 8
+eval_every = 8
+normalization_samples = 8
+device = "cpu"
+"#;
+
+#[test]
+fn the_reward_stage_writes_held_out_scores_that_reproduce_its_figures() {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("tiny.toml"), SFT_AND_RM).unwrap();
+    let (ok, stdout, stderr) = common::rlhf(&["run", "tiny.toml", "--out", "out"], work.path());
+    assert!(ok, "{stderr}");
+    let run = work.path().join(stdout.trim());
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    let figures = &summary["rm"];
+
+    let held_out: Vec<serde_json::Value> =
+        std::fs::read_to_string(run.join("rm/eval_pairs.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(held_out.len(), 40);
+    let judged: Vec<&serde_json::Value> = held_out.iter().filter(|p| p["tie"] == false).collect();
+    let share = |hit: &dyn Fn(&serde_json::Value) -> f64| judged.iter().map(|p| hit(p)).sum::<f64>() / judged.len() as f64;
+    let field = |p: &serde_json::Value, name: &str| p[name].as_f64().unwrap_or_else(|| panic!("no {name} in {p}"));
+    let accuracy = share(&|p| f64::from(u8::from(field(p, "reward_chosen") > field(p, "reward_rejected"))));
+    let ceiling = share(&|p| match field(p, "gold_chosen").partial_cmp(&field(p, "gold_rejected")).unwrap() {
+        std::cmp::Ordering::Greater => 1.0,
+        std::cmp::Ordering::Equal => 0.5,
+        std::cmp::Ordering::Less => 0.0,
+    });
+    assert!((accuracy - figures["eval/accuracy"].as_f64().unwrap()).abs() < 1e-9, "{accuracy} vs {}", figures["eval/accuracy"]);
+    assert!((ceiling - figures["eval/noise_ceiling"].as_f64().unwrap()).abs() < 1e-9, "{ceiling} vs {}", figures["eval/noise_ceiling"]);
+    // with noisy annotators, gold cannot predict every label
+    assert!(ceiling < 1.0 && ceiling > 0.5, "ceiling {ceiling}");
+    assert!(figures["eval/annotator_agreement"].is_f64() && figures["eval/gold_agreement"].is_f64());
 }

@@ -85,6 +85,10 @@ pub struct RewardSettings {
     /// Weight of the (r_chosen + r_rejected)² centring penalty.
     #[serde(default = "defaults::center_coef")]
     pub center_coef: f64,
+    /// For this share of the training pairs, one extra pair whose rejected response was written
+    /// for another prompt (see `add_off_prompt_pairs`); 0 trains on the given pairs alone.
+    #[serde(default)]
+    pub off_prompt_pairs: f64,
 
     #[serde(default = "defaults::steps")]
     pub steps: u64,
@@ -154,7 +158,7 @@ impl StageSettings for RewardSettings {
         if let Some((key, value)) = positive.into_iter().find(|(_, v)| !(*v > 0.0)) {
             return Err((key, format!("a value > 0, got {value}")));
         }
-        let probabilities = [("noise", self.noise), ("tie_rate", self.tie_rate), ("policy_fraction", self.policy_fraction), ("eval_fraction", self.eval_fraction)];
+        let probabilities = [("noise", self.noise), ("tie_rate", self.tie_rate), ("policy_fraction", self.policy_fraction), ("eval_fraction", self.eval_fraction), ("off_prompt_pairs", self.off_prompt_pairs)];
         if let Some((key, value)) = probabilities.into_iter().find(|(_, v)| !(0.0..=1.0).contains(v)) {
             return Err((key, format!("a probability in [0, 1], got {value}")));
         }
@@ -189,8 +193,11 @@ pub fn bradley_terry_loss(chosen: &Tensor, rejected: &Tensor, margin: &Tensor, t
 /// - `eval/precision`, `eval/recall`, `eval/f1`: the pair shown in a random order (`flips[i]`
 ///   puts the rejected response first) as a binary task, "is the first one preferred?";
 /// - `eval/ece`: expected calibration error of σ(r_first − r_second) over 10 bins;
-/// - with gold scores: `eval/gold_agreement` (the RM orders the pair as gold does) and
-///   `eval/noise_ceiling` (the annotators' label orders it as gold does).
+/// - with gold scores, over pairs whose gold scores differ: `eval/gold_agreement` (the RM orders
+///   the pair as gold does) and `eval/annotator_agreement` (the label orders it as gold does);
+/// - `eval/noise_ceiling`: the accuracy the gold oracle itself gets against the labels on the
+///   same pairs as `eval/accuracy` (a pair of equal gold counts ½, gold can only guess), so the
+///   best accuracy any reward model can expect — the figure to read `eval/accuracy` against.
 pub fn preference_metrics(scores: &[(f64, f64)], pairs: &[&PreferencePair], flips: &[bool]) -> Metrics {
     let judged: Vec<usize> = (0..scores.len()).filter(|&i| !pairs[i].tie).collect();
     let n = judged.len().max(1) as f64;
@@ -232,7 +239,14 @@ pub fn preference_metrics(scores: &[(f64, f64)], pairs: &[&PreferencePair], flip
         let rm_agrees = golds.iter().filter(|(i, g)| (scores[*i].0 > scores[*i].1) == (g.0 > g.1)).count() as f64;
         let annotators_agree = golds.iter().filter(|(i, g)| !pairs[*i].tie && g.0 > g.1).count() as f64;
         metrics.insert("eval/gold_agreement".into(), rm_agrees / count);
-        metrics.insert("eval/noise_ceiling".into(), annotators_agree / count);
+        metrics.insert("eval/annotator_agreement".into(), annotators_agree / count);
+    }
+    let gold_accuracy: Option<f64> = judged
+        .iter()
+        .map(|&i| pairs[i].gold.map(|(chosen, rejected)| if chosen > rejected { 1.0 } else if chosen == rejected { 0.5 } else { 0.0 }))
+        .sum();
+    if let Some(correct) = gold_accuracy.filter(|_| !judged.is_empty()) {
+        metrics.insert("eval/noise_ceiling".into(), correct / n);
     }
     metrics
 }
@@ -266,8 +280,10 @@ fn train(context: &StageContext, settings: &RewardSettings) -> Result<Metrics, S
     let dir = context.dir();
     let state_dir = dir.join(STATE_DIR);
     let seed = context.seed();
-    let (train_pairs, eval_pairs) = preference_pairs(context, settings)?;
-    tracing::info!(train = train_pairs.len(), eval = eval_pairs.len(), "preference pairs");
+    let (mut train_pairs, eval_pairs) = preference_pairs(context, settings)?;
+    let labeled = train_pairs.len();
+    add_off_prompt_pairs(&mut train_pairs, settings.off_prompt_pairs, &mut ChaCha8Rng::seed_from_u64(step_seed(seed, PAIRS_SEED, 5)));
+    tracing::info!(train = labeled, off_prompt = train_pairs.len() - labeled, eval = eval_pairs.len(), "preference pairs");
 
     let source_dir = context
         .checkpoint_dir(&settings.init)
@@ -295,6 +311,7 @@ fn train(context: &StageContext, settings: &RewardSettings) -> Result<Metrics, S
     let flips: Vec<bool> = eval_pairs.iter().map(|_| flip_rng.random_bool(0.5)).collect();
     let bar = progress_bar(settings.steps, progress.step, context.name());
     let mut last_eval = Metrics::new();
+    let mut last_scores = Vec::new();
     for step in progress.step + 1..=settings.steps {
         let started = Instant::now();
         let lr = schedule.at(step);
@@ -327,8 +344,8 @@ fn train(context: &StageContext, settings: &RewardSettings) -> Result<Metrics, S
 
         let evaluate_now = step % settings.eval_every == 0 || step == settings.steps;
         if evaluate_now {
-            let scores = eval_scores(&model, &eval_refs)?;
-            last_eval = preference_metrics(&scores, &eval_refs, &flips);
+            last_scores = eval_scores(&model, &eval_refs)?;
+            last_eval = preference_metrics(&last_scores, &eval_refs, &flips);
             metrics.extend(last_eval.clone());
             bar.suspend(|| tracing::info!(stage = context.name(), step, accuracy = last_eval["eval/accuracy"], "evaluated"));
         }
@@ -339,6 +356,7 @@ fn train(context: &StageContext, settings: &RewardSettings) -> Result<Metrics, S
         }
     }
     bar.finish_and_clear();
+    write_held_out_scores(&dir.join(HELD_OUT_FILE), &eval_pairs, &last_scores)?;
 
     // Scores of policy samples, stored with the checkpoint so PPO can normalise rewards.
     let normalization = policy_score_statistics(context, settings, &model)?;
@@ -349,6 +367,44 @@ fn train(context: &StageContext, settings: &RewardSettings) -> Result<Metrics, S
     summary.insert("reward/std".into(), normalization.std);
     metrics_log.log(settings.steps, &Metrics::from([("reward/mean".to_string(), normalization.mean), ("reward/std".to_string(), normalization.std)]))?;
     Ok(summary)
+}
+
+/// Per-pair held-out scores of the final model, so a user can see which pairs it gets wrong.
+const HELD_OUT_FILE: &str = "eval_pairs.jsonl";
+
+#[derive(Serialize)]
+struct HeldOutScore<'a> {
+    prompt: &'a str,
+    chosen: &'a str,
+    rejected: &'a str,
+    tie: bool,
+    reward_chosen: f64,
+    reward_rejected: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gold_chosen: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gold_rejected: Option<f64>,
+}
+
+fn write_held_out_scores(path: &std::path::Path, pairs: &[PreferencePair], scores: &[(f64, f64)]) -> Result<(), StageError> {
+    let lines: String = pairs
+        .iter()
+        .zip(scores)
+        .map(|(pair, &(reward_chosen, reward_rejected))| {
+            let line = HeldOutScore {
+                prompt: &pair.prompt,
+                chosen: &pair.chosen,
+                rejected: &pair.rejected,
+                tie: pair.tie,
+                reward_chosen,
+                reward_rejected,
+                gold_chosen: pair.gold.map(|g| g.0),
+                gold_rejected: pair.gold.map(|g| g.1),
+            };
+            serde_json::to_string(&line).expect("serialises") + "\n"
+        })
+        .collect();
+    Ok(crate::run::write_atomic(path, &lines)?)
 }
 
 fn eval_scores(model: &RewardModel, pairs: &[&PreferencePair]) -> Result<Vec<(f64, f64)>, StageError> {
@@ -379,6 +435,38 @@ fn epoch_batch(pairs: &[PreferencePair], batch_size: usize, step: u64, seed: u64
             &pairs[permutation[k % n]]
         })
         .collect()
+}
+
+/// Adds `share` · len pairs (prompt, a response to it, a response to another prompt) in which the
+/// response to the prompt wins — the augmentation of Liu et al. 2024 ("RRM: Robust Reward Model
+/// Training Mitigates Reward Hacking"). Judged by the responses alone such a pair is a toss-up, so
+/// it pushes the model to read the prompt; without it the synthetic task's reward model learns
+/// what good reviews look like but barely notices a review of the wrong product or aspect. The
+/// responses are labeled chosen ones, and held-out pairs are never augmented.
+pub fn add_off_prompt_pairs(pairs: &mut Vec<PreferencePair>, share: f64, rng: &mut impl Rng) {
+    let labeled = pairs.len();
+    let wanted = (labeled as f64 * share).round() as usize;
+    // Pairs drawn with the same prompt are skipped, so a task with a handful of prompts gets a
+    // few less; a task with one prompt gets none (there is no other prompt to borrow from).
+    let mut attempts = 0;
+    let mut added = 0;
+    while added < wanted && attempts < 4 * wanted {
+        attempts += 1;
+        let (own, other) = (rng.random_range(0..labeled), rng.random_range(0..labeled));
+        if pairs[own].prompt == pairs[other].prompt {
+            continue;
+        }
+        let pair = PreferencePair {
+            prompt: pairs[own].prompt.clone(),
+            chosen: pairs[own].chosen.clone(),
+            rejected: pairs[other].chosen.clone(),
+            tie: false,
+            margin: None,
+            gold: None,
+        };
+        pairs.push(pair);
+        added += 1;
+    }
 }
 
 /// Training and held-out pairs from the configured source.
@@ -551,7 +639,45 @@ mod tests {
         assert!((m["eval/f1"] - 0.8).abs() < 1e-12);
         // gold: RM orders pairs 0, 3 like gold (2 of 4 with distinct gold); annotators 0, 1, 3 (3 of 4)
         assert_eq!(m["eval/gold_agreement"], 0.5);
+        assert_eq!(m["eval/annotator_agreement"], 0.75);
+        // gold as a predictor of the 4 judged labels: right on 0, 1, 3 → 3/4
         assert_eq!(m["eval/noise_ceiling"], 0.75);
         assert!(m["eval/ece"] > 0.0 && m["eval/ece"] < 1.0);
+    }
+
+    #[test]
+    fn off_prompt_pairs_pit_a_response_against_one_written_for_another_prompt() {
+        let labeled: Vec<PreferencePair> = (0..40)
+            .map(|i| PreferencePair { prompt: format!("prompt {}", i % 4), chosen: format!("good {i}"), rejected: format!("bad {i}"), tie: false, margin: Some(1.0), gold: None })
+            .collect();
+        let mut pairs = labeled.clone();
+        add_off_prompt_pairs(&mut pairs, 0.5, &mut ChaCha8Rng::seed_from_u64(1));
+        assert_eq!(&pairs[..40], &labeled[..], "the labeled pairs stay as they were");
+        assert_eq!(pairs.len(), 60);
+        let prompt_of = |response: &str| labeled.iter().find(|p| p.chosen == response).map(|p| p.prompt.clone()).unwrap();
+        for added in &pairs[40..] {
+            assert_eq!(prompt_of(&added.chosen), added.prompt, "the winner answers the pair's prompt");
+            assert_ne!(prompt_of(&added.rejected), added.prompt, "the loser answers another prompt");
+            assert!(!added.tie && added.margin.is_none());
+        }
+
+        let mut one_prompt: Vec<PreferencePair> = labeled.iter().filter(|p| p.prompt == "prompt 0").cloned().collect();
+        add_off_prompt_pairs(&mut one_prompt, 1.0, &mut ChaCha8Rng::seed_from_u64(1));
+        assert_eq!(one_prompt.len(), 10, "no other prompt to borrow from");
+    }
+
+    #[test]
+    fn noise_ceiling_is_measured_on_the_pairs_accuracy_is_measured_on() {
+        // Annotators picked a side on a pair gold cannot separate: accuracy counts it, so the
+        // ceiling must too (gold's coin flip, ½), while agreement with gold leaves it out.
+        let pairs = vec![pair(false, Some((1.0, 0.0))), pair(false, Some((0.0, 1.0))), pair(false, Some((0.5, 0.5))), pair(false, Some((2.0, 1.0)))];
+        let refs: Vec<&PreferencePair> = pairs.iter().collect();
+        let scores = [(1.0, 0.0), (1.0, 0.0), (1.0, 0.0), (0.0, 1.0)];
+        let m = preference_metrics(&scores, &refs, &[false; 4]);
+        assert_eq!(m["eval/accuracy"], 0.75);
+        assert_eq!(m["eval/noise_ceiling"], (1.0 + 0.0 + 0.5 + 1.0) / 4.0);
+        assert_eq!(m["eval/annotator_agreement"], 2.0 / 3.0);
+        // RM agrees with gold on pair 0 only of the three gold can order
+        assert!((m["eval/gold_agreement"] - 1.0 / 3.0).abs() < 1e-12);
     }
 }
