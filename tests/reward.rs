@@ -140,55 +140,12 @@ fn score_command_names_the_bad_line_and_field() {
     assert!(!ok && stderr.contains("missing"), "{stderr}");
 }
 
-const SFT_AND_RM: &str = r#"name = "tiny-rm"
-seed = 3
-threads = 1
-
-[task]
-kind = "synthetic-reviews"
-corpus_size = 300
-demonstrations_size = 200
-prompts_size = 40
-
-[tokenizer]
-vocab_size = 400
-
-[models.base]
-n_layer = 2
-n_head = 2
-n_embd = 32
-n_ctx = 64
-device = "cpu"
-
-[[stages]]
-name = "sft"
-kind = "sft"
-model = "base"
-steps = 20
-batch_size = 8
-seq_len = 48
-eval_every = 20
-device = "cpu"
-
-[[stages]]
-name = "rm"
-kind = "reward"
-init = "sft"
-pairs = 64
-eval_pairs = 40
-noise = 0.2
-steps = 8
-batch_size = 8
-eval_every = 8
-normalization_samples = 8
-device = "cpu"
-"#;
-
 #[test]
 fn the_reward_stage_writes_held_out_scores_that_reproduce_its_figures() {
     let work = tempfile::tempdir().unwrap();
-    std::fs::write(work.path().join("tiny.toml"), SFT_AND_RM).unwrap();
-    let (ok, stdout, stderr) = common::rlhf(&["run", "tiny.toml", "--out", "out"], work.path());
+    std::fs::write(work.path().join("tiny.toml"), common::TINY_RLHF_EXPERIMENT).unwrap();
+    let args = ["run", "tiny.toml", "--only", "sft,rm", "--set", "stages.rm.eval_pairs=40", "--set", "stages.rm.noise=0.2", "--out", "out"];
+    let (ok, stdout, stderr) = common::rlhf(&args, work.path());
     assert!(ok, "{stderr}");
     let run = work.path().join(stdout.trim());
     let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();

@@ -670,7 +670,7 @@ mod tests {
     fn noise_ceiling_is_measured_on_the_pairs_accuracy_is_measured_on() {
         // Annotators picked a side on a pair gold cannot separate: accuracy counts it, so the
         // ceiling must too (gold's coin flip, ½), while agreement with gold leaves it out.
-        let pairs = vec![pair(false, Some((1.0, 0.0))), pair(false, Some((0.0, 1.0))), pair(false, Some((0.5, 0.5))), pair(false, Some((2.0, 1.0)))];
+        let pairs = [pair(false, Some((1.0, 0.0))), pair(false, Some((0.0, 1.0))), pair(false, Some((0.5, 0.5))), pair(false, Some((2.0, 1.0)))];
         let refs: Vec<&PreferencePair> = pairs.iter().collect();
         let scores = [(1.0, 0.0), (1.0, 0.0), (1.0, 0.0), (0.0, 1.0)];
         let m = preference_metrics(&scores, &refs, &[false; 4]);

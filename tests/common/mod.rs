@@ -98,3 +98,71 @@ pub fn run_browser_script(script: &str, envs: &[(&str, &OsStr)], timeout: Durati
     }
     Some(node.wait_with_output().unwrap())
 }
+
+/// A whole flow in seconds on one thread: SFT from scratch, a reward model on simulated
+/// annotators' labels, PPO with an adaptive β.
+pub const TINY_RLHF_EXPERIMENT: &str = r#"name = "tiny-ppo"
+seed = 4
+threads = 1
+
+[task]
+kind = "synthetic-reviews"
+corpus_size = 300
+demonstrations_size = 200
+prompts_size = 40
+eval_fraction = 0.1
+
+[tokenizer]
+vocab_size = 400
+
+[models.base]
+n_layer = 2
+n_head = 2
+n_embd = 32
+n_ctx = 64
+device = "cpu"
+
+[[stages]]
+name = "sft"
+kind = "sft"
+model = "base"
+steps = 30
+batch_size = 8
+seq_len = 48
+eval_every = 30
+samples = 1
+device = "cpu"
+
+[[stages]]
+name = "rm"
+kind = "reward"
+init = "sft"
+pairs = 64
+eval_pairs = 16
+steps = 8
+batch_size = 8
+eval_every = 8
+normalization_samples = 8
+device = "cpu"
+
+[[stages]]
+name = "ppo"
+kind = "ppo"
+policy = "sft"
+reference = "sft"
+reward = "rm"
+value = "rm"
+iterations = 30
+rollout_batch = 8
+minibatch_size = 4
+grad_accum = 2
+max_new_tokens = 12
+policy_lr = 1e-4
+adaptive_kl = true
+kl_target = 1.0
+kl_horizon = 100
+eval_every = 3
+eval_prompts = 8
+samples = 2
+devices = { policy = "cpu", reference = "cpu", reward = "cpu", value = "cpu" }
+"#;
