@@ -168,4 +168,16 @@ fn the_reward_stage_writes_held_out_scores_that_reproduce_its_figures() {
     // with noisy annotators, gold cannot predict every label
     assert!(ceiling < 1.0 && ceiling > 0.5, "ceiling {ceiling}");
     assert!(figures["eval/annotator_agreement"].is_f64() && figures["eval/gold_agreement"].is_f64());
+
+    // Killed after the last step's state was saved but before the stage finished: the resumed
+    // stage has no step left to train, and still writes the same figures and held-out scores.
+    let mut unfinished = summary.clone();
+    unfinished.as_object_mut().unwrap().remove("rm");
+    std::fs::write(run.join("summary.json"), unfinished.to_string()).unwrap();
+    std::fs::remove_file(run.join("rm/eval_pairs.jsonl")).unwrap();
+    let (ok, _, stderr) = common::rlhf(&["run", "--resume", run.to_str().unwrap(), "--only", "rm"], work.path());
+    assert!(ok, "{stderr}");
+    let resumed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(resumed["rm"], summary["rm"]);
+    assert_eq!(std::fs::read_to_string(run.join("rm/eval_pairs.jsonl")).unwrap().lines().count(), 40);
 }

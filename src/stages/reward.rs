@@ -356,6 +356,11 @@ fn train(context: &StageContext, settings: &RewardSettings) -> Result<Metrics, S
         }
     }
     bar.finish_and_clear();
+    if last_scores.is_empty() {
+        // Resumed from state saved at the last step: nothing was evaluated in this process.
+        last_scores = eval_scores(&model, &eval_refs)?;
+        last_eval = preference_metrics(&last_scores, &eval_refs, &flips);
+    }
     write_held_out_scores(&dir.join(HELD_OUT_FILE), &eval_pairs, &last_scores)?;
 
     // Scores of policy samples, stored with the checkpoint so PPO can normalise rewards.
