@@ -56,7 +56,11 @@ fn main() -> Result<()> {
                 let generation = generate(&model, prompts, never_generated, &options)?;
                 let elapsed = start.elapsed().as_secs_f64();
                 let generated = generation.completion_mask.sum(tch::Kind::Int64).int64_value(&[]);
-                ensure!(generated == prompts.len() as i64 * args.new_tokens, "generated {generated} tokens, expected {} per row", args.new_tokens);
+                ensure!(
+                    generated == prompts.len() as i64 * args.new_tokens,
+                    "generated {generated} tokens, expected {} per row",
+                    args.new_tokens
+                );
                 if repetition > 0 {
                     seconds.push(elapsed);
                 }

@@ -77,7 +77,9 @@ vf_coef = 0.1
         if iteration == 0 {
             continue; // warm-up
         }
-        for (key, name) in [("step", "time/step_s"), ("generation", "time/generation_s"), ("scoring", "time/scoring_s"), ("training", "time/training_s")] {
+        for (key, name) in
+            [("step", "time/step_s"), ("generation", "time/generation_s"), ("scoring", "time/scoring_s"), ("training", "time/training_s")]
+        {
             split[key].as_array_mut().expect("a list").push(metrics[name].into());
         }
         let response_tokens = metrics["objective/response_length"] * prompts.len() as f64;

@@ -102,7 +102,8 @@ fn main() -> Result<()> {
     println!();
     println!("| latency (client side) | p50 | p90 | p99 | max |");
     println!("|---|---:|---:|---:|---:|");
-    for (name, samples) in [("GET /api/pairs/next", &mut all.next), ("POST /api/labels", &mut all.label), ("next + label", &mut all.cycle)] {
+    for (name, samples) in [("GET /api/pairs/next", &mut all.next), ("POST /api/labels", &mut all.label), ("next + label", &mut all.cycle)]
+    {
         samples.sort_unstable();
         let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
         println!("| {name} | {:.2} ms | {:.2} ms | **{:.2} ms** | {:.2} ms |", at(0.5), at(0.9), at(0.99), at(1.0));

@@ -17,11 +17,9 @@ fn page_files_are_served_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&database_with(dir.path(), &numbered_pairs(1)), &[]);
     let anonymous = Client::new(&server.url, "");
-    for (path, content_type, needle) in [
-        ("/", "text/html", "<script src=\"/app.js\""),
-        ("/app.js", "text/javascript", "textContent"),
-        ("/style.css", "text/css", "@media"),
-    ] {
+    for (path, content_type, needle) in
+        [("/", "text/html", "<script src=\"/app.js\""), ("/app.js", "text/javascript", "textContent"), ("/style.css", "text/css", "@media")]
+    {
         let mut response = ureq::get(format!("{}{path}", server.url)).call().unwrap();
         assert_eq!(response.status(), 200, "{path}");
         let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
@@ -146,8 +144,7 @@ fn labels_are_recorded_once_and_bad_requests_are_refused() {
     let records = export(&db, dir.path(), &[]);
     assert_eq!(records.len(), 3);
     for (record, pair) in records.iter().zip(&shown) {
-        let (chosen, rejected) =
-            if record["pair_id"] == first["pair_id"] { ("right", "left") } else { ("left", "right") };
+        let (chosen, rejected) = if record["pair_id"] == first["pair_id"] { ("right", "left") } else { ("left", "right") };
         assert_eq!(record["pair_id"], pair["pair_id"]);
         assert_eq!(record["chosen"], pair[chosen], "{record}");
         assert_eq!(record["rejected"], pair[rejected], "{record}");
@@ -221,12 +218,8 @@ fn each_pair_gets_k_labels_from_different_annotators_and_agreement_is_measured()
     assert_eq!((stats["pairs"].as_i64(), stats["labels"].as_i64()), (Some(3), Some(7)));
     assert_eq!((stats["preferences"].as_i64(), stats["skips"].as_i64(), stats["ties"].as_i64()), (Some(6), Some(1), Some(0)));
     assert_eq!(stats["you"], json!({"name": "alice", "labels": 3, "remaining": 0}));
-    let annotators: Vec<(&str, i64)> = stats["annotators"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| (a["name"].as_str().unwrap(), a["labels"].as_i64().unwrap()))
-        .collect();
+    let annotators: Vec<(&str, i64)> =
+        stats["annotators"].as_array().unwrap().iter().map(|a| (a["name"].as_str().unwrap(), a["labels"].as_i64().unwrap())).collect();
     assert_eq!(annotators, [("alice", 3), ("bob", 3), ("carol", 1)]);
     assert!(stats["annotators"][0]["labels_per_hour"].as_f64().unwrap() > 0.0);
     // Outcomes (alice, bob): (A, A), (B, B), (B, A): p_o = 2/3, p_e = 4/9, Cohen's κ = 0.4.

@@ -40,8 +40,7 @@ fn an_annotator_labels_with_the_keyboard_in_a_real_browser() {
     );
     let report: Value = serde_json::from_str(stdout.lines().last().expect("a report line")).unwrap();
     let labels = report["labels"].as_array().unwrap();
-    let given: Vec<(i64, &str)> =
-        labels.iter().map(|l| (l["pair_id"].as_i64().unwrap(), l["preferred"].as_str().unwrap())).collect();
+    let given: Vec<(i64, &str)> = labels.iter().map(|l| (l["pair_id"].as_i64().unwrap(), l["preferred"].as_str().unwrap())).collect();
     assert_eq!(given, [(1, "left"), (2, "right"), (3, "left"), (4, "skip")]);
 
     // The page showed the markup pair as plain text, character for character.
@@ -50,10 +49,8 @@ fn an_annotator_labels_with_the_keyboard_in_a_real_browser() {
     assert_eq!(shown, BTreeSet::from([MARKUP_A, MARKUP_B]));
 
     // The database holds exactly what was finally given: the undone tie is gone.
-    let stored: Vec<(i64, String)> = db_rows(
-        &db,
-        "SELECT a.pair_id, l.preferred FROM labels l JOIN assignments a ON a.id = l.assignment_id ORDER BY a.pair_id",
-    );
+    let stored: Vec<(i64, String)> =
+        db_rows(&db, "SELECT a.pair_id, l.preferred FROM labels l JOIN assignments a ON a.id = l.assignment_id ORDER BY a.pair_id");
     let stored: Vec<(i64, &str)> = stored.iter().map(|(id, p)| (*id, p.as_str())).collect();
     assert_eq!(stored, given);
 

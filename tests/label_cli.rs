@@ -26,7 +26,13 @@ fn import_is_idempotent_and_keeps_extra_fields_as_metadata() {
     let out = rlhf_ok(&["label", "import", "--db", path_str(&db), path_str(&file)]);
     assert!(out.starts_with("imported 0 new pairs") && out.contains("(3 already present)"), "{out}");
     // The same comparison with A and B swapped is the same pair; a new one is added.
-    write_jsonl(&file, &[json!({"prompt": "prompt 0", "response_a": "b0", "response_b": "a0"}), json!({"prompt": "new", "response_a": "x", "response_b": "y"})]);
+    write_jsonl(
+        &file,
+        &[
+            json!({"prompt": "prompt 0", "response_a": "b0", "response_b": "a0"}),
+            json!({"prompt": "new", "response_a": "x", "response_b": "y"}),
+        ],
+    );
     let out = rlhf_ok(&["label", "import", "--db", path_str(&db), path_str(&file)]);
     assert!(out.starts_with("imported 1 new pairs") && out.contains("(1 already present)"), "{out}");
     assert_eq!(pair_count(&db), 4);
@@ -44,7 +50,10 @@ fn a_bad_line_is_named_and_nothing_is_imported() {
         ("{\"prompt\": \"p\", \"response_a\": \"x\"", "bad.jsonl:3: EOF while parsing"),
         ("{\"prompt\": \"p\", \"response_a\": \"x\"}", "bad.jsonl:3: missing field `response_b`"),
         ("{\"prompt\": \"p\", \"response_a\": 5, \"response_b\": \"y\"}", "bad.jsonl:3: invalid type: integer `5`, expected a string"),
-        ("{\"prompt\": \"p\", \"response_a\": \"same\", \"response_b\": \"same\"}", "bad.jsonl:3: `response_a` and `response_b` are identical"),
+        (
+            "{\"prompt\": \"p\", \"response_a\": \"same\", \"response_b\": \"same\"}",
+            "bad.jsonl:3: `response_a` and `response_b` are identical",
+        ),
         ("[\"p\", \"x\", \"y\"]", "bad.jsonl:3: invalid type: sequence"),
     ] {
         std::fs::write(&bad, format!("{}\n\n{broken_line}\n{}\n", good(1), good(2))).unwrap();
@@ -103,9 +112,25 @@ fn import_with_a_model_generates_two_responses_per_prompt() {
     let tokenizer = common::tiny_tokenizer(300);
     rlhf_lab::model::LanguageModel::fresh(&config, tokenizer, tch::Device::Cpu, rlhf_lab::model::Precision::Fp32).save(&model_dir).unwrap();
     let prompts = dir.path().join("prompts.jsonl");
-    write_jsonl(&prompts, &[json!({"prompt": "review 1: the battery"}), json!({"prompt": "review 2: the screen"}), json!({"prompt": "review 3:"})]);
+    write_jsonl(
+        &prompts,
+        &[json!({"prompt": "review 1: the battery"}), json!({"prompt": "review 2: the screen"}), json!({"prompt": "review 3:"})],
+    );
     let db = dir.path().join("l.db");
-    let args = ["label", "import", "--db", path_str(&db), "--model", path_str(&model_dir), "--prompts", path_str(&prompts), "--max-new-tokens", "12", "--device", "cpu"];
+    let args = [
+        "label",
+        "import",
+        "--db",
+        path_str(&db),
+        "--model",
+        path_str(&model_dir),
+        "--prompts",
+        path_str(&prompts),
+        "--max-new-tokens",
+        "12",
+        "--device",
+        "cpu",
+    ];
     let out = rlhf_ok(&args);
     assert!(out.starts_with("imported 3 new pairs from"), "{out}");
     let rows: Vec<(String, String, String)> = db_rows(&db, "SELECT prompt, response_a, response_b FROM pairs ORDER BY id");
@@ -117,7 +142,16 @@ fn import_with_a_model_generates_two_responses_per_prompt() {
 
     let error = rlhf_err(&["label", "import", "--db", path_str(&db), "--model", path_str(&model_dir)]);
     assert!(error.contains("--prompts"), "{error}");
-    let error = rlhf_err(&["label", "import", "--db", path_str(&db), "--model", path_str(&dir.path().join("nothing")), "--prompts", path_str(&prompts)]);
+    let error = rlhf_err(&[
+        "label",
+        "import",
+        "--db",
+        path_str(&db),
+        "--model",
+        path_str(&dir.path().join("nothing")),
+        "--prompts",
+        path_str(&prompts),
+    ]);
     assert!(error.contains("nothing"), "{error}");
 }
 
@@ -217,10 +251,8 @@ fn stats_counts_labels_and_annotators() {
 fn commands_on_a_missing_database_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.db");
-    for args in [
-        vec!["label", "stats", "--db", path_str(&missing)],
-        vec!["label", "export", "--db", path_str(&missing), "-o", "out.jsonl"],
-    ] {
+    for args in [vec!["label", "stats", "--db", path_str(&missing)], vec!["label", "export", "--db", path_str(&missing), "-o", "out.jsonl"]]
+    {
         let error = rlhf_err(&args);
         assert!(error.contains("no labeling database at") && error.contains("missing.db"), "{error}");
     }

@@ -52,8 +52,7 @@ fn assert_consistent(db: &Path) {
          (SELECT count(*) FROM assignments a WHERE a.pair_id = p.id AND a.state IN ('open', 'judged'))",
     );
     assert_eq!(wrong_claims, [], "pairs whose claim counter is off");
-    let over_full: Vec<(i64,)> =
-        db_rows(db, "SELECT pair_id FROM assignments WHERE state = 'judged' GROUP BY pair_id HAVING count(*) > 1");
+    let over_full: Vec<(i64,)> = db_rows(db, "SELECT pair_id FROM assignments WHERE state = 'judged' GROUP BY pair_id HAVING count(*) > 1");
     assert_eq!(over_full, [], "pairs with more than one judgement (K = 1)");
 }
 
@@ -104,7 +103,11 @@ fn sixteen_concurrent_annotators_lose_and_duplicate_no_label() {
         swept.insert(pair_id);
     }
     assert_eq!(swept, skipped_only, "the sweep finds exactly the pairs that were only skipped");
-    eprintln!("{} labels by {ANNOTATORS} annotators in {elapsed:.2?} ({:.0} labels/s)", acked.len(), acked.len() as f64 / elapsed.as_secs_f64());
+    eprintln!(
+        "{} labels by {ANNOTATORS} annotators in {elapsed:.2?} ({:.0} labels/s)",
+        acked.len(),
+        acked.len() as f64 / elapsed.as_secs_f64()
+    );
 
     let acked_set: BTreeSet<Ack> = acked.iter().cloned().collect();
     assert_eq!(acked_set.len(), acked.len(), "no label acknowledged twice");

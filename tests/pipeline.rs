@@ -96,7 +96,14 @@ fn a_run_writes_the_documented_directory_and_its_checkpoint_generates() {
         assert!(run_dir.join(file).is_file(), "missing {file}");
     }
     for stage in ["pretrain", "sft"] {
-        for file in ["metrics.jsonl", "samples.jsonl", "checkpoint/model.safetensors", "checkpoint/config.json", "checkpoint/tokenizer.json", "state/progress.json"] {
+        for file in [
+            "metrics.jsonl",
+            "samples.jsonl",
+            "checkpoint/model.safetensors",
+            "checkpoint/config.json",
+            "checkpoint/tokenizer.json",
+            "state/progress.json",
+        ] {
             assert!(run_dir.join(stage).join(file).is_file(), "missing {stage}/{file}");
         }
     }
@@ -126,7 +133,18 @@ fn a_run_writes_the_documented_directory_and_its_checkpoint_generates() {
 
     let checkpoint = run_dir.join("sft/checkpoint");
     let (ok, stdout, stderr) = common::rlhf(
-        &["generate", "--model", checkpoint.to_str().unwrap(), "--prompt", "Write a positive review of the phone about its battery.\nReview:", "--max-new-tokens", "8", "--json", "--device", "cpu"],
+        &[
+            "generate",
+            "--model",
+            checkpoint.to_str().unwrap(),
+            "--prompt",
+            "Write a positive review of the phone about its battery.\nReview:",
+            "--max-new-tokens",
+            "8",
+            "--json",
+            "--device",
+            "cpu",
+        ],
         work.path(),
     );
     assert!(ok, "{stderr}");
@@ -153,7 +171,8 @@ fn resuming_a_killed_run_gives_the_metrics_of_an_uninterrupted_one() {
     let killed_run = loop {
         let progress = glob_one(&work.path().join("b/tiny")).map(|run| (run.join("pretrain/state/progress.json"), run));
         if let Some((path, run)) = progress {
-            let step = std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()).and_then(|v| v["step"].as_u64());
+            let step =
+                std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()).and_then(|v| v["step"].as_u64());
             if step.is_some_and(|s| s >= 30) {
                 child.kill().unwrap();
                 child.wait().unwrap();

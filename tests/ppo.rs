@@ -132,7 +132,22 @@ fn a_killed_ppo_stage_resumes_to_the_metrics_of_an_uninterrupted_run() {
 
     let metrics = lines(&uninterrupted.join("ppo/metrics.jsonl"));
     assert_eq!(metrics.len(), 31, "iteration 0 (the starting policy's evaluation) and 30 iterations");
-    for name in ["objective/scores", "objective/kl", "objective/rlhf_reward", "objective/entropy", "policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg", "loss/value_avg", "val/clipfrac_avg", "kl_coef", "lr", "time/step_s", "tokens_per_s", "objective/gold_score"] {
+    for name in [
+        "objective/scores",
+        "objective/kl",
+        "objective/rlhf_reward",
+        "objective/entropy",
+        "policy/approxkl_avg",
+        "policy/clipfrac_avg",
+        "loss/policy_avg",
+        "loss/value_avg",
+        "val/clipfrac_avg",
+        "kl_coef",
+        "lr",
+        "time/step_s",
+        "tokens_per_s",
+        "objective/gold_score",
+    ] {
         assert!(metrics[1][name].is_f64(), "no {name} in {}", metrics[1]);
     }
     for name in ["eval/rm_score", "eval/gold_score", "eval/kl"] {
@@ -156,7 +171,8 @@ fn a_killed_ppo_stage_resumes_to_the_metrics_of_an_uninterrupted_run() {
     let started = Instant::now();
     let killed = loop {
         if let Some(run) = run_dir_in(&work.path().join("b")) {
-            let saved = std::fs::read_to_string(run.join("ppo/state/progress.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
+            let saved =
+                std::fs::read_to_string(run.join("ppo/state/progress.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
             if saved.and_then(|v| v["iteration"].as_u64()).is_some_and(|i| i >= 3) {
                 child.kill().unwrap();
                 child.wait().unwrap();

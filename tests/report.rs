@@ -199,7 +199,11 @@ fn svg_size(path: &Path) -> (u32, u32) {
     let document = roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("{} is not XML: {e}", path.display()));
     let root = document.root_element();
     assert_eq!(root.tag_name().name(), "svg");
-    assert!(root.descendants().any(|n| n.tag_name().name() == "polyline" || n.tag_name().name() == "path"), "{} draws no line", path.display());
+    assert!(
+        root.descendants().any(|n| n.tag_name().name() == "polyline" || n.tag_name().name() == "path"),
+        "{} draws no line",
+        path.display()
+    );
     let number = |name: &str| root.attribute(name).unwrap().parse::<u32>().unwrap();
     (number("width"), number("height"))
 }
@@ -238,10 +242,18 @@ fn every_image_the_page_references_exists_at_the_documented_size() {
     assert!(!html.contains("<script"), "the page needs no script");
 
     let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
-    for needle in ["## Final figures", "## Win rate against the baseline", "## Config differences", "| stages.ppo.kl_coef | 0.1 | 0.05 |", "62.5 %"] {
+    for needle in
+        ["## Final figures", "## Win rate against the baseline", "## Config differences", "| stages.ppo.kl_coef | 0.1 | 0.05 |", "62.5 %"]
+    {
         assert!(summary.contains(needle), "summary.md lacks `{needle}`:\n{summary}");
     }
-    for needle in ["Final figures", "Win rate against the baseline", "Config differences", "<td>stages.ppo.kl_coef</td><td>0.1</td><td>0.05</td>", "62.5 %"] {
+    for needle in [
+        "Final figures",
+        "Win rate against the baseline",
+        "Config differences",
+        "<td>stages.ppo.kl_coef</td><td>0.1</td><td>0.05</td>",
+        "62.5 %",
+    ] {
         assert!(html.contains(needle), "index.html lacks `{needle}`");
     }
 }
@@ -273,10 +285,7 @@ fn config_diff_shows_only_the_keys_that_differ() {
     let diff = report.config_diff.expect("two runs with configs");
     assert_eq!(diff.headers, ["key", "beta-0.1", "beta-0.05"]);
     let rows: Vec<Vec<&str>> = diff.rows.iter().map(|row| cells(row)).collect();
-    assert_eq!(
-        rows,
-        [vec!["seed", "1", "2"], vec!["stages.ppo.adaptive_kl", "—", "true"], vec!["stages.ppo.kl_coef", "0.1", "0.05"]]
-    );
+    assert_eq!(rows, [vec!["seed", "1", "2"], vec!["stages.ppo.adaptive_kl", "—", "true"], vec!["stages.ppo.kl_coef", "0.1", "0.05"]]);
 }
 
 #[test]
@@ -340,18 +349,34 @@ fn a_reward_model_given_with_judge_scores_the_samples_instead_of_gold() {
     // A reward stage's directory holding an (untrained, seeded) reward checkpoint.
     let checkpoint = dir.path().join("rm-stage/checkpoint");
     tch::manual_seed(3);
-    LanguageModel::fresh(&common::tiny_config(300, 48, 32, 2, 2), common::tiny_tokenizer(300), tch::Device::Cpu, Precision::Fp32).save(&checkpoint).unwrap();
+    LanguageModel::fresh(&common::tiny_config(300, 48, 32, 2, 2), common::tiny_tokenizer(300), tch::Device::Cpu, Precision::Fp32)
+        .save(&checkpoint)
+        .unwrap();
     let judge = RewardModel::load(&checkpoint, tch::Device::Cpu, Precision::Fp32, true).unwrap();
     judge.save(&checkpoint).unwrap();
 
     // What the judge thinks of each run's answer to p1–p4, and the paired win rate that follows.
     let answers = |gold: [f64; 4]| -> Vec<f64> {
-        let texts: Vec<(String, String)> = PROMPTS.iter().zip(gold).map(|(p, g)| (p.to_string(), format!(" answer to {p} worth {g}"))).collect();
+        let texts: Vec<(String, String)> =
+            PROMPTS.iter().zip(gold).map(|(p, g)| (p.to_string(), format!(" answer to {p} worth {g}"))).collect();
         let refs: Vec<(&str, &str)> = texts.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
         judge.score_texts(&refs, 4).unwrap()
     };
     let (baseline, other) = (answers([1.0, 2.0, 3.0, 4.0]), answers([2.0, 2.0, 1.0, 5.0]));
-    let expected: f64 = other.iter().zip(&baseline).map(|(o, b)| if o > b { 1.0 } else if o == b { 0.5 } else { 0.0 }).sum::<f64>() / 4.0;
+    let expected: f64 = other
+        .iter()
+        .zip(&baseline)
+        .map(|(o, b)| {
+            if o > b {
+                1.0
+            } else if o == b {
+                0.5
+            } else {
+                0.0
+            }
+        })
+        .sum::<f64>()
+        / 4.0;
 
     let options = Options { judge: Some(dir.path().join("rm-stage")), ..Options::default() };
     let report = report::write(&[a, b], &dir.path().join("out"), &options).unwrap();
@@ -373,13 +398,21 @@ fn damaged_and_partial_runs_become_notes_not_failures() {
     let killed = write_run(
         dir.path(),
         "killed",
-        &RunFixture { config: Some(config(1, 0.1, "")), stages: vec![("sft", jsonl(&sft_metrics(0.0)), None), ("ppo", ppo, None)], finished: vec!["sft"] },
+        &RunFixture {
+            config: Some(config(1, 0.1, "")),
+            stages: vec![("sft", jsonl(&sft_metrics(0.0)), None), ("ppo", ppo, None)],
+            finished: vec!["sft"],
+        },
     );
     // No config.toml and only an LM stage with its own metric set.
     let bare = write_run(
         dir.path(),
         "bare",
-        &RunFixture { config: None, stages: vec![("pretrain", jsonl(&[json!({"step": 1, "train/loss": 3.0}), json!({"step": 2, "eval/loss": 2.5})]), None)], finished: vec![] },
+        &RunFixture {
+            config: None,
+            stages: vec![("pretrain", jsonl(&[json!({"step": 1, "train/loss": 3.0}), json!({"step": 2, "eval/loss": 2.5})]), None)],
+            finished: vec![],
+        },
     );
     let out = dir.path().join("out");
     let report = write_report(&[a, killed, bare], &out);
@@ -560,9 +593,15 @@ fn invalid_sweep_keys_are_errors_at_their_line() {
     let key_at = format!("sweep.toml:{}:1", sweep_line + 2);
     let unknown_at = format!("at line {}, column 1", sweep_line + 1);
     let cases: [(&str, &[&str]); 4] = [
-        ("[sweep]\n[sweep.parameters]\n\"stages.pretrain.lrr\" = [0.1]\n", &[&key_at, "[sweep] `stages.pretrain.lrr` = 0.1", "unknown field `lrr`"]),
+        (
+            "[sweep]\n[sweep.parameters]\n\"stages.pretrain.lrr\" = [0.1]\n",
+            &[&key_at, "[sweep] `stages.pretrain.lrr` = 0.1", "unknown field `lrr`"],
+        ),
         ("[sweep]\n[sweep.parameters]\n\"stages.ppo.kl_coef\" = [0.1]\n", &[&key_at, "no stage named `ppo` (stages: pretrain)"]),
-        ("[sweep]\n[sweep.parameters]\n\"stages.pretrain.lr\" = [\"fast\"]\n", &[&key_at, "`lr`: invalid type: string \"fast\", expected f64"]),
+        (
+            "[sweep]\n[sweep.parameters]\n\"stages.pretrain.lr\" = [\"fast\"]\n",
+            &[&key_at, "`lr`: invalid type: string \"fast\", expected f64"],
+        ),
         ("[sweep]\nmethods = \"grid\"\n", &[&unknown_at, "unknown field `methods`"]),
     ];
     for (sweep, needles) in cases {
@@ -577,10 +616,7 @@ fn invalid_sweep_keys_are_errors_at_their_line() {
 #[test]
 fn a_sweep_runs_every_variant_resumes_and_reports_mean_and_std() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_experiment(
-        dir.path(),
-        "[sweep]\nseeds = [1, 2]\n[sweep.parameters]\n\"stages.pretrain.lr\" = [0.001, 0.01]\n",
-    );
+    let path = write_experiment(dir.path(), "[sweep]\nseeds = [1, 2]\n[sweep.parameters]\n\"stages.pretrain.lr\" = [0.001, 0.01]\n");
     let (ok, stdout, stderr) = common::rlhf(&["run", path.to_str().unwrap(), "--out", "results"], dir.path());
     assert!(ok, "sweep failed:\n{stderr}");
     let sweep_dir = dir.path().join(stdout.trim());
@@ -626,6 +662,9 @@ fn a_sweep_runs_every_variant_resumes_and_reports_mean_and_std() {
     assert_eq!(sweep.rows[0][loss_column].text, expected);
     assert!(std::fs::read_to_string(out.join("summary.md")).unwrap().contains("## Sweep: mean ± std over seeds"));
     let best_row = sweep.rows.iter().find(|row| row[loss_column].best).expect("one setting has the lower mean loss");
-    let line = format!("Best setting by mean pretrain eval/loss: stages.pretrain.lr = {} ({} over seeds 1, 2).", best_row[0].text, best_row[loss_column].text);
+    let line = format!(
+        "Best setting by mean pretrain eval/loss: stages.pretrain.lr = {} ({} over seeds 1, 2).",
+        best_row[0].text, best_row[loss_column].text
+    );
     assert!(report.verdict.contains(&line), "{line} not in {:?}", report.verdict);
 }

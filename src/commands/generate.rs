@@ -57,19 +57,14 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         (None, None) => unreachable!("clap requires --prompt or --prompts"),
     };
     let device = args.device.resolve()?;
-    let model = LanguageModel::load(&args.model, device, args.dtype)
-        .with_context(|| format!("loading model from `{}`", args.model.display()))?;
+    let model =
+        LanguageModel::load(&args.model, device, args.dtype).with_context(|| format!("loading model from `{}`", args.model.display()))?;
     let sampling = if args.greedy {
         Sampling::Greedy
     } else {
         Sampling::Sample { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p }
     };
-    let options = GenerateOptions {
-        max_new_tokens: args.max_new_tokens,
-        sampling,
-        seed: Some(args.seed),
-        use_kv_cache: !args.no_kv_cache,
-    };
+    let options = GenerateOptions { max_new_tokens: args.max_new_tokens, sampling, seed: Some(args.seed), use_kv_cache: !args.no_kv_cache };
     let encoded = prompts.iter().map(|p| model.tokenizer.encode(p)).collect::<Result<Vec<_>, _>>()?;
 
     let stdout = std::io::stdout();

@@ -174,7 +174,8 @@ async fn import(args: &ImportArgs) -> Result<()> {
         (Some(path), ..) => (import::read_pairs(path)?, path.clone()),
         (None, Some(stage_dir), ..) => (import::pairs_from_samples(stage_dir)?, import::samples_path(stage_dir)),
         (None, None, Some(model), Some(prompts)) => {
-            let sampling = PairSampling { temperature: args.temperature, max_new_tokens: args.max_new_tokens, seed: args.seed, device: args.device };
+            let sampling =
+                PairSampling { temperature: args.temperature, max_new_tokens: args.max_new_tokens, seed: args.seed, device: args.device };
             (import::pairs_from_model(model, prompts, sampling)?, model.clone())
         }
         _ => anyhow::bail!("give a PAIRS.jsonl file, --from-run RUN_DIR/STAGE, or --model CHECKPOINT_DIR --prompts PROMPTS.jsonl"),
@@ -197,4 +198,3 @@ fn print_out(text: &str) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).context("cannot write to stdout")
 }
-

@@ -145,8 +145,7 @@ struct RawExperiment {
 }
 
 fn parse(path: &Path, text: &str) -> Result<Experiment, ConfigError> {
-    let raw: RawExperiment =
-        toml::from_str(text).map_err(|source| ConfigError::Toml { path: path.into(), source: Box::new(source) })?;
+    let raw: RawExperiment = toml::from_str(text).map_err(|source| ConfigError::Toml { path: path.into(), source: Box::new(source) })?;
     let at = |span: Range<usize>, message: String| {
         let (line, column) = line_column(text, span.start);
         ConfigError::At { path: path.into(), line, column, message }
@@ -202,9 +201,7 @@ fn parse(path: &Path, text: &str) -> Result<Experiment, ConfigError> {
             at(span, format!("stage `{name}` ({kind}): {about}{}", error.message().replace('\n', " ")))
         })?;
         let spans_map = |key: &str| spans.get(key).cloned().unwrap_or(stage_span.clone());
-        settings
-            .check()
-            .map_err(|(key, expected)| at(spans_map(key), format!("stage `{name}`: `{key}`: expected {expected}")))?;
+        settings.check().map_err(|(key, expected)| at(spans_map(key), format!("stage `{name}`: `{key}`: expected {expected}")))?;
 
         let earlier: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
         for (key, reference) in settings.inputs() {

@@ -124,7 +124,10 @@ pub(super) fn expand(raw: &RawSweep) -> Result<(Sweep, KeySpans), SweepProblem> 
     let combinations: Vec<Vec<Value>> = match raw.method {
         Method::Grid => {
             if raw.count.is_some() {
-                return Err(SweepProblem { span: None, message: "[sweep]: `count` is for method = \"random\"; a grid runs every combination".into() });
+                return Err(SweepProblem {
+                    span: None,
+                    message: "[sweep]: `count` is for method = \"random\"; a grid runs every combination".into(),
+                });
             }
             grid(&domains.iter().map(|(_, _, d)| d).collect::<Vec<_>>())
         }
@@ -240,11 +243,7 @@ fn variant_name(index: usize, width: usize, assignments: &[(String, String)], se
     if let Some(seed) = seed {
         parts.push(format!("seed={seed}"));
     }
-    let name: String = parts
-        .join("_")
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._=+-".contains(c) { c } else { '-' })
-        .collect();
+    let name: String = parts.join("_").chars().map(|c| if c.is_ascii_alphanumeric() || "._=+-".contains(c) { c } else { '-' }).collect();
     name.chars().take(120).collect()
 }
 
@@ -258,20 +257,23 @@ mod tests {
 
     #[test]
     fn grid_crosses_keys_then_seeds() {
-        let (sweep, _) = expand(&raw(
-            r#"
+        let (sweep, _) = expand(&raw(r#"
 seeds = [1, 2]
 [parameters]
 "stages.ppo.kl_coef" = [0.1, 0.2]
 "stages.sft.lr" = [1e-4]
-"#,
-        ))
+"#))
         .unwrap();
         assert_eq!(sweep.keys, ["stages.ppo.kl_coef", "stages.sft.lr"]);
         let names: Vec<&str> = sweep.variants.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(
             names,
-            ["01_kl_coef=0.1_lr=0.0001_seed=1", "02_kl_coef=0.1_lr=0.0001_seed=2", "03_kl_coef=0.2_lr=0.0001_seed=1", "04_kl_coef=0.2_lr=0.0001_seed=2"]
+            [
+                "01_kl_coef=0.1_lr=0.0001_seed=1",
+                "02_kl_coef=0.1_lr=0.0001_seed=2",
+                "03_kl_coef=0.2_lr=0.0001_seed=1",
+                "04_kl_coef=0.2_lr=0.0001_seed=2"
+            ]
         );
         assert_eq!(sweep.variants[3].set_arguments(), ["stages.ppo.kl_coef=0.2", "stages.sft.lr=0.0001", "seed=2"]);
     }
@@ -309,7 +311,8 @@ seed = 3
         assert!(problem("[parameters]\n\"a.b\" = []").contains("empty"));
         assert!(problem("[parameters]\n\"a..b\" = [1]").contains("not a dotted key"));
         assert!(problem("[parameters]\nseed = [1]").contains("seeds = [...]"));
-        assert!(problem("method = \"random\"\ncount = 1\n[parameters]\n\"a\" = { min = 0.0, max = 1.0, log = true }").contains("log range needs `min` > 0"));
+        assert!(problem("method = \"random\"\ncount = 1\n[parameters]\n\"a\" = { min = 0.0, max = 1.0, log = true }")
+            .contains("log range needs `min` > 0"));
         assert!(problem("seeds = [1, 1]\n[parameters]\n\"a\" = [1]").contains("listed twice"));
         assert!(problem("[parameters]").contains("no key to sweep"));
     }

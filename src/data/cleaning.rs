@@ -154,10 +154,10 @@ mod tests {
         let texts = [
             "The battery of this phone lasts two full days of heavy use.",
             "The  battery of this phone lasts two full days of heavy use.", // duplicate after whitespace
-            "   ",                                                           // empty
-            "abc",                                                           // too short
-            &"long ".repeat(60),                                             // too long
-            "The battery of this phone lasts two full days of heavy use!",   // near duplicate
+            "   ",                                                          // empty
+            "abc",                                                          // too short
+            &"long ".repeat(60),                                            // too long
+            "The battery of this phone lasts two full days of heavy use!",  // near duplicate
             "A completely different review about the hotel breakfast buffet.",
         ];
         let (kept, report) = clean(one_field(&texts), &RULES);

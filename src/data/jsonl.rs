@@ -106,7 +106,13 @@ mod tests {
         std::fs::write(&path, "{\"text\": \"a\"}\nnot json\n{\"text\": 3}\n{\"text\": \"b\"}\n").unwrap();
         let (records, bad) = read_records_skipping_bad::<TextRecord>(&path).unwrap();
         assert_eq!(records.iter().map(|r| r.text.as_str()).collect::<Vec<_>>(), ["a", "b"]);
-        let lines: Vec<usize> = bad.iter().map(|e| match e { JsonlError::BadLine { line, .. } => *line, _ => 0 }).collect();
+        let lines: Vec<usize> = bad
+            .iter()
+            .map(|e| match e {
+                JsonlError::BadLine { line, .. } => *line,
+                _ => 0,
+            })
+            .collect();
         assert_eq!(lines, [2, 3]);
     }
 

@@ -93,8 +93,10 @@ mod tests {
     #[test]
     fn bad_preference_files_name_the_line_and_the_problem() {
         let good = r#"{"prompt": "p", "chosen": "a", "rejected": "b"}"#;
-        assert!(error_for(&format!("{good}\n\n{{\"prompt\": \"p\", \"chosen\": \"a\"}}\n")).ends_with("prefs.jsonl:3: missing field `rejected` (a preference has prompt, chosen, rejected)"));
-        assert!(error_for(&format!("{good}\n{{\"prompt\": \"p\", \"chosen\": \"x\", \"rejected\": \"x\"}}\n")).ends_with("prefs.jsonl:2: `chosen` and `rejected` are identical: the pair says nothing"));
+        assert!(error_for(&format!("{good}\n\n{{\"prompt\": \"p\", \"chosen\": \"a\"}}\n"))
+            .ends_with("prefs.jsonl:3: missing field `rejected` (a preference has prompt, chosen, rejected)"));
+        assert!(error_for(&format!("{good}\n{{\"prompt\": \"p\", \"chosen\": \"x\", \"rejected\": \"x\"}}\n"))
+            .ends_with("prefs.jsonl:2: `chosen` and `rejected` are identical: the pair says nothing"));
         assert!(error_for(r#"{"prompt": "p", "chosen": 1, "rejected": "b"}"#).contains("prefs.jsonl:1: `chosen` must be a string, found 1"));
         assert!(error_for(r#"{"prompt": "p", "chosen": "a", "rejected": "b", "margin": "big"}"#).contains("`margin` must be a number"));
         assert!(error_for("\n\n").contains("holds no records"));

@@ -58,7 +58,8 @@ impl TaskData {
     /// Every text the task has, for training a tokenizer.
     pub fn all_text(&self) -> impl Iterator<Item = &str> + Send {
         let corpus = self.corpus.train.iter().chain(&self.corpus.eval).map(String::as_str);
-        let demonstrations = self.demonstrations.train.iter().chain(&self.demonstrations.eval).flat_map(|d| [d.prompt.as_str(), d.response.as_str()]);
+        let demonstrations =
+            self.demonstrations.train.iter().chain(&self.demonstrations.eval).flat_map(|d| [d.prompt.as_str(), d.response.as_str()]);
         corpus.chain(demonstrations).chain(self.prompts.train.iter().chain(&self.prompts.eval).map(String::as_str))
     }
 }
@@ -93,8 +94,7 @@ fn load_jsonl(config: &TaskConfig, seed: u64) -> Result<TaskData, JsonlError> {
         data.corpus = Split::new(texts.into_iter().map(|mut f| f.remove(0)).collect(), config.eval_fraction, seed ^ 1);
     }
     if let Some(path) = &config.demonstrations {
-        let (records, report) =
-            read_clean(path, config.skip_bad_lines, &rules, |r: DemonstrationRecord| vec![r.prompt, r.response])?;
+        let (records, report) = read_clean(path, config.skip_bad_lines, &rules, |r: DemonstrationRecord| vec![r.prompt, r.response])?;
         data.cleaning.insert(path.display().to_string(), report);
         let demonstrations = records
             .into_iter()

@@ -36,11 +36,8 @@ pub struct TextTokenizer {
 
 impl TextTokenizer {
     pub fn from_file(path: &Path) -> Result<Self, TokenizerError> {
-        let inner = Tokenizer::from_file(path)
-            .map_err(|e| TokenizerError::Read { path: path.to_path_buf(), message: e.to_string() })?;
-        let eos_id = inner
-            .token_to_id(END_OF_TEXT)
-            .ok_or_else(|| TokenizerError::NoEndOfText { path: path.to_path_buf() })?;
+        let inner = Tokenizer::from_file(path).map_err(|e| TokenizerError::Read { path: path.to_path_buf(), message: e.to_string() })?;
+        let eos_id = inner.token_to_id(END_OF_TEXT).ok_or_else(|| TokenizerError::NoEndOfText { path: path.to_path_buf() })?;
         Ok(TextTokenizer { inner, eos_id: eos_id as i64 })
     }
 
@@ -62,21 +59,15 @@ impl TextTokenizer {
         // GPT-2 does not add a space before the first word; offsets trimmed as in HF's GPT-2.
         let byte_level = ByteLevel::new(false, true, true);
         let mut inner = Tokenizer::new(BPE::default());
-        inner
-            .with_pre_tokenizer(Some(byte_level))
-            .with_post_processor(Some(byte_level))
-            .with_decoder(Some(byte_level));
+        inner.with_pre_tokenizer(Some(byte_level)).with_post_processor(Some(byte_level)).with_decoder(Some(byte_level));
         inner.train(&mut trainer, texts).map_err(|e| TokenizerError::Train(e.to_string()))?;
-        let eos_id = inner
-            .token_to_id(END_OF_TEXT)
-            .ok_or_else(|| TokenizerError::Train(format!("trained vocabulary lacks `{END_OF_TEXT}`")))?;
+        let eos_id =
+            inner.token_to_id(END_OF_TEXT).ok_or_else(|| TokenizerError::Train(format!("trained vocabulary lacks `{END_OF_TEXT}`")))?;
         Ok(TextTokenizer { inner, eos_id: eos_id as i64 })
     }
 
     pub fn save(&self, path: &Path) -> Result<(), TokenizerError> {
-        self.inner
-            .save(path, false)
-            .map_err(|e| TokenizerError::Write { path: path.to_path_buf(), message: e.to_string() })
+        self.inner.save(path, false).map_err(|e| TokenizerError::Write { path: path.to_path_buf(), message: e.to_string() })
     }
 
     /// Token ids of `text`, without any special token added.
@@ -115,9 +106,7 @@ mod tests {
     use super::*;
 
     fn corpus() -> Vec<String> {
-        (0..200)
-            .map(|i| format!("the battery of this phone lasts {} hours and the screen is bright{END_OF_TEXT}", i % 17))
-            .collect()
+        (0..200).map(|i| format!("the battery of this phone lasts {} hours and the screen is bright{END_OF_TEXT}", i % 17)).collect()
     }
 
     #[test]

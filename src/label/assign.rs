@@ -85,7 +85,6 @@ pub struct RecordedLabel {
     pub labeled_at_ms: i64,
 }
 
-
 impl Store {
     /// The pair this annotator should label now: the one they already hold if its lease runs,
     /// else a new one; `None` when nothing is left for them.

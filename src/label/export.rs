@@ -116,9 +116,10 @@ pub fn write_jsonl(path: &Path, records: &[PreferenceRecord]) -> Result<usize, L
 /// The preferences (no ties, no skips) of the labeling database at `db`, for callers outside an
 /// async runtime, such as the reward stage.
 pub fn read_preferences(db: &Path) -> Result<Vec<PreferenceRecord>, LabelError> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|source| {
-        LabelError::Open { path: db.into(), source: sqlx::Error::Io(source) }
-    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| LabelError::Open { path: db.into(), source: sqlx::Error::Io(source) })?;
     runtime.block_on(async {
         let store = Store::open(db).await?;
         let records = store.preferences(ExportFilter::default()).await;

@@ -146,11 +146,8 @@ pub fn pairs_from_model(model_dir: &Path, prompts_file: &Path, sampling: PairSam
 /// Identifies a pair by its texts; the two responses are sorted so that the same comparison
 /// imported with A and B swapped is still the same pair.
 pub fn content_hash(pair: &NewPair) -> String {
-    let (first, second) = if pair.response_a <= pair.response_b {
-        (&pair.response_a, &pair.response_b)
-    } else {
-        (&pair.response_b, &pair.response_a)
-    };
+    let (first, second) =
+        if pair.response_a <= pair.response_b { (&pair.response_a, &pair.response_b) } else { (&pair.response_b, &pair.response_a) };
     // JSON encoding keeps field boundaries unambiguous.
     let canonical = Value::from(vec![pair.prompt.as_str(), first.as_str(), second.as_str()]).to_string();
     sha256_hex(canonical.as_bytes())
@@ -193,12 +190,7 @@ mod tests {
 
     #[test]
     fn content_hash_ignores_response_order_but_not_text() {
-        let pair = |a: &str, b: &str| NewPair {
-            prompt: "p".into(),
-            response_a: a.into(),
-            response_b: b.into(),
-            metadata: Map::new(),
-        };
+        let pair = |a: &str, b: &str| NewPair { prompt: "p".into(), response_a: a.into(), response_b: b.into(), metadata: Map::new() };
         assert_eq!(content_hash(&pair("x", "y")), content_hash(&pair("y", "x")));
         assert_ne!(content_hash(&pair("x", "y")), content_hash(&pair("x", "z")));
         // field boundaries matter: ("ab", "c") is not ("a", "bc")

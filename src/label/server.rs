@@ -33,8 +33,7 @@ const PAGE_FILES: [(&str, &str, &str); 3] = [
 ];
 
 /// The page loads only its own script and style: data shown in it can never run as code.
-const CONTENT_SECURITY_POLICY: &str =
-    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; \
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; \
      frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
 struct App {
@@ -110,9 +109,7 @@ pub async fn serve(store: Store, bind: SocketAddr, policy: Policy) -> Result<(),
 /// as soon as that line appears stops the server gracefully instead of killing it.
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let listen = |kind: SignalKind, name: &str| {
-        signal(kind).map_err(|error| tracing::error!(%error, "cannot listen for {name}")).ok()
-    };
+    let listen = |kind: SignalKind, name: &str| signal(kind).map_err(|error| tracing::error!(%error, "cannot listen for {name}")).ok();
     let (interrupt, terminate) = (listen(SignalKind::interrupt(), "Ctrl-C"), listen(SignalKind::terminate(), "SIGTERM"));
     let received = |stream: Option<tokio::signal::unix::Signal>| async move {
         match stream {
@@ -208,12 +205,8 @@ async fn stats(State(app): State<Arc<App>>, Extension(annotator): Extension<Anno
     let stats = app.store.stats().await?;
     let progress = app.store.progress(annotator.id, app.policy.labels_per_pair).await?;
     let you = You { name: annotator.name, progress };
-    Ok(Json(StatsResponse {
-        stats,
-        labels_per_pair: app.policy.labels_per_pair,
-        undo_secs: app.policy.undo_window.as_secs(),
-        you,
-    }).into_response())
+    Ok(Json(StatsResponse { stats, labels_per_pair: app.policy.labels_per_pair, undo_secs: app.policy.undo_window.as_secs(), you })
+        .into_response())
 }
 
 /// Parses a JSON object body: 400 when it is not JSON, 422 when it is JSON of the wrong shape,
@@ -231,8 +224,7 @@ fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Resul
     if !value.is_object() {
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "request body must be a JSON object"));
     }
-    serde_json::from_value(value)
-        .map_err(|error| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid request body: {error}")))
+    serde_json::from_value(value).map_err(|error| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid request body: {error}")))
 }
 
 /// An error answer: `{"error": "..."}` with its status.
@@ -255,10 +247,9 @@ impl From<LabelError> for ApiError {
     fn from(error: LabelError) -> Self {
         let status = match &error {
             LabelError::UnknownPair(_) | LabelError::NothingToUndo => StatusCode::NOT_FOUND,
-            LabelError::AlreadyLabeled(_)
-            | LabelError::NotAssigned(_)
-            | LabelError::PairFull(_)
-            | LabelError::UndoTooLate(_) => StatusCode::CONFLICT,
+            LabelError::AlreadyLabeled(_) | LabelError::NotAssigned(_) | LabelError::PairFull(_) | LabelError::UndoTooLate(_) => {
+                StatusCode::CONFLICT
+            }
             _ => {
                 tracing::error!(%error, "request failed");
                 return Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error (see the server log)");

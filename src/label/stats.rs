@@ -88,14 +88,12 @@ impl Store {
         )
         .fetch_one(db)
         .await?;
-        let open_assignments: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM assignments WHERE state = 'open' AND expires_at > ?")
-                .bind(now_ms())
-                .fetch_one(db)
-                .await?;
-        let rows: Vec<AnnotatorRow> =
-            sqlx::query_as(&format!(
-                "SELECT n.name, \
+        let open_assignments: i64 = sqlx::query_scalar("SELECT count(*) FROM assignments WHERE state = 'open' AND expires_at > ?")
+            .bind(now_ms())
+            .fetch_one(db)
+            .await?;
+        let rows: Vec<AnnotatorRow> = sqlx::query_as(&format!(
+            "SELECT n.name, \
                      count(l.id), \
                      coalesce(sum(l.preferred = 'tie'), 0), \
                      coalesce(sum(l.preferred = 'skip'), 0), \
@@ -105,11 +103,11 @@ impl Store {
                  LEFT JOIN assignments a ON a.annotator_id = n.id \
                  LEFT JOIN labels l ON l.assignment_id = a.id \
                  GROUP BY n.id ORDER BY n.name",
-                first = rfc3339_sql("min(l.labeled_at)"),
-                last = rfc3339_sql("max(l.labeled_at)"),
-            ))
-            .fetch_all(db)
-            .await?;
+            first = rfc3339_sql("min(l.labeled_at)"),
+            last = rfc3339_sql("max(l.labeled_at)"),
+        ))
+        .fetch_all(db)
+        .await?;
         let annotators: Vec<AnnotatorStats> = rows
             .into_iter()
             .map(|(name, labels, ties, skips, first_label_at, last_label_at, span_ms, mean_seconds_per_label)| {
@@ -205,18 +203,18 @@ fn agreement(judgements: &[(i64, i64, Outcome)]) -> Option<Agreement> {
     }
     let (kappa, kappa_kind) = if annotators.len() == 2 {
         // Two annotators: every item holds exactly one judgement from each.
-        let ordered: Vec<(Outcome, Outcome)> = items
-            .iter()
-            .map(|item| if item[0].1 < item[1].1 { (item[0].2, item[1].2) } else { (item[1].2, item[0].2) })
-            .collect();
+        let ordered: Vec<(Outcome, Outcome)> =
+            items.iter().map(|item| if item[0].1 < item[1].1 { (item[0].2, item[1].2) } else { (item[1].2, item[0].2) }).collect();
         (cohen_kappa(&ordered), KappaKind::Cohen)
     } else {
         let counts: Vec<HashMap<Outcome, usize>> = items
             .iter()
-            .map(|item| item.iter().fold(HashMap::new(), |mut counts, j| {
-                *counts.entry(j.2).or_insert(0) += 1;
-                counts
-            }))
+            .map(|item| {
+                item.iter().fold(HashMap::new(), |mut counts, j| {
+                    *counts.entry(j.2).or_insert(0) += 1;
+                    counts
+                })
+            })
             .collect();
         (fleiss_kappa(&counts), KappaKind::Fleiss)
     };
@@ -340,10 +338,8 @@ mod tests {
             [6, 5, 2, 1, 0],
             [0, 2, 2, 3, 7],
         ];
-        let items: Vec<HashMap<usize, usize>> = table
-            .iter()
-            .map(|row| row.iter().enumerate().filter(|(_, &c)| c > 0).map(|(k, &c)| (k, c)).collect())
-            .collect();
+        let items: Vec<HashMap<usize, usize>> =
+            table.iter().map(|row| row.iter().enumerate().filter(|(_, &c)| c > 0).map(|(k, &c)| (k, c)).collect()).collect();
         let kappa = fleiss_kappa(&items).unwrap();
         assert!((kappa - 0.20993).abs() < 1e-4, "{kappa}");
     }

@@ -74,20 +74,13 @@ impl Store {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(
-                options
-                    .clone()
-                    .create_if_missing(create)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal),
+                options.clone().create_if_missing(create).journal_mode(SqliteJournalMode::Wal).synchronous(SqliteSynchronous::Normal),
             )
             .await
             .map_err(open_error)?;
         MIGRATOR.run(&writer).await.map_err(|source| LabelError::Migrate { path: path.into(), source })?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(READER_CONNECTIONS)
-            .connect_with(options.read_only(true))
-            .await
-            .map_err(open_error)?;
+        let reader =
+            SqlitePoolOptions::new().max_connections(READER_CONNECTIONS).connect_with(options.read_only(true)).await.map_err(open_error)?;
         Ok(Self { writer, reader, path: path.into(), lease_swept_at: Arc::new(AtomicI64::new(0)) })
     }
 
@@ -132,8 +125,7 @@ impl Store {
         }
         let token = hex::encode(rand::rng().random::<[u8; 32]>());
         let mut tx = self.begin_write().await?;
-        let taken: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM annotators WHERE name = ?").bind(name).fetch_optional(&mut *tx).await?;
+        let taken: Option<i64> = sqlx::query_scalar("SELECT id FROM annotators WHERE name = ?").bind(name).fetch_optional(&mut *tx).await?;
         if taken.is_some() {
             return Err(LabelError::AnnotatorExists(name.into()));
         }

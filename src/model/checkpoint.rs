@@ -190,14 +190,9 @@ fn is_derived_tensor(name: &str) -> bool {
 pub fn load_weights(vs: &mut VarStore, dir: &Path, may_be_missing: &[&str]) -> Result<LoadReport, CheckpointError> {
     let path = require(dir, WEIGHTS_FILE)?;
     let bytes = std::fs::read(&path).map_err(|source| CheckpointError::Io { path: path.clone(), source })?;
-    let file = SafeTensors::deserialize(&bytes)
-        .map_err(|e| CheckpointError::Safetensors { path: path.clone(), message: e.to_string() })?;
-    let by_name: HashMap<String, String> = file
-        .names()
-        .into_iter()
-        .filter(|name| !is_derived_tensor(name))
-        .map(|name| (canonical_name(name), name.to_string()))
-        .collect();
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| CheckpointError::Safetensors { path: path.clone(), message: e.to_string() })?;
+    let by_name: HashMap<String, String> =
+        file.names().into_iter().filter(|name| !is_derived_tensor(name)).map(|name| (canonical_name(name), name.to_string())).collect();
 
     let mut report = LoadReport::default();
     let mut used = std::collections::HashSet::new();

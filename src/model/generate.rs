@@ -12,7 +12,11 @@ pub enum Sampling {
     Greedy,
     /// Sample from softmax(logits / temperature), restricted to the `top_k` most likely tokens
     /// and/or the smallest set whose probability reaches `top_p` (nucleus, Holtzman et al. 2020).
-    Sample { temperature: f64, top_k: Option<i64>, top_p: Option<f64> },
+    Sample {
+        temperature: f64,
+        top_k: Option<i64>,
+        top_p: Option<f64>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -56,11 +60,9 @@ pub struct Generation {
 impl Generation {
     /// Each row's generated ids, without the end-of-text token and what follows it.
     pub fn completions(&self) -> Vec<Vec<i64>> {
-        let rows: Vec<Vec<i64>> = Vec::<Vec<i64>>::try_from(&self.completion_ids.to_device(Device::Cpu))
-            .expect("completion ids are a 2-D int64 tensor");
-        rows.into_iter()
-            .map(|row| row.into_iter().take_while(|&id| id != self.eos_id).collect())
-            .collect()
+        let rows: Vec<Vec<i64>> =
+            Vec::<Vec<i64>>::try_from(&self.completion_ids.to_device(Device::Cpu)).expect("completion ids are a 2-D int64 tensor");
+        rows.into_iter().map(|row| row.into_iter().take_while(|&id| id != self.eos_id).collect()).collect()
     }
 
     /// Whether each row ended with end-of-text (rather than running out of new tokens).
@@ -106,9 +108,8 @@ pub fn generate(model: &Gpt2, prompts: &[Vec<i64>], eos_id: i64, options: &Gener
     let (prompt_ids, prompt_mask) = left_pad(&prompts, eos_id, device);
     let (batch, prompt_width) = prompt_ids.size2().expect("2-D prompts");
 
-    let mut cache = options
-        .use_kv_cache
-        .then(|| KvCache::new(&model.config, batch, prompt_width + options.max_new_tokens, model.kind(), device));
+    let mut cache =
+        options.use_kv_cache.then(|| KvCache::new(&model.config, batch, prompt_width + options.max_new_tokens, model.kind(), device));
     let mut sequence = prompt_ids.shallow_clone();
     // Tokens generated after a row stopped are kept visible (mask 1): they only influence that
     // row's own later outputs, which are discarded, and an all-ones mask keeps the fast path.
@@ -225,9 +226,7 @@ mod tests {
         // probabilities 0.5, 0.3, 0.15, 0.05 (in a shuffled order)
         let probs = [0.15f32, 0.5, 0.05, 0.3];
         let logits = Tensor::from_slice(&probs).log().view([1, 4]);
-        let kept = |p: f64| -> Vec<bool> {
-            Vec::try_from(keep_top_p(&logits, p).isfinite().view([-1])).unwrap()
-        };
+        let kept = |p: f64| -> Vec<bool> { Vec::try_from(keep_top_p(&logits, p).isfinite().view([-1])).unwrap() };
         assert_eq!(kept(0.45), vec![false, true, false, false]);
         assert_eq!(kept(0.7), vec![false, true, false, true]);
         assert_eq!(kept(0.9), vec![true, true, false, true]);

@@ -80,11 +80,7 @@ struct LayerNorm {
 
 impl LayerNorm {
     fn new(path: &Path, width: i64, eps: f64) -> Self {
-        LayerNorm {
-            weight: path.var("weight", &[width], Init::Const(1.0)),
-            bias: path.var("bias", &[width], Init::Const(0.0)),
-            eps,
-        }
+        LayerNorm { weight: path.var("weight", &[width], Init::Const(1.0)), bias: path.var("bias", &[width], Init::Const(0.0)), eps }
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
@@ -142,13 +138,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn forward(
-        &self,
-        x: &Tensor,
-        mask: &AttentionMask,
-        cache: Option<(&mut Tensor, &mut Tensor, i64)>,
-        train: bool,
-    ) -> Tensor {
+    fn forward(&self, x: &Tensor, mask: &AttentionMask, cache: Option<(&mut Tensor, &mut Tensor, i64)>, train: bool) -> Tensor {
         let (batch, time, width) = x.size3().expect("attention input is [batch, time, width]");
         let head_dim = width / self.n_head;
         let split_heads = |t: Tensor| t.view([batch, time, self.n_head, head_dim]).transpose(1, 2);
@@ -165,12 +155,8 @@ impl Attention {
         };
         let dropout = if train { self.attn_dropout } else { 0.0 };
         let y = match mask {
-            AttentionMask::Causal => {
-                Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, dropout, true, None, false)
-            }
-            AttentionMask::All => {
-                Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, dropout, false, None, false)
-            }
+            AttentionMask::Causal => Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, dropout, true, None, false),
+            AttentionMask::All => Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, dropout, false, None, false),
             AttentionMask::Explicit(allowed) => {
                 Tensor::scaled_dot_product_attention(&q, &k, &v, Some(allowed), dropout, false, None, false)
             }
@@ -258,13 +244,7 @@ impl Gpt2 {
     /// `attention_mask` (`[batch, past + time]`, 1 for real tokens, 0 for padding) covers the
     /// cached positions and the new ones. Positions are counted over real tokens only, so a
     /// left-padded row sees the same positions (and so the same outputs) as the row unpadded.
-    pub fn forward(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
-        mut cache: Option<&mut KvCache>,
-        train: bool,
-    ) -> Tensor {
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, mut cache: Option<&mut KvCache>, train: bool) -> Tensor {
         let (batch, time) = input_ids.size2().expect("input_ids is [batch, time]");
         let device = input_ids.device();
         let past = cache.as_ref().map_or(0, |c| c.len);
@@ -286,8 +266,7 @@ impl Gpt2 {
 
         let token_embeddings = Tensor::embedding(&self.wte, input_ids, -1, false, false);
         let position_embeddings = Tensor::embedding(&self.wpe, &position_ids, -1, false, false);
-        let mut x = (token_embeddings + position_embeddings)
-            .dropout(self.config.embd_pdrop, train);
+        let mut x = (token_embeddings + position_embeddings).dropout(self.config.embd_pdrop, train);
         for (layer, block) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| (&mut c.keys[layer], &mut c.values[layer], past));
             x = &x + block.attn.forward(&block.ln_1.forward(&x), &mask, layer_cache, train);

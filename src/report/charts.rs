@@ -60,7 +60,15 @@ pub fn stage_charts(runs: &[Run]) -> Vec<StageCharts> {
                 .enumerate()
                 .filter_map(|(index, run)| {
                     let points = run.stage(&stage)?.series(metric);
-                    (!points.is_empty()).then(|| Line { label: run.label.clone(), color: index, points, dashed: false, markers: false, smooth: true, in_legend: true })
+                    (!points.is_empty()).then(|| Line {
+                        label: run.label.clone(),
+                        color: index,
+                        points,
+                        dashed: false,
+                        markers: false,
+                        smooth: true,
+                        in_legend: true,
+                    })
                 })
                 .collect();
             if lines.is_empty() {
@@ -106,7 +114,15 @@ fn frontier(runs: &[Run], stage: &str, stage_index: usize) -> Option<Chart> {
         .enumerate()
         .filter_map(|(index, run)| {
             let points: Vec<(f64, f64)> = eval_points(run, stage).into_iter().map(|(kl, rm, _)| (kl, rm)).collect();
-            (!points.is_empty()).then(|| Line { label: run.label.clone(), color: index, points, dashed: false, markers: true, smooth: false, in_legend: true })
+            (!points.is_empty()).then(|| Line {
+                label: run.label.clone(),
+                color: index,
+                points,
+                dashed: false,
+                markers: true,
+                smooth: false,
+                in_legend: true,
+            })
         })
         .collect();
     (!lines.is_empty()).then(|| Chart {
@@ -130,8 +146,24 @@ fn overoptimization(runs: &[Run], stage: &str, stage_index: usize) -> Option<Cha
         }
         let proxy: Vec<(f64, f64)> = points.iter().map(|&(kl, rm, _)| (kl.max(0.0).sqrt(), rm)).collect();
         // One legend entry per run: the y-axis title tells gold (solid) from proxy (dashed).
-        lines.push(Line { label: run.label.clone(), color: index, points: gold, dashed: false, markers: true, smooth: false, in_legend: true });
-        lines.push(Line { label: format!("{} proxy", run.label), color: index, points: proxy, dashed: true, markers: false, smooth: false, in_legend: false });
+        lines.push(Line {
+            label: run.label.clone(),
+            color: index,
+            points: gold,
+            dashed: false,
+            markers: true,
+            smooth: false,
+            in_legend: true,
+        });
+        lines.push(Line {
+            label: format!("{} proxy", run.label),
+            color: index,
+            points: proxy,
+            dashed: true,
+            markers: false,
+            smooth: false,
+            in_legend: false,
+        });
     }
     (!lines.is_empty()).then(|| Chart {
         stem: file_stem(&[&format!("{stage_index:02}"), stage, "gold-vs-sqrt-kl"]),

@@ -44,12 +44,7 @@ pub struct Settings<'a> {
 /// The stage whose samples are compared: the latest in the baseline's order with samples the
 /// judge can score.
 fn compared_stage<'r>(baseline: &'r Run, judge: &Judge) -> Option<&'r str> {
-    baseline
-        .stages
-        .iter()
-        .rev()
-        .find(|stage| stage.last_samples().iter().any(|s| judge.can_judge(s)))
-        .map(|stage| stage.name.as_str())
+    baseline.stages.iter().rev().find(|stage| stage.last_samples().iter().any(|s| judge.can_judge(s))).map(|stage| stage.name.as_str())
 }
 
 pub fn win_rates(runs: &[Run], settings: &Settings, notes: &mut Vec<Note>) -> Result<Option<WinRates>, ReportError> {
@@ -95,7 +90,9 @@ pub fn win_rate_table(win_rates: &WinRates) -> Table {
         .results
         .iter()
         .map(|(label, result)| match result {
-            None if *label == win_rates.baseline => vec![Cell::text(label), Cell::text("baseline"), Cell::text(""), Cell::text(""), Cell::text("")],
+            None if *label == win_rates.baseline => {
+                vec![Cell::text(label), Cell::text("baseline"), Cell::text(""), Cell::text(""), Cell::text("")]
+            }
             None => vec![Cell::text(label), Cell::text("—"), Cell::text(""), Cell::text(""), Cell::text("")],
             Some(w) => vec![
                 Cell::text(label),
@@ -112,12 +109,8 @@ pub fn win_rate_table(win_rates: &WinRates) -> Table {
         .collect();
     let mut table = Table { headers: headers.iter().map(|h| h.to_string()).collect(), rows };
     // Mark the run that beats the baseline most often.
-    let best = win_rates
-        .results
-        .iter()
-        .enumerate()
-        .filter_map(|(i, (_, r))| r.as_ref().map(|r| (i, r.rate)))
-        .max_by(|a, b| a.1.total_cmp(&b.1));
+    let best =
+        win_rates.results.iter().enumerate().filter_map(|(i, (_, r))| r.as_ref().map(|r| (i, r.rate))).max_by(|a, b| a.1.total_cmp(&b.1));
     if let Some((index, _)) = best.filter(|_| win_rates.results.iter().filter(|(_, r)| r.is_some()).count() > 1) {
         table.rows[index][1].best = true;
     }

@@ -49,10 +49,7 @@ pub fn collect(runs: &[Run]) -> Figures {
             }
         }
     }
-    let values = runs
-        .iter()
-        .map(|run| columns.iter().map(|c| run.stage(&c.stage).and_then(|s| s.last(&c.metric))).collect())
-        .collect();
+    let values = runs.iter().map(|run| columns.iter().map(|c| run.stage(&c.stage).and_then(|s| s.last(&c.metric))).collect()).collect();
     Figures { columns, values }
 }
 
@@ -72,10 +69,12 @@ pub fn table(runs: &[Run], figures: &Figures) -> Table {
         .enumerate()
         .map(|(r, (run, values))| {
             let mut row = vec![Cell::text(&run.label)];
-            row.extend(values.iter().enumerate().map(|(c, value)| Cell {
-                text: value.map_or("—".to_string(), format_number),
-                best: best[c] == Some(r),
-            }));
+            row.extend(
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(c, value)| Cell { text: value.map_or("—".to_string(), format_number), best: best[c] == Some(r) }),
+            );
             row
         })
         .collect();
@@ -92,7 +91,5 @@ pub fn primary(figures: &Figures) -> Option<usize> {
         (&["reward"], "eval/accuracy"),
         (&["sft", "lm"], "eval/loss"),
     ];
-    ORDER.iter().find_map(|(kinds, metric)| {
-        figures.columns.iter().rposition(|c| kinds.contains(&c.kind.as_str()) && c.metric == *metric)
-    })
+    ORDER.iter().find_map(|(kinds, metric)| figures.columns.iter().rposition(|c| kinds.contains(&c.kind.as_str()) && c.metric == *metric))
 }

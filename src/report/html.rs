@@ -76,7 +76,12 @@ fn samples(out: &mut String, samples: &SideBySide) {
         for cell in &row.cells {
             match cell {
                 Some((completion, scores)) => {
-                    let _ = write!(out, "<td><div class=\"completion\">{}</div><div class=\"scores\">{}</div></td>", escape(completion), escape(scores));
+                    let _ = write!(
+                        out,
+                        "<td><div class=\"completion\">{}</div><div class=\"scores\">{}</div></td>",
+                        escape(completion),
+                        escape(scores)
+                    );
                 }
                 None => out.push_str("<td>—</td>"),
             }
@@ -93,7 +98,12 @@ pub fn render(report: &Report) -> String {
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>rlhf report: {}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n",
         escape(&report.runs.iter().map(|(label, _)| label.as_str()).collect::<Vec<_>>().join(" vs "))
     );
-    let _ = writeln!(out, "<h1>Run comparison</h1>\n<p class=\"subtitle\">{} run(s) · baseline <strong>{}</strong> · written by <code>rlhf report</code></p>", report.runs.len(), escape(&report.baseline));
+    let _ = writeln!(
+        out,
+        "<h1>Run comparison</h1>\n<p class=\"subtitle\">{} run(s) · baseline <strong>{}</strong> · written by <code>rlhf report</code></p>",
+        report.runs.len(),
+        escape(&report.baseline)
+    );
     if !report.verdict.is_empty() {
         out.push_str("<section class=\"verdict\" id=\"verdict\">\n");
         for line in &report.verdict {

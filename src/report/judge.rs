@@ -12,7 +12,10 @@ use crate::stages::CHECKPOINT_DIR;
 pub enum Judge {
     /// The `gold_score` field of each sample (synthetic tasks).
     Gold,
-    RewardModel { path: PathBuf, model: Box<RewardModel> },
+    RewardModel {
+        path: PathBuf,
+        model: Box<RewardModel>,
+    },
 }
 
 impl Judge {
@@ -49,9 +52,8 @@ impl Judge {
             Judge::Gold => Ok(samples.iter().map(|s| s.gold_score).collect()),
             Judge::RewardModel { path, model } => {
                 let texts: Vec<(&str, &str)> = samples.iter().map(|s| (s.prompt.as_str(), s.completion.as_str())).collect();
-                let scores = model
-                    .score_texts(&texts, 16)
-                    .map_err(|error| ReportError::Judge { path: path.clone(), message: error.to_string() })?;
+                let scores =
+                    model.score_texts(&texts, 16).map_err(|error| ReportError::Judge { path: path.clone(), message: error.to_string() })?;
                 Ok(scores.into_iter().map(Some).collect())
             }
         }

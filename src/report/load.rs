@@ -72,10 +72,7 @@ pub struct Note {
 impl Stage {
     /// `(step, value)` of every non-null value of `metric`.
     pub fn series(&self, metric: &str) -> Vec<(f64, f64)> {
-        self.metrics
-            .iter()
-            .filter_map(|row| row.values.get(metric).copied().flatten().map(|v| (row.step as f64, v)))
-            .collect()
+        self.metrics.iter().filter_map(|row| row.values.get(metric).copied().flatten().map(|v| (row.step as f64, v))).collect()
     }
 
     /// The last non-null value of `metric`.
@@ -121,7 +118,8 @@ pub fn discover(inputs: &[PathBuf]) -> Result<Vec<Source>, ReportError> {
             return Err(ReportError::NotARun { path: input.clone() });
         }
         if input.join(SWEEP_FILE).is_file() {
-            let record = SweepRecord::read(input).map_err(|error| ReportError::Sweep { path: input.clone(), message: error.to_string() })?;
+            let record =
+                SweepRecord::read(input).map_err(|error| ReportError::Sweep { path: input.clone(), message: error.to_string() })?;
             for variant in record.variants {
                 sources.push(Source {
                     path: SweepRecord::variant_dir(input, &variant),
@@ -172,7 +170,14 @@ fn load_run(source: &Source, label: String, notes: &mut Vec<Note>) -> Run {
     let path = &source.path;
     if !path.is_dir() {
         note(format!("`{}` does not exist (a sweep variant that has not started?)", path.display()));
-        return Run { label: label.clone(), path: path.clone(), config: None, stages: Vec::new(), finished: Vec::new(), variant: source.variant.clone() };
+        return Run {
+            label: label.clone(),
+            path: path.clone(),
+            config: None,
+            stages: Vec::new(),
+            finished: Vec::new(),
+            variant: source.variant.clone(),
+        };
     }
     let config = match std::fs::read_to_string(path.join(CONFIG_FILE)) {
         Err(_) => {
@@ -346,7 +351,13 @@ fn read_samples(path: &Path, note: &mut impl FnMut(String)) -> Vec<SampleLine> {
         .filter_map(|(step, object)| {
             let text = |name: &str| object.get(name).and_then(Value::as_str).map(str::to_string);
             let number = |name: &str| object.get(name).and_then(Value::as_f64);
-            Some(SampleLine { step, prompt: text("prompt")?, completion: text("completion")?, score: number("score"), gold_score: number("gold_score") })
+            Some(SampleLine {
+                step,
+                prompt: text("prompt")?,
+                completion: text("completion")?,
+                score: number("score"),
+                gold_score: number("gold_score"),
+            })
         })
         .collect();
     if samples.len() < total {
@@ -409,7 +420,11 @@ mod tests {
     fn truncated_last_line_and_nulls_are_notes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("metrics.jsonl");
-        std::fs::write(&path, "{\"step\":1,\"a\":1.0}\n{\"step\":2,\"a\":null,\"b\":2}\nnot json\n{\"step\":3,\"a\":3.0}\n{\"step\":4,\"a\":").unwrap();
+        std::fs::write(
+            &path,
+            "{\"step\":1,\"a\":1.0}\n{\"step\":2,\"a\":null,\"b\":2}\nnot json\n{\"step\":3,\"a\":3.0}\n{\"step\":4,\"a\":",
+        )
+        .unwrap();
         let mut notes = Vec::new();
         let rows = read_metrics(&path, &mut |n| notes.push(n));
         assert_eq!(rows.len(), 3);

@@ -104,7 +104,8 @@ pub fn write(inputs: &[PathBuf], out: &Path, options: &Options) -> Result<Report
     let figures = figures::collect(&runs);
     let settings = comparison::Settings { baseline, judge: &judge, resamples: options.resamples, seed: options.seed };
     let win_rates = comparison::win_rates(&runs, &settings, &mut notes)?;
-    let samples = comparison::sample_stage(&runs, baseline, win_rates.as_ref()).and_then(|stage| comparison::side_by_side(&runs, baseline, stage));
+    let samples =
+        comparison::sample_stage(&runs, baseline, win_rates.as_ref()).and_then(|stage| comparison::side_by_side(&runs, baseline, stage));
     let config_diff = config_diff::diff(&runs);
 
     let plots_dir = out.join(PLOTS_DIR);
@@ -139,7 +140,12 @@ pub fn write(inputs: &[PathBuf], out: &Path, options: &Options) -> Result<Report
         let path = out.join(name);
         std::fs::write(&path, text).map_err(|source| ReportError::Write { path, source })?;
     }
-    tracing::info!(runs = runs.len(), charts = report.charts.iter().map(|(_, c)| c.len()).sum::<usize>(), notes = report.notes.len(), "report written");
+    tracing::info!(
+        runs = runs.len(),
+        charts = report.charts.iter().map(|(_, c)| c.len()).sum::<usize>(),
+        notes = report.notes.len(),
+        "report written"
+    );
     Ok(report)
 }
 
@@ -147,12 +153,9 @@ fn baseline_index(runs: &[Run], given: Option<&str>) -> Result<usize, ReportErro
     let Some(given) = given else { return Ok(0) };
     let canonical = |path: &Path| path.canonicalize().ok();
     let given_path = canonical(Path::new(given));
-    runs.iter()
-        .position(|run| run.label == given || (given_path.is_some() && canonical(&run.path) == given_path))
-        .ok_or_else(|| ReportError::Baseline {
-            given: given.to_string(),
-            known: runs.iter().map(|r| r.label.as_str()).collect::<Vec<_>>().join(", "),
-        })
+    runs.iter().position(|run| run.label == given || (given_path.is_some() && canonical(&run.path) == given_path)).ok_or_else(|| {
+        ReportError::Baseline { given: given.to_string(), known: runs.iter().map(|r| r.label.as_str()).collect::<Vec<_>>().join(", ") }
+    })
 }
 
 /// Which run is better and why: the best run by the deciding figure, how often it beats the
@@ -204,9 +207,11 @@ fn verdict(
         }
     }
     if let Some(win_rates) = win_rates {
-        let best = win_rates.results.iter().filter_map(|(label, r)| r.as_ref().map(|r| (label, r))).max_by(|a, b| a.1.rate.total_cmp(&b.1.rate));
+        let best =
+            win_rates.results.iter().filter_map(|(label, r)| r.as_ref().map(|r| (label, r))).max_by(|a, b| a.1.rate.total_cmp(&b.1.rate));
         if let Some((label, result)) = best {
-            let chance = if result.low <= 0.5 && result.high >= 0.5 { " — not distinguishable from chance with these samples" } else { "" };
+            let chance =
+                if result.low <= 0.5 && result.high >= 0.5 { " — not distinguishable from chance with these samples" } else { "" };
             lines.push(format!(
                 "{label} wins {:.0} % of comparisons against the baseline {} (95 % CI {:.0}–{:.0} %, judged by the {} on `{}` samples){chance}.",
                 result.rate * 100.0,

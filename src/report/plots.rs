@@ -114,11 +114,7 @@ pub fn render(chart: &Chart, dir: &Path, prefix: &str, smoothing: f64) -> Result
     };
     draw(BitMapBackend::new(&png, (WIDTH, HEIGHT)).into_drawing_area(), chart, smoothing).map_err(failed(&png))?;
     draw(SVGBackend::new(&svg, (WIDTH, HEIGHT)).into_drawing_area(), chart, smoothing).map_err(failed(&svg))?;
-    Ok(Rendered {
-        title: chart.title.clone(),
-        png: format!("{prefix}/{}.png", chart.stem),
-        svg: format!("{prefix}/{}.svg", chart.stem),
-    })
+    Ok(Rendered { title: chart.title.clone(), png: format!("{prefix}/{}.png", chart.stem), svg: format!("{prefix}/{}.svg", chart.stem) })
 }
 
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, chart: &Chart, smoothing: f64) -> Result<(), String> {
@@ -154,9 +150,7 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, chart: &Chart, smoothi
             context.draw_series(LineSeries::new(line.points.iter().copied(), color.mix(0.22).stroke_width(1))).map_err(error)?;
             context.draw_series(LineSeries::new(ema(&line.points, smoothing), color.stroke_width(2))).map_err(error)?;
         } else if line.dashed {
-            context
-                .draw_series(DashedLineSeries::new(line.points.iter().copied(), 7, 5, color.stroke_width(2)))
-                .map_err(error)?;
+            context.draw_series(DashedLineSeries::new(line.points.iter().copied(), 7, 5, color.stroke_width(2))).map_err(error)?;
         } else {
             context.draw_series(LineSeries::new(line.points.iter().copied(), color.stroke_width(2))).map_err(error)?;
         }

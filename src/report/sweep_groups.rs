@@ -58,14 +58,10 @@ pub fn group_table(runs: &[Run], figures: &Figures) -> Option<Table> {
         .zip(&stats)
         .enumerate()
         .map(|(g, ((assignments, members), row_stats))| {
-            let mut row: Vec<Cell> = keys
-                .iter()
-                .map(|key| Cell::text(assignments.iter().find(|(k, _)| k == key).map_or("—", |(_, v)| v.as_str())))
-                .collect();
-            let seeds: Vec<String> = members
-                .iter()
-                .map(|&r| runs[r].variant.as_ref().and_then(|v| v.seed).map_or("—".to_string(), |s| s.to_string()))
-                .collect();
+            let mut row: Vec<Cell> =
+                keys.iter().map(|key| Cell::text(assignments.iter().find(|(k, _)| k == key).map_or("—", |(_, v)| v.as_str()))).collect();
+            let seeds: Vec<String> =
+                members.iter().map(|&r| runs[r].variant.as_ref().and_then(|v| v.seed).map_or("—".to_string(), |s| s.to_string())).collect();
             row.push(Cell::text(seeds.join(", ")));
             row.extend(row_stats.iter().enumerate().map(|(c, stat)| Cell {
                 text: match stat {

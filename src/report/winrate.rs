@@ -49,11 +49,18 @@ pub fn paired(run: &[f64], baseline: &[f64], resamples: usize, seed: u64) -> Opt
     let wins = outcomes.iter().filter(|&&o| o == 1.0).count() as f64;
     let ties = outcomes.iter().filter(|&&o| o == 0.5).count() as f64;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let rates: Vec<f64> = (0..resamples)
-        .map(|_| (0..n).map(|_| outcomes[rng.random_range(0..n)]).sum::<f64>() / n as f64)
-        .collect();
+    let rates: Vec<f64> = (0..resamples).map(|_| (0..n).map(|_| outcomes[rng.random_range(0..n)]).sum::<f64>() / n as f64).collect();
     let (low, high) = interval(rates);
-    Some(WinRate { wins, ties, losses: n as f64 - wins - ties, rate: outcomes.iter().sum::<f64>() / n as f64, low, high, paired: true, sizes: (n, n) })
+    Some(WinRate {
+        wins,
+        ties,
+        losses: n as f64 - wins - ties,
+        rate: outcomes.iter().sum::<f64>() / n as f64,
+        low,
+        high,
+        paired: true,
+        sizes: (n, n),
+    })
 }
 
 /// P(a random response of `run` beats a random one of `baseline`), ties ½; `None` if a side is empty.
@@ -61,9 +68,8 @@ pub fn unpaired(run: &[f64], baseline: &[f64], resamples: usize, seed: u64) -> O
     if run.is_empty() || baseline.is_empty() {
         return None;
     }
-    let all_against_all = |a: &[f64], b: &[f64]| {
-        a.iter().map(|&x| b.iter().map(|&y| outcome(x, y)).sum::<f64>()).sum::<f64>() / (a.len() * b.len()) as f64
-    };
+    let all_against_all =
+        |a: &[f64], b: &[f64]| a.iter().map(|&x| b.iter().map(|&y| outcome(x, y)).sum::<f64>()).sum::<f64>() / (a.len() * b.len()) as f64;
     let comparisons = (run.len() * baseline.len()) as f64;
     let wins = run.iter().map(|&x| baseline.iter().filter(|&&y| x > y).count()).sum::<usize>() as f64;
     let ties = run.iter().map(|&x| baseline.iter().filter(|&&y| x == y).count()).sum::<usize>() as f64;
@@ -97,10 +103,8 @@ fn interval(mut rates: Vec<f64>) -> (f64, f64) {
 
 /// Scores of the two runs' responses: paired by shared prompt when there are any, else all.
 pub fn compare(run: &[(&str, f64)], baseline: &[(&str, f64)], resamples: usize, seed: u64) -> Option<WinRate> {
-    let shared: Vec<(f64, f64)> = run
-        .iter()
-        .filter_map(|(prompt, score)| baseline.iter().find(|(p, _)| p == prompt).map(|(_, b)| (*score, *b)))
-        .collect();
+    let shared: Vec<(f64, f64)> =
+        run.iter().filter_map(|(prompt, score)| baseline.iter().find(|(p, _)| p == prompt).map(|(_, b)| (*score, *b))).collect();
     if shared.is_empty() {
         let scores = |side: &[(&str, f64)]| side.iter().map(|(_, s)| *s).collect::<Vec<f64>>();
         unpaired(&scores(run), &scores(baseline), resamples, seed)

@@ -89,6 +89,8 @@ pub struct TrainSettings {
     pub dtype: Precision,
 }
 
+// One default a line: the table reads better than rustfmt's four lines per function.
+#[rustfmt::skip]
 mod defaults {
     use super::Schedule;
     pub fn steps() -> u64 { 200 }
@@ -123,10 +125,19 @@ impl TrainSettings {
     fn check(&self) -> Result<(), (&'static str, String)> {
         match (&self.model, &self.init) {
             (Some(_), Some(_)) => return Err(("init", "either `model` or `init`, not both".into())),
-            (None, None) => return Err(("model", "a `model` (a [models.X] section) or an `init` (an earlier stage or a checkpoint)".into())),
+            (None, None) => {
+                return Err(("model", "a `model` (a [models.X] section) or an `init` (an earlier stage or a checkpoint)".into()))
+            }
             _ => {}
         }
-        let positive = [("steps", self.steps as f64), ("batch_size", self.batch_size as f64), ("grad_accum", self.grad_accum as f64), ("lr", self.lr), ("eval_every", self.eval_every as f64), ("seq_len", self.seq_len as f64)];
+        let positive = [
+            ("steps", self.steps as f64),
+            ("batch_size", self.batch_size as f64),
+            ("grad_accum", self.grad_accum as f64),
+            ("lr", self.lr),
+            ("eval_every", self.eval_every as f64),
+            ("seq_len", self.seq_len as f64),
+        ];
         if let Some((key, value)) = positive.into_iter().find(|(_, value)| !(*value > 0.0)) {
             return Err((key, format!("a value > 0, got {value}")));
         }
@@ -483,10 +494,8 @@ fn train(context: &StageContext, settings: &TrainSettings, objective: Objective)
         total_steps: settings.steps,
         shape: settings.schedule,
     };
-    let mut optimizer = AdamW::new(
-        &model.vs,
-        AdamWConfig { beta1: settings.beta1, beta2: settings.beta2, eps: 1e-8, weight_decay: settings.weight_decay },
-    );
+    let mut optimizer =
+        AdamW::new(&model.vs, AdamWConfig { beta1: settings.beta1, beta2: settings.beta2, eps: 1e-8, weight_decay: settings.weight_decay });
 
     let mut progress = Progress { step: 0, best_eval_loss: f64::INFINITY, evals_since_best: 0 };
     if context.resume && state::exists(&state_dir) {
@@ -542,7 +551,12 @@ fn train(context: &StageContext, settings: &TrainSettings, objective: Objective)
             progress.step = step;
             state::save(&state_dir, &[Part { name: "model", vs: &model.vs, optimizer: &optimizer }], &progress)?;
             if settings.patience.is_some_and(|patience| progress.evals_since_best >= patience) {
-                tracing::info!(stage = context.name(), step, "early stopping: eval loss has not improved for {} evaluations", progress.evals_since_best);
+                tracing::info!(
+                    stage = context.name(),
+                    step,
+                    "early stopping: eval loss has not improved for {} evaluations",
+                    progress.evals_since_best
+                );
                 stopped_early = true;
                 break;
             }

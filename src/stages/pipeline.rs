@@ -49,7 +49,9 @@ pub fn run_experiment(experiment: &Experiment, run: &RunDir, selection: &Selecti
     let devices: Vec<(String, String)> = experiment
         .stages
         .iter()
-        .flat_map(|stage| stage.settings.devices().into_iter().map(move |(role, device)| (format!("{}.{role}", stage.name), device.to_string())))
+        .flat_map(|stage| {
+            stage.settings.devices().into_iter().map(move |(role, device)| (format!("{}.{role}", stage.name), device.to_string()))
+        })
         .collect();
     let env = environment::describe(experiment.seed, &devices);
     run.write(crate::run::ENV_FILE, &serde_json::to_string_pretty(&env).expect("JSON serialises"))?;

@@ -21,9 +21,9 @@ use tch::{Device, Kind, Tensor};
 
 use super::lm::{progress_bar, Schedule};
 use super::{StageContext, StageError, StageSettings, CHECKPOINT_DIR, STATE_DIR};
-use crate::model::generate::{generate, Generation, GenerateOptions, Sampling};
-use crate::model::reward::{RewardModel, RewardNormalization};
 use crate::data::synthetic::oracle::GoldOracle;
+use crate::model::generate::{generate, GenerateOptions, Generation, Sampling};
+use crate::model::reward::{RewardModel, RewardNormalization};
 use crate::model::{DeviceSpec, Gpt2, LanguageModel, Precision, ScalarHead};
 use crate::rng::step_seed;
 use crate::run::{Metrics, MetricsWriter};
@@ -148,6 +148,8 @@ pub struct PpoSettings {
     pub samples: usize,
 }
 
+// One default a line: the table reads better than rustfmt's four lines per function.
+#[rustfmt::skip]
 mod defaults {
     use super::Schedule;
     pub fn iterations() -> u64 { 100 }
@@ -202,7 +204,12 @@ impl StageSettings for PpoSettings {
         if let Some((key, value)) = positive.into_iter().find(|(_, v)| !(*v > 0.0 && v.is_finite())) {
             return Err((key, format!("a value > 0, got {value}")));
         }
-        let non_negative = [("vf_coef", self.vf_coef), ("kl_coef", self.kl_coef), ("entropy_coef", self.entropy_coef), ("missing_eos_penalty", self.missing_eos_penalty)];
+        let non_negative = [
+            ("vf_coef", self.vf_coef),
+            ("kl_coef", self.kl_coef),
+            ("entropy_coef", self.entropy_coef),
+            ("missing_eos_penalty", self.missing_eos_penalty),
+        ];
         if let Some((key, value)) = non_negative.into_iter().find(|(_, v)| !(*v >= 0.0 && v.is_finite())) {
             return Err((key, format!("a value ≥ 0, got {value}")));
         }
@@ -211,7 +218,9 @@ impl StageSettings for PpoSettings {
         }
         match (&self.value, self.shared_backbone) {
             (None, false) => return Err(("value", "the value model's starting checkpoint (or shared_backbone = true)".into())),
-            (Some(_), true) => return Err(("value", "no value model with shared_backbone = true (the value head sits on the policy)".into())),
+            (Some(_), true) => {
+                return Err(("value", "no value model with shared_backbone = true (the value head sits on the policy)".into()))
+            }
             _ => {}
         }
         if !self.rollout_batch.is_multiple_of(self.minibatch_size) {
@@ -296,7 +305,13 @@ pub fn gae(rewards: &Tensor, values: &Tensor, mask: &Tensor, gamma: f64, lam: f6
 /// PPO's clipped surrogate (Schulman et al. 2017, eq. 7), as a loss to minimise:
 /// mean over tokens of max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)) with ρ = π/π_old.
 /// Returns `(loss, clip fraction, approximate KL ½·mean((log π − log π_old)²))`.
-pub fn clipped_policy_loss(logprobs: &Tensor, old_logprobs: &Tensor, advantages: &Tensor, mask: &Tensor, cliprange: f64) -> (Tensor, Tensor, Tensor) {
+pub fn clipped_policy_loss(
+    logprobs: &Tensor,
+    old_logprobs: &Tensor,
+    advantages: &Tensor,
+    mask: &Tensor,
+    cliprange: f64,
+) -> (Tensor, Tensor, Tensor) {
     let log_ratio = logprobs - old_logprobs;
     let ratio = log_ratio.exp();
     let unclipped = -advantages * &ratio;
@@ -350,7 +365,13 @@ fn response_states(gpt: &Gpt2, rollout: &RolloutTokens, train: bool) -> Tensor {
 
 /// Log-probabilities `[B, T]` of each row's response tokens under softmax(logits / temperature),
 /// and, when asked, the entropy of that distribution at each response position.
-fn response_logprobs(gpt: &Gpt2, states: &Tensor, rollout: &RolloutTokens, temperature: f64, with_entropy: bool) -> (Tensor, Option<Tensor>) {
+fn response_logprobs(
+    gpt: &Gpt2,
+    states: &Tensor,
+    rollout: &RolloutTokens,
+    temperature: f64,
+    with_entropy: bool,
+) -> (Tensor, Option<Tensor>) {
     let log_distribution = (gpt.logits(states).to_kind(Kind::Float) / temperature).log_softmax(-1, Kind::Float);
     let response = rollout.response_ids.to(states.device()).unsqueeze(-1);
     let logprobs = log_distribution.gather(2, &response, false).squeeze_dim(-1);
@@ -524,7 +545,11 @@ impl<'a> Ppo<'a> {
                 Critic::Model(model) => Some(AdamW::new(&model.vs, adam)),
                 Critic::SharedHead(_) => None,
             },
-            kl: KlController { coef: settings.kl_coef, target: settings.adaptive_kl.then_some(settings.kl_target), horizon: settings.kl_horizon },
+            kl: KlController {
+                coef: settings.kl_coef,
+                target: settings.adaptive_kl.then_some(settings.kl_target),
+                horizon: settings.kl_horizon,
+            },
             settings,
             models,
             oracle,
@@ -753,7 +778,8 @@ impl<'a> Ppo<'a> {
     /// passes the same seed at every evaluation, so that changes come from the policy).
     pub fn evaluate(&self, prompts: &[String], seed: u64) -> Result<(Metrics, Vec<Sample>), StageError> {
         let scored = self.sample_and_score(prompts, seed, &mut Timings::default())?;
-        let sequence_kl: Vec<f64> = Vec::try_from((&scored.logprobs - &scored.reference_logprobs).sum_dim_intlist(1, false, Kind::Double)).expect("1-D");
+        let sequence_kl: Vec<f64> =
+            Vec::try_from((&scored.logprobs - &scored.reference_logprobs).sum_dim_intlist(1, false, Kind::Double)).expect("1-D");
         let scores: Vec<f64> = Vec::try_from(scored.scores.to_kind(Kind::Double)).expect("1-D");
         let mut metrics = Metrics::from([
             ("eval/rm_score".to_string(), mean(&scores)),
@@ -798,7 +824,9 @@ fn load_models(context: &StageContext, settings: &PpoSettings) -> Result<Models,
     let mut reference = context.load_model(&settings.reference, devices.reference, dtypes.reference)?;
     reference.vs.freeze();
     let checkpoint = |key: &str, reference: &str| {
-        context.checkpoint_dir(reference).ok_or_else(|| context.invalid(format!("`{key}` must be a trained checkpoint, not a fresh [models] section")))
+        context
+            .checkpoint_dir(reference)
+            .ok_or_else(|| context.invalid(format!("`{key}` must be a trained checkpoint, not a fresh [models] section")))
     };
     let mut reward = RewardModel::load(&checkpoint("reward", &settings.reward)?, devices.reward.resolve()?, dtypes.reward, false)?;
     reward.vs.freeze();
@@ -807,13 +835,16 @@ fn load_models(context: &StageContext, settings: &PpoSettings) -> Result<Models,
     }
     for (role, vocab) in [("reference", reference.gpt.config.vocab_size), ("reward", reward.gpt.config.vocab_size)] {
         if vocab != policy.gpt.config.vocab_size {
-            return Err(context.invalid(format!("the {role} model's vocabulary ({vocab}) differs from the policy's ({})", policy.gpt.config.vocab_size)));
+            return Err(context
+                .invalid(format!("the {role} model's vocabulary ({vocab}) differs from the policy's ({})", policy.gpt.config.vocab_size)));
         }
     }
     // The value head's initialisation is drawn from the stage's seed.
     tch::manual_seed(step_seed(context.seed(), ROLLOUT_SEED, 0) as i64);
     let critic = match &settings.value {
-        Some(value) => Critic::Model(Box::new(RewardModel::load(&checkpoint("value", value)?, devices.value.resolve()?, dtypes.value, true)?)),
+        Some(value) => {
+            Critic::Model(Box::new(RewardModel::load(&checkpoint("value", value)?, devices.value.resolve()?, dtypes.value, true)?))
+        }
         None => Critic::SharedHead(shared_value_head(&mut policy, dtypes.policy)),
     };
     Ok(Models { policy, reference, reward: Box::new(reward), critic })
@@ -847,14 +878,21 @@ fn train(context: &StageContext, settings: &PpoSettings) -> Result<Metrics, Stag
     let state_dir = dir.join(STATE_DIR);
     let seed = context.seed();
     let task = context.task;
-    let train_prompts: Vec<String> = task.prompts.train.iter().chain(task.demonstrations.train.iter().map(|d| &d.prompt)).cloned().collect();
+    let train_prompts: Vec<String> =
+        task.prompts.train.iter().chain(task.demonstrations.train.iter().map(|d| &d.prompt)).cloned().collect();
     let eval_prompts: Vec<String> =
         task.prompts.eval.iter().chain(task.demonstrations.eval.iter().map(|d| &d.prompt)).take(settings.eval_prompts).cloned().collect();
     if train_prompts.is_empty() || eval_prompts.is_empty() {
         return Err(context.invalid("the task has no prompts to train or evaluate on"));
     }
     let mut ppo = Ppo::new(settings, load_models(context, settings)?, task.oracle);
-    let schedule = |lr: f64| LrSchedule { lr, min_lr_ratio: 0.0, warmup_steps: settings.warmup_iterations, total_steps: settings.iterations, shape: settings.schedule };
+    let schedule = |lr: f64| LrSchedule {
+        lr,
+        min_lr_ratio: 0.0,
+        warmup_steps: settings.warmup_iterations,
+        total_steps: settings.iterations,
+        shape: settings.schedule,
+    };
     let (policy_schedule, value_schedule) = (schedule(settings.policy_lr), schedule(settings.value_lr));
 
     let mut progress = Progress { iteration: 0, kl: ppo.kl, start: Metrics::new() };
@@ -873,7 +911,12 @@ fn train(context: &StageContext, settings: &PpoSettings) -> Result<Metrics, Stag
         // The starting policy's figures: the baseline every later evaluation is read against.
         let (start, samples) = ppo.evaluate(&eval_prompts, eval_seed)?;
         log_samples(&mut samples_log, 0, &samples, settings.samples)?;
-        tracing::info!(stage = context.name(), rm_score = start["eval/rm_score"], gold = start.get("eval/gold_score"), "evaluated the starting policy");
+        tracing::info!(
+            stage = context.name(),
+            rm_score = start["eval/rm_score"],
+            gold = start.get("eval/gold_score"),
+            "evaluated the starting policy"
+        );
         metrics_log.log(0, &start)?;
         progress.start = start;
     }
@@ -882,7 +925,8 @@ fn train(context: &StageContext, settings: &PpoSettings) -> Result<Metrics, Stag
     let mut last_eval = Metrics::new();
     for iteration in progress.iteration + 1..=settings.iterations {
         let mut prompt_rng = ChaCha8Rng::seed_from_u64(step_seed(seed, PROMPT_SEED, iteration));
-        let prompts: Vec<String> = (0..settings.rollout_batch).map(|_| train_prompts.choose(&mut prompt_rng).expect("non-empty").clone()).collect();
+        let prompts: Vec<String> =
+            (0..settings.rollout_batch).map(|_| train_prompts.choose(&mut prompt_rng).expect("non-empty").clone()).collect();
         let lrs = (policy_schedule.at(iteration), value_schedule.at(iteration));
         let mut metrics = ppo.iteration(&prompts, lrs, step_seed(seed, ITERATION_SEED, iteration))?;
         bar.set_position(iteration);
@@ -893,7 +937,16 @@ fn train(context: &StageContext, settings: &PpoSettings) -> Result<Metrics, Stag
             let (eval, samples) = ppo.evaluate(&eval_prompts, eval_seed)?;
             log_samples(&mut samples_log, iteration, &samples, settings.samples)?;
             metrics.extend(eval.clone());
-            bar.suspend(|| tracing::info!(stage = context.name(), iteration, rm_score = eval["eval/rm_score"], gold = eval.get("eval/gold_score"), kl = eval["eval/kl"], "evaluated"));
+            bar.suspend(|| {
+                tracing::info!(
+                    stage = context.name(),
+                    iteration,
+                    rm_score = eval["eval/rm_score"],
+                    gold = eval.get("eval/gold_score"),
+                    kl = eval["eval/kl"],
+                    "evaluated"
+                )
+            });
             last_eval = eval;
         }
         metrics_log.log(iteration, &metrics)?;

@@ -116,6 +116,8 @@ pub struct RewardSettings {
     pub dtype: Precision,
 }
 
+// One default a line: the table reads better than rustfmt's four lines per function.
+#[rustfmt::skip]
 mod defaults {
     use super::{PreferenceSource, Schedule};
     pub fn source() -> PreferenceSource { PreferenceSource::Synthetic }
@@ -154,11 +156,25 @@ impl StageSettings for RewardSettings {
             }
             _ => {}
         }
-        let positive = [("steps", self.steps as f64), ("batch_size", self.batch_size as f64), ("lr", self.lr), ("eval_every", self.eval_every as f64), ("annotator_temperature", self.annotator_temperature), ("sample_temperature", self.sample_temperature), ("annotators", self.annotators as f64)];
+        let positive = [
+            ("steps", self.steps as f64),
+            ("batch_size", self.batch_size as f64),
+            ("lr", self.lr),
+            ("eval_every", self.eval_every as f64),
+            ("annotator_temperature", self.annotator_temperature),
+            ("sample_temperature", self.sample_temperature),
+            ("annotators", self.annotators as f64),
+        ];
         if let Some((key, value)) = positive.into_iter().find(|(_, v)| !(*v > 0.0)) {
             return Err((key, format!("a value > 0, got {value}")));
         }
-        let probabilities = [("noise", self.noise), ("tie_rate", self.tie_rate), ("policy_fraction", self.policy_fraction), ("eval_fraction", self.eval_fraction), ("off_prompt_pairs", self.off_prompt_pairs)];
+        let probabilities = [
+            ("noise", self.noise),
+            ("tie_rate", self.tie_rate),
+            ("policy_fraction", self.policy_fraction),
+            ("eval_fraction", self.eval_fraction),
+            ("off_prompt_pairs", self.off_prompt_pairs),
+        ];
         if let Some((key, value)) = probabilities.into_iter().find(|(_, v)| !(0.0..=1.0).contains(v)) {
             return Err((key, format!("a probability in [0, 1], got {value}")));
         }
@@ -233,7 +249,8 @@ pub fn preference_metrics(scores: &[(f64, f64)], pairs: &[&PreferencePair], flip
         ("eval/f1".to_string(), f1),
         ("eval/ece".to_string(), ece),
     ]);
-    let golds: Vec<(usize, (f64, f64))> = (0..scores.len()).filter_map(|i| pairs[i].gold.map(|g| (i, g))).filter(|(_, g)| g.0 != g.1).collect();
+    let golds: Vec<(usize, (f64, f64))> =
+        (0..scores.len()).filter_map(|i| pairs[i].gold.map(|g| (i, g))).filter(|(_, g)| g.0 != g.1).collect();
     if !golds.is_empty() {
         let count = golds.len() as f64;
         let rm_agrees = golds.iter().filter(|(i, g)| (scores[*i].0 > scores[*i].1) == (g.0 > g.1)).count() as f64;
@@ -243,7 +260,17 @@ pub fn preference_metrics(scores: &[(f64, f64)], pairs: &[&PreferencePair], flip
     }
     let gold_accuracy: Option<f64> = judged
         .iter()
-        .map(|&i| pairs[i].gold.map(|(chosen, rejected)| if chosen > rejected { 1.0 } else if chosen == rejected { 0.5 } else { 0.0 }))
+        .map(|&i| {
+            pairs[i].gold.map(|(chosen, rejected)| {
+                if chosen > rejected {
+                    1.0
+                } else if chosen == rejected {
+                    0.5
+                } else {
+                    0.0
+                }
+            })
+        })
         .sum();
     if let Some(correct) = gold_accuracy.filter(|_| !judged.is_empty()) {
         metrics.insert("eval/noise_ceiling".into(), correct / n);
@@ -285,9 +312,9 @@ fn train(context: &StageContext, settings: &RewardSettings) -> Result<Metrics, S
     add_off_prompt_pairs(&mut train_pairs, settings.off_prompt_pairs, &mut ChaCha8Rng::seed_from_u64(step_seed(seed, PAIRS_SEED, 5)));
     tracing::info!(train = labeled, off_prompt = train_pairs.len() - labeled, eval = eval_pairs.len(), "preference pairs");
 
-    let source_dir = context
-        .checkpoint_dir(&settings.init)
-        .ok_or_else(|| context.invalid("`init` must be a trained checkpoint (an earlier stage or a directory), not a fresh [models] section"))?;
+    let source_dir = context.checkpoint_dir(&settings.init).ok_or_else(|| {
+        context.invalid("`init` must be a trained checkpoint (an earlier stage or a directory), not a fresh [models] section")
+    })?;
     tch::manual_seed(step_seed(seed, DATA_SEED, 0) as i64);
     let mut model = RewardModel::load(&source_dir, settings.device.resolve()?, settings.dtype, true)?;
     let schedule = LrSchedule {
@@ -370,7 +397,10 @@ fn train(context: &StageContext, settings: &RewardSettings) -> Result<Metrics, S
     let mut summary = last_eval;
     summary.insert("reward/mean".into(), normalization.mean);
     summary.insert("reward/std".into(), normalization.std);
-    metrics_log.log(settings.steps, &Metrics::from([("reward/mean".to_string(), normalization.mean), ("reward/std".to_string(), normalization.std)]))?;
+    metrics_log.log(
+        settings.steps,
+        &Metrics::from([("reward/mean".to_string(), normalization.mean), ("reward/std".to_string(), normalization.std)]),
+    )?;
     Ok(summary)
 }
 
@@ -494,11 +524,21 @@ fn preference_pairs(context: &StageContext, settings: &RewardSettings) -> Result
 
 /// Pairs of responses to task prompts, labeled by simulated annotators from the gold oracle.
 fn synthetic_pairs(context: &StageContext, settings: &RewardSettings) -> Result<(Vec<PreferencePair>, Vec<PreferencePair>), StageError> {
-    let oracle = context.task.oracle.ok_or_else(|| context.invalid("source = \"synthetic\" needs a task with a gold oracle (synthetic-reviews)"))?;
+    let oracle =
+        context.task.oracle.ok_or_else(|| context.invalid("source = \"synthetic\" needs a task with a gold oracle (synthetic-reviews)"))?;
     let mut rng = ChaCha8Rng::seed_from_u64(step_seed(context.seed(), PAIRS_SEED, 2));
-    let pool = AnnotatorPool::new(settings.annotators, settings.noise, settings.bias_std, settings.annotator_temperature, settings.tie_rate, &mut rng);
-    let prompts: Vec<&String> = context.task.prompts.train.iter().chain(context.task.demonstrations.train.iter().map(|d| &d.prompt)).collect();
-    let eval_prompts: Vec<&String> = context.task.prompts.eval.iter().chain(context.task.demonstrations.eval.iter().map(|d| &d.prompt)).collect();
+    let pool = AnnotatorPool::new(
+        settings.annotators,
+        settings.noise,
+        settings.bias_std,
+        settings.annotator_temperature,
+        settings.tie_rate,
+        &mut rng,
+    );
+    let prompts: Vec<&String> =
+        context.task.prompts.train.iter().chain(context.task.demonstrations.train.iter().map(|d| &d.prompt)).collect();
+    let eval_prompts: Vec<&String> =
+        context.task.prompts.eval.iter().chain(context.task.demonstrations.eval.iter().map(|d| &d.prompt)).collect();
     if prompts.is_empty() || eval_prompts.is_empty() {
         return Err(context.invalid("the task has no prompts to build pairs from"));
     }
@@ -508,7 +548,8 @@ fn synthetic_pairs(context: &StageContext, settings: &RewardSettings) -> Result<
     let pair_prompts: Vec<&String> = (0..total)
         .map(|i| *if i < settings.pairs { prompts.choose(&mut rng) } else { eval_prompts.choose(&mut rng) }.expect("non-empty"))
         .collect();
-    let from_policy: Vec<[bool; 2]> = (0..total).map(|_| [rng.random_bool(settings.policy_fraction), rng.random_bool(settings.policy_fraction)]).collect();
+    let from_policy: Vec<[bool; 2]> =
+        (0..total).map(|_| [rng.random_bool(settings.policy_fraction), rng.random_bool(settings.policy_fraction)]).collect();
     let policy_prompts: Vec<&str> = pair_prompts
         .iter()
         .zip(&from_policy)
@@ -533,8 +574,22 @@ fn synthetic_pairs(context: &StageContext, settings: &RewardSettings) -> Result<
         }
         let (gold_first, gold_second) = (oracle.score(prompt, &first).total, oracle.score(prompt, &second).total);
         let pair = match pool.label(index, gold_first, gold_second, &mut rng) {
-            Preference::Second => PreferencePair { prompt: prompt.to_string(), chosen: second, rejected: first, tie: false, margin: None, gold: Some((gold_second, gold_first)) },
-            label => PreferencePair { prompt: prompt.to_string(), chosen: first, rejected: second, tie: label == Preference::Tie, margin: None, gold: Some((gold_first, gold_second)) },
+            Preference::Second => PreferencePair {
+                prompt: prompt.to_string(),
+                chosen: second,
+                rejected: first,
+                tie: false,
+                margin: None,
+                gold: Some((gold_second, gold_first)),
+            },
+            label => PreferencePair {
+                prompt: prompt.to_string(),
+                chosen: first,
+                rejected: second,
+                tie: label == Preference::Tie,
+                margin: None,
+                gold: Some((gold_first, gold_second)),
+            },
         };
         pairs.push(pair);
     }
@@ -565,7 +620,11 @@ fn sample_policy(context: &StageContext, settings: &RewardSettings, prompts: &[&
 }
 
 /// Mean and std of the reward model's scores on policy samples for held-out prompts.
-fn policy_score_statistics(context: &StageContext, settings: &RewardSettings, model: &RewardModel) -> Result<RewardNormalization, StageError> {
+fn policy_score_statistics(
+    context: &StageContext,
+    settings: &RewardSettings,
+    model: &RewardModel,
+) -> Result<RewardNormalization, StageError> {
     let prompts: Vec<&str> = context
         .task
         .prompts
@@ -625,11 +684,11 @@ mod tests {
     #[test]
     fn preference_metrics_on_crafted_predictions() {
         let pairs: Vec<PreferencePair> = vec![
-            pair(false, Some((1.0, 0.0))),  // RM right, gold agrees with the label
-            pair(false, Some((1.0, 0.0))),  // RM wrong
-            pair(false, Some((0.0, 1.0))),  // RM right, but the annotator went against gold
-            pair(false, Some((2.0, 0.0))),  // RM right
-            pair(true, Some((0.5, 0.5))),   // tie: not in accuracy, equal gold: not in agreement
+            pair(false, Some((1.0, 0.0))), // RM right, gold agrees with the label
+            pair(false, Some((1.0, 0.0))), // RM wrong
+            pair(false, Some((0.0, 1.0))), // RM right, but the annotator went against gold
+            pair(false, Some((2.0, 0.0))), // RM right
+            pair(true, Some((0.5, 0.5))),  // tie: not in accuracy, equal gold: not in agreement
         ];
         let refs: Vec<&PreferencePair> = pairs.iter().collect();
         let scores = [(1.0, 0.0), (0.0, 2.0), (3.0, 1.0), (0.5, 0.0), (0.0, 0.0)];
@@ -653,7 +712,14 @@ mod tests {
     #[test]
     fn off_prompt_pairs_pit_a_response_against_one_written_for_another_prompt() {
         let labeled: Vec<PreferencePair> = (0..40)
-            .map(|i| PreferencePair { prompt: format!("prompt {}", i % 4), chosen: format!("good {i}"), rejected: format!("bad {i}"), tie: false, margin: Some(1.0), gold: None })
+            .map(|i| PreferencePair {
+                prompt: format!("prompt {}", i % 4),
+                chosen: format!("good {i}"),
+                rejected: format!("bad {i}"),
+                tie: false,
+                margin: Some(1.0),
+                gold: None,
+            })
             .collect();
         let mut pairs = labeled.clone();
         add_off_prompt_pairs(&mut pairs, 0.5, &mut ChaCha8Rng::seed_from_u64(1));
@@ -675,7 +741,8 @@ mod tests {
     fn noise_ceiling_is_measured_on_the_pairs_accuracy_is_measured_on() {
         // Annotators picked a side on a pair gold cannot separate: accuracy counts it, so the
         // ceiling must too (gold's coin flip, ½), while agreement with gold leaves it out.
-        let pairs = [pair(false, Some((1.0, 0.0))), pair(false, Some((0.0, 1.0))), pair(false, Some((0.5, 0.5))), pair(false, Some((2.0, 1.0)))];
+        let pairs =
+            [pair(false, Some((1.0, 0.0))), pair(false, Some((0.0, 1.0))), pair(false, Some((0.5, 0.5))), pair(false, Some((2.0, 1.0)))];
         let refs: Vec<&PreferencePair> = pairs.iter().collect();
         let scores = [(1.0, 0.0), (1.0, 0.0), (1.0, 0.0), (0.0, 1.0)];
         let m = preference_metrics(&scores, &refs, &[false; 4]);

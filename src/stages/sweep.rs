@@ -26,9 +26,15 @@ pub enum SweepError {
 pub fn start(source: &Path, overrides: &[String], experiment: &Experiment, out: &Path) -> Result<PathBuf, SweepError> {
     let sweep = experiment.sweep.as_ref().expect("start is called for experiments with a [sweep]");
     let dir = create_unique_dir(&out.join(&experiment.name), "sweep-")?;
-    let text = std::fs::read_to_string(source).map_err(|source_error| RunDirError::Read { path: source.to_path_buf(), source: source_error })?;
+    let text =
+        std::fs::read_to_string(source).map_err(|source_error| RunDirError::Read { path: source.to_path_buf(), source: source_error })?;
     write_atomic(&dir.join(EXPERIMENT_FILE), &text)?;
-    let record = SweepRecord { experiment: experiment.name.clone(), overrides: overrides.to_vec(), keys: sweep.keys.clone(), variants: sweep.variants.clone() };
+    let record = SweepRecord {
+        experiment: experiment.name.clone(),
+        overrides: overrides.to_vec(),
+        keys: sweep.keys.clone(),
+        variants: sweep.variants.clone(),
+    };
     record.write(&dir)?;
     tracing::info!(sweep = %dir.display(), variants = record.variants.len(), "sweep directory");
     run_variants(&dir, &record)?;
@@ -53,7 +59,8 @@ fn run_variants(dir: &Path, record: &SweepRecord) -> Result<(), SweepError> {
     let total = record.variants.len();
     for (index, variant) in record.variants.iter().enumerate() {
         let path = SweepRecord::variant_dir(dir, variant);
-        let failed = |source: PipelineError| SweepError::Variant { variant: variant.name.clone(), path: path.clone(), source: Box::new(source) };
+        let failed =
+            |source: PipelineError| SweepError::Variant { variant: variant.name.clone(), path: path.clone(), source: Box::new(source) };
         let (experiment, run, resume) = if path.join(crate::run::CONFIG_FILE).is_file() {
             let run = RunDir::open(&path)?;
             let experiment = config::load(&run.config_path(), &[])?;

@@ -54,9 +54,8 @@ pub fn tiny_config(vocab_size: i64, n_positions: i64, n_embd: i64, n_layer: i64,
 
 /// A small byte-level BPE (at most `vocab_size` tokens, end-of-text = id 0).
 pub fn tiny_tokenizer(vocab_size: usize) -> TextTokenizer {
-    let corpus: Vec<String> = (0..300)
-        .map(|i| format!("review {i}: the battery is great and the screen is dull, price fair<|endoftext|>"))
-        .collect();
+    let corpus: Vec<String> =
+        (0..300).map(|i| format!("review {i}: the battery is great and the screen is dull, price fair<|endoftext|>")).collect();
     let tokenizer = TextTokenizer::train(corpus.iter(), vocab_size).unwrap();
     assert_eq!(tokenizer.eos_id(), 0);
     tokenizer
@@ -65,11 +64,7 @@ pub fn tiny_tokenizer(vocab_size: usize) -> TextTokenizer {
 /// Runs the built `rlhf` binary; returns (exit success, stdout, stderr).
 pub fn rlhf(args: &[&str], cwd: &Path) -> (bool, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_rlhf")).args(args).current_dir(cwd).output().expect("rlhf runs");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
 /// Where the browser tests' Node package (playwright-core) lives.

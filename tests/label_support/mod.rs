@@ -21,11 +21,7 @@ pub fn rlhf(args: &[&str]) -> Output {
 /// Runs `rlhf ARGS…`, asserts success and returns stdout.
 pub fn rlhf_ok(args: &[&str]) -> String {
     let output = rlhf(args);
-    assert!(
-        output.status.success(),
-        "rlhf {args:?} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "rlhf {args:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).expect("utf-8 stdout")
 }
 
@@ -191,10 +187,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: &str, token: &str) -> Client {
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(20)))
-            .build();
+        let config = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(20))).build();
         Client { agent: ureq::Agent::new_with_config(config), base: base.into(), token: token.into() }
     }
 

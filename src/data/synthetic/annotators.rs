@@ -51,11 +51,7 @@ impl AnnotatorPool {
         if rng.random_bool(self.tie_rate) {
             return Preference::Tie;
         }
-        let p_first = if rng.random_bool(annotator.noise) {
-            0.5
-        } else {
-            sigmoid((first - second) / self.temperature + annotator.bias)
-        };
+        let p_first = if rng.random_bool(annotator.noise) { 0.5 } else { sigmoid((first - second) / self.temperature + annotator.bias) };
         if rng.random_bool(p_first) {
             Preference::First
         } else {

@@ -33,11 +33,7 @@ pub struct GoldOracle;
 impl GoldOracle {
     /// The gold score; a prompt that is not a review request gets no topic or sentiment credit.
     pub fn score(&self, prompt: &str, response: &str) -> GoldScore {
-        let words: Vec<String> = response
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .map(str::to_lowercase)
-            .collect();
+        let words: Vec<String> = response.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect();
         let request = ReviewRequest::parse(prompt);
         let count = |list: &[&str]| words.iter().filter(|w| list.contains(&w.as_str())).count() as f64;
         let (positive, negative) = (count(POSITIVE), count(NEGATIVE));
@@ -56,7 +52,13 @@ impl GoldOracle {
         let repetition = -2.0 * repeated_bigram_fraction(&words);
         let length = {
             let n = words.len() as f64;
-            let outside = if n < 12.0 { 12.0 - n } else if n > 30.0 { n - 30.0 } else { 0.0 };
+            let outside = if n < 12.0 {
+                12.0 - n
+            } else if n > 30.0 {
+                n - 30.0
+            } else {
+                0.0
+            };
             (-0.1 * outside).max(-1.0)
         };
         let ending = if response.trim_end().ends_with(['.', '!']) { 0.25 } else { 0.0 };
