@@ -15,7 +15,7 @@ kind = "synthetic-reviews"
 n_layer = 2
 n_head = 2
 n_embd = 32
-n_ctx = 64
+n_ctx = 128
 
 [[stages]]
 name = "pretrain"
@@ -74,7 +74,7 @@ fn unknown_keys_are_rejected_at_their_line() {
     assert_error(&VALID.replace("seed = 3", "seed = 3\nsede = 4"), &[], &["exp.toml", "line 3", "unknown field `sede`"]);
     let in_stage = VALID.replace("lr = 1e-4", "lr = 1e-4\nlearning_rate = 1e-4");
     assert_error(&in_stage, &[], &["exp.toml:24:1", "stage `sft` (sft)", "unknown field `learning_rate`", "expected one of"]);
-    let in_model = VALID.replace("n_ctx = 64", "n_ctx = 64\nn_kv = 2");
+    let in_model = VALID.replace("n_ctx = 128", "n_ctx = 128\nn_kv = 2");
     assert_error(&in_model, &[], &["unknown field `n_kv`", "line 12"]);
 }
 
@@ -122,4 +122,45 @@ fn a_missing_file_and_missing_jsonl_data_are_named() {
     assert!(!ok && stderr.contains("cannot read experiment file `nowhere.toml`"), "{stderr}");
     let jsonl = VALID.replace("kind = \"synthetic-reviews\"", "kind = \"jsonl\"\ncorpus = \"missing.jsonl\"");
     assert_error(&jsonl, &[], &["[task]", "`corpus`: no file `missing.jsonl`"]);
+}
+
+#[test]
+fn sequences_longer_than_a_models_context_are_rejected_before_training() {
+    // Every model of the tiny experiment has a context of 64 tokens; its prompts take ~15.
+    let (ok, _, stderr) = validate(common::TINY_RLHF_EXPERIMENT, &[]);
+    assert!(ok, "{stderr}");
+    assert_error(
+        common::TINY_RLHF_EXPERIMENT,
+        &["--set", "stages.ppo.max_new_tokens=60"],
+        &[
+            "stage `ppo`: `max_new_tokens`: the longest prompt (",
+            "tokens) + max_new_tokens (60) = ",
+            "exceed the context of the policy model `policy` = \"sft\" (64 tokens)",
+        ],
+    );
+    assert_error(
+        common::TINY_RLHF_EXPERIMENT,
+        &["--set", "stages.sft.seq_len=100"],
+        &["stage `sft`: `seq_len`: 100 tokens exceed the context of `model` = \"base\" (64 tokens)"],
+    );
+
+    // `rlhf run` refuses it too, before any stage trains.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("exp.toml"), common::TINY_RLHF_EXPERIMENT).unwrap();
+    let (ok, _, stderr) = common::rlhf(&["run", "exp.toml", "--out", "out", "--set", "stages.ppo.max_new_tokens=60"], dir.path());
+    assert!(!ok && !stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("exceed the context of the policy model"), "{stderr}");
+    assert!(!stderr.contains("stage starts"), "a stage started training:\n{stderr}");
+}
+
+#[test]
+fn the_printed_config_includes_the_sweep_table() {
+    let text = format!("{VALID}\n[sweep]\nseeds = [1, 2]\n[sweep.parameters]\n\"stages.sft.lr\" = [1e-4, 3e-4]\n");
+    let (ok, resolved, stderr) = validate(&text, &["--print"]);
+    assert!(ok, "{stderr}");
+    assert!(resolved.contains("[sweep]\nmethod = \"grid\"\nseeds = [1, 2]"), "{resolved}");
+    assert!(resolved.contains("[sweep.parameters]\n\"stages.sft.lr\" = [0.0001, 0.0003]"), "{resolved}");
+    let (ok, again, _) = validate(&resolved, &["--print"]);
+    assert!(ok);
+    assert_eq!(resolved, again, "the resolved config with its sweep is not a fixed point");
 }

@@ -1,5 +1,5 @@
 //! The labeling HTTP API against a real `rlhf label serve` process: every status code of
-//! DESIGN.md, leases, labels per pair, undo, stats, bad input and verbatim text.
+//! docs/reference.md §7, leases, labels per pair, undo, stats, bad input and verbatim text.
 
 mod label_support;
 

@@ -4,7 +4,8 @@ mod common;
 mod label_support;
 
 use label_support::*;
-use rlhf_lab::label::{read_preferences, Policy, Preferred, Store};
+use rlhf_lab::data::preferences::read_jsonl;
+use rlhf_lab::label::{read_preference_pairs, Policy, Preferred, Store};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -224,9 +225,14 @@ fn export_writes_preferences_and_ties_and_skips_only_on_request() {
     assert_eq!(everything.last().unwrap()["judgement"], "skip");
     assert_eq!(everything.len(), 4);
 
-    // The library reader (for the reward stage) gives the same preferences as the default export.
-    let read: Vec<Value> = read_preferences(&db).unwrap().iter().map(|r| r.to_json()).collect();
-    assert_eq!(read, records);
+    // The reward stage reads the database as it reads the export with ties and skips as a
+    // preference file: two preferences and one tie (a tie pair), the skip left out.
+    let exported = dir.path().join("everything.jsonl");
+    write_jsonl(&exported, &everything);
+    let from_file = read_jsonl(&exported).unwrap();
+    let from_database = read_preference_pairs(&db).unwrap();
+    assert_eq!(from_database, from_file);
+    assert_eq!(from_database.iter().map(|p| p.tie).collect::<Vec<_>>(), [false, false, true]);
 }
 
 #[test]

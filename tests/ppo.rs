@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rlhf_lab::model::reward::RewardModel;
-use rlhf_lab::model::{LanguageModel, Precision};
-use rlhf_lab::stages::ppo::{shared_value_head, Critic, Models, Ppo, PpoSettings, Scorer};
+use rlhf_lab::model::{Gpt2Config, LanguageModel, Precision};
+use rlhf_lab::stages::ppo::{shared_value_head, Critic, Models, NormalizationSource, Ppo, PpoSettings, Scorer};
 use serde_json::Value;
 use tch::{Device, Tensor};
 
@@ -31,7 +31,13 @@ impl Scorer for LikedTokenShare {
 }
 
 fn tiny_models(dir: &Path, shared_backbone: bool) -> Models {
-    let config = common::tiny_config(VOCAB, 32, 32, 2, 2);
+    tiny_models_with_dropout(dir, shared_backbone, 0.0)
+}
+
+/// A random policy (and reference, and value model) saved and loaded as a checkpoint whose
+/// dropout probabilities are `dropout`, as a Hugging Face GPT-2's are (0.1).
+fn tiny_models_with_dropout(dir: &Path, shared_backbone: bool, dropout: f64) -> Models {
+    let config = Gpt2Config { embd_pdrop: dropout, attn_pdrop: dropout, resid_pdrop: dropout, ..common::tiny_config(VOCAB, 32, 32, 2, 2) };
     tch::manual_seed(3);
     LanguageModel::fresh(&config, common::tiny_tokenizer(VOCAB as usize), Device::Cpu, Precision::Fp32).save(dir).unwrap();
     let load = || LanguageModel::load(dir, Device::Cpu, Precision::Fp32).unwrap();
@@ -105,6 +111,54 @@ fn a_value_head_on_the_policy_backbone_also_learns() {
     assert!(last > first + 0.15, "the score went from {first:.3} to {last:.3}: {history:?}");
 }
 
+/// Dropout is off in PPO's optimisation passes as in its rollouts (TRL; Huang et al. 2024): with
+/// a learning rate of ~0 the policy of the first minibatch is the one that sampled, so its ratio
+/// is 1 — no clipping and no approximate KL, even with a checkpoint whose dropout is 0.3.
+#[test]
+fn dropout_does_not_disturb_the_ratio_of_the_first_minibatch() {
+    tch::set_num_threads(1);
+    let dir = tempfile::tempdir().unwrap();
+    let settings: PpoSettings = toml::from_str(
+        r#"policy = "p"
+reference = "p"
+reward = "r"
+value = "p"
+rollout_batch = 16
+minibatch_size = 16
+ppo_epochs = 1
+max_new_tokens = 8
+"#,
+    )
+    .unwrap();
+    let mut ppo = Ppo::new(&settings, tiny_models_with_dropout(dir.path(), false, 0.3), None);
+    let prompts: Vec<String> = (0..16).map(|i| format!("review {i}:")).collect();
+    let metrics = ppo.iteration(&prompts, (1e-12, 1e-12), 1).unwrap();
+    assert!(metrics["policy/approxkl_avg"] < 1e-7, "approximate KL {} with an unmoved policy", metrics["policy/approxkl_avg"]);
+    assert_eq!(metrics["policy/clipfrac_avg"], 0.0);
+    assert_eq!(metrics["val/clipfrac_avg"], 0.0);
+}
+
+/// `reward_normalization = "policy"`: scores are normalised with the mean and std measured on the
+/// starting policy's own responses, so the first rollout's scores have mean ≈ 0 and std ≈ 1
+/// (raw, this reward is a share in [0, 1] with mean ≈ 0.1).
+#[test]
+fn policy_normalisation_centres_and_scales_the_first_rollouts_scores() {
+    tch::set_num_threads(1);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings(0.05, false);
+    assert_eq!(settings.reward_normalization, NormalizationSource::Policy, "the default");
+    let mut ppo = Ppo::new(&settings, tiny_models(dir.path(), false), None);
+    let prompts: Vec<String> = (0..256).map(|i| format!("review {i}:")).collect();
+    let measured = ppo.measure_reward_normalization(&prompts, 11).unwrap();
+    assert!((0.02..0.3).contains(&measured.mean) && measured.std > 0.01, "{measured:?}");
+
+    let metrics = ppo.iteration(&prompts[..32], (settings.policy_lr, settings.value_lr), 1).unwrap();
+    // 32 responses: the mean's standard error is 1/√32 ≈ 0.18, the std's ≈ 0.13.
+    let (mean, std) = (metrics["objective/scores"], metrics["objective/scores_std"]);
+    assert!(mean.abs() < 0.4, "first rollout's normalised scores have mean {mean}");
+    assert!((0.65..1.35).contains(&std), "first rollout's normalised scores have std {std}");
+}
+
 fn lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
@@ -173,7 +227,7 @@ fn a_killed_ppo_stage_resumes_to_the_metrics_of_an_uninterrupted_run() {
         if let Some(run) = run_dir_in(&work.path().join("b")) {
             let saved =
                 std::fs::read_to_string(run.join("ppo/state/progress.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
-            if saved.and_then(|v| v["iteration"].as_u64()).is_some_and(|i| i >= 3) {
+            if saved.and_then(|v| v["step"].as_u64()).is_some_and(|i| i >= 3) {
                 child.kill().unwrap();
                 child.wait().unwrap();
                 break run;

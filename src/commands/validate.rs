@@ -2,9 +2,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::config;
+use crate::data::task;
+use crate::stages::{check_sequence_lengths, pipeline::build_tokenizer};
 
 #[derive(Debug, clap::Args)]
 pub struct ValidateArgs {
@@ -20,8 +22,18 @@ pub struct ValidateArgs {
 
 pub fn run(args: &ValidateArgs) -> Result<()> {
     let experiment = config::load(&args.experiment, &args.overrides)?;
+    // Lengths need the task's prompts in tokens: the data and the tokenizer are built (not saved).
+    let lengths = || -> Result<()> {
+        let task = task::load(&experiment.task, experiment.seed)?;
+        let tokenizer = build_tokenizer(&experiment, &task)?;
+        Ok(check_sequence_lengths(&experiment, &task, &tokenizer)?)
+    };
+    lengths().with_context(|| format!("{}", args.experiment.display()))?;
     if args.print {
         print!("{}", experiment.to_toml());
+        if let Some(sweep) = &experiment.sweep {
+            print!("\n{}", sweep.to_toml());
+        }
     } else {
         let stages: Vec<String> = experiment.stages.iter().map(|s| format!("{} ({})", s.name, s.kind)).collect();
         println!("{}: ok — experiment `{}`, stages: {}", args.experiment.display(), experiment.name, stages.join(" → "));

@@ -1,6 +1,7 @@
 //! Experiment files: parse the TOML, apply `--set` overrides, check every value and every
 //! reference between stages, and report problems with file, line, column and key.
 
+pub mod keys;
 mod overrides;
 mod schema;
 mod sweep;
@@ -56,6 +57,20 @@ pub enum ModelSource {
     Run { run_dir: PathBuf, stage: String },
     /// A checkpoint directory.
     Path(PathBuf),
+}
+
+/// Every table of an experiment file with the keys it accepts: `experiment` (the top level),
+/// `task`, `tokenizer`, `models.NAME`, `sweep`, and `stages (KIND)` for each stage kind.
+pub fn accepted_keys() -> Vec<(String, &'static [&'static str])> {
+    let mut tables = vec![
+        ("experiment".to_string(), keys::struct_keys::<RawExperiment>()),
+        ("task".to_string(), keys::struct_keys::<TaskConfig>()),
+        ("tokenizer".to_string(), keys::struct_keys::<TokenizerConfig>()),
+        ("models.NAME".to_string(), keys::struct_keys::<ModelConfig>()),
+        ("sweep".to_string(), keys::struct_keys::<sweep::RawSweep>()),
+    ];
+    tables.extend(STAGE_KINDS.iter().map(|kind| (format!("stages ({})", kind.name), (kind.keys)())));
+    tables
 }
 
 /// Reads, overrides and validates an experiment file.

@@ -79,6 +79,16 @@ impl Variant {
 pub struct Sweep {
     pub keys: Vec<String>,
     pub variants: Vec<Variant>,
+    /// The `[sweep]` table with its defaults filled in, as `rlhf validate --print` shows it.
+    pub resolved: toml::Table,
+}
+
+impl Sweep {
+    /// The resolved table as TOML, `[sweep]` header included.
+    pub fn to_toml(&self) -> String {
+        let wrapped = toml::Table::from_iter([("sweep".to_string(), Value::Table(self.resolved.clone()))]);
+        toml::to_string(&wrapped).expect("a TOML table serialises")
+    }
 }
 
 /// A problem in the `[sweep]` table, with the byte span it is about.
@@ -160,7 +170,16 @@ pub(super) fn expand(raw: &RawSweep) -> Result<(Sweep, KeySpans), SweepProblem> 
         }
     }
     let spans = domains.into_iter().map(|(name, span, _)| (name, span)).collect();
-    Ok((Sweep { keys, variants }, spans))
+    let mut resolved = toml::Table::new();
+    resolved.insert("method".into(), Value::String(if raw.method == Method::Grid { "grid" } else { "random" }.into()));
+    resolved.insert("seeds".into(), Value::Array(raw.seeds.iter().map(|&seed| Value::Integer(seed as i64)).collect()));
+    if raw.method == Method::Random {
+        resolved.insert("count".into(), Value::Integer(raw.count.unwrap_or_default() as i64));
+        resolved.insert("seed".into(), Value::Integer(raw.seed as i64));
+    }
+    let parameters: toml::Table = raw.parameters.iter().map(|(key, value)| (key.get_ref().clone(), value.get_ref().clone())).collect();
+    resolved.insert("parameters".into(), Value::Table(parameters));
+    Ok((Sweep { keys, variants, resolved }, spans))
 }
 
 fn domain(value: &Value) -> Result<Domain, String> {

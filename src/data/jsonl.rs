@@ -1,4 +1,4 @@
-//! JSONL files (one JSON object per line) in the record formats of DESIGN.md.
+//! JSONL files (one JSON object per line) in the record formats of docs/reference.md §3.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
-//! Preference pairs for reward modeling: `{"prompt", "chosen", "rejected"}` JSONL files (an
-//! optional `"margin"`, and `"judgement": "tie"` for ties), or the labeling database.
+//! Preference pairs for reward modeling, and the `{"prompt", "chosen", "rejected"}` JSONL files
+//! that hold them (an optional `"margin"`, and `"judgement": "tie"` for ties). The labeling
+//! database yields the same pairs through `label::export::read_preference_pairs`.
 
 use std::path::{Path, PathBuf};
 
@@ -26,14 +27,11 @@ pub enum PreferenceError {
     Jsonl(#[from] JsonlError),
     #[error("{path}:{line}: {message}")]
     BadRecord { path: PathBuf, line: usize, message: String },
-    #[error("labeling database `{path}`: {message}")]
-    Database { path: PathBuf, message: String },
-    #[error("labeling database `{path}` holds no preferences yet (label some pairs first)")]
-    NoLabels { path: PathBuf },
 }
 
 /// Reads a preference JSONL file; each record is checked: the three fields present and text,
-/// `chosen` ≠ `rejected`, `margin` a number.
+/// `chosen` ≠ `rejected`, `margin` a number, `judgement` (if any) one of `preference`, `tie`
+/// (a tie pair) or `skip` (left out).
 pub fn read_jsonl(path: &Path) -> Result<Vec<PreferencePair>, PreferenceError> {
     // Line numbers of the non-blank lines, to name the line of a record that fails a check.
     let text = std::fs::read_to_string(path).map_err(|source| JsonlError::Io { path: path.into(), source })?;
@@ -57,26 +55,18 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<PreferencePair>, PreferenceError> {
                 None | Some(Value::Null) => None,
                 Some(value) => Some(value.as_f64().ok_or_else(|| bad(format!("`margin` must be a number, found {value}")))?),
             };
-            let tie = record.get("judgement").and_then(Value::as_str) == Some("tie");
-            Ok(PreferencePair { prompt, chosen, rejected, tie, margin, gold: None })
+            // As `rlhf label export` writes them: a skip says nothing about the pair.
+            let tie = match record.get("judgement") {
+                None | Some(Value::Null) => false,
+                Some(Value::String(judgement)) if judgement == "preference" => false,
+                Some(Value::String(judgement)) if judgement == "tie" => true,
+                Some(Value::String(judgement)) if judgement == "skip" => return Ok(None),
+                Some(other) => return Err(bad(format!("`judgement` must be \"preference\", \"tie\" or \"skip\", found {other}"))),
+            };
+            Ok(Some(PreferencePair { prompt, chosen, rejected, tie, margin, gold: None }))
         })
+        .filter_map(Result::transpose)
         .collect()
-}
-
-/// The preferences stored by the labeling server (ties and skips excluded).
-pub fn read_label_database(path: &Path) -> Result<Vec<PreferencePair>, PreferenceError> {
-    if !path.is_file() {
-        return Err(PreferenceError::Database { path: path.into(), message: "no such file".into() });
-    }
-    let records = crate::label::export::read_preferences(path)
-        .map_err(|e| PreferenceError::Database { path: path.into(), message: e.to_string() })?;
-    if records.is_empty() {
-        return Err(PreferenceError::NoLabels { path: path.into() });
-    }
-    Ok(records
-        .into_iter()
-        .map(|r| PreferencePair { prompt: r.prompt, chosen: r.chosen, rejected: r.rejected, tie: false, margin: None, gold: None })
-        .collect())
 }
 
 #[cfg(test)]
@@ -111,5 +101,21 @@ mod tests {
         let pairs = read_jsonl(&path).unwrap();
         assert_eq!(pairs[0].margin, Some(2.0));
         assert!(!pairs[0].tie && pairs[1].tie);
+    }
+
+    /// The judgements `rlhf label export` writes read as the labels database reads them.
+    #[test]
+    fn exported_skips_are_left_out_and_unknown_judgements_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("prefs.jsonl");
+        let line =
+            |judgement: &str| format!("{{\"prompt\": \"p\", \"chosen\": \"a\", \"rejected\": \"b\", \"judgement\": \"{judgement}\"}}\n");
+        std::fs::write(&path, line("preference") + &line("skip") + &line("tie")).unwrap();
+        let pairs = read_jsonl(&path).unwrap();
+        assert_eq!(pairs.len(), 2);
+        assert!(!pairs[0].tie && pairs[1].tie);
+        assert!(
+            error_for(&line("maybe")).contains("prefs.jsonl:1: `judgement` must be \"preference\", \"tie\" or \"skip\", found \"maybe\"")
+        );
     }
 }

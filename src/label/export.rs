@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use super::assign::Preferred;
 use super::store::{rfc3339_sql, Store};
 use super::LabelError;
+use crate::data::preferences::PreferencePair;
 
 /// Which labels become records besides real preferences.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -113,17 +114,32 @@ pub fn write_jsonl(path: &Path, records: &[PreferenceRecord]) -> Result<usize, L
     Ok(records.len())
 }
 
-/// The preferences (no ties, no skips) of the labeling database at `db`, for callers outside an
-/// async runtime, such as the reward stage.
-pub fn read_preferences(db: &Path) -> Result<Vec<PreferenceRecord>, LabelError> {
+/// The labeled pairs of the database at `db` as reward-model training pairs, for callers outside
+/// an async runtime (the reward stage): preferences, and ties as `tie = true` pairs exactly as a
+/// JSONL line with `"judgement": "tie"` is read; skips say nothing about the pair and are left out.
+pub fn read_preference_pairs(db: &Path) -> Result<Vec<PreferencePair>, LabelError> {
+    if !db.is_file() {
+        return Err(LabelError::NoDatabase(db.to_path_buf()));
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|source| LabelError::Open { path: db.into(), source: sqlx::Error::Io(source) })?;
-    runtime.block_on(async {
+    let records = runtime.block_on(async {
         let store = Store::open(db).await?;
-        let records = store.preferences(ExportFilter::default()).await;
+        let records = store.preferences(ExportFilter { ties: true, skips: false }).await;
         store.close().await;
         records
-    })
+    })?;
+    Ok(records
+        .into_iter()
+        .map(|record| PreferencePair {
+            tie: record.judgement == Judgement::Tie,
+            prompt: record.prompt,
+            chosen: record.chosen,
+            rejected: record.rejected,
+            margin: None,
+            gold: None,
+        })
+        .collect())
 }

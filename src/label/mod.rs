@@ -14,7 +14,7 @@ pub mod store;
 use std::path::PathBuf;
 
 pub use assign::{Policy, Preferred};
-pub use export::{read_preferences, ExportFilter, Judgement, PreferenceRecord};
+pub use export::{read_preference_pairs, ExportFilter, Judgement, PreferenceRecord};
 pub use store::Store;
 
 #[derive(Debug, thiserror::Error)]

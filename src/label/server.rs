@@ -1,4 +1,4 @@
-//! The labeling HTTP server: the JSON API of DESIGN.md (plus `DELETE /api/labels/last` to undo)
+//! The labeling HTTP server: the JSON API of docs/reference.md §7 (with `DELETE /api/labels/last` to undo)
 //! and the page from `labeling-ui/`, embedded in the binary.
 
 use std::collections::HashMap;

@@ -116,11 +116,22 @@ pub fn write_config(dir: &Path, config: &Gpt2Config, precision: Kind) -> Result<
         "add_cross_attention": false,
         "tie_word_embeddings": true,
         "use_cache": true,
-        "dtype": if precision == Kind::BFloat16 { "bfloat16" } else { "float32" },
+        // transformers 5 reads `dtype`, 4.x `torch_dtype`: both, so either loads it as written.
+        "dtype": torch_dtype(precision),
+        "torch_dtype": torch_dtype(precision),
     });
     let path = dir.join(CONFIG_FILE);
     let text = serde_json::to_string_pretty(&json).expect("a JSON value serialises");
     std::fs::write(&path, text).map_err(|source| CheckpointError::Io { path, source })
+}
+
+/// The `torch.dtype` name of a tensor kind, as `config.json` writes it.
+fn torch_dtype(kind: Kind) -> &'static str {
+    match kind {
+        Kind::BFloat16 => "bfloat16",
+        Kind::Half => "float16",
+        _ => "float32",
+    }
 }
 
 /// Writes every variable of `vs` (model and scalar heads) to `model.safetensors`, plus the

@@ -3,25 +3,26 @@
 
 use super::load::Run;
 use super::plots::{Chart, Line, MIN_POINTS_TO_SMOOTH};
+use crate::stages::{stage_kind, Frontier, StageFigures, STAGE_KINDS};
 
-/// Curves worth a chart, in the order they are shown.
-const CURVES: &[&str] = &[
-    "train/loss",
-    "eval/loss",
-    "eval/ppl",
-    "train/accuracy",
-    "eval/accuracy",
-    "eval/gold_agreement",
-    "objective/scores",
-    "objective/kl",
-    "objective/entropy",
-    "policy/clipfrac_avg",
-    "val/clipfrac_avg",
-    "kl_coef",
-    "eval/rm_score",
-    "eval/gold_score",
-    "eval/kl",
-];
+/// What the stage kinds of a stage (across runs) declare about their figures; every kind's
+/// declarations for a stage whose kind is not known.
+fn declared_figures(runs: &[Run], stage: &str) -> Vec<&'static StageFigures> {
+    let mut declared: Vec<&'static StageFigures> = Vec::new();
+    for kind in runs.iter().filter_map(|r| r.stage(stage)).filter_map(|s| s.kind.as_deref()).filter_map(stage_kind) {
+        if !declared.iter().any(|figures| std::ptr::eq(*figures, kind.figures)) {
+            declared.push(kind.figures);
+        }
+    }
+    if declared.is_empty() {
+        for kind in STAGE_KINDS {
+            if !declared.iter().any(|figures| std::ptr::eq(*figures, kind.figures)) {
+                declared.push(kind.figures);
+            }
+        }
+    }
+    declared
+}
 
 /// Charts of one stage.
 #[derive(Debug, Clone)]
@@ -51,10 +52,16 @@ pub fn file_stem(parts: &[&str]) -> String {
 pub fn stage_charts(runs: &[Run]) -> Vec<StageCharts> {
     let mut all = Vec::new();
     for (stage_index, stage) in stage_names(runs).into_iter().enumerate() {
-        let is_ppo = runs.iter().filter_map(|r| r.stage(&stage)).any(|s| s.kind.as_deref() == Some("ppo"));
-        let x_label = if is_ppo { "iteration" } else { "step" };
+        let declared = declared_figures(runs, &stage);
+        let x_label = declared[0].step_name;
+        let mut curves: Vec<&str> = Vec::new();
+        for metric in declared.iter().flat_map(|figures| figures.curves) {
+            if !curves.contains(metric) {
+                curves.push(metric);
+            }
+        }
         let mut charts = Vec::new();
-        for metric in CURVES {
+        for metric in curves {
             let lines: Vec<Line> = runs
                 .iter()
                 .enumerate()
@@ -84,8 +91,10 @@ pub fn stage_charts(runs: &[Run]) -> Vec<StageCharts> {
                 lines,
             });
         }
-        charts.extend(frontier(runs, &stage, stage_index));
-        charts.extend(overoptimization(runs, &stage, stage_index));
+        if let Some(declared) = declared.iter().find_map(|figures| figures.frontier.as_ref()) {
+            charts.extend(frontier(runs, &stage, stage_index, declared));
+            charts.extend(overoptimization(runs, &stage, stage_index, declared));
+        }
         if !charts.is_empty() {
             all.push(StageCharts { stage, charts });
         }
@@ -93,27 +102,27 @@ pub fn stage_charts(runs: &[Run]) -> Vec<StageCharts> {
     all
 }
 
-/// `(eval/kl, eval/rm_score, eval/gold_score)` of each evaluation of a stage.
-fn eval_points(run: &Run, stage: &str) -> Vec<(f64, f64, Option<f64>)> {
+/// `(KL, proxy score, gold score)` of each evaluation of a stage.
+fn eval_points(run: &Run, stage: &str, names: &Frontier) -> Vec<(f64, f64, Option<f64>)> {
     let Some(stage) = run.stage(stage) else { return Vec::new() };
     stage
         .metrics
         .iter()
         .filter_map(|row| {
             let value = |name: &str| row.values.get(name).copied().flatten();
-            Some((value("eval/kl")?, value("eval/rm_score")?, value("eval/gold_score")))
+            Some((value(names.kl)?, value(names.proxy)?, value(names.gold)))
         })
         .collect()
 }
 
 /// The reward–KL frontier: reward-model score against KL to the reference, one point per
 /// evaluation, per run.
-fn frontier(runs: &[Run], stage: &str, stage_index: usize) -> Option<Chart> {
+fn frontier(runs: &[Run], stage: &str, stage_index: usize, names: &Frontier) -> Option<Chart> {
     let lines: Vec<Line> = runs
         .iter()
         .enumerate()
         .filter_map(|(index, run)| {
-            let points: Vec<(f64, f64)> = eval_points(run, stage).into_iter().map(|(kl, rm, _)| (kl, rm)).collect();
+            let points: Vec<(f64, f64)> = eval_points(run, stage, names).into_iter().map(|(kl, rm, _)| (kl, rm)).collect();
             (!points.is_empty()).then(|| Line {
                 label: run.label.clone(),
                 color: index,
@@ -128,18 +137,18 @@ fn frontier(runs: &[Run], stage: &str, stage_index: usize) -> Option<Chart> {
     (!lines.is_empty()).then(|| Chart {
         stem: file_stem(&[&format!("{stage_index:02}"), stage, "frontier"]),
         title: format!("{stage} · reward–KL frontier"),
-        x_label: "KL to reference (eval/kl)".into(),
-        y_label: "reward-model score (eval/rm_score)".into(),
+        x_label: format!("KL to reference ({})", names.kl),
+        y_label: format!("reward-model score ({})", names.proxy),
         lines,
     })
 }
 
 /// Gold (solid) and proxy (dashed) score against √KL: where the proxy keeps rising while gold
 /// turns down, the policy over-optimises the reward model (Gao et al. 2022).
-fn overoptimization(runs: &[Run], stage: &str, stage_index: usize) -> Option<Chart> {
+fn overoptimization(runs: &[Run], stage: &str, stage_index: usize, names: &Frontier) -> Option<Chart> {
     let mut lines = Vec::new();
     for (index, run) in runs.iter().enumerate() {
-        let points = eval_points(run, stage);
+        let points = eval_points(run, stage, names);
         let gold: Vec<(f64, f64)> = points.iter().filter_map(|&(kl, _, gold)| Some((kl.max(0.0).sqrt(), gold?))).collect();
         if gold.is_empty() {
             continue;

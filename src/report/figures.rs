@@ -3,6 +3,7 @@
 
 use super::load::Run;
 use super::table::{best_index, direction, format_number, Cell, Table};
+use crate::stages::stage_kind;
 
 /// One column: a stage's metric.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,14 +26,9 @@ pub struct Figures {
     pub values: Vec<Vec<Option<f64>>>,
 }
 
-/// The metrics worth a column for each stage kind.
+/// The metrics worth a column for each stage kind, as the kind declares them.
 fn headline(kind: &str) -> &'static [&'static str] {
-    match kind {
-        "lm" | "sft" => &["eval/loss", "eval/ppl"],
-        "reward" => &["eval/accuracy", "eval/gold_agreement"],
-        "ppo" => &["eval/rm_score", "eval/gold_score", "eval/kl", "kl_coef"],
-        _ => &[],
-    }
+    stage_kind(kind).map_or(&[], |kind| kind.figures.headline)
 }
 
 pub fn collect(runs: &[Run]) -> Figures {
@@ -81,15 +77,12 @@ pub fn table(runs: &[Run], figures: &Figures) -> Table {
     Table { headers, rows }
 }
 
-/// The column that decides "which run is better": gold score of the last PPO stage when the task
-/// has an oracle, else its reward-model score, else reward-model accuracy, else LM eval loss.
+/// The column that decides "which run is better": of the last stage (in column order) whose
+/// kind declares figures that decide, the first of those present — for a pipeline ending in PPO
+/// its gold score when the task has an oracle, else its reward-model score.
 pub fn primary(figures: &Figures) -> Option<usize> {
-    const ORDER: &[(&[&str], &str)] = &[
-        (&["ppo"], "eval/gold_score"),
-        (&["ppo"], "eval/rm_score"),
-        (&["reward"], "eval/gold_agreement"),
-        (&["reward"], "eval/accuracy"),
-        (&["sft", "lm"], "eval/loss"),
-    ];
-    ORDER.iter().find_map(|(kinds, metric)| figures.columns.iter().rposition(|c| kinds.contains(&c.kind.as_str()) && c.metric == *metric))
+    figures.columns.iter().rev().find_map(|column| {
+        let decisive = stage_kind(&column.kind)?.figures.primary;
+        decisive.iter().find_map(|metric| figures.columns.iter().position(|c| c.stage == column.stage && c.metric == *metric))
+    })
 }

@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::ReportError;
 use crate::run::sweep::{SweepRecord, SWEEP_FILE};
 use crate::run::{CONFIG_FILE, SUMMARY_FILE};
+use crate::stages::{StageKind, STAGE_KINDS};
 
 /// One run as the report sees it.
 #[derive(Debug, Clone)]
@@ -249,17 +250,22 @@ fn config_stages(config: &toml::Table) -> Vec<(String, Option<String>)> {
         .unwrap_or_default()
 }
 
-/// A stage kind from the metrics it logged, for runs without a readable config.
+/// A stage kind from the metrics it logged, for runs without a readable config: the kind that
+/// declares the most of them among its figures (the first registered on a tie).
 fn guess_kind(stage: &Stage) -> Option<&'static str> {
-    if stage.has_metric("eval/rm_score") || stage.has_metric("objective/scores") {
-        Some("ppo")
-    } else if stage.has_metric("eval/accuracy") || stage.has_metric("train/accuracy") {
-        Some("reward")
-    } else if stage.has_metric("train/loss") {
-        Some("lm")
-    } else {
-        None
+    let declared = |kind: &StageKind| {
+        let figures = kind.figures;
+        let names: Vec<&str> = figures.curves.iter().chain(figures.headline).copied().collect();
+        names.iter().filter(|name| stage.has_metric(name)).count()
+    };
+    let mut best: Option<(usize, &'static str)> = None;
+    for kind in STAGE_KINDS {
+        let count = declared(kind);
+        if count > best.map_or(0, |(most, _)| most) {
+            best = Some((count, kind.name));
+        }
     }
+    best.map(|(_, name)| name)
 }
 
 fn read_finished(path: &Path, note: &mut impl FnMut(String)) -> Vec<String> {

@@ -28,16 +28,33 @@ pub fn ensure_passive_openmp_threads() {
     eprintln!("warning: could not re-execute with {OMP_WAIT_POLICY}=PASSIVE ({error}); continuing");
 }
 
-/// libtorch version: tch 0.26 builds against exactly this release (torch-sys checks it).
-pub const LIBTORCH_VERSION: &str = "2.13.0";
+/// The libtorch this process runs on: where its `libtorch_cpu` was loaded from (read from
+/// `/proc/self/maps`) and the version recorded beside it — `torch/version.py` of a PyTorch
+/// wheel, or `build-version` of a libtorch archive. `None` for what cannot be found.
+pub fn linked_libtorch() -> (Option<String>, Option<std::path::PathBuf>) {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let Some(library) = maps.lines().filter_map(|line| line.split_whitespace().nth(5)).find(|path| path.contains("libtorch_cpu.")) else {
+        return (None, None);
+    };
+    let library = std::path::PathBuf::from(library);
+    let Some(root) = library.parent().and_then(std::path::Path::parent) else { return (None, Some(library)) };
+    let from_wheel = std::fs::read_to_string(root.join("version.py")).ok().and_then(|text| {
+        let line = text.lines().find(|line| line.starts_with("__version__"))?;
+        Some(line.split(['\'', '"']).nth(1)?.to_string())
+    });
+    let from_archive = || std::fs::read_to_string(root.join("build-version")).ok().map(|text| text.trim().to_string());
+    (from_wheel.or_else(from_archive), Some(library))
+}
 
 /// The environment of this process, with the devices the run's models asked for.
 pub fn describe(seed: u64, devices: &[(String, String)]) -> Value {
     let devices: serde_json::Map<String, Value> = devices.iter().map(|(model, device)| (model.clone(), device.clone().into())).collect();
+    let (libtorch_version, libtorch_library) = linked_libtorch();
     json!({
         "crate_version": env!("CARGO_PKG_VERSION"),
         "git_commit": env!("RLHF_GIT_COMMIT"),
-        "libtorch_version": LIBTORCH_VERSION,
+        "libtorch_version": libtorch_version,
+        "libtorch_library": libtorch_library.map(|path| path.display().to_string()),
         "tch_version": "0.26",
         "cuda_available": tch::Cuda::is_available(),
         "cuda_devices": tch::Cuda::device_count(),

@@ -2,7 +2,7 @@
 //! directory exists, to its `run.log` as well.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -16,7 +16,9 @@ static RUN_LOG: Mutex<Option<File>> = Mutex::new(None);
 /// Installs the global subscriber; `RUST_LOG` overrides the default `info` level.
 pub fn init() {
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter());
+    // Colour codes only for a person at a terminal: a redirected log stays plain text.
+    let stderr =
+        tracing_subscriber::fmt::layer().with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).with_filter(filter());
     let run_log = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(RunLogWriter).with_filter(filter());
     // A second init (tests calling commands in-process) keeps the first subscriber.
     let _ = tracing_subscriber::registry().with(stderr).with(run_log).try_init();

@@ -14,6 +14,13 @@ use super::RunDirError;
 /// Named float figures of one step.
 pub type Metrics = BTreeMap<String, f64>;
 
+/// Reads metrics written as JSON, where a non-finite value was written as `null` (JSON has no
+/// NaN), back with NaN in its place: for `#[serde(deserialize_with)]` on saved metrics.
+pub fn metrics_with_nulls<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Metrics, D::Error> {
+    let values: BTreeMap<String, Option<f64>> = serde::Deserialize::deserialize(deserializer)?;
+    Ok(values.into_iter().map(|(name, value)| (name, value.unwrap_or(f64::NAN))).collect())
+}
+
 /// Appends JSON lines to a file, flushing each line (a killed run keeps every line written).
 pub struct MetricsWriter {
     path: PathBuf,
@@ -64,6 +71,29 @@ impl MetricsWriter {
     }
 }
 
+/// `samples.jsonl`: a [`MetricsWriter`] opened (and, on resume, cut back) at its first line, so
+/// that a stage that writes no samples leaves no file.
+pub struct SampleLog {
+    path: PathBuf,
+    keep_up_to: Option<u64>,
+    writer: Option<MetricsWriter>,
+}
+
+impl SampleLog {
+    pub fn new(path: PathBuf, keep_up_to: Option<u64>) -> Self {
+        SampleLog { path, keep_up_to, writer: None }
+    }
+
+    /// Writes one sample; it must already hold `"step"`.
+    pub fn log_object(&mut self, object: Map<String, Value>) -> Result<(), RunDirError> {
+        let writer = match &mut self.writer {
+            Some(writer) => writer,
+            None => self.writer.insert(MetricsWriter::open(&self.path, self.keep_up_to)?),
+        };
+        writer.log_object(object)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +113,21 @@ mod tests {
         writer.log(3, &Metrics::from([("train/loss".to_string(), 30.0)])).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, "{\"step\":1,\"train/loss\":1.0}\n{\"step\":2,\"train/loss\":2.0}\n{\"step\":3,\"train/loss\":30.0}\n");
+    }
+
+    #[test]
+    fn saved_metrics_with_nulls_read_back_as_nan() {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Saved {
+            #[serde(deserialize_with = "metrics_with_nulls")]
+            metrics: Metrics,
+        }
+        let saved = Saved { metrics: Metrics::from([("eval/loss".to_string(), f64::NAN), ("lr".to_string(), 0.5)]) };
+        let text = serde_json::to_string(&saved).unwrap();
+        assert_eq!(text, r#"{"metrics":{"eval/loss":null,"lr":0.5}}"#);
+        let back: Saved = serde_json::from_str(&text).unwrap();
+        assert!(back.metrics["eval/loss"].is_nan());
+        assert_eq!(back.metrics["lr"], 0.5);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod environment;
 pub mod log;
 pub mod metrics;
+pub mod progress;
 pub mod sweep;
 
 use std::collections::BTreeMap;

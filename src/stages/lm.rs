@@ -3,34 +3,36 @@
 //! AdamW with warmup + decay, gradient accumulation and clipping, periodic evaluation with
 //! samples, early stopping on eval loss, best and last checkpoints, and resumable state.
 
-use std::io::IsTerminal;
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
 
-use super::{StageContext, StageError, StageSettings, CHECKPOINT_DIR, STATE_DIR};
+use super::{StageContext, StageError, StageFigures, StageSettings, CHECKPOINT_DIR};
 use crate::data::tokenizer::TextTokenizer;
 use crate::model::generate::{generate, GenerateOptions, Sampling};
 use crate::model::{DeviceSpec, Gpt2, LanguageModel, Precision};
 use crate::rng::step_seed;
-use crate::run::{Metrics, MetricsWriter};
+use crate::run::metrics::SampleLog;
+use crate::run::Metrics;
 use crate::train::optimizer::{AdamW, AdamWConfig};
-use crate::train::schedule::LrSchedule;
-use crate::train::state::{self, Part, PartMut};
+use crate::train::schedule::{LrSchedule, Schedule};
+use crate::train::stage_loop::{self, LoopSettings, Outcome, Selection, Trainer};
+use crate::train::state::{Part, PartMut};
 
-/// How the learning rate moves after warmup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Schedule {
-    Cosine,
-    Linear,
-    Constant,
-}
+/// What reports and logs show of `lm` and `sft` stages.
+pub const FIGURES: StageFigures = StageFigures {
+    headline: &["eval/loss", "eval/ppl"],
+    curves: &["train/loss", "eval/loss", "eval/ppl"],
+    primary: &["eval/loss"],
+    frontier: None,
+    shown: &["train/loss"],
+    logged: &["train/loss", "eval/loss"],
+    step_name: "step",
+};
 
 /// Optimisation settings shared by `lm` and `sft`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,6 +113,26 @@ mod defaults {
 }
 
 impl TrainSettings {
+    /// The key naming the model this stage starts from, and its value (`check` makes sure there
+    /// is exactly one).
+    fn model_reference(&self) -> (&'static str, &str) {
+        match (&self.model, &self.init) {
+            (Some(model), _) => ("model", model),
+            (None, Some(init)) => ("init", init),
+            (None, None) => ("model", ""),
+        }
+    }
+
+    fn check_lengths(&self, context_of: &dyn Fn(&str) -> Option<i64>) -> Result<(), (&'static str, String)> {
+        let (key, reference) = self.model_reference();
+        match context_of(reference) {
+            Some(context) if self.seq_len > context => {
+                Err(("seq_len", format!("{} tokens exceed the context of `{key}` = \"{reference}\" ({context} tokens)", self.seq_len)))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn inputs(&self) -> Vec<(&'static str, &str)> {
         let mut inputs = Vec::new();
         if let Some(model) = &self.model {
@@ -172,6 +194,12 @@ impl StageSettings for LmSettings {
     fn inputs(&self) -> Vec<(&'static str, &str)> {
         self.0.inputs()
     }
+    fn base_model(&self) -> &str {
+        self.0.model_reference().1
+    }
+    fn check_lengths(&self, _: i64, context_of: &dyn Fn(&str) -> Option<i64>) -> Result<(), (&'static str, String)> {
+        self.0.check_lengths(context_of)
+    }
     fn check(&self) -> Result<(), (&'static str, String)> {
         self.0.check()
     }
@@ -186,6 +214,12 @@ impl StageSettings for LmSettings {
 impl StageSettings for SftSettings {
     fn inputs(&self) -> Vec<(&'static str, &str)> {
         self.0.inputs()
+    }
+    fn base_model(&self) -> &str {
+        self.0.model_reference().1
+    }
+    fn check_lengths(&self, _: i64, context_of: &dyn Fn(&str) -> Option<i64>) -> Result<(), (&'static str, String)> {
+        self.0.check_lengths(context_of)
     }
     fn check(&self) -> Result<(), (&'static str, String)> {
         self.0.check()
@@ -465,22 +499,71 @@ impl BatchSource for Demonstrations {
     }
 }
 
-/// What `--resume` restores besides the weights and the optimizer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Progress {
-    step: u64,
-    best_eval_loss: f64,
-    evals_since_best: u64,
+/// One `lm` or `sft` stage in training: the model, its optimizer and where batches come from.
+struct LmTrainer<'a> {
+    context: &'a StageContext<'a>,
+    settings: &'a TrainSettings,
+    model: LanguageModel,
+    optimizer: AdamW,
+    data: Box<dyn BatchSource>,
+    schedule: LrSchedule,
+}
+
+impl Trainer for LmTrainer<'_> {
+    type State = ();
+    type Error = StageError;
+
+    fn parts(&self) -> Vec<Part<'_>> {
+        vec![Part { name: "model", vs: &self.model.vs, optimizer: &self.optimizer }]
+    }
+
+    fn parts_mut(&mut self) -> Vec<PartMut<'_>> {
+        vec![PartMut { name: "model", vs: &mut self.model.vs, optimizer: &mut self.optimizer }]
+    }
+
+    fn state(&self) {}
+
+    fn restore(&mut self, _: ()) {}
+
+    fn step(&mut self, step: u64) -> Result<Metrics, StageError> {
+        let started = Instant::now();
+        let lr = self.schedule.at(step);
+        tch::manual_seed(step_seed(self.context.seed(), DROPOUT_SEED, step) as i64);
+        let batches: Vec<Batch> = (0..self.settings.grad_accum).map(|micro| self.data.train_batch(step, micro)).collect();
+        let train_loss = accumulate_gradients(&self.model.gpt, &batches);
+        let grad_norm = self.optimizer.clip_grad_norm(self.settings.grad_clip);
+        self.optimizer.step(lr);
+        self.optimizer.zero_grad();
+        let tokens: i64 = batches.iter().map(|b| b.inputs.numel() as i64).sum();
+        Ok(Metrics::from([
+            ("train/loss".to_string(), train_loss),
+            ("lr".to_string(), lr),
+            ("grad_norm".to_string(), grad_norm),
+            ("tokens_per_s".to_string(), tokens as f64 / started.elapsed().as_secs_f64()),
+        ]))
+    }
+
+    fn evaluate(&mut self, step: u64, samples: &mut SampleLog) -> Result<Metrics, StageError> {
+        let eval_loss = evaluate(&self.model.gpt, &self.data.eval_batches(self.settings.eval_batches));
+        write_samples(self.context, &self.model, &self.data.sample_prompts(self.settings.samples), step, samples)?;
+        Ok(Metrics::from([("eval/loss".to_string(), eval_loss), ("eval/ppl".to_string(), eval_loss.exp())]))
+    }
+
+    fn save_best(&self) -> Result<(), StageError> {
+        Ok(self.model.save(&self.context.dir().join(CHECKPOINT_DIR))?)
+    }
 }
 
 fn train(context: &StageContext, settings: &TrainSettings, objective: Objective) -> Result<Metrics, StageError> {
     let dir = context.dir();
-    let state_dir = dir.join(STATE_DIR);
-    let reference = settings.model.as_deref().or(settings.init.as_deref()).expect("validated: model or init");
-    let mut model = context.load_model(reference, settings.device, settings.dtype)?;
+    let (reference_key, reference) = settings.model_reference();
+    let model = context.load_model(reference, settings.device, settings.dtype)?;
     let context_len = model.gpt.config.n_positions;
     if settings.seq_len > context_len {
-        return Err(context.invalid(format!("seq_len = {} exceeds the model's context of {context_len}", settings.seq_len)));
+        return Err(context.invalid(format!(
+            "seq_len = {} exceeds the context of `{reference_key}` = \"{reference}\" ({context_len} tokens)",
+            settings.seq_len
+        )));
     }
     let device = model.device();
     let data: Box<dyn BatchSource> = match objective {
@@ -494,88 +577,43 @@ fn train(context: &StageContext, settings: &TrainSettings, objective: Objective)
         total_steps: settings.steps,
         shape: settings.schedule,
     };
-    let mut optimizer =
+    let optimizer =
         AdamW::new(&model.vs, AdamWConfig { beta1: settings.beta1, beta2: settings.beta2, eps: 1e-8, weight_decay: settings.weight_decay });
-
-    let mut progress = Progress { step: 0, best_eval_loss: f64::INFINITY, evals_since_best: 0 };
-    if context.resume && state::exists(&state_dir) {
-        progress = state::restore(&state_dir, &mut [PartMut { name: "model", vs: &mut model.vs, optimizer: &mut optimizer }])?;
-        tracing::info!(stage = context.name(), step = progress.step, "resuming");
-    }
-    let keep_up_to = context.resume.then_some(progress.step);
-    let mut metrics_log = MetricsWriter::open(&dir.join("metrics.jsonl"), keep_up_to)?;
-    let mut samples_log = MetricsWriter::open(&dir.join("samples.jsonl"), keep_up_to)?;
-
-    let bar = progress_bar(settings.steps, progress.step, context.name());
-    let seed = context.seed();
-    let mut last_metrics = Metrics::new();
-    let mut stopped_early = false;
-    for step in progress.step + 1..=settings.steps {
-        let started = Instant::now();
-        let lr = schedule.at(step);
-        tch::manual_seed(step_seed(seed, DROPOUT_SEED, step) as i64);
-        let batches: Vec<Batch> = (0..settings.grad_accum).map(|micro| data.train_batch(step, micro)).collect();
-        let train_loss = accumulate_gradients(&model.gpt, &batches);
-        let grad_norm = optimizer.clip_grad_norm(settings.grad_clip);
-        optimizer.step(lr);
-        optimizer.zero_grad();
-        let tokens: i64 = batches.iter().map(|b| b.inputs.numel() as i64).sum();
-        let mut metrics = Metrics::from([
-            ("train/loss".to_string(), train_loss),
-            ("lr".to_string(), lr),
-            ("grad_norm".to_string(), grad_norm),
-            ("tokens_per_s".to_string(), tokens as f64 / started.elapsed().as_secs_f64()),
-        ]);
-        bar.set_position(step);
-        bar.set_message(format!("loss {train_loss:.3}"));
-
-        let evaluate_now = step % settings.eval_every == 0 || step == settings.steps;
-        if evaluate_now {
-            let eval_loss = evaluate(&model.gpt, &data.eval_batches(settings.eval_batches));
-            metrics.insert("eval/loss".into(), eval_loss);
-            metrics.insert("eval/ppl".into(), eval_loss.exp());
-            write_samples(context, &model, &data.sample_prompts(settings.samples), step, &mut samples_log)?;
-            if eval_loss < progress.best_eval_loss - settings.min_delta {
-                progress.best_eval_loss = eval_loss;
-                progress.evals_since_best = 0;
-                model.save(&dir.join(CHECKPOINT_DIR))?;
-            } else {
-                progress.evals_since_best += 1;
-            }
-            bar.suspend(|| tracing::info!(stage = context.name(), step, train_loss, eval_loss, "evaluated"));
-        }
-        metrics_log.log(step, &metrics)?;
-        last_metrics = metrics;
-        if evaluate_now {
-            // State after the metrics line: a run killed in between replays this step on resume.
-            progress.step = step;
-            state::save(&state_dir, &[Part { name: "model", vs: &model.vs, optimizer: &optimizer }], &progress)?;
-            if settings.patience.is_some_and(|patience| progress.evals_since_best >= patience) {
-                tracing::info!(
-                    stage = context.name(),
-                    step,
-                    "early stopping: eval loss has not improved for {} evaluations",
-                    progress.evals_since_best
-                );
-                stopped_early = true;
-                break;
-            }
-        }
-    }
-    bar.finish_and_clear();
+    let mut trainer = LmTrainer { context, settings, model, optimizer, data, schedule };
+    let outcome = stage_loop::run(
+        &mut trainer,
+        &LoopSettings {
+            stage: context.name(),
+            dir: &dir,
+            resume: context.resume,
+            steps: settings.steps,
+            eval_every: settings.eval_every,
+            selection: Some(Selection { metric: "eval/loss", min_delta: settings.min_delta, patience: settings.patience }),
+            shown: FIGURES.shown,
+            logged: FIGURES.logged,
+        },
+    )?;
+    let model = trainer.model;
     model.save(&dir.join("last"))?;
     if !dir.join(CHECKPOINT_DIR).exists() {
         tracing::warn!(stage = context.name(), "eval loss was never finite; the last weights are the checkpoint");
         model.save(&dir.join(CHECKPOINT_DIR))?;
     }
+    Ok(summary(&outcome))
+}
 
+/// The stage's final figures: the best eval loss, how far it trained, and the losses of the last
+/// evaluated step.
+fn summary(outcome: &Outcome) -> Metrics {
     let mut summary = Metrics::from([
-        ("best/eval_loss".to_string(), progress.best_eval_loss),
-        ("steps".to_string(), progress.step as f64),
-        ("stopped_early".to_string(), f64::from(u8::from(stopped_early))),
+        ("best/eval_loss".to_string(), outcome.best.unwrap_or(f64::INFINITY)),
+        ("steps".to_string(), outcome.steps as f64),
+        ("stopped_early".to_string(), f64::from(u8::from(outcome.stopped_early))),
     ]);
-    summary.extend(last_metrics.into_iter().filter(|(name, _)| name.contains("loss") || name == "eval/ppl"));
-    Ok(summary)
+    summary.extend(
+        outcome.last_evaluated.iter().filter(|(name, _)| name.contains("loss") || *name == "eval/ppl").map(|(n, v)| (n.clone(), *v)),
+    );
+    summary
 }
 
 /// Generations for held-out prompts, with their gold score when the task has an oracle.
@@ -584,7 +622,7 @@ fn write_samples(
     model: &LanguageModel,
     prompts: &[String],
     step: u64,
-    log: &mut MetricsWriter,
+    log: &mut SampleLog,
 ) -> Result<(), StageError> {
     if prompts.is_empty() {
         return Ok(());
@@ -615,20 +653,4 @@ fn write_samples(
         log.log_object(line)?;
     }
     Ok(())
-}
-
-/// A bar on a terminal; nothing otherwise (CI logs get the `evaluated` lines instead).
-pub fn progress_bar(total: u64, position: u64, stage: &str) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(
-        Some(total),
-        if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
-    );
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({per_sec}, eta {eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(stage.to_string());
-    bar.set_position(position);
-    bar
 }

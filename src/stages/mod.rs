@@ -28,6 +28,16 @@ pub trait StageSettings: Debug + Send + Sync {
     /// Values that parse but cannot work (a learning rate ≤ 0, …), as `(key, what is expected)`.
     fn check(&self) -> Result<(), (&'static str, String)>;
 
+    /// The reference of the model this stage's output keeps the shape (and context) of.
+    fn base_model(&self) -> &str;
+
+    /// Sequence lengths that cannot fit a model, given the task's longest prompt in tokens and
+    /// the context of the model a reference names (`None` where it cannot be known before the
+    /// run), as `(key, what is wrong)`.
+    fn check_lengths(&self, _longest_prompt: i64, _context_of: &dyn Fn(&str) -> Option<i64>) -> Result<(), (&'static str, String)> {
+        Ok(())
+    }
+
     /// The devices this stage's models run on, as `(role, device)`, for env.json.
     fn devices(&self) -> Vec<(&'static str, DeviceSpec)>;
 
@@ -42,14 +52,54 @@ pub type ParseSettings = fn(toml::Table) -> Result<(Box<dyn StageSettings>, toml
 pub struct StageKind {
     pub name: &'static str,
     pub parse: ParseSettings,
+    /// The keys of its `[[stages]]` table besides `name` and `kind`.
+    pub keys: fn() -> &'static [&'static str],
+    pub figures: &'static StageFigures,
+}
+
+impl StageKind {
+    /// The kind `name` whose settings are `T`.
+    const fn of<T: StageSettings + DeserializeOwned + Serialize + 'static>(name: &'static str, figures: &'static StageFigures) -> Self {
+        StageKind { name, parse: parse_settings::<T>, keys: crate::config::keys::struct_keys::<T>, figures }
+    }
+}
+
+/// What a stage kind's figures are for: which of its metrics reports put in their tables and
+/// charts, which decide "better", and which the progress bar and log show.
+#[derive(Debug)]
+pub struct StageFigures {
+    /// Final figures worth a column in a report's table.
+    pub headline: &'static [&'static str],
+    /// Curves worth a chart, in the order they are shown.
+    pub curves: &'static [&'static str],
+    /// The figures that decide which run is better, the most telling first.
+    pub primary: &'static [&'static str],
+    /// A reward–KL frontier chart, for stages that optimise a reward under a KL penalty.
+    pub frontier: Option<Frontier>,
+    /// Shown on the progress bar after each step.
+    pub shown: &'static [&'static str],
+    /// Named in the `evaluated` log line.
+    pub logged: &'static [&'static str],
+    /// What the kind's steps are called on a chart's axis.
+    pub step_name: &'static str,
+}
+
+/// The metric names a reward–KL frontier is drawn from.
+#[derive(Debug)]
+pub struct Frontier {
+    pub kl: &'static str,
+    /// The score optimised (the reward model's).
+    pub proxy: &'static str,
+    /// The true score, on tasks with a gold oracle.
+    pub gold: &'static str,
 }
 
 /// Every stage kind an experiment may use.
 pub const STAGE_KINDS: &[StageKind] = &[
-    StageKind { name: "lm", parse: parse_settings::<lm::LmSettings> },
-    StageKind { name: "sft", parse: parse_settings::<lm::SftSettings> },
-    StageKind { name: "reward", parse: parse_settings::<reward::RewardSettings> },
-    StageKind { name: "ppo", parse: parse_settings::<ppo::PpoSettings> },
+    StageKind::of::<lm::LmSettings>("lm", &lm::FIGURES),
+    StageKind::of::<lm::SftSettings>("sft", &lm::FIGURES),
+    StageKind::of::<reward::RewardSettings>("reward", &reward::FIGURES),
+    StageKind::of::<ppo::PpoSettings>("ppo", &ppo::FIGURES),
 ];
 
 pub fn stage_kind(name: &str) -> Option<&'static StageKind> {
@@ -85,6 +135,49 @@ pub enum StageError {
     Invalid { stage: String, message: String },
 }
 
+/// Checks every stage's sequence lengths against the contexts of its models before anything
+/// trains (`rlhf validate` and `rlhf run`): libtorch would otherwise fail mid-run on a position
+/// past a model's context.
+pub fn check_sequence_lengths(experiment: &Experiment, task: &TaskData, tokenizer: &TextTokenizer) -> Result<(), StageError> {
+    let mut longest_prompt = 0;
+    for prompt in task
+        .prompts
+        .train
+        .iter()
+        .chain(&task.prompts.eval)
+        .chain(task.demonstrations.train.iter().chain(&task.demonstrations.eval).map(|d| &d.prompt))
+    {
+        longest_prompt = longest_prompt.max(tokenizer.encode(prompt)?.len() as i64);
+    }
+    for (index, stage) in experiment.stages.iter().enumerate() {
+        let context_of = |reference: &str| context_length(experiment, index, reference);
+        stage
+            .settings
+            .check_lengths(longest_prompt, &context_of)
+            .map_err(|(key, problem)| StageError::Invalid { stage: stage.name.clone(), message: format!("`{key}`: {problem}") })?;
+    }
+    Ok(())
+}
+
+/// The context length of the model a reference in stage `stage_index` names: a `[models]`
+/// section's `n_ctx` (or its checkpoint's), an earlier stage's base model's, a checkpoint's
+/// `n_positions`; `None` when no checkpoint can be read yet.
+fn context_length(experiment: &Experiment, stage_index: usize, reference: &str) -> Option<i64> {
+    let from_checkpoint = |dir: &std::path::Path| crate::model::checkpoint::read_config(dir).ok().map(|config| config.n_positions);
+    match experiment.model_source(stage_index, reference) {
+        ModelSource::Section(name) => {
+            let section = &experiment.models[&name];
+            section.n_ctx.or_else(|| section.from.as_deref().and_then(from_checkpoint))
+        }
+        ModelSource::Stage(stage) => {
+            let index = experiment.stages.iter().position(|s| s.name == stage)?;
+            context_length(experiment, index, experiment.stages[index].settings.base_model())
+        }
+        ModelSource::Run { run_dir, stage } => from_checkpoint(&run_dir.join(stage).join(CHECKPOINT_DIR)),
+        ModelSource::Path(path) => from_checkpoint(&path),
+    }
+}
+
 /// What a running stage may use: the experiment, its run directory, the task's data and the
 /// tokenizer shared by every model of the run.
 pub struct StageContext<'a> {
@@ -99,8 +192,6 @@ pub struct StageContext<'a> {
 
 /// Where a stage writes its final checkpoint, read by later stages.
 pub const CHECKPOINT_DIR: &str = "checkpoint";
-/// What `--resume` needs.
-pub const STATE_DIR: &str = "state";
 
 impl StageContext<'_> {
     pub fn name(&self) -> &str {

@@ -62,6 +62,7 @@ pub fn run_experiment(experiment: &Experiment, run: &RunDir, selection: &Selecti
         run.write("data_report.json", &serde_json::to_string_pretty(&task.cleaning).expect("JSON serialises"))?;
     }
     let tokenizer = tokenizer_for(experiment, &task, run)?;
+    super::check_sequence_lengths(experiment, &task, &tokenizer)?;
 
     let finished = run.summary()?;
     for (stage_index, stage) in experiment.stages.iter().enumerate() {
@@ -95,22 +96,26 @@ pub fn run_experiment(experiment: &Experiment, run: &RunDir, selection: &Selecti
     Ok(())
 }
 
-/// The run's tokenizer: `[tokenizer] from`, else the tokenizer of a `[models.X] from`
-/// checkpoint, else a byte-level BPE trained on the task's text. Saved in the run directory so
-/// that a resumed run uses the very same one.
+/// The run's tokenizer, saved in the run directory so that a resumed run uses the very same one.
 fn tokenizer_for(experiment: &Experiment, task: &TaskData, run: &RunDir) -> Result<TextTokenizer, PipelineError> {
     let saved = run.path.join(TOKENIZER_FILE);
     if saved.is_file() {
         return Ok(TextTokenizer::from_file(&saved)?);
     }
+    let tokenizer = build_tokenizer(experiment, task)?;
+    tokenizer.save(&saved)?;
+    Ok(tokenizer)
+}
+
+/// The experiment's tokenizer: `[tokenizer] from`, else the tokenizer of a `[models.X] from`
+/// checkpoint, else a byte-level BPE trained on the task's text.
+pub fn build_tokenizer(experiment: &Experiment, task: &TaskData) -> Result<TextTokenizer, PipelineError> {
     let from_checkpoint = experiment.models.values().find_map(|m| m.from.as_ref()).map(|dir| dir.join(TOKENIZER_FILE));
-    let tokenizer = match experiment.tokenizer.from.as_ref().or(from_checkpoint.as_ref()) {
+    Ok(match experiment.tokenizer.from.as_ref().or(from_checkpoint.as_ref()) {
         Some(path) => TextTokenizer::from_file(Path::new(path))?,
         None => {
             tracing::info!(vocab_size = experiment.tokenizer.vocab_size, "training a byte-level BPE tokenizer on the task's text");
             TextTokenizer::train(task.all_text(), experiment.tokenizer.vocab_size)?
         }
-    };
-    tokenizer.save(&saved)?;
-    Ok(tokenizer)
+    })
 }

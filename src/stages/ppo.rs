@@ -19,17 +19,39 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::lm::{progress_bar, Schedule};
-use super::{StageContext, StageError, StageSettings, CHECKPOINT_DIR, STATE_DIR};
+use super::{Frontier, StageContext, StageError, StageFigures, StageSettings, CHECKPOINT_DIR};
 use crate::data::synthetic::oracle::GoldOracle;
 use crate::model::generate::{generate, GenerateOptions, Generation, Sampling};
 use crate::model::reward::{RewardModel, RewardNormalization};
 use crate::model::{DeviceSpec, Gpt2, LanguageModel, Precision, ScalarHead};
 use crate::rng::step_seed;
-use crate::run::{Metrics, MetricsWriter};
+use crate::run::metrics::SampleLog;
+use crate::run::Metrics;
 use crate::train::optimizer::{AdamW, AdamWConfig};
-use crate::train::schedule::LrSchedule;
-use crate::train::state::{self, Part, PartMut};
+use crate::train::schedule::{LrSchedule, Schedule};
+use crate::train::stage_loop::{self, LoopSettings, Trainer};
+use crate::train::state::{Part, PartMut};
+
+/// What reports and logs show of `ppo` stages.
+pub const FIGURES: StageFigures = StageFigures {
+    headline: &["eval/rm_score", "eval/gold_score", "eval/kl", "kl_coef"],
+    curves: &[
+        "objective/scores",
+        "objective/kl",
+        "objective/entropy",
+        "policy/clipfrac_avg",
+        "val/clipfrac_avg",
+        "kl_coef",
+        "eval/rm_score",
+        "eval/gold_score",
+        "eval/kl",
+    ],
+    primary: &["eval/gold_score", "eval/rm_score"],
+    frontier: Some(Frontier { kl: "eval/kl", proxy: "eval/rm_score", gold: "eval/gold_score" }),
+    shown: &["objective/scores", "objective/kl"],
+    logged: &["eval/rm_score", "eval/gold_score", "eval/kl"],
+    step_name: "iteration",
+};
 
 /// A setting per model role.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -43,6 +65,20 @@ pub struct PerModel<T> {
     pub reward: T,
     #[serde(default)]
     pub value: T,
+}
+
+/// Where PPO's reward normalisation (score − mean) / std takes its statistics from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormalizationSource {
+    /// Measured before the first iteration on the starting policy's own responses, at this
+    /// stage's temperature and length (kept in the resume state).
+    Policy,
+    /// The statistics the reward stage stored beside its checkpoint (`reward.json`), measured on
+    /// its init policy's samples at its own sampling settings.
+    Stored,
+    /// Raw scores.
+    None,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,6 +136,12 @@ pub struct PpoSettings {
     pub kl_target: f64,
     #[serde(default = "defaults::kl_horizon")]
     pub kl_horizon: f64,
+    /// Where the mean and std that normalise reward-model scores come from.
+    #[serde(default = "defaults::reward_normalization")]
+    pub reward_normalization: NormalizationSource,
+    /// `reward_normalization = "policy"`: responses of the starting policy measured.
+    #[serde(default = "defaults::normalization_samples")]
+    pub normalization_samples: usize,
     /// Subtracted from the normalised score of a response that ends without end-of-text.
     #[serde(default = "defaults::missing_eos_penalty")]
     pub missing_eos_penalty: f64,
@@ -151,7 +193,7 @@ pub struct PpoSettings {
 // One default a line: the table reads better than rustfmt's four lines per function.
 #[rustfmt::skip]
 mod defaults {
-    use super::Schedule;
+    use super::{NormalizationSource, Schedule};
     pub fn iterations() -> u64 { 100 }
     pub fn rollout_batch() -> usize { 64 }
     pub fn minibatch_size() -> usize { 16 }
@@ -163,6 +205,8 @@ mod defaults {
     pub fn kl_target() -> f64 { 6.0 }
     pub fn kl_horizon() -> f64 { 10_000.0 }
     pub fn missing_eos_penalty() -> f64 { 1.0 }
+    pub fn reward_normalization() -> NormalizationSource { NormalizationSource::Policy }
+    pub fn normalization_samples() -> usize { 256 }
     pub fn vf_coef() -> f64 { 0.1 }
     pub fn lam() -> f64 { 0.95 }
     pub fn clip() -> f64 { 0.2 }
@@ -200,6 +244,7 @@ impl StageSettings for PpoSettings {
             ("grad_clip", self.grad_clip),
             ("eval_every", self.eval_every as f64),
             ("eval_prompts", self.eval_prompts as f64),
+            ("normalization_samples", self.normalization_samples as f64),
         ];
         if let Some((key, value)) = positive.into_iter().find(|(_, v)| !(*v > 0.0 && v.is_finite())) {
             return Err((key, format!("a value > 0, got {value}")));
@@ -236,6 +281,21 @@ impl StageSettings for PpoSettings {
             return Err(("target_approx_kl", format!("a value > 0, got {kl}")));
         }
         Ok(())
+    }
+
+    fn base_model(&self) -> &str {
+        &self.policy
+    }
+
+    fn check_lengths(&self, longest_prompt: i64, context_of: &dyn Fn(&str) -> Option<i64>) -> Result<(), (&'static str, String)> {
+        let mut models = vec![("policy", self.policy.as_str()), ("reference", self.reference.as_str()), ("reward", self.reward.as_str())];
+        models.extend(self.value.as_deref().map(|value| ("value", value)));
+        let contexts: Vec<(&str, &str, i64)> =
+            models.into_iter().filter_map(|(role, reference)| Some((role, reference, context_of(reference)?))).collect();
+        match sequence_length_problem(longest_prompt, self.max_new_tokens, &contexts) {
+            Some(problem) => Err(("max_new_tokens", problem)),
+            None => Ok(()),
+        }
     }
 
     fn devices(&self) -> Vec<(&'static str, DeviceSpec)> {
@@ -357,9 +417,13 @@ impl KlController {
 /// Hidden states `[B, T, C]` at the positions that predict the response's tokens: position p
 /// predicts token p + 1, so the T response tokens are predicted from P − 1 … P + T − 2. They are
 /// also the states a value is estimated for.
-fn response_states(gpt: &Gpt2, rollout: &RolloutTokens, train: bool) -> Tensor {
+///
+/// Dropout is off here, in rollouts and in the optimisation passes alike (as in TRL and Huang et
+/// al. 2024): with dropout on in the update, π/π_old is not 1 on the first minibatch even though
+/// the policy has not moved, so clipping and the approximate KL would react to noise.
+fn response_states(gpt: &Gpt2, rollout: &RolloutTokens) -> Tensor {
     let device = gpt.device();
-    let hidden = gpt.forward(&rollout.sequence.to(device), Some(&rollout.sequence_mask.to(device)), None, train);
+    let hidden = gpt.forward(&rollout.sequence.to(device), Some(&rollout.sequence_mask.to(device)), None, false);
     hidden.narrow(1, rollout.prompt_width - 1, rollout.response_width)
 }
 
@@ -430,23 +494,46 @@ struct Rollout {
     metrics: Metrics,
 }
 
-/// What PPO maximises: a score per (prompt, response) token sequence (the response without
-/// end-of-text), `[B]` float on the CPU. The stage uses a reward model; tests use programmatic
-/// rewards.
+/// What PPO maximises: a raw score per (prompt, response) token sequence (the response without
+/// end-of-text), `[B]` float on the CPU, normalised by the stage. The stage uses a reward model;
+/// tests use programmatic rewards.
 pub trait Scorer {
     fn score(&self, prompts: &[Vec<i64>], responses: &[Vec<i64>]) -> Tensor;
-}
 
-/// Reward-model scores normalised with its stored statistics (raw scores when it has none).
-impl Scorer for RewardModel {
-    fn score(&self, prompts: &[Vec<i64>], responses: &[Vec<i64>]) -> Tensor {
-        let rows: Vec<Vec<i64>> = prompts.iter().zip(responses).map(|(p, r)| p.iter().chain(r).copied().collect()).collect();
-        let (ids, mask) = crate::model::generate::left_pad(&rows, self.tokenizer.eos_id(), self.vs.device());
-        let scores = self.scores(&ids, &mask, false).to_device(Device::Cpu);
-        let RewardNormalization { mean, std } = self.normalization.unwrap_or(RewardNormalization { mean: 0.0, std: 1.0 });
-        (scores - mean) / std
+    /// The mean and std of its scores recorded when it was trained (`reward_normalization =
+    /// "stored"`).
+    fn stored_normalization(&self) -> Option<RewardNormalization> {
+        None
+    }
+
+    /// The longest prompt + response it can score, if it has a limit.
+    fn context_length(&self) -> Option<i64> {
+        None
     }
 }
+
+impl Scorer for RewardModel {
+    fn score(&self, prompts: &[Vec<i64>], responses: &[Vec<i64>]) -> Tensor {
+        let rows: Vec<Vec<i64>> = prompts
+            .iter()
+            .zip(responses)
+            .map(|(p, r)| p.iter().chain(r).copied().take(self.gpt.config.n_positions as usize).collect())
+            .collect();
+        let (ids, mask) = crate::model::generate::left_pad(&rows, self.tokenizer.eos_id(), self.vs.device());
+        self.scores(&ids, &mask, false).to_device(Device::Cpu)
+    }
+
+    fn stored_normalization(&self) -> Option<RewardNormalization> {
+        self.normalization
+    }
+
+    fn context_length(&self) -> Option<i64> {
+        Some(self.gpt.config.n_positions)
+    }
+}
+
+/// Scores as they are: `reward_normalization = "none"`, or before statistics are measured.
+const RAW_SCORES: RewardNormalization = RewardNormalization { mean: 0.0, std: 1.0 };
 
 /// Where values come from.
 pub enum Critic {
@@ -468,9 +555,9 @@ pub struct Models {
 impl Models {
     /// Values `[B, T]` of the states before each response token; `policy_states` are the
     /// policy's (used by a shared head).
-    fn values(&self, rollout: &RolloutTokens, policy_states: &Tensor, train: bool) -> Tensor {
+    fn values(&self, rollout: &RolloutTokens, policy_states: &Tensor) -> Tensor {
         match &self.critic {
-            Critic::Model(model) => model.head.forward(&response_states(&model.gpt, rollout, train)).to_kind(Kind::Float),
+            Critic::Model(model) => model.head.forward(&response_states(&model.gpt, rollout)).to_kind(Kind::Float),
             Critic::SharedHead(head) => head.forward(policy_states).to_kind(Kind::Float),
         }
     }
@@ -532,6 +619,8 @@ pub struct Ppo<'a> {
     /// The separate value model's; a shared head trains with the policy.
     value_optimizer: Option<AdamW>,
     pub kl: KlController,
+    /// Scores are used as (score − mean) / std.
+    pub normalization: RewardNormalization,
     /// Scores responses by the task's gold oracle, when it has one.
     oracle: Option<GoldOracle>,
 }
@@ -550,10 +639,55 @@ impl<'a> Ppo<'a> {
                 target: settings.adaptive_kl.then_some(settings.kl_target),
                 horizon: settings.kl_horizon,
             },
+            normalization: match settings.reward_normalization {
+                NormalizationSource::Stored => models.reward.stored_normalization().unwrap_or_else(|| {
+                    tracing::warn!(
+                        "reward_normalization = \"stored\" but the reward model stores no score statistics; raw scores are used"
+                    );
+                    RAW_SCORES
+                }),
+                NormalizationSource::Policy | NormalizationSource::None => RAW_SCORES,
+            },
             settings,
             models,
             oracle,
         }
+    }
+
+    /// Generates one response per prompt with the policy as a rollout does (temperature,
+    /// `max_new_tokens`, seeded); returns the prompts' token ids and the generation.
+    fn generate(&self, prompts: &[String], seed: u64) -> Result<(Vec<Vec<i64>>, Generation), StageError> {
+        let _no_grad = tch::no_grad_guard();
+        let tokenizer = &self.models.policy.tokenizer;
+        let encoded = prompts.iter().map(|p| tokenizer.encode(p)).collect::<Result<Vec<_>, _>>()?;
+        let options = GenerateOptions {
+            max_new_tokens: self.settings.max_new_tokens,
+            sampling: Sampling::Sample { temperature: self.settings.temperature, top_k: None, top_p: None },
+            seed: Some(seed),
+            use_kv_cache: true,
+        };
+        let generation = generate(&self.models.policy.gpt, &encoded, tokenizer.eos_id(), &options)?;
+        Ok((encoded, generation))
+    }
+
+    /// Measures the mean and std of the reward model's raw scores on the policy's responses to
+    /// `prompts` — sampled exactly as rollouts sample them, each scored as a rollout scores it
+    /// (the response up to its end-of-text; a response cut off by `max_new_tokens` as it
+    /// stands, its penalty applied afterwards in normalised units) — and normalises scores
+    /// with them from now on, so that the starting policy's scores have mean 0 and std 1
+    /// (Ziegler et al. 2019, §2; Stiennon et al. 2020).
+    pub fn measure_reward_normalization(&mut self, prompts: &[String], seed: u64) -> Result<RewardNormalization, StageError> {
+        let mut scores: Vec<f64> = Vec::with_capacity(prompts.len());
+        for (index, chunk) in prompts.chunks(self.settings.rollout_batch).enumerate() {
+            let (encoded, generation) = self.generate(chunk, step_seed(seed, NORMALIZATION_SEED, index as u64))?;
+            let _no_grad = tch::no_grad_guard();
+            let batch = self.models.reward.score(&encoded, &generation.completions());
+            scores.extend(Vec::<f64>::try_from(batch.to_kind(Kind::Double)).expect("1-D scores"));
+        }
+        let mean = mean(&scores);
+        let variance = scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / scores.len().max(1) as f64;
+        self.normalization = RewardNormalization { mean, std: variance.sqrt().max(1e-6) };
+        Ok(self.normalization)
     }
 
     /// The trained weights and optimizers, as the resume state names them.
@@ -575,29 +709,23 @@ impl<'a> Ppo<'a> {
     }
 
     fn sample_and_score(&self, prompts: &[String], seed: u64, timings: &mut Timings) -> Result<Scored, StageError> {
-        let _no_grad = tch::no_grad_guard();
         let started = Instant::now();
         let (settings, models) = (self.settings, &self.models);
         let tokenizer = &models.policy.tokenizer;
-        let encoded = prompts.iter().map(|p| tokenizer.encode(p)).collect::<Result<Vec<_>, _>>()?;
-        let options = GenerateOptions {
-            max_new_tokens: settings.max_new_tokens,
-            sampling: Sampling::Sample { temperature: settings.temperature, top_k: None, top_p: None },
-            seed: Some(seed),
-            use_kv_cache: true,
-        };
-        let generation = generate(&models.policy.gpt, &encoded, tokenizer.eos_id(), &options)?;
+        let (encoded, generation) = self.generate(prompts, seed)?;
         timings.generation += started.elapsed().as_secs_f64();
+        let _no_grad = tch::no_grad_guard();
 
         let started = Instant::now();
         let tokens = RolloutTokens::new(&generation);
         let mask = &tokens.response_mask.to_kind(Kind::Float);
-        let policy_states = response_states(&models.policy.gpt, &tokens, false);
+        let policy_states = response_states(&models.policy.gpt, &tokens);
         let (logprobs, _) = response_logprobs(&models.policy.gpt, &policy_states, &tokens, settings.temperature, false);
-        let reference_states = response_states(&models.reference.gpt, &tokens, false);
+        let reference_states = response_states(&models.reference.gpt, &tokens);
         let (reference_logprobs, _) = response_logprobs(&models.reference.gpt, &reference_states, &tokens, settings.temperature, false);
         let completions = generation.completions();
-        let scores = models.reward.score(&encoded, &completions);
+        let RewardNormalization { mean, std } = self.normalization;
+        let scores = (models.reward.score(&encoded, &completions) - mean) / std;
         let responses: Vec<String> = completions.iter().map(|ids| tokenizer.decode(ids)).collect();
         let gold = self.oracle.map(|oracle| prompts.iter().zip(&responses).map(|(p, r)| oracle.score(p, r).total).collect());
         timings.scoring += started.elapsed().as_secs_f64();
@@ -622,7 +750,7 @@ impl<'a> Ppo<'a> {
         let _no_grad = tch::no_grad_guard();
         let tokens = scored.tokens;
         let mask = tokens.response_mask.to_kind(Kind::Float);
-        let values = self.models.values(&tokens, &scored.policy_states, false).to_device(Device::Cpu) * &mask;
+        let values = self.models.values(&tokens, &scored.policy_states).to_device(Device::Cpu) * &mask;
 
         // A response cut off by max_new_tokens gets a penalty (Huang et al. 2024, detail 23).
         let stopped = Tensor::from_slice(&scored.stopped);
@@ -640,6 +768,7 @@ impl<'a> Ppo<'a> {
         let sampling_gap = (&scored.generation.logprobs.to_device(Device::Cpu) * &mask - &scored.logprobs).abs().max();
         let mut metrics = Metrics::from([
             ("objective/scores".to_string(), scalar(&scores.mean(Kind::Float))),
+            ("objective/scores_std".to_string(), scalar(&scores.std(false))),
             ("objective/kl".to_string(), scalar(&sequence_kl.mean(Kind::Float))),
             ("objective/rlhf_reward".to_string(), scalar(&(&scores - self.kl.coef * &sequence_kl).mean(Kind::Float))),
             ("objective/entropy".to_string(), scalar(&(-&scored.logprobs).sum_dim_intlist(1, false, Kind::Float).mean(Kind::Float))),
@@ -673,7 +802,7 @@ impl<'a> Ppo<'a> {
                     let mask = tokens.response_mask.to_kind(Kind::Float);
                     let rows = |t: &Tensor, device: Device| t.index_select(0, &index).to(device);
 
-                    let states = response_states(&models.policy.gpt, &tokens, true);
+                    let states = response_states(&models.policy.gpt, &tokens);
                     let (logprobs, entropy) = response_logprobs(&models.policy.gpt, &states, &tokens, settings.temperature, true);
                     let policy_mask = mask.to(policy_device);
                     let (policy_loss, clip_fraction, approx_kl) = clipped_policy_loss(
@@ -686,7 +815,7 @@ impl<'a> Ppo<'a> {
                     let entropy = masked_mean(&entropy.expect("asked for"), &policy_mask);
                     let policy_objective = &policy_loss - settings.entropy_coef * &entropy;
 
-                    let values = models.values(&tokens, &states, true);
+                    let values = models.values(&tokens, &states);
                     let value_device = values.device();
                     let (value_loss, value_clip_fraction) = clipped_value_loss(
                         &values,
@@ -749,7 +878,6 @@ impl<'a> Ppo<'a> {
         let mut timings = Timings::default();
         let rollout = self.rollout(prompts, step_seed(seed, ROLLOUT_SEED, 0), &mut timings)?;
         let training_started = Instant::now();
-        tch::manual_seed(step_seed(seed, DROPOUT_SEED, 0) as i64);
         let optimisation = self.optimise(&rollout, lrs, step_seed(seed, SHUFFLE_SEED, 0));
         timings.training = training_started.elapsed().as_secs_f64();
 
@@ -802,19 +930,10 @@ impl<'a> Ppo<'a> {
     }
 }
 
-/// What `--resume` restores besides the policy's and value model's weights and optimizers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Progress {
-    iteration: u64,
-    kl: KlController,
-    /// The starting policy's evaluation, reported beside the final one.
-    start: Metrics,
-}
-
 const PROMPT_SEED: u64 = 21;
 const ROLLOUT_SEED: u64 = 22;
 const SHUFFLE_SEED: u64 = 23;
-const DROPOUT_SEED: u64 = 24;
+const NORMALIZATION_SEED: u64 = 24;
 const EVAL_SEED: u64 = 25;
 const ITERATION_SEED: u64 = 26;
 
@@ -830,9 +949,6 @@ fn load_models(context: &StageContext, settings: &PpoSettings) -> Result<Models,
     };
     let mut reward = RewardModel::load(&checkpoint("reward", &settings.reward)?, devices.reward.resolve()?, dtypes.reward, false)?;
     reward.vs.freeze();
-    if reward.normalization.is_none() {
-        tracing::warn!(stage = context.name(), "the reward model stores no score statistics; PPO uses its raw scores");
-    }
     for (role, vocab) in [("reference", reference.gpt.config.vocab_size), ("reward", reward.gpt.config.vocab_size)] {
         if vocab != policy.gpt.config.vocab_size {
             return Err(context
@@ -864,7 +980,7 @@ pub fn shared_value_head(policy: &mut LanguageModel, precision: Precision) -> Sc
 }
 
 /// Writes the first `count` evaluated samples to samples.jsonl.
-fn log_samples(log: &mut MetricsWriter, iteration: u64, samples: &[Sample], count: usize) -> Result<(), StageError> {
+fn log_samples(log: &mut SampleLog, iteration: u64, samples: &[Sample], count: usize) -> Result<(), StageError> {
     for sample in samples.iter().take(count) {
         let serde_json::Value::Object(mut line) = serde_json::to_value(sample).expect("serialises") else { unreachable!("a struct") };
         line.insert("step".into(), iteration.into());
@@ -873,10 +989,98 @@ fn log_samples(log: &mut MetricsWriter, iteration: u64, samples: &[Sample], coun
     Ok(())
 }
 
+/// What a resumed PPO stage needs besides the weights and optimizers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PpoState {
+    kl: Option<KlController>,
+    normalization: Option<RewardNormalization>,
+    /// The starting policy's evaluation, reported beside the final one.
+    #[serde(deserialize_with = "crate::run::metrics::metrics_with_nulls")]
+    start: Metrics,
+}
+
+/// A PPO stage in training: the algorithm's state and the prompts it draws from.
+struct PpoTrainer<'a> {
+    context: &'a StageContext<'a>,
+    settings: &'a PpoSettings,
+    ppo: Ppo<'a>,
+    train_prompts: Vec<String>,
+    eval_prompts: Vec<String>,
+    schedules: (LrSchedule, LrSchedule),
+    start: Metrics,
+}
+
+impl PpoTrainer<'_> {
+    fn evaluate_and_log(&self, step: u64, samples: &mut SampleLog) -> Result<Metrics, StageError> {
+        // The same seed at every evaluation: changes come from the policy, not the draw.
+        let (metrics, evaluated) = self.ppo.evaluate(&self.eval_prompts, step_seed(self.context.seed(), EVAL_SEED, 0))?;
+        log_samples(samples, step, &evaluated, self.settings.samples)?;
+        Ok(metrics)
+    }
+}
+
+impl Trainer for PpoTrainer<'_> {
+    type State = PpoState;
+    type Error = StageError;
+
+    fn parts(&self) -> Vec<Part<'_>> {
+        self.ppo.state_parts()
+    }
+
+    fn parts_mut(&mut self) -> Vec<PartMut<'_>> {
+        self.ppo.state_parts_mut()
+    }
+
+    fn state(&self) -> PpoState {
+        PpoState { kl: Some(self.ppo.kl), normalization: Some(self.ppo.normalization), start: self.start.clone() }
+    }
+
+    fn restore(&mut self, state: PpoState) {
+        self.ppo.kl = state.kl.unwrap_or(self.ppo.kl);
+        self.ppo.normalization = state.normalization.unwrap_or(self.ppo.normalization);
+        self.start = state.start;
+    }
+
+    /// Reward statistics of the starting policy (with `reward_normalization = "policy"`), then
+    /// its evaluation: the baseline every later evaluation is read against.
+    fn start(&mut self, samples: &mut SampleLog) -> Result<Option<Metrics>, StageError> {
+        let settings = self.settings;
+        if settings.reward_normalization == NormalizationSource::Policy {
+            let mut rng = ChaCha8Rng::seed_from_u64(step_seed(self.context.seed(), NORMALIZATION_SEED, 0));
+            let prompts: Vec<String> =
+                (0..settings.normalization_samples).map(|_| self.train_prompts.choose(&mut rng).expect("non-empty").clone()).collect();
+            let normalization = self.ppo.measure_reward_normalization(&prompts, step_seed(self.context.seed(), NORMALIZATION_SEED, 1))?;
+            tracing::info!(
+                stage = self.context.name(),
+                mean = normalization.mean,
+                std = normalization.std,
+                "reward normalisation measured on the starting policy"
+            );
+        }
+        let mut start = self.evaluate_and_log(0, samples)?;
+        tracing::info!(stage = self.context.name(), "evaluated the starting policy {}", stage_loop::describe(&start, FIGURES.logged));
+        self.start = start.clone();
+        start.insert("reward/mean".into(), self.ppo.normalization.mean);
+        start.insert("reward/std".into(), self.ppo.normalization.std);
+        Ok(Some(start))
+    }
+
+    fn step(&mut self, iteration: u64) -> Result<Metrics, StageError> {
+        let seed = self.context.seed();
+        let mut prompt_rng = ChaCha8Rng::seed_from_u64(step_seed(seed, PROMPT_SEED, iteration));
+        let prompts: Vec<String> =
+            (0..self.settings.rollout_batch).map(|_| self.train_prompts.choose(&mut prompt_rng).expect("non-empty").clone()).collect();
+        let lrs = (self.schedules.0.at(iteration), self.schedules.1.at(iteration));
+        self.ppo.iteration(&prompts, lrs, step_seed(seed, ITERATION_SEED, iteration))
+    }
+
+    fn evaluate(&mut self, step: u64, samples: &mut SampleLog) -> Result<Metrics, StageError> {
+        self.evaluate_and_log(step, samples)
+    }
+}
+
 fn train(context: &StageContext, settings: &PpoSettings) -> Result<Metrics, StageError> {
     let dir = context.dir();
-    let state_dir = dir.join(STATE_DIR);
-    let seed = context.seed();
     let task = context.task;
     let train_prompts: Vec<String> =
         task.prompts.train.iter().chain(task.demonstrations.train.iter().map(|d| &d.prompt)).cloned().collect();
@@ -885,7 +1089,8 @@ fn train(context: &StageContext, settings: &PpoSettings) -> Result<Metrics, Stag
     if train_prompts.is_empty() || eval_prompts.is_empty() {
         return Err(context.invalid("the task has no prompts to train or evaluate on"));
     }
-    let mut ppo = Ppo::new(settings, load_models(context, settings)?, task.oracle);
+    let models = load_models(context, settings)?;
+    check_sequence_length(context, settings, &models, train_prompts.iter().chain(&eval_prompts))?;
     let schedule = |lr: f64| LrSchedule {
         lr,
         min_lr_ratio: 0.0,
@@ -893,76 +1098,76 @@ fn train(context: &StageContext, settings: &PpoSettings) -> Result<Metrics, Stag
         total_steps: settings.iterations,
         shape: settings.schedule,
     };
-    let (policy_schedule, value_schedule) = (schedule(settings.policy_lr), schedule(settings.value_lr));
-
-    let mut progress = Progress { iteration: 0, kl: ppo.kl, start: Metrics::new() };
-    if context.resume && state::exists(&state_dir) {
-        progress = state::restore(&state_dir, &mut ppo.state_parts_mut())?;
-        ppo.kl = progress.kl;
-        tracing::info!(stage = context.name(), iteration = progress.iteration, "resuming");
-    }
-    // A run killed before its first saved iteration starts over, its files included.
-    let keep_up_to = (progress.iteration > 0).then_some(progress.iteration);
-    let mut metrics_log = MetricsWriter::open(&dir.join("metrics.jsonl"), keep_up_to)?;
-    let mut samples_log = MetricsWriter::open(&dir.join("samples.jsonl"), keep_up_to)?;
-    let eval_seed = step_seed(seed, EVAL_SEED, 0);
-
-    if progress.iteration == 0 {
-        // The starting policy's figures: the baseline every later evaluation is read against.
-        let (start, samples) = ppo.evaluate(&eval_prompts, eval_seed)?;
-        log_samples(&mut samples_log, 0, &samples, settings.samples)?;
-        tracing::info!(
-            stage = context.name(),
-            rm_score = start["eval/rm_score"],
-            gold = start.get("eval/gold_score"),
-            "evaluated the starting policy"
-        );
-        metrics_log.log(0, &start)?;
-        progress.start = start;
-    }
-
-    let bar = progress_bar(settings.iterations, progress.iteration, context.name());
-    let mut last_eval = Metrics::new();
-    for iteration in progress.iteration + 1..=settings.iterations {
-        let mut prompt_rng = ChaCha8Rng::seed_from_u64(step_seed(seed, PROMPT_SEED, iteration));
-        let prompts: Vec<String> =
-            (0..settings.rollout_batch).map(|_| train_prompts.choose(&mut prompt_rng).expect("non-empty").clone()).collect();
-        let lrs = (policy_schedule.at(iteration), value_schedule.at(iteration));
-        let mut metrics = ppo.iteration(&prompts, lrs, step_seed(seed, ITERATION_SEED, iteration))?;
-        bar.set_position(iteration);
-        bar.set_message(format!("score {:.3} kl {:.2}", metrics["objective/scores"], metrics["objective/kl"]));
-
-        let evaluate_now = iteration % settings.eval_every == 0 || iteration == settings.iterations;
-        if evaluate_now {
-            let (eval, samples) = ppo.evaluate(&eval_prompts, eval_seed)?;
-            log_samples(&mut samples_log, iteration, &samples, settings.samples)?;
-            metrics.extend(eval.clone());
-            bar.suspend(|| {
-                tracing::info!(
-                    stage = context.name(),
-                    iteration,
-                    rm_score = eval["eval/rm_score"],
-                    gold = eval.get("eval/gold_score"),
-                    kl = eval["eval/kl"],
-                    "evaluated"
-                )
-            });
-            last_eval = eval;
-        }
-        metrics_log.log(iteration, &metrics)?;
-        if evaluate_now {
-            progress.iteration = iteration;
-            progress.kl = ppo.kl;
-            state::save(&state_dir, &ppo.state_parts(), &progress)?;
-        }
-    }
-    bar.finish_and_clear();
-    ppo.models.policy.save(&dir.join(CHECKPOINT_DIR))?;
-    let mut summary = last_eval;
-    summary.extend(progress.start.iter().map(|(name, value)| (name.replacen("eval/", "start/", 1), *value)));
-    summary.insert("kl_coef".into(), ppo.kl.coef);
-    summary.insert("iterations".into(), progress.iteration as f64);
+    let mut trainer = PpoTrainer {
+        context,
+        settings,
+        ppo: Ppo::new(settings, models, task.oracle),
+        train_prompts,
+        eval_prompts,
+        schedules: (schedule(settings.policy_lr), schedule(settings.value_lr)),
+        start: Metrics::new(),
+    };
+    let outcome = stage_loop::run(
+        &mut trainer,
+        &LoopSettings {
+            stage: context.name(),
+            dir: &dir,
+            resume: context.resume,
+            steps: settings.iterations,
+            eval_every: settings.eval_every,
+            selection: None,
+            shown: FIGURES.shown,
+            logged: FIGURES.logged,
+        },
+    )?;
+    trainer.ppo.models.policy.save(&dir.join(CHECKPOINT_DIR))?;
+    let mut summary: Metrics = outcome.last_evaluated.into_iter().filter(|(name, _)| name.starts_with("eval/")).collect();
+    summary.extend(trainer.start.iter().map(|(name, value)| (name.replacen("eval/", "start/", 1), *value)));
+    summary.insert("kl_coef".into(), trainer.ppo.kl.coef);
+    summary.insert("iterations".into(), outcome.steps as f64);
+    summary.insert("reward/mean".into(), trainer.ppo.normalization.mean);
+    summary.insert("reward/std".into(), trainer.ppo.normalization.std);
     Ok(summary)
+}
+
+/// Rejects prompts that, with `max_new_tokens` generated tokens, would not fit one of the
+/// stage's models (libtorch would otherwise fail mid-run on a position past the context).
+fn check_sequence_length<'p>(
+    context: &StageContext,
+    settings: &PpoSettings,
+    models: &Models,
+    prompts: impl Iterator<Item = &'p String>,
+) -> Result<(), StageError> {
+    let tokenizer = &models.policy.tokenizer;
+    let mut longest = 0;
+    for prompt in prompts {
+        longest = longest.max(tokenizer.encode(prompt)?.len() as i64);
+    }
+    let mut contexts = vec![
+        ("policy", settings.policy.as_str(), models.policy.gpt.config.n_positions),
+        ("reference", settings.reference.as_str(), models.reference.gpt.config.n_positions),
+    ];
+    if let Some(reward) = models.reward.context_length() {
+        contexts.push(("reward", settings.reward.as_str(), reward));
+    }
+    if let (Critic::Model(value), Some(reference)) = (&models.critic, &settings.value) {
+        contexts.push(("value", reference.as_str(), value.gpt.config.n_positions));
+    }
+    match sequence_length_problem(longest, settings.max_new_tokens, &contexts) {
+        Some(problem) => Err(context.invalid(format!("`max_new_tokens`: {problem}"))),
+        None => Ok(()),
+    }
+}
+
+/// What is wrong when the longest prompt plus `max_new_tokens` exceeds a model's context, given
+/// `(role, reference, context)` of each model.
+pub fn sequence_length_problem(longest_prompt: i64, max_new_tokens: i64, contexts: &[(&str, &str, i64)]) -> Option<String> {
+    let needed = longest_prompt + max_new_tokens;
+    contexts.iter().find(|(_, _, context)| needed > *context).map(|(role, reference, context)| {
+        format!(
+            "the longest prompt ({longest_prompt} tokens) + max_new_tokens ({max_new_tokens}) = {needed} tokens exceed the context of the {role} model `{role}` = \"{reference}\" ({context} tokens)"
+        )
+    })
 }
 
 #[cfg(test)]

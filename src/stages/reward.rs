@@ -14,19 +14,31 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use super::lm::{progress_bar, Schedule};
-use super::{StageContext, StageError, StageSettings, CHECKPOINT_DIR, STATE_DIR};
-use crate::data::preferences::{read_jsonl, read_label_database, PreferencePair};
+use super::{StageContext, StageError, StageFigures, StageSettings, CHECKPOINT_DIR};
+use crate::data::preferences::{read_jsonl, PreferencePair};
 use crate::data::synthetic::annotators::{sigmoid, AnnotatorPool, Preference};
 use crate::data::synthetic::{varied_response, ReviewRequest};
 use crate::model::generate::{generate, left_pad, GenerateOptions, Sampling};
 use crate::model::reward::{RewardModel, RewardNormalization};
 use crate::model::{DeviceSpec, Precision};
 use crate::rng::step_seed;
-use crate::run::{Metrics, MetricsWriter};
+use crate::run::metrics::SampleLog;
+use crate::run::Metrics;
 use crate::train::optimizer::{AdamW, AdamWConfig};
-use crate::train::schedule::LrSchedule;
-use crate::train::state::{self, Part, PartMut};
+use crate::train::schedule::{LrSchedule, Schedule};
+use crate::train::stage_loop::{self, LoopSettings, Trainer};
+use crate::train::state::{Part, PartMut};
+
+/// What reports and logs show of `reward` stages.
+pub const FIGURES: StageFigures = StageFigures {
+    headline: &["eval/accuracy", "eval/gold_agreement"],
+    curves: &["train/loss", "train/accuracy", "eval/accuracy", "eval/gold_agreement"],
+    primary: &["eval/gold_agreement", "eval/accuracy"],
+    frontier: None,
+    shown: &["train/loss", "train/accuracy"],
+    logged: &["eval/accuracy", "eval/gold_agreement"],
+    step_name: "step",
+};
 
 /// Where preference pairs come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +158,10 @@ impl StageSettings for RewardSettings {
         vec![("init", self.init.as_str())]
     }
 
+    fn base_model(&self) -> &str {
+        &self.init
+    }
+
     fn check(&self) -> Result<(), (&'static str, String)> {
         match self.source {
             PreferenceSource::Jsonl if self.preferences.is_none() => {
@@ -193,15 +209,24 @@ impl StageSettings for RewardSettings {
     }
 }
 
-/// Per-pair Bradley–Terry loss, averaged: −log σ(Δ) for a preference, −½ log σ(Δ) − ½ log σ(−Δ)
-/// for a tie, with Δ = r_chosen − r_rejected − margin; plus `center_coef` · mean((r_c + r_r)²).
+/// Per-pair Bradley–Terry loss, averaged: −log σ(Δ − margin) for a preference and
+/// −½ log σ(Δ) − ½ log σ(−Δ) for a tie, with Δ = r_chosen − r_rejected; plus `center_coef` ·
+/// mean((r_c + r_r)²). A margin says how much better `chosen` is, so it has no meaning for a tie
+/// and is ignored there (the tie's target is Δ = 0 whatever its margin field holds).
 pub fn bradley_terry_loss(chosen: &Tensor, rejected: &Tensor, margin: &Tensor, tie: &Tensor, center_coef: f64) -> Tensor {
-    let delta = chosen - rejected - margin;
-    let preferred = -delta.log_sigmoid();
+    let delta = chosen - rejected;
+    let preferred = -(&delta - margin).log_sigmoid();
     let tied = -(delta.log_sigmoid() + (-&delta).log_sigmoid()) * 0.5;
     let per_pair = tied.where_self(tie, &preferred);
     let centring = (chosen + rejected).square().mean(Kind::Float) * center_coef;
     per_pair.mean(Kind::Float) + centring
+}
+
+/// The share of pairs the model orders as labeled, ties left out (they have no right order) as
+/// in `eval/accuracy`; `None` for a batch of ties only.
+pub fn accuracy_without_ties(chosen_wins: &[bool], ties: &[bool]) -> Option<f64> {
+    let judged: Vec<bool> = chosen_wins.iter().zip(ties).filter(|(_, &tie)| !tie).map(|(&wins, _)| wins).collect();
+    (!judged.is_empty()).then(|| judged.iter().filter(|&&wins| wins).count() as f64 / judged.len() as f64)
 }
 
 /// Held-out figures from the scores of each pair, `(r_chosen, r_rejected)`:
@@ -293,58 +318,55 @@ fn score_pairs(model: &RewardModel, pairs: &[&PreferencePair], train: bool) -> R
     Ok((scores.narrow(0, 0, n), scores.narrow(0, n, n)))
 }
 
-/// What `--resume` restores besides weights and optimizer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Progress {
-    step: u64,
-}
-
 const DATA_SEED: u64 = 11;
 const PAIRS_SEED: u64 = 12;
 const DROPOUT_SEED: u64 = 13;
 
-fn train(context: &StageContext, settings: &RewardSettings) -> Result<Metrics, StageError> {
-    let dir = context.dir();
-    let state_dir = dir.join(STATE_DIR);
-    let seed = context.seed();
-    let (mut train_pairs, eval_pairs) = preference_pairs(context, settings)?;
-    let labeled = train_pairs.len();
-    add_off_prompt_pairs(&mut train_pairs, settings.off_prompt_pairs, &mut ChaCha8Rng::seed_from_u64(step_seed(seed, PAIRS_SEED, 5)));
-    tracing::info!(train = labeled, off_prompt = train_pairs.len() - labeled, eval = eval_pairs.len(), "preference pairs");
+/// A reward stage in training: the model, its optimizer, and the pairs it learns from and is
+/// evaluated on.
+struct RewardTrainer<'a> {
+    context: &'a StageContext<'a>,
+    settings: &'a RewardSettings,
+    model: RewardModel,
+    optimizer: AdamW,
+    schedule: LrSchedule,
+    train_pairs: Vec<PreferencePair>,
+    eval_pairs: Vec<PreferencePair>,
+    /// Which held-out pairs are shown rejected-first (for precision and recall).
+    flips: Vec<bool>,
+    /// `(r_chosen, r_rejected)` of each held-out pair at the last evaluation in this process.
+    last_scores: Vec<(f64, f64)>,
+    /// The final model's score statistics on policy samples, measured at the last evaluation.
+    normalization: Option<RewardNormalization>,
+}
 
-    let source_dir = context.checkpoint_dir(&settings.init).ok_or_else(|| {
-        context.invalid("`init` must be a trained checkpoint (an earlier stage or a directory), not a fresh [models] section")
-    })?;
-    tch::manual_seed(step_seed(seed, DATA_SEED, 0) as i64);
-    let mut model = RewardModel::load(&source_dir, settings.device.resolve()?, settings.dtype, true)?;
-    let schedule = LrSchedule {
-        lr: settings.lr,
-        min_lr_ratio: 0.1,
-        warmup_steps: settings.warmup_steps,
-        total_steps: settings.steps,
-        shape: settings.schedule,
-    };
-    let mut optimizer = AdamW::new(&model.vs, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: settings.weight_decay });
-    let mut progress = Progress { step: 0 };
-    if context.resume && state::exists(&state_dir) {
-        progress = state::restore(&state_dir, &mut [PartMut { name: "model", vs: &mut model.vs, optimizer: &mut optimizer }])?;
-        tracing::info!(stage = context.name(), step = progress.step, "resuming");
+impl Trainer for RewardTrainer<'_> {
+    type State = Option<RewardNormalization>;
+    type Error = StageError;
+
+    fn parts(&self) -> Vec<Part<'_>> {
+        vec![Part { name: "model", vs: &self.model.vs, optimizer: &self.optimizer }]
     }
-    let keep_up_to = context.resume.then_some(progress.step);
-    let mut metrics_log = MetricsWriter::open(&dir.join("metrics.jsonl"), keep_up_to)?;
 
-    let eval_refs: Vec<&PreferencePair> = eval_pairs.iter().collect();
-    let mut flip_rng = ChaCha8Rng::seed_from_u64(step_seed(seed, PAIRS_SEED, 1));
-    let flips: Vec<bool> = eval_pairs.iter().map(|_| flip_rng.random_bool(0.5)).collect();
-    let bar = progress_bar(settings.steps, progress.step, context.name());
-    let mut last_eval = Metrics::new();
-    let mut last_scores = Vec::new();
-    for step in progress.step + 1..=settings.steps {
+    fn parts_mut(&mut self) -> Vec<PartMut<'_>> {
+        vec![PartMut { name: "model", vs: &mut self.model.vs, optimizer: &mut self.optimizer }]
+    }
+
+    fn state(&self) -> Option<RewardNormalization> {
+        self.normalization
+    }
+
+    fn restore(&mut self, normalization: Option<RewardNormalization>) {
+        self.normalization = normalization;
+    }
+
+    fn step(&mut self, step: u64) -> Result<Metrics, StageError> {
+        let settings = self.settings;
         let started = Instant::now();
-        let lr = schedule.at(step);
-        tch::manual_seed(step_seed(seed, DROPOUT_SEED, step) as i64);
-        let batch = epoch_batch(&train_pairs, settings.batch_size, step, seed);
-        let (chosen, rejected) = score_pairs(&model, &batch, true)?;
+        let lr = self.schedule.at(step);
+        tch::manual_seed(step_seed(self.context.seed(), DROPOUT_SEED, step) as i64);
+        let batch = epoch_batch(&self.train_pairs, settings.batch_size, step, self.context.seed());
+        let (chosen, rejected) = score_pairs(&self.model, &batch, true)?;
         let device = chosen.device();
         let margins: Vec<f64> = batch.iter().map(|p| if settings.use_margin { p.margin.unwrap_or(0.0) } else { 0.0 }).collect();
         let ties: Vec<bool> = batch.iter().map(|p| p.tie).collect();
@@ -356,52 +378,97 @@ fn train(context: &StageContext, settings: &RewardSettings) -> Result<Metrics, S
             settings.center_coef,
         );
         loss.backward();
-        let grad_norm = optimizer.clip_grad_norm(settings.grad_clip);
-        optimizer.step(lr);
-        optimizer.zero_grad();
-        let batch_accuracy = chosen.gt_tensor(&rejected).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+        let grad_norm = self.optimizer.clip_grad_norm(settings.grad_clip);
+        self.optimizer.step(lr);
+        self.optimizer.zero_grad();
         let mut metrics = Metrics::from([
             ("train/loss".to_string(), loss.double_value(&[])),
-            ("train/accuracy".to_string(), batch_accuracy),
             ("lr".to_string(), lr),
             ("grad_norm".to_string(), grad_norm),
             ("pairs_per_s".to_string(), batch.len() as f64 / started.elapsed().as_secs_f64()),
         ]);
-        bar.set_position(step);
-
-        let evaluate_now = step % settings.eval_every == 0 || step == settings.steps;
-        if evaluate_now {
-            last_scores = eval_scores(&model, &eval_refs)?;
-            last_eval = preference_metrics(&last_scores, &eval_refs, &flips);
-            metrics.extend(last_eval.clone());
-            bar.suspend(|| tracing::info!(stage = context.name(), step, accuracy = last_eval["eval/accuracy"], "evaluated"));
+        let chosen_wins: Vec<bool> = Vec::try_from(chosen.gt_tensor(&rejected).to_device(tch::Device::Cpu)).expect("1-D");
+        if let Some(accuracy) = accuracy_without_ties(&chosen_wins, &ties) {
+            metrics.insert("train/accuracy".into(), accuracy);
         }
-        metrics_log.log(step, &metrics)?;
-        if evaluate_now {
-            progress.step = step;
-            state::save(&state_dir, &[Part { name: "model", vs: &model.vs, optimizer: &optimizer }], &progress)?;
-        }
+        Ok(metrics)
     }
-    bar.finish_and_clear();
+
+    fn evaluate(&mut self, step: u64, _samples: &mut SampleLog) -> Result<Metrics, StageError> {
+        let eval_refs: Vec<&PreferencePair> = self.eval_pairs.iter().collect();
+        self.last_scores = eval_scores(&self.model, &eval_refs)?;
+        let mut metrics = preference_metrics(&self.last_scores, &eval_refs, &self.flips);
+        if step == self.settings.steps {
+            // Scores of policy samples, stored with the checkpoint: PPO's `stored` normalisation.
+            let normalization = policy_score_statistics(self.context, self.settings, &self.model)?;
+            metrics.insert("reward/mean".into(), normalization.mean);
+            metrics.insert("reward/std".into(), normalization.std);
+            self.normalization = Some(normalization);
+        }
+        Ok(metrics)
+    }
+}
+
+fn train(context: &StageContext, settings: &RewardSettings) -> Result<Metrics, StageError> {
+    let dir = context.dir();
+    let seed = context.seed();
+    let (mut train_pairs, eval_pairs) = preference_pairs(context, settings)?;
+    let labeled = train_pairs.len();
+    add_off_prompt_pairs(&mut train_pairs, settings.off_prompt_pairs, &mut ChaCha8Rng::seed_from_u64(step_seed(seed, PAIRS_SEED, 5)));
+    tracing::info!(train = labeled, off_prompt = train_pairs.len() - labeled, eval = eval_pairs.len(), "preference pairs");
+
+    let source_dir = context.checkpoint_dir(&settings.init).ok_or_else(|| {
+        context.invalid("`init` must be a trained checkpoint (an earlier stage or a directory), not a fresh [models] section")
+    })?;
+    tch::manual_seed(step_seed(seed, DATA_SEED, 0) as i64);
+    let model = RewardModel::load(&source_dir, settings.device.resolve()?, settings.dtype, true)?;
+    let schedule = LrSchedule {
+        lr: settings.lr,
+        min_lr_ratio: 0.1,
+        warmup_steps: settings.warmup_steps,
+        total_steps: settings.steps,
+        shape: settings.schedule,
+    };
+    let optimizer = AdamW::new(&model.vs, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: settings.weight_decay });
+    let mut flip_rng = ChaCha8Rng::seed_from_u64(step_seed(seed, PAIRS_SEED, 1));
+    let flips: Vec<bool> = eval_pairs.iter().map(|_| flip_rng.random_bool(0.5)).collect();
+    let mut trainer = RewardTrainer {
+        context,
+        settings,
+        model,
+        optimizer,
+        schedule,
+        train_pairs,
+        eval_pairs,
+        flips,
+        last_scores: Vec::new(),
+        normalization: None,
+    };
+    let outcome = stage_loop::run(
+        &mut trainer,
+        &LoopSettings {
+            stage: context.name(),
+            dir: &dir,
+            resume: context.resume,
+            steps: settings.steps,
+            eval_every: settings.eval_every,
+            selection: None,
+            shown: FIGURES.shown,
+            logged: FIGURES.logged,
+        },
+    )?;
+    let RewardTrainer { mut model, eval_pairs, mut last_scores, normalization, .. } = trainer;
     if last_scores.is_empty() {
-        // Resumed from state saved at the last step: nothing was evaluated in this process.
-        last_scores = eval_scores(&model, &eval_refs)?;
-        last_eval = preference_metrics(&last_scores, &eval_refs, &flips);
+        // Resumed from the state of the last step: nothing was evaluated in this process.
+        last_scores = eval_scores(&model, &eval_pairs.iter().collect::<Vec<_>>())?;
     }
     write_held_out_scores(&dir.join(HELD_OUT_FILE), &eval_pairs, &last_scores)?;
-
-    // Scores of policy samples, stored with the checkpoint so PPO can normalise rewards.
-    let normalization = policy_score_statistics(context, settings, &model)?;
-    model.normalization = Some(normalization);
+    model.normalization = Some(match normalization {
+        Some(normalization) => normalization,
+        None => policy_score_statistics(context, settings, &model)?,
+    });
     model.save(&dir.join(CHECKPOINT_DIR))?;
-    let mut summary = last_eval;
-    summary.insert("reward/mean".into(), normalization.mean);
-    summary.insert("reward/std".into(), normalization.std);
-    metrics_log.log(
-        settings.steps,
-        &Metrics::from([("reward/mean".to_string(), normalization.mean), ("reward/std".to_string(), normalization.std)]),
-    )?;
-    Ok(summary)
+    Ok(outcome.last_evaluated.into_iter().filter(|(name, _)| name.starts_with("eval/") || name.starts_with("reward/")).collect())
 }
 
 /// Per-pair held-out scores of the final model, so a user can see which pairs it gets wrong.
@@ -510,7 +577,8 @@ fn preference_pairs(context: &StageContext, settings: &RewardSettings) -> Result
     let all = match settings.source {
         PreferenceSource::Synthetic => return synthetic_pairs(context, settings),
         PreferenceSource::Jsonl => read_jsonl(settings.preferences.as_ref().expect("checked")).map_err(invalid)?,
-        PreferenceSource::Labels => read_label_database(settings.database.as_ref().expect("checked")).map_err(invalid)?,
+        PreferenceSource::Labels => crate::label::export::read_preference_pairs(settings.database.as_ref().expect("checked"))
+            .map_err(|e| context.invalid(e.to_string()))?,
     };
     let mut all = all;
     all.shuffle(&mut ChaCha8Rng::seed_from_u64(step_seed(context.seed(), PAIRS_SEED, 0)));
@@ -676,9 +744,21 @@ mod tests {
         let with_tie = bradley_terry_loss(&chosen, &rejected, &no_margin, &tie, 0.0).double_value(&[]);
         assert!((with_tie - (0.313_261_687_5 + 0.813_261_687_5 + LN_2) / 3.0).abs() < 1e-6);
 
+        // a margin on a tie changes nothing: the tie's loss is still 0.813262
+        let tie_margin = Tensor::from_slice(&[0.0f32, 2.0, 0.0]);
+        let tie_with_margin = bradley_terry_loss(&chosen, &rejected, &tie_margin, &tie, 0.0).double_value(&[]);
+        assert!((tie_with_margin - with_tie).abs() < 1e-7, "{tie_with_margin} vs {with_tie}");
+
         // centring: 0.1 · mean((3)², (2)², (2)²) = 0.1 · 17/3
         let centred = bradley_terry_loss(&chosen, &rejected, &no_margin, &no_tie, 0.1).double_value(&[]);
         assert!((centred - expected - 0.1 * 17.0 / 3.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn training_accuracy_leaves_ties_out() {
+        // right, wrong, a tie "won" and a tie "lost": 1 of the 2 judged pairs
+        assert_eq!(accuracy_without_ties(&[true, false, true, false], &[false, false, true, true]), Some(0.5));
+        assert_eq!(accuracy_without_ties(&[true, true], &[true, true]), None);
     }
 
     #[test]

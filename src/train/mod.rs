@@ -1,5 +1,7 @@
-//! Pieces every training stage uses: the optimizer, the learning-rate schedule, resume state.
+//! Pieces every training stage uses: the stage loop, the optimizer, the learning-rate schedule,
+//! resume state.
 
 pub mod optimizer;
 pub mod schedule;
+pub mod stage_loop;
 pub mod state;

@@ -2,6 +2,12 @@
 //! saved and restored for `--resume` (tch's optimizer does not expose its state). Weight decay
 //! applies only to matrices (≥ 2 dims: linear weights, embeddings), not to biases or LayerNorm
 //! parameters, as in GPT-2 and nanoGPT.
+//!
+//! Mixed precision (Micikevicius et al. 2018): for a parameter held in bf16, the optimizer keeps
+//! an fp32 master copy and fp32 moments; forward and backward run in bf16, the update is applied
+//! to the master, and the parameter is the master rounded to bf16. Applied to the bf16 weights
+//! themselves, an update smaller than half their spacing (2⁻⁹ of the value) would round to
+//! nothing: at PPO's learning rate of 1e-5 nearly every update would.
 
 use std::path::Path;
 
@@ -19,6 +25,8 @@ pub struct AdamWConfig {
 struct Parameter {
     name: String,
     value: Tensor,
+    /// fp32 copy of a parameter held in lower precision; updates accumulate here.
+    master: Option<Tensor>,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
     decay: bool,
@@ -42,6 +50,7 @@ impl AdamW {
                 exp_avg: value.zeros_like().to_kind(Kind::Float),
                 exp_avg_sq: value.zeros_like().to_kind(Kind::Float),
                 decay: value.dim() >= 2,
+                master: (value.kind() != Kind::Float).then(|| value.detach().to_kind(Kind::Float)),
                 name,
                 value,
             })
@@ -102,25 +111,40 @@ impl AdamW {
             let _ = p.exp_avg_sq.g_mul_scalar_(beta2).addcmul_(&grad, &(&grad * (1.0 - beta2)));
             let denominator = (p.exp_avg_sq.sqrt() / bias_correction2.sqrt()).g_add_scalar_(eps);
             let update = (&p.exp_avg / &denominator) * (lr / bias_correction1);
+            let weights = p.master.as_mut().unwrap_or(&mut p.value);
             if p.decay && weight_decay > 0.0 {
                 // Decoupled decay: shrink the weights, independent of the gradient's scale.
-                let _ = p.value.g_mul_scalar_(1.0 - lr * weight_decay);
+                let _ = weights.g_mul_scalar_(1.0 - lr * weight_decay);
             }
-            let _ = p.value.g_sub_(&update.to_kind(p.value.kind()));
+            let _ = weights.g_sub_(&update);
+            if let Some(master) = &p.master {
+                p.value.copy_(master);
+            }
         }
+    }
+
+    /// The fp32 weights the optimizer updates: the master copy of a low-precision parameter,
+    /// else the parameter itself (for tests and diagnostics).
+    pub fn master_weights(&self, name: &str) -> Option<Tensor> {
+        let p = self.parameters.iter().find(|p| p.name == name)?;
+        Some(p.master.as_ref().unwrap_or(&p.value).shallow_clone())
     }
 
     pub fn steps_taken(&self) -> u64 {
         self.step
     }
 
-    /// Writes the moments (and the step, as a tensor) to a safetensors file.
+    /// Writes the moments, the fp32 masters of low-precision parameters and the step (as a
+    /// tensor) to a safetensors file.
     pub fn save(&self, path: &Path) -> Result<(), tch::TchError> {
         let step = Tensor::from(self.step as i64);
         let mut named: Vec<(String, &Tensor)> = vec![("step".to_string(), &step)];
         for p in &self.parameters {
             named.push((format!("exp_avg.{}", p.name), &p.exp_avg));
             named.push((format!("exp_avg_sq.{}", p.name), &p.exp_avg_sq));
+            if let Some(master) = &p.master {
+                named.push((format!("master.{}", p.name), master));
+            }
         }
         Tensor::write_safetensors(&named, path)
     }
@@ -136,6 +160,11 @@ impl AdamW {
                 let name = format!("{prefix}.{}", p.name);
                 let tensor = saved.get(&name).ok_or_else(|| missing(&name))?;
                 target.copy_(tensor);
+            }
+            if let Some(master) = &mut p.master {
+                let name = format!("master.{}", p.name);
+                master.copy_(saved.get(&name).ok_or_else(|| missing(&name))?);
+                p.value.copy_(master);
             }
         }
         Ok(())
@@ -189,6 +218,46 @@ mod tests {
         let mut restored = AdamW::new(&vs, config);
         restored.load(&path).unwrap();
         assert_eq!(restored.steps_taken(), 1);
+    }
+
+    /// A bf16 parameter at 0.5 with gradient 1: each Adam step moves it by lr (m̂/√v̂ = 1), 1e-5
+    /// — far below bf16's spacing there (2⁻⁸ ≈ 0.0039), so only an fp32 master keeps the steps.
+    #[test]
+    fn bf16_parameters_keep_small_updates_in_an_fp32_master() {
+        let mut vs = VarStore::new(Device::Cpu);
+        let w = vs.root().var("w", &[4], Init::Const(0.5));
+        vs.bfloat16();
+        let config = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        let mut optimizer = AdamW::new(&vs, config);
+        let step = |optimizer: &mut AdamW| {
+            optimizer.zero_grad();
+            let w = &vs.variables()["w"];
+            w.sum(Kind::Float).backward(); // gradient 1
+            optimizer.step(1e-5);
+        };
+        for _ in 0..10 {
+            step(&mut optimizer);
+        }
+        let master = optimizer.master_weights("w").unwrap();
+        assert_eq!(master.kind(), Kind::Float);
+        let moved = 0.5 - master.double_value(&[0]);
+        assert!((moved - 1e-4).abs() < 1e-6, "the master moved by {moved}, expected 1e-4");
+        assert_eq!(w.kind(), Kind::BFloat16);
+
+        // The moments and the master come back with the state: the same next steps.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("optimizer.safetensors");
+        optimizer.save(&path).unwrap();
+        let mut restored = AdamW::new(&vs, config);
+        restored.load(&path).unwrap();
+        for _ in 0..400 {
+            step(&mut optimizer);
+        }
+        let after = optimizer.master_weights("w").unwrap().double_value(&[0]);
+        assert!((0.5 - after - 4.1e-3).abs() < 1e-5, "{after}");
+        // 4.1e-3 is over one bf16 spacing: now the bf16 weight itself has moved.
+        assert!(w.double_value(&[0]) < 0.5, "{}", w.double_value(&[0]));
+        assert!((restored.master_weights("w").unwrap().double_value(&[0]) - (0.5 - 1e-4)).abs() < 1e-6);
     }
 
     #[test]

@@ -1,7 +1,16 @@
 //! Learning rate at a step: linear warmup from 0, then cosine or linear decay to
 //! `lr × min_lr_ratio` at the last step, or constant.
 
-use crate::stages::lm::Schedule;
+use serde::{Deserialize, Serialize};
+
+/// How the learning rate moves after warmup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Cosine,
+    Linear,
+    Constant,
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct LrSchedule {

@@ -161,3 +161,82 @@ eval_prompts = 8
 samples = 2
 devices = { policy = "cpu", reference = "cpu", reward = "cpu", value = "cpu" }
 "#;
+
+/// Every stage kind — lm → sft → reward → ppo — each a few steps long and evaluated twice or
+/// more: seconds on one thread.
+pub const ALL_KINDS_EXPERIMENT: &str = r#"name = "all-kinds"
+seed = 7
+threads = 1
+
+[task]
+kind = "synthetic-reviews"
+corpus_size = 200
+demonstrations_size = 120
+prompts_size = 20
+eval_fraction = 0.1
+
+[tokenizer]
+vocab_size = 300
+
+[models.base]
+n_layer = 1
+n_head = 2
+n_embd = 32
+n_ctx = 64
+dropout = 0.1
+device = "cpu"
+
+[[stages]]
+name = "pretrain"
+kind = "lm"
+model = "base"
+steps = 20
+batch_size = 4
+seq_len = 32
+eval_every = 5
+eval_batches = 1
+samples = 1
+device = "cpu"
+
+[[stages]]
+name = "sft"
+kind = "sft"
+init = "pretrain"
+steps = 10
+batch_size = 4
+seq_len = 48
+eval_every = 5
+eval_batches = 1
+samples = 1
+device = "cpu"
+
+[[stages]]
+name = "rm"
+kind = "reward"
+init = "sft"
+pairs = 32
+eval_pairs = 8
+steps = 6
+batch_size = 4
+eval_every = 3
+normalization_samples = 4
+device = "cpu"
+
+[[stages]]
+name = "ppo"
+kind = "ppo"
+policy = "sft"
+reference = "sft"
+reward = "rm"
+value = "rm"
+iterations = 6
+rollout_batch = 4
+minibatch_size = 2
+ppo_epochs = 2
+max_new_tokens = 8
+normalization_samples = 8
+eval_every = 3
+eval_prompts = 4
+samples = 2
+devices = { policy = "cpu", reference = "cpu", reward = "cpu", value = "cpu" }
+"#;

@@ -1,0 +1,210 @@
+//! The loop every training stage runs, written once: restore the saved state, open the metric
+//! and sample logs, step, evaluate on a cadence, keep the best weights, stop early, log, and save
+//! the state for `--resume`. A stage kind supplies only what differs — its step, its evaluation
+//! and what its state holds — through [`Trainer`].
+//!
+//! Order within an evaluated step: step → evaluation (samples, best checkpoint) → metrics line →
+//! state. A run killed anywhere before the state is saved replays the step on resume (its metric
+//! and sample lines are dropped first); a run killed after it continues from the next step. The
+//! state records whether the stage stopped early and the figures of its last evaluation, so a
+//! stage resumed from its final state finishes with the same summary without training on.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::state::{self, Part, PartMut, StateError};
+use crate::run::metrics::{metrics_with_nulls, SampleLog};
+use crate::run::progress::progress_bar;
+use crate::run::{Metrics, MetricsWriter, RunDirError};
+
+/// `<stage>/metrics.jsonl`: one line per step (`"step": 0` for figures before training).
+pub const METRICS_FILE: &str = "metrics.jsonl";
+/// `<stage>/samples.jsonl`: generations at each evaluation.
+pub const SAMPLES_FILE: &str = "samples.jsonl";
+/// `<stage>/state/`: what `--resume` needs.
+pub const STATE_DIR: &str = "state";
+
+/// A test-only hook: `RLHF_TEST_ABORT_AFTER_SAVE=STAGE:STEP` aborts the process (as `kill -9`
+/// would, nothing flushed or cleaned up) right after the state of step STEP of stage STAGE is
+/// saved, so that tests can stop a run at an exact point of the loop.
+const ABORT_AFTER_SAVE: &str = "RLHF_TEST_ABORT_AFTER_SAVE";
+
+/// What one kind of stage trains. The loop calls `start` once (unless resumed), then `step` for
+/// each step and `evaluate` at the evaluation cadence.
+pub trait Trainer {
+    /// What a resumed stage needs back besides the weights, the optimizers' moments and the
+    /// loop's own counters (PPO: its KL coefficient and the starting policy's figures).
+    type State: Serialize + DeserializeOwned + Default;
+    type Error: From<RunDirError> + From<StateError>;
+
+    /// The trained models and their optimizers, by the names their state files take.
+    fn parts(&self) -> Vec<Part<'_>>;
+    fn parts_mut(&mut self) -> Vec<PartMut<'_>>;
+    fn state(&self) -> Self::State;
+    fn restore(&mut self, state: Self::State);
+
+    /// Before the first step of a stage that starts afresh; figures returned are logged as step 0.
+    fn start(&mut self, _samples: &mut SampleLog) -> Result<Option<Metrics>, Self::Error> {
+        Ok(None)
+    }
+
+    /// One optimizer step (PPO: one iteration); steps count from 1.
+    fn step(&mut self, step: u64) -> Result<Metrics, Self::Error>;
+
+    /// Held-out figures after step `step`; generations go to `samples`.
+    fn evaluate(&mut self, step: u64, samples: &mut SampleLog) -> Result<Metrics, Self::Error>;
+
+    /// The current weights are the best so far by the loop's selection metric.
+    fn save_best(&self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+/// Keeping the best weights by an evaluation figure that should fall (a loss), and stopping once
+/// it has not improved for `patience` evaluations.
+#[derive(Debug, Clone, Copy)]
+pub struct Selection {
+    pub metric: &'static str,
+    /// A value counts as better only when below the best by more than this.
+    pub min_delta: f64,
+    pub patience: Option<u64>,
+}
+
+/// How a stage's loop runs.
+#[derive(Debug, Clone)]
+pub struct LoopSettings<'a> {
+    pub stage: &'a str,
+    pub dir: &'a Path,
+    /// Continue from the stage's saved state, if it has one.
+    pub resume: bool,
+    pub steps: u64,
+    pub eval_every: u64,
+    pub selection: Option<Selection>,
+    /// Figures shown on the progress bar after each step.
+    pub shown: &'a [&'a str],
+    /// Figures named in the `evaluated` log line.
+    pub logged: &'a [&'a str],
+}
+
+/// How the loop ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Steps taken in all (a resumed stage counts those before the restart).
+    pub steps: u64,
+    pub stopped_early: bool,
+    /// The best value of the selection metric.
+    pub best: Option<f64>,
+    /// The metrics line of the last evaluated step: its training and held-out figures.
+    pub last_evaluated: Metrics,
+    pub dir: PathBuf,
+}
+
+/// The loop's counters, saved with the trainer's state in `progress.json`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Progress<S> {
+    step: u64,
+    best: Option<f64>,
+    evals_since_best: u64,
+    stopped_early: bool,
+    #[serde(deserialize_with = "metrics_with_nulls")]
+    last_evaluated: Metrics,
+    stage: S,
+}
+
+/// Runs `trainer` for the settings' steps (or until early stopping).
+pub fn run<T: Trainer>(trainer: &mut T, settings: &LoopSettings) -> Result<Outcome, T::Error> {
+    let state_dir = settings.dir.join(STATE_DIR);
+    let mut progress = Progress {
+        step: 0,
+        best: None,
+        evals_since_best: 0,
+        stopped_early: false,
+        last_evaluated: Metrics::new(),
+        stage: T::State::default(),
+    };
+    let restored = settings.resume && state::exists(&state_dir);
+    if restored {
+        progress = state::restore(&state_dir, &mut trainer.parts_mut())?;
+        trainer.restore(std::mem::take(&mut progress.stage));
+        tracing::info!(stage = settings.stage, step = progress.step, "resuming");
+    }
+    // A stage that saved no state yet starts over, its files included.
+    let keep_up_to = restored.then_some(progress.step);
+    let mut metrics_log = MetricsWriter::open(&settings.dir.join(METRICS_FILE), keep_up_to)?;
+    let mut samples = SampleLog::new(settings.dir.join(SAMPLES_FILE), keep_up_to);
+    if !restored {
+        if let Some(figures) = trainer.start(&mut samples)? {
+            metrics_log.log(0, &figures)?;
+        }
+    }
+
+    let bar = progress_bar(settings.steps, progress.step, settings.stage);
+    let first = progress.step + 1;
+    for step in first..=settings.steps {
+        if progress.stopped_early {
+            break;
+        }
+        let mut metrics = trainer.step(step)?;
+        bar.set_position(step);
+        bar.set_message(describe(&metrics, settings.shown));
+        let evaluate_now = step % settings.eval_every == 0 || step == settings.steps;
+        if evaluate_now {
+            metrics.extend(trainer.evaluate(step, &mut samples)?);
+            if let Some(selection) = &settings.selection {
+                let value = metrics.get(selection.metric).copied().filter(|value| value.is_finite());
+                let improved = value.is_some_and(|value| progress.best.is_none_or(|best| value < best - selection.min_delta));
+                if improved {
+                    progress.best = value;
+                    progress.evals_since_best = 0;
+                    trainer.save_best()?;
+                } else {
+                    progress.evals_since_best += 1;
+                    progress.stopped_early = selection.patience.is_some_and(|patience| progress.evals_since_best >= patience);
+                }
+            }
+            bar.suspend(|| tracing::info!(stage = settings.stage, step, "evaluated {}", describe(&metrics, settings.logged)));
+        }
+        metrics_log.log(step, &metrics)?;
+        if evaluate_now {
+            progress.step = step;
+            progress.last_evaluated = metrics;
+            progress.stage = trainer.state();
+            state::save(&state_dir, &trainer.parts(), &progress)?;
+            abort_if_asked(settings.stage, step);
+            if progress.stopped_early {
+                bar.suspend(|| {
+                    tracing::info!(
+                        stage = settings.stage,
+                        step,
+                        "early stopping: no better {} for {} evaluations",
+                        settings.selection.map_or("", |s| s.metric),
+                        progress.evals_since_best
+                    )
+                });
+            }
+        }
+    }
+    bar.finish_and_clear();
+    Ok(Outcome {
+        steps: progress.step,
+        stopped_early: progress.stopped_early,
+        best: progress.best,
+        last_evaluated: progress.last_evaluated,
+        dir: settings.dir.to_path_buf(),
+    })
+}
+
+/// `name=value` for each of `names` present in `metrics`.
+pub fn describe(metrics: &Metrics, names: &[&str]) -> String {
+    names.iter().filter_map(|name| metrics.get(*name).map(|value| format!("{name}={value:.4}"))).collect::<Vec<_>>().join(" ")
+}
+
+fn abort_if_asked(stage: &str, step: u64) {
+    let Ok(target) = std::env::var(ABORT_AFTER_SAVE) else { return };
+    if target == format!("{stage}:{step}") {
+        eprintln!("{ABORT_AFTER_SAVE}: aborting after the state of {stage} step {step} was saved");
+        std::process::abort();
+    }
+}
