@@ -36,7 +36,7 @@ pub struct GenerateArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
-    /// fp32 or bf16.
+    /// fp32, bf16 or fp16.
     #[arg(long, default_value = "fp32")]
     pub dtype: Precision,
     /// Prompts per forward pass.

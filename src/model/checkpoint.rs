@@ -149,6 +149,7 @@ pub fn save(dir: &Path, vs: &VarStore, config: &Gpt2Config, tokenizer: &TextToke
             let tensor = tensor.detach().to_device(tch::Device::Cpu).contiguous();
             let (kind, dtype) = match tensor.kind() {
                 Kind::BFloat16 => (Kind::BFloat16, Dtype::BF16),
+                Kind::Half => (Kind::Half, Dtype::F16),
                 _ => (Kind::Float, Dtype::F32),
             };
             let tensor = tensor.to_kind(kind);

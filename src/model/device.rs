@@ -1,4 +1,5 @@
-//! Where a model lives and in which precision: `cpu`, `cuda`, `cuda:N` or `auto`; `fp32` or `bf16`.
+//! Where a model lives and in which precision: `cpu`, `cuda`, `cuda:N` or `auto`; `fp32`, `bf16`
+//! or `fp16`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -81,6 +82,9 @@ pub enum Precision {
     #[default]
     Fp32,
     Bf16,
+    /// Half precision: meant for CUDA (it runs on the CPU, slowly); trained with dynamic loss
+    /// scaling, since its small exponent range flushes small gradients to zero.
+    Fp16,
 }
 
 impl Precision {
@@ -88,6 +92,16 @@ impl Precision {
         match self {
             Precision::Fp32 => Kind::Float,
             Precision::Bf16 => Kind::BFloat16,
+            Precision::Fp16 => Kind::Half,
+        }
+    }
+
+    /// Casts every variable of `vs` (floating point ones) to this precision.
+    pub fn cast(self, vs: &mut tch::nn::VarStore) {
+        match self {
+            Precision::Fp32 => {}
+            Precision::Bf16 => vs.bfloat16(),
+            Precision::Fp16 => vs.half(),
         }
     }
 }
@@ -98,6 +112,7 @@ impl FromStr for Precision {
         match text {
             "fp32" => Ok(Precision::Fp32),
             "bf16" => Ok(Precision::Bf16),
+            "fp16" => Ok(Precision::Fp16),
             other => Err(DeviceError::UnknownPrecision(other.to_string())),
         }
     }
@@ -109,7 +124,7 @@ pub enum DeviceError {
     Unknown(String),
     #[error("device `cuda:{index}` requested but {visible} CUDA device(s) are visible")]
     CudaUnavailable { index: usize, visible: usize },
-    #[error("unknown dtype `{0}`: expected `fp32` or `bf16`")]
+    #[error("unknown dtype `{0}`: expected `fp32`, `bf16` or `fp16`")]
     UnknownPrecision(String),
 }
 

@@ -29,9 +29,7 @@ impl LanguageModel {
     pub fn fresh(config: &Gpt2Config, tokenizer: TextTokenizer, device: Device, precision: Precision) -> Self {
         let mut vs = VarStore::new(device);
         let gpt = Gpt2::new(&vs.root(), config);
-        if precision == Precision::Bf16 {
-            vs.bfloat16();
-        }
+        precision.cast(&mut vs);
         LanguageModel { vs, gpt, tokenizer }
     }
 

@@ -44,9 +44,7 @@ impl RewardModel {
         let gpt = Gpt2::new(&vs.root(), &config);
         // std 1/sqrt(n_embd + 1): initial scores near zero (TRL's value-head init does the same).
         let head = ScalarHead::new(&(vs.root() / REWARD_HEAD), config.n_embd, 1.0 / ((config.n_embd + 1) as f64).sqrt());
-        if precision == Precision::Bf16 {
-            vs.bfloat16();
-        }
+        precision.cast(&mut vs);
         let may_be_missing: &[&str] = if new_head { &[REWARD_HEAD] } else { &[] };
         checkpoint::load_weights(&mut vs, dir, may_be_missing)?;
         let normalization = read_normalization(dir)?;

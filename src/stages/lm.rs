@@ -251,13 +251,14 @@ pub struct Batch {
 
 /// Sums token losses over all micro-batches of one optimizer step and divides by the total
 /// number of target tokens, so that k micro-batches give the same gradient as one batch k times
-/// larger (even when micro-batches hold different numbers of response tokens). Returns the loss.
-pub fn accumulate_gradients(gpt: &Gpt2, batches: &[Batch]) -> f64 {
+/// larger (even when micro-batches hold different numbers of response tokens). Gradients are of
+/// the loss times `loss_scale` (the optimizer's, for fp16). Returns the loss.
+pub fn accumulate_gradients(gpt: &Gpt2, batches: &[Batch], loss_scale: f64) -> f64 {
     let total_tokens: i64 = batches.iter().map(|b| b.target_tokens).sum::<i64>().max(1);
     let mut loss = 0.0;
     for batch in batches {
         let micro_loss = token_loss_sum(gpt, batch, true) / total_tokens as f64;
-        micro_loss.backward();
+        (&micro_loss * loss_scale).backward();
         loss += micro_loss.double_value(&[]);
     }
     loss
@@ -530,7 +531,7 @@ impl Trainer for LmTrainer<'_> {
         let lr = self.schedule.at(step);
         tch::manual_seed(step_seed(self.context.seed(), DROPOUT_SEED, step) as i64);
         let batches: Vec<Batch> = (0..self.settings.grad_accum).map(|micro| self.data.train_batch(step, micro)).collect();
-        let train_loss = accumulate_gradients(&self.model.gpt, &batches);
+        let train_loss = accumulate_gradients(&self.model.gpt, &batches, self.optimizer.loss_scale());
         let grad_norm = self.optimizer.clip_grad_norm(self.settings.grad_clip);
         self.optimizer.step(lr);
         self.optimizer.zero_grad();
@@ -580,19 +581,9 @@ fn train(context: &StageContext, settings: &TrainSettings, objective: Objective)
     let optimizer =
         AdamW::new(&model.vs, AdamWConfig { beta1: settings.beta1, beta2: settings.beta2, eps: 1e-8, weight_decay: settings.weight_decay });
     let mut trainer = LmTrainer { context, settings, model, optimizer, data, schedule };
-    let outcome = stage_loop::run(
-        &mut trainer,
-        &LoopSettings {
-            stage: context.name(),
-            dir: &dir,
-            resume: context.resume,
-            steps: settings.steps,
-            eval_every: settings.eval_every,
-            selection: Some(Selection { metric: "eval/loss", min_delta: settings.min_delta, patience: settings.patience }),
-            shown: FIGURES.shown,
-            logged: FIGURES.logged,
-        },
-    )?;
+    let selection = Selection { metric: "eval/loss", min_delta: settings.min_delta, patience: settings.patience };
+    let loop_settings = LoopSettings { selection: Some(selection), ..context.loop_settings(settings.steps, settings.eval_every, &FIGURES) };
+    let outcome = stage_loop::run(&mut trainer, &loop_settings)?;
     let model = trainer.model;
     model.save(&dir.join("last"))?;
     if !dir.join(CHECKPOINT_DIR).exists() {

@@ -18,6 +18,7 @@ use crate::data::task::TaskData;
 use crate::data::tokenizer::TextTokenizer;
 use crate::model::{CheckpointError, DeviceSpec, LanguageModel, Precision};
 use crate::run::{Metrics, RunDir, RunDirError};
+use crate::train::stage_loop::LoopSettings;
 
 /// The validated settings of one stage kind, and what running it does.
 pub trait StageSettings: Debug + Send + Sync {
@@ -205,6 +206,21 @@ impl StageContext<'_> {
     /// A seed for this stage: the experiment's seed mixed with the stage's position.
     pub fn seed(&self) -> u64 {
         crate::rng::splitmix64(self.experiment.seed ^ (self.stage_index as u64 + 1))
+    }
+
+    /// How the shared stage loop runs this stage: `steps` steps evaluated every `eval_every`,
+    /// showing and logging the kind's declared figures (no best-weights selection).
+    pub fn loop_settings(&self, steps: u64, eval_every: u64, figures: &'static StageFigures) -> LoopSettings<'_> {
+        LoopSettings {
+            stage: self.name(),
+            dir: self.dir(),
+            resume: self.resume,
+            steps,
+            eval_every,
+            selection: None,
+            shown: figures.shown,
+            logged: figures.logged,
+        }
     }
 
     pub fn invalid(&self, message: impl Into<String>) -> StageError {

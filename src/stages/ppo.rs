@@ -29,7 +29,7 @@ use crate::run::metrics::SampleLog;
 use crate::run::Metrics;
 use crate::train::optimizer::{AdamW, AdamWConfig};
 use crate::train::schedule::{LrSchedule, Schedule};
-use crate::train::stage_loop::{self, LoopSettings, Trainer};
+use crate::train::stage_loop::{self, Trainer};
 use crate::train::state::{Part, PartMut};
 
 /// What reports and logs show of `ppo` stages.
@@ -796,6 +796,7 @@ impl<'a> Ppo<'a> {
             order.shuffle(&mut ChaCha8Rng::seed_from_u64(step_seed(seed, SHUFFLE_SEED, epoch as u64)));
             for minibatch in order.chunks(settings.minibatch_size) {
                 let mut approx_kl_sum = 0.0;
+                let policy_scale = self.policy_optimizer.loss_scale();
                 for micro in minibatch.chunks(micro_size) {
                     let index = Tensor::from_slice(micro);
                     let tokens = rollout.tokens.rows(&index);
@@ -827,11 +828,14 @@ impl<'a> Ppo<'a> {
                     let accumulation = settings.grad_accum as f64;
                     match &models.critic {
                         Critic::Model(_) => {
-                            (policy_objective / accumulation).backward();
-                            (&value_loss / accumulation).backward();
+                            let value_scale = self.value_optimizer.as_ref().map_or(1.0, AdamW::loss_scale);
+                            (policy_objective * (policy_scale / accumulation)).backward();
+                            (&value_loss * (value_scale / accumulation)).backward();
                         }
                         // One backbone: one loss, the value term weighted by vf_coef.
-                        Critic::SharedHead(_) => ((policy_objective + settings.vf_coef * &value_loss) / accumulation).backward(),
+                        Critic::SharedHead(_) => {
+                            ((policy_objective + settings.vf_coef * &value_loss) * (policy_scale / accumulation)).backward()
+                        }
                     }
 
                     let approx_kl = scalar(&approx_kl);
@@ -973,9 +977,7 @@ pub const VALUE_HEAD: &str = "value_head";
 pub fn shared_value_head(policy: &mut LanguageModel, precision: Precision) -> ScalarHead {
     let n_embd = policy.gpt.config.n_embd;
     let head = ScalarHead::new(&(policy.vs.root() / VALUE_HEAD), n_embd, 1.0 / ((n_embd + 1) as f64).sqrt());
-    if precision == Precision::Bf16 {
-        policy.vs.bfloat16();
-    }
+    precision.cast(&mut policy.vs);
     head
 }
 
@@ -1107,19 +1109,7 @@ fn train(context: &StageContext, settings: &PpoSettings) -> Result<Metrics, Stag
         schedules: (schedule(settings.policy_lr), schedule(settings.value_lr)),
         start: Metrics::new(),
     };
-    let outcome = stage_loop::run(
-        &mut trainer,
-        &LoopSettings {
-            stage: context.name(),
-            dir: &dir,
-            resume: context.resume,
-            steps: settings.iterations,
-            eval_every: settings.eval_every,
-            selection: None,
-            shown: FIGURES.shown,
-            logged: FIGURES.logged,
-        },
-    )?;
+    let outcome = stage_loop::run(&mut trainer, &context.loop_settings(settings.iterations, settings.eval_every, &FIGURES))?;
     trainer.ppo.models.policy.save(&dir.join(CHECKPOINT_DIR))?;
     let mut summary: Metrics = outcome.last_evaluated.into_iter().filter(|(name, _)| name.starts_with("eval/")).collect();
     summary.extend(trainer.start.iter().map(|(name, value)| (name.replacen("eval/", "start/", 1), *value)));

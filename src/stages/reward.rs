@@ -26,7 +26,7 @@ use crate::run::metrics::SampleLog;
 use crate::run::Metrics;
 use crate::train::optimizer::{AdamW, AdamWConfig};
 use crate::train::schedule::{LrSchedule, Schedule};
-use crate::train::stage_loop::{self, LoopSettings, Trainer};
+use crate::train::stage_loop::{self, Trainer};
 use crate::train::state::{Part, PartMut};
 
 /// What reports and logs show of `reward` stages.
@@ -377,7 +377,7 @@ impl Trainer for RewardTrainer<'_> {
             &Tensor::from_slice(&ties).to(device),
             settings.center_coef,
         );
-        loss.backward();
+        (&loss * self.optimizer.loss_scale()).backward();
         let grad_norm = self.optimizer.clip_grad_norm(settings.grad_clip);
         self.optimizer.step(lr);
         self.optimizer.zero_grad();
@@ -444,19 +444,7 @@ fn train(context: &StageContext, settings: &RewardSettings) -> Result<Metrics, S
         last_scores: Vec::new(),
         normalization: None,
     };
-    let outcome = stage_loop::run(
-        &mut trainer,
-        &LoopSettings {
-            stage: context.name(),
-            dir: &dir,
-            resume: context.resume,
-            steps: settings.steps,
-            eval_every: settings.eval_every,
-            selection: None,
-            shown: FIGURES.shown,
-            logged: FIGURES.logged,
-        },
-    )?;
+    let outcome = stage_loop::run(&mut trainer, &context.loop_settings(settings.steps, settings.eval_every, &FIGURES))?;
     let RewardTrainer { mut model, eval_pairs, mut last_scores, normalization, .. } = trainer;
     if last_scores.is_empty() {
         // Resumed from the state of the last step: nothing was evaluated in this process.

@@ -8,6 +8,13 @@
 //! to the master, and the parameter is the master rounded to bf16. Applied to the bf16 weights
 //! themselves, an update smaller than half their spacing (2⁻⁹ of the value) would round to
 //! nothing: at PPO's learning rate of 1e-5 nearly every update would.
+//!
+//! fp16 parameters add dynamic loss scaling (Micikevicius et al. 2018, §3.2; PyTorch's
+//! `GradScaler`): fp16's narrow exponent flushes small gradients to zero, so stages multiply their
+//! loss by [`AdamW::loss_scale`] before backward; the gradients stay scaled in fp16 and are divided
+//! by the scale only once they are fp32 (for the norm and the update; dividing in fp16 would flush
+//! them again); a step whose gradients overflowed is skipped and the scale halved, and after
+//! `GROWTH_INTERVAL` clean steps in a row it doubles.
 
 use std::path::Path;
 
@@ -37,14 +44,35 @@ pub struct AdamW {
     parameters: Vec<Parameter>,
     /// Optimizer steps taken (for bias correction).
     step: u64,
+    /// With fp16 parameters: the current loss scale.
+    scaler: Option<LossScaler>,
+    /// Whether this step's gradients were checked for overflow yet, and if so, finite.
+    gradients: Gradients,
 }
+
+#[derive(Debug, Clone, Copy)]
+struct LossScaler {
+    scale: f64,
+    /// Steps since the scale last changed.
+    clean_steps: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gradients {
+    Unchecked,
+    Checked { finite: bool },
+}
+
+/// fp16's largest power of two below its maximum, halved until gradients fit (PyTorch's default).
+const INITIAL_LOSS_SCALE: f64 = 65_536.0;
+const GROWTH_INTERVAL: u64 = 2000;
 
 impl AdamW {
     /// Optimises every trainable variable of `vs`.
     pub fn new(vs: &VarStore, config: AdamWConfig) -> Self {
         let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         variables.sort_by(|a, b| a.0.cmp(&b.0));
-        let parameters = variables
+        let parameters: Vec<Parameter> = variables
             .into_iter()
             .map(|(name, value)| Parameter {
                 exp_avg: value.zeros_like().to_kind(Kind::Float),
@@ -55,10 +83,30 @@ impl AdamW {
                 value,
             })
             .collect();
-        AdamW { config, parameters, step: 0 }
+        let scaler =
+            parameters.iter().any(|p| p.value.kind() == Kind::Half).then_some(LossScaler { scale: INITIAL_LOSS_SCALE, clean_steps: 0 });
+        AdamW { config, parameters, step: 0, scaler, gradients: Gradients::Unchecked }
+    }
+
+    /// What a loss is multiplied by before backward: 1 unless parameters are fp16.
+    pub fn loss_scale(&self) -> f64 {
+        self.scaler.map_or(1.0, |scaler| scaler.scale)
+    }
+
+    /// With loss scaling, whether this step's gradients are all finite (checked once a step);
+    /// always true without.
+    fn gradients_finite(&mut self) -> bool {
+        if let Gradients::Checked { finite } = self.gradients {
+            return finite;
+        }
+        let finite = self.scaler.is_none()
+            || self.parameters.iter().map(|p| p.value.grad()).filter(Tensor::defined).all(|g| g.isfinite().all().int64_value(&[]) == 1);
+        self.gradients = Gradients::Checked { finite };
+        finite
     }
 
     pub fn zero_grad(&mut self) {
+        self.gradients = Gradients::Unchecked;
         for p in &mut self.parameters {
             let mut grad = p.value.grad();
             if grad.defined() {
@@ -68,8 +116,11 @@ impl AdamW {
     }
 
     /// Scales gradients so their global L2 norm is at most `max_norm` (0 = no clipping);
-    /// returns the norm before clipping.
+    /// returns the norm before clipping (of the unscaled gradients, with loss scaling).
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
+        if !self.gradients_finite() {
+            return f64::INFINITY;
+        }
         let norms: Vec<Tensor> = self
             .parameters
             .iter()
@@ -80,7 +131,7 @@ impl AdamW {
         if norms.is_empty() {
             return 0.0;
         }
-        let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
+        let total = Tensor::stack(&norms, 0).norm().double_value(&[]) / self.loss_scale();
         if max_norm > 0.0 && total > max_norm {
             let scale = max_norm / (total + 1e-6);
             let _no_grad = tch::no_grad_guard();
@@ -94,8 +145,24 @@ impl AdamW {
         total
     }
 
-    /// One AdamW update with learning rate `lr`.
+    /// One AdamW update with learning rate `lr` — skipped, with loss scaling, when the gradients
+    /// overflowed (the scale is halved instead).
     pub fn step(&mut self, lr: f64) {
+        let finite = self.gradients_finite();
+        let loss_scale = self.loss_scale();
+        if let Some(scaler) = &mut self.scaler {
+            if !finite {
+                scaler.scale /= 2.0;
+                scaler.clean_steps = 0;
+                tracing::debug!(loss_scale = scaler.scale, "fp16 gradients overflowed: step skipped, loss scale halved");
+                return;
+            }
+            scaler.clean_steps += 1;
+            if scaler.clean_steps == GROWTH_INTERVAL {
+                scaler.scale *= 2.0;
+                scaler.clean_steps = 0;
+            }
+        }
         self.step += 1;
         let AdamWConfig { beta1, beta2, eps, weight_decay } = self.config;
         let bias_correction1 = 1.0 - beta1.powi(self.step as i32);
@@ -106,7 +173,7 @@ impl AdamW {
             if !grad.defined() {
                 continue;
             }
-            let grad = grad.to_kind(Kind::Float);
+            let grad = grad.to_kind(Kind::Float) / loss_scale;
             let _ = p.exp_avg.lerp_(&grad, 1.0 - beta1);
             let _ = p.exp_avg_sq.g_mul_scalar_(beta2).addcmul_(&grad, &(&grad * (1.0 - beta2)));
             let denominator = (p.exp_avg_sq.sqrt() / bias_correction2.sqrt()).g_add_scalar_(eps);
@@ -139,6 +206,11 @@ impl AdamW {
     pub fn save(&self, path: &Path) -> Result<(), tch::TchError> {
         let step = Tensor::from(self.step as i64);
         let mut named: Vec<(String, &Tensor)> = vec![("step".to_string(), &step)];
+        let scaler = self.scaler.map(|scaler| (Tensor::from(scaler.scale), Tensor::from(scaler.clean_steps as i64)));
+        if let Some((scale, clean_steps)) = &scaler {
+            named.push(("loss_scale".to_string(), scale));
+            named.push(("loss_scale_clean_steps".to_string(), clean_steps));
+        }
         for p in &self.parameters {
             named.push((format!("exp_avg.{}", p.name), &p.exp_avg));
             named.push((format!("exp_avg_sq.{}", p.name), &p.exp_avg_sq));
@@ -154,6 +226,11 @@ impl AdamW {
         let saved: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(path)?.into_iter().collect();
         let missing = |name: &str| tch::TchError::FileFormat(format!("{}: no tensor `{name}`", path.display()));
         self.step = saved.get("step").ok_or_else(|| missing("step"))?.int64_value(&[]) as u64;
+        if let Some(scaler) = &mut self.scaler {
+            scaler.scale = saved.get("loss_scale").ok_or_else(|| missing("loss_scale"))?.double_value(&[]);
+            scaler.clean_steps =
+                saved.get("loss_scale_clean_steps").ok_or_else(|| missing("loss_scale_clean_steps"))?.int64_value(&[]) as u64;
+        }
         let _no_grad = tch::no_grad_guard();
         for p in &mut self.parameters {
             for (prefix, target) in [("exp_avg", &mut p.exp_avg), ("exp_avg_sq", &mut p.exp_avg_sq)] {
@@ -258,6 +335,56 @@ mod tests {
         // 4.1e-3 is over one bf16 spacing: now the bf16 weight itself has moved.
         assert!(w.double_value(&[0]) < 0.5, "{}", w.double_value(&[0]));
         assert!((restored.master_weights("w").unwrap().double_value(&[0]) - (0.5 - 1e-4)).abs() < 1e-6);
+    }
+
+    /// fp16 weights with gradients below fp16's smallest subnormal (6e-8): without loss scaling
+    /// they would flush to zero and nothing would train. The scaled step equals the fp32 step; an
+    /// overflowing step is skipped and halves the scale; the scale comes back with the state.
+    #[test]
+    fn fp16_parameters_train_through_dynamic_loss_scaling() {
+        let config = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-12, weight_decay: 0.0 };
+        let run = |half: bool, steps: usize| {
+            let mut vs = VarStore::new(Device::Cpu);
+            let _ = vs.root().var("w", &[3], Init::Const(0.5));
+            if half {
+                vs.half();
+            }
+            let mut optimizer = AdamW::new(&vs, config);
+            for _ in 0..steps {
+                optimizer.zero_grad();
+                let w = &vs.variables()["w"];
+                (w.to_kind(Kind::Float).sum(Kind::Float) * 1e-8 * optimizer.loss_scale()).backward();
+                assert!(optimizer.clip_grad_norm(1.0) > 0.0, "the gradient flushed to zero");
+                optimizer.step(1e-3);
+            }
+            (optimizer.master_weights("w").unwrap().double_value(&[0]), optimizer)
+        };
+        let (fp32, _) = run(false, 5);
+        let (fp16, mut optimizer) = run(true, 5);
+        assert_eq!(optimizer.loss_scale(), INITIAL_LOSS_SCALE);
+        assert!((fp32 - (0.5 - 5e-3)).abs() < 1e-5, "{fp32}");
+        assert!((fp16 - fp32).abs() < 1e-5, "fp16 master {fp16}, fp32 {fp32}");
+
+        // An overflowing step: skipped, scale halved.
+        optimizer.zero_grad();
+        let mut vs_grad = optimizer.parameters[0].value.grad();
+        let _ = vs_grad.fill_(f64::INFINITY);
+        assert_eq!(optimizer.clip_grad_norm(1.0), f64::INFINITY);
+        optimizer.step(1e-3);
+        assert_eq!(optimizer.steps_taken(), 5);
+        assert_eq!(optimizer.master_weights("w").unwrap().double_value(&[0]), fp16);
+        assert_eq!(optimizer.loss_scale(), INITIAL_LOSS_SCALE / 2.0);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("optimizer.safetensors");
+        optimizer.save(&path).unwrap();
+        let mut vs = VarStore::new(Device::Cpu);
+        let _ = vs.root().var("w", &[3], Init::Const(0.0));
+        vs.half();
+        let mut restored = AdamW::new(&vs, config);
+        restored.load(&path).unwrap();
+        assert_eq!(restored.loss_scale(), INITIAL_LOSS_SCALE / 2.0);
+        assert_eq!(restored.master_weights("w").unwrap().double_value(&[0]), fp16);
     }
 
     #[test]

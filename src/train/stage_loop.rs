@@ -9,7 +9,7 @@
 //! state records whether the stage stopped early and the figures of its last evaluation, so a
 //! stage resumed from its final state finishes with the same summary without training on.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -76,7 +76,7 @@ pub struct Selection {
 #[derive(Debug, Clone)]
 pub struct LoopSettings<'a> {
     pub stage: &'a str,
-    pub dir: &'a Path,
+    pub dir: PathBuf,
     /// Continue from the stage's saved state, if it has one.
     pub resume: bool,
     pub steps: u64,
@@ -98,7 +98,6 @@ pub struct Outcome {
     pub best: Option<f64>,
     /// The metrics line of the last evaluated step: its training and held-out figures.
     pub last_evaluated: Metrics,
-    pub dir: PathBuf,
 }
 
 /// The loop's counters, saved with the trainer's state in `progress.json`.
@@ -192,7 +191,6 @@ pub fn run<T: Trainer>(trainer: &mut T, settings: &LoopSettings) -> Result<Outco
         stopped_early: progress.stopped_early,
         best: progress.best,
         last_evaluated: progress.last_evaluated,
-        dir: settings.dir.to_path_buf(),
     })
 }
 
