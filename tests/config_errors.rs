@@ -151,6 +151,8 @@ fn sequences_longer_than_a_models_context_are_rejected_before_training() {
     assert!(!ok && !stderr.contains("panicked"), "{stderr}");
     assert!(stderr.contains("exceed the context of the policy model"), "{stderr}");
     assert!(!stderr.contains("stage starts"), "a stage started training:\n{stderr}");
+    // Redirected, the log is plain text: no colour codes.
+    assert!(stderr.contains("INFO") && !stderr.contains('\u{1b}'), "escape codes in a redirected log:\n{stderr:?}");
 }
 
 #[test]

@@ -241,29 +241,33 @@ impl StageContext<'_> {
     /// checkpoint), an earlier stage's checkpoint, another run's, or a checkpoint directory.
     pub fn load_model(&self, reference: &str, device: DeviceSpec, precision: Precision) -> Result<LanguageModel, StageError> {
         let device = device.resolve()?;
-        let Some(checkpoint_dir) = self.checkpoint_dir(reference) else {
-            let ModelSource::Section(name) = self.experiment.model_source(self.stage_index, reference) else {
-                unreachable!("only a fresh [models] section has no checkpoint")
-            };
+        if let ModelSource::Section(name) = self.experiment.model_source(self.stage_index, reference) {
             let section = &self.experiment.models[&name];
-            let config = crate::model::Gpt2Config {
-                vocab_size: self.tokenizer.vocab_size() as i64,
-                n_positions: section.n_ctx.expect("validated"),
-                n_embd: section.n_embd.expect("validated"),
-                n_layer: section.n_layer.expect("validated"),
-                n_head: section.n_head.expect("validated"),
-                n_inner: None,
-                layer_norm_epsilon: 1e-5,
-                embd_pdrop: section.dropout,
-                attn_pdrop: section.dropout,
-                resid_pdrop: section.dropout,
-                initializer_range: 0.02,
-                bos_token_id: self.tokenizer.eos_id(),
-                eos_token_id: self.tokenizer.eos_id(),
-            };
-            tch::manual_seed(self.seed() as i64);
-            return Ok(LanguageModel::fresh(&config, self.tokenizer.clone(), device, precision));
-        };
+            if let (None, Some(n_layer), Some(n_head), Some(n_embd), Some(n_ctx)) =
+                (&section.from, section.n_layer, section.n_head, section.n_embd, section.n_ctx)
+            {
+                let config = crate::model::Gpt2Config {
+                    vocab_size: self.tokenizer.vocab_size() as i64,
+                    n_positions: n_ctx,
+                    n_embd,
+                    n_layer,
+                    n_head,
+                    n_inner: None,
+                    layer_norm_epsilon: 1e-5,
+                    embd_pdrop: section.dropout,
+                    attn_pdrop: section.dropout,
+                    resid_pdrop: section.dropout,
+                    initializer_range: 0.02,
+                    bos_token_id: self.tokenizer.eos_id(),
+                    eos_token_id: self.tokenizer.eos_id(),
+                };
+                tch::manual_seed(self.seed() as i64);
+                return Ok(LanguageModel::fresh(&config, self.tokenizer.clone(), device, precision));
+            }
+        }
+        let checkpoint_dir = self.checkpoint_dir(reference).ok_or_else(|| {
+            self.invalid(format!("`{reference}`: a [models] section needs `from` or all of n_layer, n_head, n_embd and n_ctx"))
+        })?;
         Ok(LanguageModel::load(&checkpoint_dir, device, precision)?)
     }
 }
