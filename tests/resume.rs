@@ -1,9 +1,10 @@
 //! Kill and resume, for every stage kind, at the points where a stage's loop can be cut: in the
 //! middle of a stage, right after the state of its last step is saved (before the stage records
-//! its summary), and right after early stopping is decided and saved. Each resumed run must
-//! finish with the summary, metrics and samples of an uninterrupted one. The process is stopped
-//! with `RLHF_TEST_ABORT_AFTER_SAVE=STAGE:STEP`, which aborts it like `kill -9` right after that
-//! save.
+//! its summary), right after early stopping is decided and saved — and inside a state save,
+//! between any two of its file writes and renames. Each resumed run must finish with the summary,
+//! metrics and samples of an uninterrupted one. The process is stopped with
+//! `RLHF_TEST_ABORT_AT=STAGE:STEP:POINT`, which aborts it like `kill -9` at that point of that
+//! step's state save (`saved`: once it is complete).
 
 mod common;
 
@@ -30,7 +31,7 @@ fn rlhf_run(dir: &Path, out: &str, overrides: &[&str], abort_after: Option<&str>
         command.args(["--set", assignment]);
     }
     if let Some(point) = abort_after {
-        command.env("RLHF_TEST_ABORT_AFTER_SAVE", point);
+        command.env("RLHF_TEST_ABORT_AT", point);
     }
     let output = command.output().unwrap();
     (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
@@ -61,6 +62,23 @@ fn summary(run: &Path) -> Value {
     std::fs::read_to_string(run.join("summary.json")).map_or(Value::Object(Default::default()), |text| serde_json::from_str(&text).unwrap())
 }
 
+/// What a crash in the middle of writing a file leaves: the newest file of a half-written state
+/// cut to half its length (the save that was interrupted had not marked that state complete).
+fn damage(stage_dir: &Path) {
+    let partial = stage_dir.join("state.partial");
+    if partial.join("progress.json").exists() || !partial.is_dir() {
+        return;
+    }
+    let newest = std::fs::read_dir(&partial)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .max_by_key(|path| std::fs::metadata(path).unwrap().modified().unwrap());
+    if let Some(file) = newest {
+        let length = std::fs::metadata(&file).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(length / 2).unwrap();
+    }
+}
+
 /// Runs the pipeline uninterrupted, then once per point: aborted right after that save, then
 /// resumed; the resumed run must end exactly as the uninterrupted one.
 fn assert_resumes_identically(overrides: &[&str], points: &[&str]) {
@@ -69,18 +87,23 @@ fn assert_resumes_identically(overrides: &[&str], points: &[&str]) {
     assert!(ok, "{stderr}");
     let whole = run_dir(work.path(), "whole");
     for (index, point) in points.iter().enumerate() {
+        // `POINT=STEP`: the resumed stage must continue from the state of step STEP.
+        let (point, resumed_step) = point.split_once('=').map_or((*point, None), |(point, step)| (point, Some(step)));
         let out = format!("cut{index}");
         let (ok, stderr) = rlhf_run(work.path(), &out, overrides, Some(point));
         assert!(!ok, "the run was not stopped at {point}:\n{stderr}");
-        assert!(stderr.contains(&format!("aborting after the state of {}", point.replace(':', " step "))), "{stderr}");
+        let mut parts = point.splitn(3, ':');
+        let (stage, step, at) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+        assert!(stderr.contains(&format!("aborting at {at} of the state save of {stage} step {step}")), "{stderr}");
         let cut = run_dir(work.path(), &out);
-        let (stage, _) = point.split_once(':').unwrap();
+        damage(&cut.join(stage));
         assert!(summary(&cut).get(stage).is_none(), "{point}: the stage recorded its summary before the abort");
 
         let (ok, stdout, stderr) = common::rlhf(&["run", "--resume", cut.to_str().unwrap()], work.path());
         assert!(ok, "resuming after {point} failed:\n{stderr}");
         assert_eq!(work.path().join(stdout.trim()), cut);
-        assert!(stderr.contains(&format!("resuming stage=\"{stage}\"")) || stderr.contains(&format!("resuming stage={stage}")), "{stderr}");
+        let resumed = format!("resuming stage=\"{stage}\" step={}", resumed_step.unwrap_or(step));
+        assert!(stderr.contains(&resumed), "{point}: no `{resumed}` in\n{stderr}");
         assert_eq!(summary(&cut), summary(&whole), "{point}: summary.json differs from the uninterrupted run");
         for stage in ["pretrain", "sft", "rm", "ppo"] {
             let (expected, got) = (whole.join(stage), cut.join(stage));
@@ -100,17 +123,17 @@ fn assert_resumes_identically(overrides: &[&str], points: &[&str]) {
 
 #[test]
 fn lm_and_sft_resume_mid_stage_and_after_their_last_save() {
-    assert_resumes_identically(&[], &["pretrain:10", "pretrain:20", "sft:5", "sft:10"]);
+    assert_resumes_identically(&[], &["pretrain:10:saved", "pretrain:20:saved", "sft:5:saved", "sft:10:saved"]);
 }
 
 #[test]
 fn reward_resumes_mid_stage_and_after_its_last_save() {
-    assert_resumes_identically(&[], &["rm:3", "rm:6"]);
+    assert_resumes_identically(&[], &["rm:3:saved", "rm:6:saved"]);
 }
 
 #[test]
 fn ppo_resumes_mid_stage_and_after_its_last_save() {
-    assert_resumes_identically(&[], &["ppo:3", "ppo:6"]);
+    assert_resumes_identically(&[], &["ppo:3:saved", "ppo:6:saved"]);
 }
 
 #[test]
@@ -123,5 +146,23 @@ fn a_stage_resumed_after_early_stopping_does_not_train_on() {
         assert_eq!(whole[stage]["stopped_early"], 1.0, "{stage} did not stop early: {}", whole[stage]);
         assert_eq!(whole[stage]["steps"], 10.0);
     }
-    assert_resumes_identically(EARLY_STOPPING, &["pretrain:10", "sft:10"]);
+    assert_resumes_identically(EARLY_STOPPING, &["pretrain:10:saved", "sft:10:saved"]);
+}
+
+/// A crash inside a state save, between any two of its writes, must leave a state that resumes
+/// to the uninterrupted run: the previous state until the new one is complete (its
+/// `progress.json` written), the new one from then on — never new weights beside old progress.
+/// One model (sft, saves at steps 5 and 10) and two (PPO's policy and value, at 3 and 6).
+#[test]
+fn a_crash_inside_a_state_save_resumes_identically() {
+    let inside = |stage: &str, previous: u64, step: u64, files: &[&str]| -> Vec<String> {
+        let mut points: Vec<String> = files.iter().map(|file| format!("{stage}:{step}:{file}={previous}")).collect();
+        points.extend(["progress.json", "swapped-out", "swapped-in"].iter().map(|point| format!("{stage}:{step}:{point}")));
+        points
+    };
+    let mut points = inside("sft", 5, 10, &["model.safetensors", "model.optimizer.safetensors"]);
+    let ppo_files = ["policy.safetensors", "policy.optimizer.safetensors", "value.safetensors", "value.optimizer.safetensors"];
+    points.extend(inside("ppo", 3, 6, &ppo_files));
+    let points: Vec<&str> = points.iter().map(String::as_str).collect();
+    assert_resumes_identically(&[], &points);
 }

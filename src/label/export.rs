@@ -2,7 +2,6 @@
 //! "pair_id", "labeled_at"}` plus the pair's metadata, left/right mapped back to the stored
 //! responses through each assignment's order.
 
-use std::io::Write;
 use std::path::Path;
 
 use serde_json::{Map, Value};
@@ -103,14 +102,18 @@ impl Store {
     }
 }
 
-/// Writes records as JSONL to `path` (created or replaced); returns how many.
+/// Writes records as JSONL to `path` (created or replaced as a whole: a crash leaves the previous
+/// file or the complete new one, never a truncated export); returns how many.
 pub fn write_jsonl(path: &Path, records: &[PreferenceRecord]) -> Result<usize, LabelError> {
-    let write_error = |source| LabelError::Write { path: path.into(), source };
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(write_error)?);
+    let mut text = String::new();
     for record in records {
-        writeln!(out, "{}", record.to_json()).map_err(write_error)?;
+        text.push_str(&record.to_json().to_string());
+        text.push('\n');
     }
-    out.flush().map_err(write_error)?;
+    crate::run::durable::write_file(path, text.as_bytes()).map_err(|error| match error {
+        crate::run::RunDirError::Write { path, source } => LabelError::Write { path, source },
+        other => LabelError::Write { path: path.into(), source: std::io::Error::other(other.to_string()) },
+    })?;
     Ok(records.len())
 }
 

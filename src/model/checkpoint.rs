@@ -37,6 +37,8 @@ pub enum CheckpointError {
     UnsupportedDtype { path: PathBuf, name: String, dtype: Dtype },
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Write(#[from] crate::run::RunDirError),
 }
 
 fn require(dir: &Path, file: &'static str) -> Result<PathBuf, CheckpointError> {
@@ -122,7 +124,7 @@ pub fn write_config(dir: &Path, config: &Gpt2Config, precision: Kind) -> Result<
     });
     let path = dir.join(CONFIG_FILE);
     let text = serde_json::to_string_pretty(&json).expect("a JSON value serialises");
-    std::fs::write(&path, text).map_err(|source| CheckpointError::Io { path, source })
+    Ok(crate::run::durable::write_file(&path, text.as_bytes())?)
 }
 
 /// The `torch.dtype` name of a tensor kind, as `config.json` writes it.
@@ -135,10 +137,27 @@ fn torch_dtype(kind: Kind) -> &'static str {
 }
 
 /// Writes every variable of `vs` (model and scalar heads) to `model.safetensors`, plus the
-/// config and the tokenizer. The weights file is written under a temporary name and renamed, so
-/// a crash never leaves a truncated checkpoint behind.
-pub fn save(dir: &Path, vs: &VarStore, config: &Gpt2Config, tokenizer: &TextTokenizer) -> Result<(), CheckpointError> {
-    std::fs::create_dir_all(dir).map_err(|source| CheckpointError::Io { path: dir.to_path_buf(), source })?;
+/// tokenizer, the `extra` files (name, contents) and the config. The directory is replaced as a
+/// whole (`run::durable`): a crash never leaves a half-written checkpoint looking complete, and
+/// `config.json`, written last, is what marks it complete.
+pub fn save(
+    dir: &Path,
+    vs: &VarStore,
+    config: &Gpt2Config,
+    tokenizer: &TextTokenizer,
+    extra: &[(&str, String)],
+) -> Result<(), CheckpointError> {
+    let write = |dir: &Path| write_files(dir, vs, config, tokenizer, extra);
+    crate::run::durable::replace_dir(dir, write, &|_| {})
+}
+
+fn write_files(
+    dir: &Path,
+    vs: &VarStore,
+    config: &Gpt2Config,
+    tokenizer: &TextTokenizer,
+    extra: &[(&str, String)],
+) -> Result<(), CheckpointError> {
     let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     variables.sort_by(|a, b| a.0.cmp(&b.0));
     let precision = variables.first().map_or(Kind::Float, |(_, t)| t.kind());
@@ -169,15 +188,16 @@ pub fn save(dir: &Path, vs: &VarStore, config: &Gpt2Config, tokenizer: &TextToke
         .collect();
     // transformers refuses safetensors files whose metadata lacks `format`.
     let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
-    let final_path = dir.join(WEIGHTS_FILE);
-    let partial_path = dir.join(format!("{WEIGHTS_FILE}.partial"));
-    safetensors::serialize_to_file(views, metadata, &partial_path)
-        .map_err(|e| CheckpointError::Safetensors { path: partial_path.clone(), message: e.to_string() })?;
-    std::fs::rename(&partial_path, &final_path).map_err(|source| CheckpointError::Io { path: final_path, source })?;
-
-    write_config(dir, config, precision)?;
+    let weights = dir.join(WEIGHTS_FILE);
+    safetensors::serialize_to_file(views, metadata, &weights)
+        .map_err(|e| CheckpointError::Safetensors { path: weights.clone(), message: e.to_string() })?;
+    crate::run::durable::sync(&weights)?;
     tokenizer.save(&dir.join(TOKENIZER_FILE))?;
-    Ok(())
+    crate::run::durable::sync(&dir.join(TOKENIZER_FILE))?;
+    for (name, contents) in extra {
+        crate::run::durable::write_file(&dir.join(name), contents.as_bytes())?;
+    }
+    write_config(dir, config, precision)
 }
 
 /// What `load_weights` did not take from the file.

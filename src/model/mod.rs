@@ -46,7 +46,7 @@ impl LanguageModel {
     }
 
     pub fn save(&self, dir: &Path) -> Result<(), CheckpointError> {
-        checkpoint::save(dir, &self.vs, &self.gpt.config, &self.tokenizer)
+        checkpoint::save(dir, &self.vs, &self.gpt.config, &self.tokenizer, &[])
     }
 
     pub fn device(&self) -> Device {

@@ -52,13 +52,8 @@ impl RewardModel {
     }
 
     pub fn save(&self, dir: &Path) -> Result<(), CheckpointError> {
-        checkpoint::save(dir, &self.vs, &self.gpt.config, &self.tokenizer)?;
-        if let Some(normalization) = &self.normalization {
-            let path = dir.join(NORMALIZATION_FILE);
-            std::fs::write(&path, serde_json::to_string_pretty(normalization).expect("serialises"))
-                .map_err(|source| CheckpointError::Io { path, source })?;
-        }
-        Ok(())
+        let normalization = self.normalization.map(|n| (NORMALIZATION_FILE, serde_json::to_string_pretty(&n).expect("serialises")));
+        checkpoint::save(dir, &self.vs, &self.gpt.config, &self.tokenizer, normalization.as_slice())
     }
 
     /// One score per row of `[B, T]` ids, read at the row's last real token (mask 1), so left

@@ -1,6 +1,7 @@
 //! A run directory (`results/<experiment>/<run_id>/`): the resolved config, the environment,
 //! the log, per-stage metrics, samples, checkpoints and resume state, and the summary.
 
+pub mod durable;
 pub mod environment;
 pub mod log;
 pub mod metrics;
@@ -110,10 +111,9 @@ pub fn create_unique_dir(parent: &Path, prefix: &str) -> Result<PathBuf, RunDirE
     Ok(path)
 }
 
+/// Writes a file that a crash never leaves half-written (see [`durable::write_file`]).
 pub fn write_atomic(path: &Path, contents: &str) -> Result<(), RunDirError> {
-    let partial = path.with_extension("partial");
-    std::fs::write(&partial, contents).map_err(|source| RunDirError::Write { path: partial.clone(), source })?;
-    std::fs::rename(&partial, path).map_err(|source| RunDirError::Write { path: path.to_path_buf(), source })
+    durable::write_file(path, contents.as_bytes())
 }
 
 /// `YYYYMMDD-HHMMSS` in UTC.

@@ -26,10 +26,13 @@ pub const SAMPLES_FILE: &str = "samples.jsonl";
 /// `<stage>/state/`: what `--resume` needs.
 pub const STATE_DIR: &str = "state";
 
-/// A test-only hook: `RLHF_TEST_ABORT_AFTER_SAVE=STAGE:STEP` aborts the process (as `kill -9`
-/// would, nothing flushed or cleaned up) right after the state of step STEP of stage STAGE is
-/// saved, so that tests can stop a run at an exact point of the loop.
-const ABORT_AFTER_SAVE: &str = "RLHF_TEST_ABORT_AFTER_SAVE";
+/// A test-only hook: `RLHF_TEST_ABORT_AT=STAGE:STEP:POINT` aborts the process (as `kill -9`
+/// would, nothing flushed or cleaned up) at POINT of the state save of step STEP of stage STAGE,
+/// so that tests can stop a run at an exact point: after a file of the new state is written
+/// (its name: `model.safetensors`, `policy.optimizer.safetensors`, `progress.json`, …), after
+/// the old state is set aside (`swapped-out`) or the new one put in place (`swapped-in`), or once
+/// the save is complete (`saved`).
+const ABORT_AT: &str = "RLHF_TEST_ABORT_AT";
 
 /// What one kind of stage trains. The loop calls `start` once (unless resumed), then `step` for
 /// each step and `evaluate` at the evaluation cadence.
@@ -123,7 +126,7 @@ pub fn run<T: Trainer>(trainer: &mut T, settings: &LoopSettings) -> Result<Outco
         last_evaluated: Metrics::new(),
         stage: T::State::default(),
     };
-    let restored = settings.resume && state::exists(&state_dir);
+    let restored = settings.resume && state::recover(&state_dir)?;
     if restored {
         progress = state::restore(&state_dir, &mut trainer.parts_mut())?;
         trainer.restore(std::mem::take(&mut progress.stage));
@@ -170,8 +173,9 @@ pub fn run<T: Trainer>(trainer: &mut T, settings: &LoopSettings) -> Result<Outco
             progress.step = step;
             progress.last_evaluated = metrics;
             progress.stage = trainer.state();
-            state::save(&state_dir, &trainer.parts(), &progress)?;
-            abort_if_asked(settings.stage, step);
+            let hook = |point: &str| abort_if_asked(settings.stage, step, point);
+            state::save(&state_dir, &trainer.parts(), &progress, &hook)?;
+            hook("saved");
             if progress.stopped_early {
                 bar.suspend(|| {
                     tracing::info!(
@@ -199,10 +203,10 @@ pub fn describe(metrics: &Metrics, names: &[&str]) -> String {
     names.iter().filter_map(|name| metrics.get(*name).map(|value| format!("{name}={value:.4}"))).collect::<Vec<_>>().join(" ")
 }
 
-fn abort_if_asked(stage: &str, step: u64) {
-    let Ok(target) = std::env::var(ABORT_AFTER_SAVE) else { return };
-    if target == format!("{stage}:{step}") {
-        eprintln!("{ABORT_AFTER_SAVE}: aborting after the state of {stage} step {step} was saved");
+fn abort_if_asked(stage: &str, step: u64, point: &str) {
+    let Ok(target) = std::env::var(ABORT_AT) else { return };
+    if target == format!("{stage}:{step}:{point}") {
+        eprintln!("{ABORT_AT}: aborting at {point} of the state save of {stage} step {step}");
         std::process::abort();
     }
 }
