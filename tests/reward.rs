@@ -35,8 +35,14 @@ fn scores_are_read_at_the_last_real_token_under_left_and_right_padding() {
     let alone = model.scores(&Tensor::from_slice2(&[[11i64, 12]]), &Tensor::from_slice2(&[[1i64, 1]]), false);
     assert!((&left - &right).abs().max().double_value(&[]) < 1e-5, "{left} vs {right}");
     assert!((left.double_value(&[1]) - alone.double_value(&[0])).abs() < 1e-5);
-    // and not at a padding position: the padded row's score differs from its padding's output
-    assert!(left.double_value(&[0]) != left.double_value(&[1]));
+    // Read at the last real token, not at a padding position: under left padding the short row's
+    // last token sits at the end, its padding at the start, and the two outputs differ.
+    let per_position = model.head.forward(&model.gpt.forward(&left_ids, Some(&left_mask), None, false)).squeeze_dim(-1);
+    assert_eq!(left.double_value(&[1]), per_position.double_value(&[1, 4]));
+    assert!(
+        (left.double_value(&[1]) - per_position.double_value(&[1, 0])).abs() > 1e-4,
+        "a padding position scores the same: {per_position}"
+    );
 }
 
 /// A short "review" of random filler words; `with_rule` adds the winning word somewhere.

@@ -289,12 +289,20 @@ mod tests {
         optimizer.step(0.1);
         assert_eq!(bias.double_value(&[0]), 2.0);
 
+        // a step with a gradient, so that the moments are not zero
+        optimizer.zero_grad();
+        (&bias * Tensor::from_slice(&[1.0f32, -2.0, 3.0])).sum(Kind::Float).backward();
+        optimizer.step(0.1);
+
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("optimizer.safetensors");
         optimizer.save(&path).unwrap();
         let mut restored = AdamW::new(&vs, config);
         restored.load(&path).unwrap();
-        assert_eq!(restored.steps_taken(), 1);
+        assert_eq!(restored.steps_taken(), 2);
+        let (saved, back) = (&optimizer.parameters[0], &restored.parameters[0]);
+        assert!(saved.exp_avg.abs().min().double_value(&[]) > 0.0 && saved.exp_avg_sq.abs().min().double_value(&[]) > 0.0);
+        assert!(back.exp_avg.equal(&saved.exp_avg) && back.exp_avg_sq.equal(&saved.exp_avg_sq), "the moments did not come back");
     }
 
     /// A bf16 parameter at 0.5 with gradient 1: each Adam step moves it by lr (m̂/√v̂ = 1), 1e-5
