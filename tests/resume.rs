@@ -166,3 +166,81 @@ fn a_crash_inside_a_state_save_resumes_identically() {
     let points: Vec<&str> = points.iter().map(String::as_str).collect();
     assert_resumes_identically(&[], &points);
 }
+
+/// Faults at scale: the pipeline (saving state at every evaluation) killed at 20 moments drawn at
+/// random among all the points of all its state saves, resumed after each kill, must end exactly
+/// as the uninterrupted run. The schedule's seed is printed; `RLHF_KILL_SEED=N` replays it.
+#[test]
+fn a_run_killed_again_and_again_ends_as_an_uninterrupted_one() {
+    use rand::seq::index::sample;
+    use rand::{Rng, SeedableRng};
+
+    const KILLS: usize = 20;
+    let overrides = ["stages.pretrain.eval_every=2", "stages.sft.eval_every=2", "stages.rm.eval_every=1", "stages.ppo.eval_every=1"];
+    // Every state save in order, with the points a kill can hit in it (a stage's first save has no
+    // old state to set aside).
+    let mut saves: Vec<(&str, u64, Vec<&str>)> = Vec::new();
+    for (stage, steps, every, files) in [
+        ("pretrain", 20, 2, vec!["model.safetensors", "model.optimizer.safetensors"]),
+        ("sft", 10, 2, vec!["model.safetensors", "model.optimizer.safetensors"]),
+        ("rm", 6, 1, vec!["model.safetensors", "model.optimizer.safetensors"]),
+        ("ppo", 6, 1, vec!["policy.safetensors", "policy.optimizer.safetensors", "value.safetensors", "value.optimizer.safetensors"]),
+    ] {
+        for step in (every..=steps).step_by(every as usize) {
+            let mut points = files.clone();
+            points.push("progress.json");
+            if step > every {
+                points.push("swapped-out");
+            }
+            points.extend(["swapped-in", "saved"]);
+            saves.push((stage, step, points));
+        }
+    }
+    let seed: u64 = std::env::var("RLHF_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64));
+    eprintln!("kill schedule seed: {seed} (replay with RLHF_KILL_SEED={seed})");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    // At most one kill per save: once a save has written its progress, later points of the same
+    // save are never reached again.
+    let mut chosen = sample(&mut rng, saves.len(), KILLS).into_vec();
+    chosen.sort_unstable();
+    let schedule: Vec<String> = chosen
+        .into_iter()
+        .map(|index| {
+            let (stage, step, points) = &saves[index];
+            format!("{stage}:{step}:{}", points[rng.random_range(0..points.len())])
+        })
+        .collect();
+    eprintln!("kills: {schedule:?}");
+
+    let work = tempfile::tempdir().unwrap();
+    let (ok, stderr) = rlhf_run(work.path(), "whole", &overrides, None);
+    assert!(ok, "{stderr}");
+    let whole = run_dir(work.path(), "whole");
+    let (ok, stderr) = rlhf_run(work.path(), "cut", &overrides, Some(&schedule[0]));
+    assert!(!ok, "not stopped at {}:\n{stderr}", schedule[0]);
+    let cut = run_dir(work.path(), "cut");
+    for point in &schedule[1..] {
+        let output = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+            .args(["run", "--resume", cut.to_str().unwrap()])
+            .env("RLHF_TEST_ABORT_AT", point)
+            .current_dir(work.path())
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "seed {seed}: not stopped at {point}:\n{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let (ok, _, stderr) = common::rlhf(&["run", "--resume", cut.to_str().unwrap()], work.path());
+    assert!(ok, "seed {seed}: the last resume failed:\n{stderr}");
+    assert_eq!(summary(&cut), summary(&whole), "seed {seed}: summary.json differs");
+    for stage in ["pretrain", "sft", "rm", "ppo"] {
+        let (expected, got) = (whole.join(stage), cut.join(stage));
+        assert_eq!(
+            deterministic(lines(&got.join("metrics.jsonl"))),
+            deterministic(lines(&expected.join("metrics.jsonl"))),
+            "seed {seed}: {stage}/metrics.jsonl differs"
+        );
+        assert_eq!(lines(&got.join("samples.jsonl")), lines(&expected.join("samples.jsonl")), "seed {seed}: {stage}/samples.jsonl differs");
+    }
+}
