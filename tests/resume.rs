@@ -62,6 +62,17 @@ fn summary(run: &Path) -> Value {
     std::fs::read_to_string(run.join("summary.json")).map_or(Value::Object(Default::default()), |text| serde_json::from_str(&text).unwrap())
 }
 
+/// The resumed run `cut` ended as the uninterrupted `whole`: summary, metrics and samples.
+fn assert_same_run(cut: &Path, whole: &Path, case: &str) {
+    assert_eq!(summary(cut), summary(whole), "{case}: summary.json differs from the uninterrupted run");
+    for stage in ["pretrain", "sft", "rm", "ppo"] {
+        let (expected, got) = (whole.join(stage), cut.join(stage));
+        let metrics = |dir: &Path| deterministic(lines(&dir.join("metrics.jsonl")));
+        assert_eq!(metrics(&got), metrics(&expected), "{case}: {stage}/metrics.jsonl differs");
+        assert_eq!(lines(&got.join("samples.jsonl")), lines(&expected.join("samples.jsonl")), "{case}: {stage}/samples.jsonl differs");
+    }
+}
+
 /// What a crash in the middle of writing a file leaves: the newest file of a half-written state
 /// cut to half its length (the save that was interrupted had not marked that state complete).
 fn damage(stage_dir: &Path) {
@@ -104,16 +115,7 @@ fn assert_resumes_identically(overrides: &[&str], points: &[&str]) {
         assert_eq!(work.path().join(stdout.trim()), cut);
         let resumed = format!("resuming stage=\"{stage}\" step={}", resumed_step.unwrap_or(step));
         assert!(stderr.contains(&resumed), "{point}: no `{resumed}` in\n{stderr}");
-        assert_eq!(summary(&cut), summary(&whole), "{point}: summary.json differs from the uninterrupted run");
-        for stage in ["pretrain", "sft", "rm", "ppo"] {
-            let (expected, got) = (whole.join(stage), cut.join(stage));
-            assert_eq!(
-                deterministic(lines(&got.join("metrics.jsonl"))),
-                deterministic(lines(&expected.join("metrics.jsonl"))),
-                "{point}: {stage}/metrics.jsonl differs"
-            );
-            assert_eq!(lines(&got.join("samples.jsonl")), lines(&expected.join("samples.jsonl")), "{point}: {stage}/samples.jsonl differs");
-        }
+        assert_same_run(&cut, &whole, point);
         assert_eq!(
             std::fs::read_to_string(cut.join("rm/eval_pairs.jsonl")).unwrap(),
             std::fs::read_to_string(whole.join("rm/eval_pairs.jsonl")).unwrap()
@@ -233,14 +235,5 @@ fn a_run_killed_again_and_again_ends_as_an_uninterrupted_one() {
     }
     let (ok, _, stderr) = common::rlhf(&["run", "--resume", cut.to_str().unwrap()], work.path());
     assert!(ok, "seed {seed}: the last resume failed:\n{stderr}");
-    assert_eq!(summary(&cut), summary(&whole), "seed {seed}: summary.json differs");
-    for stage in ["pretrain", "sft", "rm", "ppo"] {
-        let (expected, got) = (whole.join(stage), cut.join(stage));
-        assert_eq!(
-            deterministic(lines(&got.join("metrics.jsonl"))),
-            deterministic(lines(&expected.join("metrics.jsonl"))),
-            "seed {seed}: {stage}/metrics.jsonl differs"
-        );
-        assert_eq!(lines(&got.join("samples.jsonl")), lines(&expected.join("samples.jsonl")), "seed {seed}: {stage}/samples.jsonl differs");
-    }
+    assert_same_run(&cut, &whole, &format!("seed {seed}"));
 }

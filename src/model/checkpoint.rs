@@ -147,57 +147,49 @@ pub fn save(
     tokenizer: &TextTokenizer,
     extra: &[(&str, String)],
 ) -> Result<(), CheckpointError> {
-    let write = |dir: &Path| write_files(dir, vs, config, tokenizer, extra);
+    let write = |dir: &Path| -> Result<(), CheckpointError> {
+        let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        let precision = variables.first().map_or(Kind::Float, |(_, t)| t.kind());
+
+        let buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = variables
+            .iter()
+            .map(|(name, tensor)| {
+                let tensor = tensor.detach().to_device(tch::Device::Cpu).contiguous();
+                let (kind, dtype) = match tensor.kind() {
+                    Kind::BFloat16 => (Kind::BFloat16, Dtype::BF16),
+                    Kind::Half => (Kind::Half, Dtype::F16),
+                    _ => (Kind::Float, Dtype::F32),
+                };
+                let tensor = tensor.to_kind(kind);
+                let numel = tensor.numel();
+                let mut bytes = vec![0u8; numel * kind.elt_size_in_bytes()];
+                tensor.copy_data_u8(&mut bytes, numel);
+                let shape = tensor.size().iter().map(|&d| d as usize).collect();
+                (name.clone(), dtype, shape, bytes)
+            })
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = buffers
+            .iter()
+            .map(|(name, dtype, shape, bytes)| {
+                let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).expect("shape matches byte count");
+                (name.clone(), view)
+            })
+            .collect();
+        // transformers refuses safetensors files whose metadata lacks `format`.
+        let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+        let weights = dir.join(WEIGHTS_FILE);
+        safetensors::serialize_to_file(views, metadata, &weights)
+            .map_err(|e| CheckpointError::Safetensors { path: weights.clone(), message: e.to_string() })?;
+        crate::run::durable::sync(&weights)?;
+        tokenizer.save(&dir.join(TOKENIZER_FILE))?;
+        crate::run::durable::sync(&dir.join(TOKENIZER_FILE))?;
+        for (name, contents) in extra {
+            crate::run::durable::write_file(&dir.join(name), contents.as_bytes())?;
+        }
+        write_config(dir, config, precision)
+    };
     crate::run::durable::replace_dir(dir, write, &|_| {})
-}
-
-fn write_files(
-    dir: &Path,
-    vs: &VarStore,
-    config: &Gpt2Config,
-    tokenizer: &TextTokenizer,
-    extra: &[(&str, String)],
-) -> Result<(), CheckpointError> {
-    let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    variables.sort_by(|a, b| a.0.cmp(&b.0));
-    let precision = variables.first().map_or(Kind::Float, |(_, t)| t.kind());
-
-    let buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = variables
-        .iter()
-        .map(|(name, tensor)| {
-            let tensor = tensor.detach().to_device(tch::Device::Cpu).contiguous();
-            let (kind, dtype) = match tensor.kind() {
-                Kind::BFloat16 => (Kind::BFloat16, Dtype::BF16),
-                Kind::Half => (Kind::Half, Dtype::F16),
-                _ => (Kind::Float, Dtype::F32),
-            };
-            let tensor = tensor.to_kind(kind);
-            let numel = tensor.numel();
-            let mut bytes = vec![0u8; numel * kind.elt_size_in_bytes()];
-            tensor.copy_data_u8(&mut bytes, numel);
-            let shape = tensor.size().iter().map(|&d| d as usize).collect();
-            (name.clone(), dtype, shape, bytes)
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = buffers
-        .iter()
-        .map(|(name, dtype, shape, bytes)| {
-            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).expect("shape matches byte count");
-            (name.clone(), view)
-        })
-        .collect();
-    // transformers refuses safetensors files whose metadata lacks `format`.
-    let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
-    let weights = dir.join(WEIGHTS_FILE);
-    safetensors::serialize_to_file(views, metadata, &weights)
-        .map_err(|e| CheckpointError::Safetensors { path: weights.clone(), message: e.to_string() })?;
-    crate::run::durable::sync(&weights)?;
-    tokenizer.save(&dir.join(TOKENIZER_FILE))?;
-    crate::run::durable::sync(&dir.join(TOKENIZER_FILE))?;
-    for (name, contents) in extra {
-        crate::run::durable::write_file(&dir.join(name), contents.as_bytes())?;
-    }
-    write_config(dir, config, precision)
 }
 
 /// What `load_weights` did not take from the file.
