@@ -26,6 +26,17 @@ pub struct RewardNormalization {
     pub std: f64,
 }
 
+impl RewardNormalization {
+    /// The mean and (population) std of `scores`, the std kept above 1e-6 so that dividing by it
+    /// stays finite.
+    pub fn of_scores(scores: &[f64]) -> Self {
+        let count = scores.len().max(1) as f64;
+        let mean = scores.iter().sum::<f64>() / count;
+        let variance = scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / count;
+        RewardNormalization { mean, std: variance.sqrt().max(1e-6) }
+    }
+}
+
 pub struct RewardModel {
     pub vs: VarStore,
     pub gpt: Gpt2,

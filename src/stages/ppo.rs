@@ -684,9 +684,7 @@ impl<'a> Ppo<'a> {
             let batch = self.models.reward.score(&encoded, &generation.completions());
             scores.extend(Vec::<f64>::try_from(batch.to_kind(Kind::Double)).expect("1-D scores"));
         }
-        let mean = mean(&scores);
-        let variance = scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / scores.len().max(1) as f64;
-        self.normalization = RewardNormalization { mean, std: variance.sqrt().max(1e-6) };
+        self.normalization = RewardNormalization::of_scores(&scores);
         Ok(self.normalization)
     }
 

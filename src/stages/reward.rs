@@ -697,9 +697,7 @@ fn policy_score_statistics(
     let responses = sample_policy(context, settings, &prompts, step_seed(context.seed(), PAIRS_SEED, 4))?;
     let pairs: Vec<(&str, &str)> = prompts.iter().copied().zip(responses.iter().map(String::as_str)).collect();
     let scores = model.score_texts(&pairs, 32)?;
-    let mean = scores.iter().sum::<f64>() / scores.len() as f64;
-    let variance = scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / scores.len() as f64;
-    Ok(RewardNormalization { mean, std: variance.sqrt().max(1e-6) })
+    Ok(RewardNormalization::of_scores(&scores))
 }
 
 #[cfg(test)]
