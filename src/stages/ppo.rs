@@ -290,12 +290,19 @@ impl StageSettings for PpoSettings {
     fn check_lengths(&self, longest_prompt: i64, context_of: &dyn Fn(&str) -> Option<i64>) -> Result<(), (&'static str, String)> {
         let mut models = vec![("policy", self.policy.as_str()), ("reference", self.reference.as_str()), ("reward", self.reward.as_str())];
         models.extend(self.value.as_deref().map(|value| ("value", value)));
-        let contexts: Vec<(&str, &str, i64)> =
-            models.into_iter().filter_map(|(role, reference)| Some((role, reference, context_of(reference)?))).collect();
-        match sequence_length_problem(longest_prompt, self.max_new_tokens, &contexts) {
-            Some(problem) => Err(("max_new_tokens", problem)),
-            None => Ok(()),
+        let needed = longest_prompt + self.max_new_tokens;
+        for (role, reference) in models {
+            if let Some(context) = context_of(reference).filter(|&context| needed > context) {
+                return Err((
+                    "max_new_tokens",
+                    format!(
+                        "the longest prompt ({longest_prompt} tokens) + max_new_tokens ({}) = {needed} tokens exceed the context of the {role} model `{role}` = \"{reference}\" ({context} tokens)",
+                        self.max_new_tokens
+                    ),
+                ));
+            }
         }
+        Ok(())
     }
 
     fn devices(&self) -> Vec<(&'static str, DeviceSpec)> {
@@ -505,11 +512,6 @@ pub trait Scorer {
     fn stored_normalization(&self) -> Option<RewardNormalization> {
         None
     }
-
-    /// The longest prompt + response it can score, if it has a limit.
-    fn context_length(&self) -> Option<i64> {
-        None
-    }
 }
 
 impl Scorer for RewardModel {
@@ -525,10 +527,6 @@ impl Scorer for RewardModel {
 
     fn stored_normalization(&self) -> Option<RewardNormalization> {
         self.normalization
-    }
-
-    fn context_length(&self) -> Option<i64> {
-        Some(self.gpt.config.n_positions)
     }
 }
 
@@ -1090,7 +1088,6 @@ fn train(context: &StageContext, settings: &PpoSettings) -> Result<Metrics, Stag
         return Err(context.invalid("the task has no prompts to train or evaluate on"));
     }
     let models = load_models(context, settings)?;
-    check_sequence_length(context, settings, &models, train_prompts.iter().chain(&eval_prompts))?;
     let schedule = |lr: f64| LrSchedule {
         lr,
         min_lr_ratio: 0.0,
@@ -1116,46 +1113,6 @@ fn train(context: &StageContext, settings: &PpoSettings) -> Result<Metrics, Stag
     summary.insert("reward/mean".into(), trainer.ppo.normalization.mean);
     summary.insert("reward/std".into(), trainer.ppo.normalization.std);
     Ok(summary)
-}
-
-/// Rejects prompts that, with `max_new_tokens` generated tokens, would not fit one of the
-/// stage's models (libtorch would otherwise fail mid-run on a position past the context).
-fn check_sequence_length<'p>(
-    context: &StageContext,
-    settings: &PpoSettings,
-    models: &Models,
-    prompts: impl Iterator<Item = &'p String>,
-) -> Result<(), StageError> {
-    let tokenizer = &models.policy.tokenizer;
-    let mut longest = 0;
-    for prompt in prompts {
-        longest = longest.max(tokenizer.encode(prompt)?.len() as i64);
-    }
-    let mut contexts = vec![
-        ("policy", settings.policy.as_str(), models.policy.gpt.config.n_positions),
-        ("reference", settings.reference.as_str(), models.reference.gpt.config.n_positions),
-    ];
-    if let Some(reward) = models.reward.context_length() {
-        contexts.push(("reward", settings.reward.as_str(), reward));
-    }
-    if let (Critic::Model(value), Some(reference)) = (&models.critic, &settings.value) {
-        contexts.push(("value", reference.as_str(), value.gpt.config.n_positions));
-    }
-    match sequence_length_problem(longest, settings.max_new_tokens, &contexts) {
-        Some(problem) => Err(context.invalid(format!("`max_new_tokens`: {problem}"))),
-        None => Ok(()),
-    }
-}
-
-/// What is wrong when the longest prompt plus `max_new_tokens` exceeds a model's context, given
-/// `(role, reference, context)` of each model.
-pub fn sequence_length_problem(longest_prompt: i64, max_new_tokens: i64, contexts: &[(&str, &str, i64)]) -> Option<String> {
-    let needed = longest_prompt + max_new_tokens;
-    contexts.iter().find(|(_, _, context)| needed > *context).map(|(role, reference, context)| {
-        format!(
-            "the longest prompt ({longest_prompt} tokens) + max_new_tokens ({max_new_tokens}) = {needed} tokens exceed the context of the {role} model `{role}` = \"{reference}\" ({context} tokens)"
-        )
-    })
 }
 
 #[cfg(test)]
