@@ -158,12 +158,13 @@ fn a_pair_is_leased_to_one_annotator_until_the_lease_runs_out() {
     let dir = tempfile::tempdir().unwrap();
     let db = database_with(dir.path(), &numbered_pairs(1));
     let (alice_token, bob_token) = (add_annotator(&db, "alice"), add_annotator(&db, "bob"));
-    let server = Server::start(&db, &["--lease-secs", "1"]);
+    let (server, clock) = Server::start_with_clock(&db, &["--lease-secs", "60"]);
     let (alice, bob) = (server.client(&alice_token), server.client(&bob_token));
 
     let held = alice.next().expect("alice gets the pair");
+    clock.advance(Duration::from_secs(59));
     assert_eq!(bob.next(), None, "the pair is leased to alice");
-    std::thread::sleep(Duration::from_millis(1100));
+    clock.advance(Duration::from_secs(2));
     let reassigned = bob.next().expect("after the lease the pair goes to bob");
     assert_eq!(reassigned["pair_id"], held["pair_id"]);
     assert_eq!(alice.next(), None, "now bob holds it");
@@ -235,7 +236,7 @@ fn undo_takes_back_the_last_label_within_the_window() {
     let dir = tempfile::tempdir().unwrap();
     let db = database_with(dir.path(), &numbered_pairs(3));
     let token = add_annotator(&db, "alice");
-    let server = Server::start(&db, &["--undo-secs", "1"]);
+    let (server, clock) = Server::start_with_clock(&db, &["--undo-secs", "60"]);
     let alice = server.client(&token);
 
     assert_eq!(alice.delete("/api/labels/last").status, 404, "nothing to undo yet");
@@ -245,6 +246,7 @@ fn undo_takes_back_the_last_label_within_the_window() {
     let second = alice.next().unwrap();
     assert_ne!(second["pair_id"], first["pair_id"]);
 
+    clock.advance(Duration::from_secs(55));
     let undone = alice.delete("/api/labels/last");
     assert_eq!(undone.status, 200, "{}", undone.body);
     assert_eq!((undone.json()["pair_id"].as_i64(), undone.json()["preferred"].as_str()), (Some(first_id), Some("tie")));
@@ -254,10 +256,10 @@ fn undo_takes_back_the_last_label_within_the_window() {
     assert_eq!(alice.delete("/api/labels/last").status, 404, "one undo per label");
 
     assert_eq!(alice.label(first_id, "left").status, 201);
-    std::thread::sleep(Duration::from_millis(1200));
+    clock.advance(Duration::from_secs(61));
     let late = alice.delete("/api/labels/last");
     assert_eq!(late.status, 409, "{}", late.body);
-    assert!(late.error().contains("older than 1 s"), "{}", late.error());
+    assert!(late.error().contains("older than 60 s"), "{}", late.error());
     // The pair released by the undo comes back later, in the order alice first saw it.
     assert_eq!(alice.next().unwrap(), second);
 }

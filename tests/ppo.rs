@@ -5,8 +5,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use rlhf_lab::model::reward::RewardModel;
 use rlhf_lab::model::{Gpt2Config, LanguageModel, Precision};
@@ -224,30 +223,17 @@ fn a_killed_ppo_stage_resumes_to_the_metrics_of_an_uninterrupted_run() {
     assert!(samples[0]["completion"].is_string() && samples[0]["gold_score"].is_f64() && samples[0]["score"].is_f64());
     assert!(uninterrupted.join("ppo/checkpoint/model.safetensors").is_file());
 
-    // kill -9 once the PPO stage has saved state, then resume
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+    // Stopped as by kill -9 right after the PPO stage saved its state at iteration 3 (the stage
+    // loop's test hook), then resumed.
+    let output = Command::new(env!("CARGO_BIN_EXE_rlhf"))
         .args(["run", "tiny.toml", "--out", "b"])
+        .env("RLHF_TEST_ABORT_AT", "ppo:3:saved")
         .current_dir(work.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+        .output()
         .unwrap();
-    let started = Instant::now();
-    let killed = loop {
-        if let Some(run) = run_dir_in(&work.path().join("b")) {
-            let saved =
-                std::fs::read_to_string(run.join("ppo/state/progress.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
-            if saved.and_then(|v| v["step"].as_u64()).is_some_and(|i| i >= 3) {
-                child.kill().unwrap();
-                child.wait().unwrap();
-                break run;
-            }
-        }
-        assert!(child.try_wait().unwrap().is_none(), "the run finished before it could be killed");
-        assert!(started.elapsed() < Duration::from_secs(300), "no PPO state saved in time");
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    assert!(lines(&killed.join("ppo/metrics.jsonl")).len() < 31, "the run was not interrupted");
+    assert!(!output.status.success(), "the run was not stopped: {}", String::from_utf8_lossy(&output.stderr));
+    let killed = run_dir_in(&work.path().join("b")).expect("a run directory");
+    assert_eq!(lines(&killed.join("ppo/metrics.jsonl")).len(), 4, "the run stopped after its save at iteration 3");
     let (ok, _, stderr) = common::rlhf(&["run", "--resume", killed.to_str().unwrap()], work.path());
     assert!(ok, "{stderr}");
     assert_eq!(deterministic_metrics(&uninterrupted.join("ppo/metrics.jsonl")), deterministic_metrics(&killed.join("ppo/metrics.jsonl")));

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
@@ -149,10 +149,23 @@ impl Store {
     }
 }
 
+/// A test-only hook: with `RLHF_TEST_CLOCK_SHIFT=FILE`, the labeling clock runs ahead of the
+/// system's by the milliseconds written in FILE (read at each reading; none or no file: 0), so
+/// that tests of leases and the undo window move time forward instead of sleeping through it and
+/// racing it on a loaded machine.
+const CLOCK_SHIFT: &str = "RLHF_TEST_CLOCK_SHIFT";
+
 /// Milliseconds since the Unix epoch: how the database stores time.
 pub fn now_ms() -> i64 {
     let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+    let now = i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX);
+    now.saturating_add(test_clock_shift_ms())
+}
+
+fn test_clock_shift_ms() -> i64 {
+    static SHIFT_FILE: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let Some(file) = SHIFT_FILE.get_or_init(|| std::env::var_os(CLOCK_SHIFT).map(PathBuf::from)) else { return 0 };
+    std::fs::read_to_string(file).ok().and_then(|text| text.trim().parse().ok()).unwrap_or(0)
 }
 
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {

@@ -83,9 +83,40 @@ pub struct Server {
     log: Arc<Mutex<String>>,
 }
 
+/// The clock of a server started with `Server::start_with_clock`: moved forward by the test
+/// (`RLHF_TEST_CLOCK_SHIFT`), never by waiting.
+pub struct TestClock {
+    file: PathBuf,
+    shift_ms: std::cell::Cell<i64>,
+}
+
+impl TestClock {
+    pub fn advance(&self, by: Duration) {
+        self.shift_ms.set(self.shift_ms.get() + by.as_millis() as i64);
+        std::fs::write(&self.file, self.shift_ms.get().to_string()).unwrap();
+    }
+}
+
 impl Server {
     pub fn start(db: &Path, extra_args: &[&str]) -> Server {
-        let mut child = Command::new(RLHF)
+        Self::spawn(db, extra_args, None)
+    }
+
+    /// A server whose clock only moves when the test advances it (beside the real one, whose
+    /// progress during a test is negligible against the windows it tests).
+    pub fn start_with_clock(db: &Path, extra_args: &[&str]) -> (Server, TestClock) {
+        let file = db.with_extension("clock");
+        let clock = TestClock { file, shift_ms: std::cell::Cell::new(0) };
+        clock.advance(Duration::ZERO);
+        (Self::spawn(db, extra_args, Some(&clock.file)), clock)
+    }
+
+    fn spawn(db: &Path, extra_args: &[&str], clock_file: Option<&Path>) -> Server {
+        let mut command = Command::new(RLHF);
+        if let Some(file) = clock_file {
+            command.env("RLHF_TEST_CLOCK_SHIFT", file);
+        }
+        let mut child = command
             .args(["label", "serve", "--db", path_str(db), "--bind", "127.0.0.1:0"])
             .args(extra_args)
             .env("RUST_LOG", "info")
