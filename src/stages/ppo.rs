@@ -400,6 +400,46 @@ pub fn clipped_value_loss(values: &Tensor, old_values: &Tensor, returns: &Tensor
     (loss, clip_fraction)
 }
 
+/// The score PPO optimises for each response `[B]`: the normalised reward-model score, less
+/// `missing_eos_penalty` for a response cut off by `max_new_tokens` (`stopped` false; Huang et
+/// al. 2024, detail 23), then clipped to ±`score_clip` when set.
+pub fn final_scores(scores: &Tensor, stopped: &[bool], settings: &PpoSettings) -> Tensor {
+    let penalised = scores.where_self(&Tensor::from_slice(stopped), &(scores - settings.missing_eos_penalty));
+    match settings.score_clip {
+        Some(clip) => penalised.clamp(-clip, clip),
+        None => penalised,
+    }
+}
+
+/// What a rollout's optimisation fits, `[B, T]`.
+pub struct Targets {
+    /// Per-token rewards: the KL penalty on every token, the score on the last (whitened, keeping
+    /// their mean, with `whiten_rewards`).
+    pub rewards: Tensor,
+    /// log π − log π_ref per token.
+    pub token_kl: Tensor,
+    /// GAE advantages, whitened.
+    pub advantages: Tensor,
+    /// Value targets: advantages (before whitening) + values.
+    pub returns: Tensor,
+}
+
+/// Steps 3–4 of an iteration: rewards shaped by β = `kl_coef`, then advantages and returns.
+pub fn targets(
+    scores: &Tensor,
+    logprobs: &Tensor,
+    reference_logprobs: &Tensor,
+    values: &Tensor,
+    mask: &Tensor,
+    settings: &PpoSettings,
+    kl_coef: f64,
+) -> Targets {
+    let (rewards, token_kl) = shaped_rewards(logprobs, reference_logprobs, mask, scores, kl_coef);
+    let rewards = if settings.whiten_rewards { whiten(&rewards, mask, false) } else { rewards };
+    let (advantages, returns) = gae(&rewards, values, mask, settings.gamma, settings.lam);
+    Targets { advantages: whiten(&advantages, mask, true), rewards, token_kl, returns }
+}
+
 /// The KL coefficient β: fixed, or adapted towards a target KL (Ziegler et al. 2019, §2.2):
 /// e = clip(KL/target − 1, −0.2, 0.2), β ← β·(1 + e·n/horizon) after a batch of n responses.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -448,6 +488,11 @@ fn response_logprobs(
     let logprobs = log_distribution.gather(2, &response, false).squeeze_dim(-1);
     let entropy = with_entropy.then(|| -(log_distribution.exp() * &log_distribution).sum_dim_intlist(-1, false, Kind::Float));
     (logprobs, entropy)
+}
+
+/// How many tokens a response mask counts; at least 1.
+fn token_count(mask: &Tensor) -> f64 {
+    mask.sum(Kind::Float).double_value(&[]).max(1.0)
 }
 
 /// Prompt and response tokens of a batch, on the CPU (each model moves them to its device).
@@ -748,16 +793,9 @@ impl<'a> Ppo<'a> {
         let mask = tokens.response_mask.to_kind(Kind::Float);
         let values = self.models.values(&tokens, &scored.policy_states).to_device(Device::Cpu) * &mask;
 
-        // A response cut off by max_new_tokens gets a penalty (Huang et al. 2024, detail 23).
-        let stopped = Tensor::from_slice(&scored.stopped);
-        let mut scores = scored.scores.where_self(&stopped, &(&scored.scores - settings.missing_eos_penalty));
-        if let Some(clip) = settings.score_clip {
-            scores = scores.clamp(-clip, clip);
-        }
-        let (rewards, token_kl) = shaped_rewards(&scored.logprobs, &scored.reference_logprobs, &mask, &scores, self.kl.coef);
-        let rewards = if settings.whiten_rewards { whiten(&rewards, &mask, false) } else { rewards };
-        let (advantages, returns) = gae(&rewards, &values, &mask, settings.gamma, settings.lam);
-        let advantages = whiten(&advantages, &mask, true);
+        let scores = final_scores(&scored.scores, &scored.stopped, settings);
+        let Targets { token_kl, advantages, returns, .. } =
+            targets(&scores, &scored.logprobs, &scored.reference_logprobs, &values, &mask, settings, self.kl.coef);
         timings.scoring += started.elapsed().as_secs_f64();
 
         let sequence_kl = token_kl.sum_dim_intlist(1, false, Kind::Float);
@@ -793,10 +831,16 @@ impl<'a> Ppo<'a> {
             for minibatch in order.chunks(settings.minibatch_size) {
                 let mut approx_kl_sum = 0.0;
                 let policy_scale = self.policy_optimizer.loss_scale();
+                let minibatch_tokens = token_count(&rollout.tokens.response_mask.index_select(0, &Tensor::from_slice(minibatch)));
                 for micro in minibatch.chunks(micro_size) {
                     let index = Tensor::from_slice(micro);
                     let tokens = rollout.tokens.rows(&index);
                     let mask = tokens.response_mask.to_kind(Kind::Float);
+                    // Each loss is a mean over this micro-batch's response tokens; weighted by
+                    // their share of the minibatch's, the accumulated gradient is exactly the
+                    // gradient of the minibatch's token mean, however it is split (a plain
+                    // 1/grad_accum weighting favours the tokens of short micro-batches).
+                    let share = token_count(&tokens.response_mask) / minibatch_tokens;
                     let rows = |t: &Tensor, device: Device| t.index_select(0, &index).to(device);
 
                     let states = response_states(&models.policy.gpt, &tokens);
@@ -821,17 +865,14 @@ impl<'a> Ppo<'a> {
                         &mask.to(value_device),
                         settings.cliprange_value,
                     );
-                    let accumulation = settings.grad_accum as f64;
                     match &models.critic {
                         Critic::Model(_) => {
                             let value_scale = self.value_optimizer.as_ref().map_or(1.0, AdamW::loss_scale);
-                            (policy_objective * (policy_scale / accumulation)).backward();
-                            (&value_loss * (value_scale / accumulation)).backward();
+                            (policy_objective * (policy_scale * share)).backward();
+                            (&value_loss * (value_scale * share)).backward();
                         }
                         // One backbone: one loss, the value term weighted by vf_coef.
-                        Critic::SharedHead(_) => {
-                            ((policy_objective + settings.vf_coef * &value_loss) * (policy_scale / accumulation)).backward()
-                        }
+                        Critic::SharedHead(_) => ((policy_objective + settings.vf_coef * &value_loss) * (policy_scale * share)).backward(),
                     }
 
                     let approx_kl = scalar(&approx_kl);
@@ -1161,6 +1202,51 @@ mod tests {
         assert_close(&values(&kl), &[0.5, -1.0, 0.0, 1.0, 0.0, 0.0]);
         // −0.1·kl, plus the score on each row's last real token (index 2, then index 1)
         assert_close(&values(&rewards), &[-0.05, 0.1, 3.0, -0.1, -1.0, 0.0]);
+    }
+
+    fn settings_with(extra: &str) -> PpoSettings {
+        toml::from_str(&format!("policy = \"p\"\nreference = \"p\"\nreward = \"r\"\nvalue = \"p\"\n{extra}")).unwrap()
+    }
+
+    #[test]
+    fn a_response_cut_off_pays_the_missing_eos_penalty_before_the_clip() {
+        let scores = Tensor::from_slice(&[3.0f32, 3.0, -0.5, -0.5]);
+        let stopped = [true, false, true, false];
+        let scored = |extra: &str| values(&final_scores(&scores, &stopped, &settings_with(extra)));
+        assert_close(&scored("missing_eos_penalty = 1.0"), &[3.0, 2.0, -0.5, -1.5]);
+        assert_close(&scored("missing_eos_penalty = 0.0"), &[3.0, 3.0, -0.5, -0.5]);
+        // penalised first: the cut-off 3.0 becomes 2.0, then both 3.0 and 2.0 clip to 1.0
+        assert_close(&scored("missing_eos_penalty = 1.0\nscore_clip = 1.0"), &[1.0, 1.0, -0.5, -1.0]);
+    }
+
+    #[test]
+    fn whitened_rewards_keep_their_mean_and_advantages_are_whitened() {
+        let logprobs = t(&[&[-1.0, -2.0, -0.5], &[-1.0, -1.0, -7.0]]);
+        let reference = t(&[&[-1.5, -1.0, -0.5], &[-2.0, -1.0, -1.0]]);
+        let mask = t(&[&[1.0, 1.0, 1.0], &[1.0, 1.0, 0.0]]);
+        let state_values = t(&[&[0.1, 0.2, 0.3], &[0.4, 0.5, 9.0]]);
+        let scores = Tensor::from_slice(&[3.0f32, -1.0]);
+        // Shaped as in kl_penalty_on_every_token_and_the_score_on_the_last.
+        let raw = [-0.05, 0.1, 3.0, -0.1, -1.0];
+        let plain = targets(&scores, &logprobs, &reference, &state_values, &mask, &settings_with(""), 0.1);
+        assert_close(&values(&plain.rewards), &[-0.05, 0.1, 3.0, -0.1, -1.0, 0.0]);
+        assert_close(&values(&plain.token_kl), &[0.5, -1.0, 0.0, 1.0, 0.0, 0.0]);
+
+        let whitened = targets(&scores, &logprobs, &reference, &state_values, &mask, &settings_with("whiten_rewards = true"), 0.1);
+        // (r − μ)/σ + μ over the five real tokens: μ = 0.39, σ² = mean((r − μ)²) = 9.262 / 5
+        let (mu, sigma) = (0.39, (9.262f64 / 5.0).sqrt());
+        let mut expected: Vec<f64> = raw.iter().map(|r| (r - mu) / sigma + mu).collect();
+        expected.insert(5, 0.0);
+        assert_close(&values(&whitened.rewards), &expected);
+        // the advantages and returns are GAE's on the whitened rewards (γ = 1, λ = 0.95)
+        let (advantages, returns) = gae(&whitened.rewards, &state_values, &mask, 1.0, 0.95);
+        assert_close(&values(&whitened.returns), &values(&returns));
+        assert_close(&values(&whitened.advantages), &values(&whiten(&advantages, &mask, true)));
+        for result in [&plain, &whitened] {
+            let (mean, variance) =
+                (scalar(&masked_mean(&result.advantages, &mask)), scalar(&masked_mean(&result.advantages.square(), &mask)));
+            assert!(mean.abs() < 1e-6 && (variance - 1.0).abs() < 1e-5, "advantages: mean {mean}, variance {variance}");
+        }
     }
 
     #[test]
