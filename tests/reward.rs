@@ -1,12 +1,15 @@
 //! Reward modeling: the head reads the last real token under both paddings, and a tiny reward
 //! model learns a planted rule ("the response containing `excellent` wins") to ≥ 95 % held-out
-//! accuracy with a fixed seed; the stage's held-out scores file reproduces its figures.
+//! accuracy with a fixed seed; the stage's held-out scores file reproduces its figures; the stage
+//! learns the same rule from a preference file and from the labeling database.
 
 mod common;
+mod label_support;
 
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rlhf_lab::label::{Policy, Preferred, Store};
 use rlhf_lab::model::generate::left_pad;
 use rlhf_lab::model::reward::{RewardModel, RewardNormalization};
 use rlhf_lab::model::{LanguageModel, Precision};
@@ -186,4 +189,80 @@ fn the_reward_stage_writes_held_out_scores_that_reproduce_its_figures() {
     let resumed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     assert_eq!(resumed["rm"], summary["rm"]);
     assert_eq!(std::fs::read_to_string(run.join("rm/eval_pairs.jsonl")).unwrap().lines().count(), 40);
+}
+
+/// The reward stage trained from preferences people gave: a preference file (`source = "jsonl"`)
+/// and the labeling database itself (`source = "labels"`), holding the same judgements — the
+/// response with `excellent` wins, one tie, one skip. Both train a model that learned the rule,
+/// and the two runs are identical: the database is read as its export would be.
+#[test]
+fn the_reward_stage_learns_from_a_preference_file_and_from_the_labels_database() {
+    let work = tempfile::tempdir().unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let pairs: Vec<serde_json::Value> = (0..400)
+        .map(|i| {
+            let (with_rule, without) = (response(&mut rng, true), response(&mut rng, false));
+            let (a, b) = if rng.random_bool(0.5) { (with_rule, without) } else { (without, with_rule) };
+            serde_json::json!({"prompt": format!("Write a review of product {i}.\nReview:"), "response_a": a, "response_b": b})
+        })
+        .collect();
+    let db = label_support::database_with(work.path(), &pairs);
+    let token = label_support::add_annotator(&db, "alice");
+
+    // Alice labels every pair through the library as the server would record it (ties and
+    // skips included); the same judgements, in labeling order, make the preference file.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let preferences: Vec<serde_json::Value> = runtime.block_on(async {
+        let store = Store::open(&db).await.unwrap();
+        let alice = store.annotator_by_token(&token).await.unwrap().unwrap();
+        let policy = Policy::default();
+        let mut lines = Vec::new();
+        while let Some(pair) = store.next_pair(alice.id, &policy).await.unwrap() {
+            let left_wins = pair.left.contains("excellent");
+            let (chosen, rejected) = if left_wins { (&pair.left, &pair.right) } else { (&pair.right, &pair.left) };
+            let (preferred, judgement) = match lines.len() {
+                0 => (Preferred::Tie, "tie"),
+                1 => (Preferred::Skip, "skip"),
+                _ if left_wins => (Preferred::Left, "preference"),
+                _ => (Preferred::Right, "preference"),
+            };
+            store.record_label(alice.id, pair.pair_id, preferred, &policy).await.unwrap();
+            lines.push(serde_json::json!({"prompt": pair.prompt, "chosen": chosen, "rejected": rejected, "judgement": judgement}));
+        }
+        store.close().await;
+        lines
+    });
+    assert_eq!(preferences.len(), 400);
+    let file = work.path().join("prefs.jsonl");
+    label_support::write_jsonl(&file, &preferences);
+
+    std::fs::write(work.path().join("tiny.toml"), common::TINY_RLHF_EXPERIMENT).unwrap();
+    let train = |out: &str, source: &[&str]| -> serde_json::Value {
+        let mut args = vec!["run", "tiny.toml", "--only", "sft,rm", "--out", out];
+        for setting in [
+            "stages.rm.steps=120",
+            "stages.rm.batch_size=16",
+            "stages.rm.eval_every=60",
+            "stages.rm.lr=1e-3",
+            "stages.rm.eval_fraction=0.2",
+        ]
+        .iter()
+        .chain(source)
+        {
+            args.extend(["--set", setting]);
+        }
+        let (ok, stdout, stderr) = common::rlhf(&args, work.path());
+        assert!(ok, "{source:?}: {stderr}");
+        let run = work.path().join(stdout.trim());
+        assert!(
+            stderr.contains("preference pairs train=319 off_prompt=0 eval=80"),
+            "{source:?}: 400 labels less one skip, 20 % held out: {stderr}"
+        );
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap()
+    };
+    let from_file = train("file", &["stages.rm.source=jsonl", &format!("stages.rm.preferences={}", file.display())]);
+    let from_labels = train("labels", &["stages.rm.source=labels", &format!("stages.rm.database={}", db.display())]);
+    let accuracy = from_file["rm"]["eval/accuracy"].as_f64().unwrap();
+    assert!(accuracy >= 0.9, "held-out accuracy {accuracy} on a rule the model can learn");
+    assert_eq!(from_labels["rm"], from_file["rm"], "the database and its judgements as a file trained differently");
 }
