@@ -668,3 +668,38 @@ fn a_sweep_runs_every_variant_resumes_and_reports_mean_and_std() {
     );
     assert!(report.verdict.contains(&line), "{line} not in {:?}", report.verdict);
 }
+
+/// A report of one run: its figures, charts and samples, every referenced image present, and none
+/// of the sections that compare runs (a win rate against itself would say nothing).
+#[test]
+fn a_single_run_reports_its_figures_and_charts_without_comparisons() {
+    let dir = tempfile::tempdir().unwrap();
+    let (run, _) = two_complete_runs(dir.path());
+    let out = dir.path().join("report");
+    let (ok, stdout, stderr) = common::rlhf(&["report", run.to_str().unwrap(), "-o", out.to_str().unwrap()], dir.path());
+    assert!(ok, "rlhf report failed:\n{stderr}");
+    assert_eq!(stdout.trim(), out.join("index.html").to_str().unwrap());
+
+    let report = write_report(&[run.clone()], &dir.path().join("library"));
+    assert_eq!(report.runs, [("beta-0.1".to_string(), run)]);
+    assert_eq!(report.figures.rows.len(), 1);
+    assert_eq!(cells(&report.figures.rows[0])[0], "beta-0.1");
+    assert!(report.win_rates.is_none() && report.config_diff.is_none() && report.sweep.is_none());
+    assert_eq!(report.verdict, Vec::<String>::new(), "nothing to judge between");
+    // its samples are still shown, the run's own column only
+    let samples = report.samples.expect("the run's samples");
+    assert_eq!((samples.rows.len(), samples.rows[0].cells.len()), (4, 1));
+    assert_eq!(cells(&report.figures.rows[0])[1..], ["0.4000", "1.492", "0.7000", "0.7500", "1.000", "1.500", "1.200", "0.1000"]);
+
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    let images: Vec<String> = references(&html).into_iter().filter(|r| r.ends_with(".png") || r.ends_with(".svg")).collect();
+    assert_eq!(images.len(), 36, "the same 18 charts as for two runs, PNG and SVG: {images:?}");
+    for image in &images {
+        assert!(out.join(image).is_file(), "the page references {image}, which does not exist");
+    }
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(summary.contains("## Final figures") && summary.contains("beta-0.1"), "{summary}");
+    for comparison in ["Win rate", "Config differences", "Sweep"] {
+        assert!(!summary.contains(comparison) && !html.contains(comparison), "a single run's report has `{comparison}`");
+    }
+}

@@ -48,6 +48,9 @@ fn compared_stage<'r>(baseline: &'r Run, judge: &Judge) -> Option<&'r str> {
 }
 
 pub fn win_rates(runs: &[Run], settings: &Settings, notes: &mut Vec<Note>) -> Result<Option<WinRates>, ReportError> {
+    if runs.len() < 2 {
+        return Ok(None); // nothing to compare the baseline with
+    }
     let baseline = &runs[settings.baseline];
     let Some(stage) = compared_stage(baseline, settings.judge) else {
         let hint = match settings.judge {
