@@ -1,5 +1,6 @@
 //! Parity with Hugging Face `transformers` (the reference implementation of GPT-2): logits on
-//! padded and unpadded batches, greedy generation, and checkpoints loaded both ways.
+//! padded and unpadded batches, greedy generation (the library and `rlhf generate`), and
+//! checkpoints loaded both ways.
 
 mod common;
 
@@ -90,7 +91,8 @@ fn greedy_generation_matches_transformers_token_for_token() {
     let config = &configs()[1];
     let dir = work.path().join("model");
     let model = hf_model(&dir, config, 7);
-    let rows = random_rows(&[5, 11, 8], model.gpt.config.vocab_size, 3);
+    let prompts = ["the battery", "review 12: the screen is dull and the price", "great and fair"];
+    let rows: Vec<Vec<i64>> = prompts.iter().map(|p| model.tokenizer.encode(p).unwrap()).collect();
     let (ids, mask) = left_pad(&rows, 0, Device::Cpu);
 
     let options = GenerateOptions { max_new_tokens: NEW_TOKENS, sampling: Sampling::Greedy, seed: None, use_kv_cache: true };
@@ -108,6 +110,27 @@ fn greedy_generation_matches_transformers_token_for_token() {
         let theirs: Vec<i64> = theirs.as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).take_while(|&id| id != 0).collect();
         assert_eq!(ours, &theirs, "row {row}: greedy tokens differ from transformers");
         assert!(ours.len() >= 20, "row {row}: only {} tokens compared (stopped early at end-of-text)", ours.len());
+    }
+
+    // `rlhf generate` gives the same tokens from the prompts' text, one JSON line per prompt in
+    // order, in batches of two (so rows are padded differently than above), with or without the
+    // cache; its text is the decoded tokens.
+    let file = work.path().join("prompts.jsonl");
+    std::fs::write(&file, prompts.iter().map(|p| format!("{}\n", json!({"prompt": p}))).collect::<String>()).unwrap();
+    for cache in [None, Some("--no-kv-cache")] {
+        let mut args = vec!["generate", "--model", dir.to_str().unwrap(), "--prompts", file.to_str().unwrap(), "--greedy", "--json"];
+        args.extend(["--max-new-tokens", "24", "--batch-size", "2", "--device", "cpu"]);
+        args.extend(cache);
+        let (ok, stdout, stderr) = common::rlhf(&args, work.path());
+        assert!(ok, "{stderr}");
+        let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), prompts.len(), "{stdout}");
+        for ((line, prompt), expected) in lines.iter().zip(prompts).zip(&ours) {
+            assert_eq!(line["prompt"], prompt);
+            let ids: Vec<i64> = line["completion_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+            assert_eq!(&ids, expected, "rlhf generate {cache:?}: {prompt:?}");
+            assert_eq!(line["completion"], model.tokenizer.decode(&ids));
+        }
     }
 }
 
