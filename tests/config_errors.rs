@@ -166,3 +166,46 @@ fn the_printed_config_includes_the_sweep_table() {
     assert!(ok);
     assert_eq!(resolved, again, "the resolved config with its sweep is not a fixed point");
 }
+
+/// `VALID` followed by a reward stage and a PPO stage; `extra` lines end the PPO stage.
+fn with_ppo_stage(extra: &str) -> String {
+    let ppo = "[[stages]]\nname = \"ppo\"\nkind = \"ppo\"\npolicy = \"sft\"\nreference = \"sft\"\nreward = \"rm\"\nvalue = \"rm\"\n";
+    format!("{VALID}\n[[stages]]\nname = \"rm\"\nkind = \"reward\"\ninit = \"sft\"\n\n{ppo}{extra}")
+}
+
+/// Every check of a PPO stage's settings, each naming the stage, the key and what it expected.
+#[test]
+fn ppo_settings_are_checked_before_anything_runs() {
+    let (ok, stdout, stderr) = validate(&with_ppo_stage(""), &[]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("→ rm (reward) → ppo (ppo)"), "{stdout}");
+    let without_value = with_ppo_stage("").replace("value = \"rm\"\n", "");
+    let other_reward = with_ppo_stage("").replace("reward = \"rm\"\n", "reward = \"critic\"\n");
+    let cases: Vec<(String, &str)> = vec![
+        (with_ppo_stage("iterations = 0"), "`iterations`: expected a value > 0, got 0"),
+        (with_ppo_stage("temperature = 0.0"), "`temperature`: expected a value > 0, got 0"),
+        (with_ppo_stage("policy_lr = inf"), "`policy_lr`: expected a value > 0, got inf"),
+        (with_ppo_stage("cliprange = -0.2"), "`cliprange`: expected a value > 0, got -0.2"),
+        (with_ppo_stage("adaptive_kl = true\nkl_target = 0.0"), "`kl_target`: expected a value > 0, got 0"),
+        (with_ppo_stage("kl_coef = -0.1"), "`kl_coef`: expected a value ≥ 0, got -0.1"),
+        (with_ppo_stage("missing_eos_penalty = -1.0"), "`missing_eos_penalty`: expected a value ≥ 0, got -1"),
+        (with_ppo_stage("entropy_coef = nan"), "`entropy_coef`: expected a value ≥ 0, got NaN"),
+        (with_ppo_stage("gamma = 1.5"), "`gamma`: expected a value in [0, 1], got 1.5"),
+        (with_ppo_stage("lam = -0.1"), "`lam`: expected a value in [0, 1], got -0.1"),
+        (without_value, "`value`: expected the value model's starting checkpoint (or shared_backbone = true)"),
+        (with_ppo_stage("shared_backbone = true"), "`value`: expected no value model with shared_backbone = true"),
+        (with_ppo_stage("rollout_batch = 64\nminibatch_size = 24"), "`minibatch_size`: expected a divisor of rollout_batch = 64, got 24"),
+        (with_ppo_stage("minibatch_size = 16\ngrad_accum = 3"), "`grad_accum`: expected a divisor of minibatch_size = 16, got 3"),
+        (with_ppo_stage("score_clip = 0.0"), "`score_clip`: expected a value > 0, got 0"),
+        (with_ppo_stage("target_approx_kl = -1.0"), "`target_approx_kl`: expected a value > 0, got -1"),
+        (with_ppo_stage("max_new_tokens = 200"), "exceed the context of the policy model"),
+        (with_ppo_stage("reward_normalization = \"sometimes\""), "unknown variant `sometimes`"),
+        (other_reward, "`reward`: `critic` is not an earlier stage"),
+    ];
+    for (text, expected) in &cases {
+        let (ok, _, stderr) = validate(text, &[]);
+        assert!(!ok, "accepted (expected `{expected}`):\n{text}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(stderr.contains("exp.toml") && stderr.contains(expected), "expected `{expected}` in:\n{stderr}");
+    }
+}

@@ -680,7 +680,7 @@ fn a_single_run_reports_its_figures_and_charts_without_comparisons() {
     assert!(ok, "rlhf report failed:\n{stderr}");
     assert_eq!(stdout.trim(), out.join("index.html").to_str().unwrap());
 
-    let report = write_report(&[run.clone()], &dir.path().join("library"));
+    let report = write_report(std::slice::from_ref(&run), &dir.path().join("library"));
     assert_eq!(report.runs, [("beta-0.1".to_string(), run)]);
     assert_eq!(report.figures.rows.len(), 1);
     assert_eq!(cells(&report.figures.rows[0])[0], "beta-0.1");
