@@ -12,7 +12,6 @@ use anyhow::{ensure, Context, Result};
 use clap::Parser;
 use rlhf_lab::model::checkpoint;
 use rlhf_lab::model::generate::{generate, GenerateOptions, Sampling};
-use rlhf_lab::model::Gpt2;
 use serde_json::json;
 use tch::nn::VarStore;
 use tch::Device;
@@ -39,21 +38,21 @@ fn main() -> Result<()> {
     tch::set_num_threads(args.threads);
     let config = checkpoint::read_config(&args.model)?;
     let mut vs = VarStore::new(Device::Cpu);
-    let model = Gpt2::new(&vs.root(), &config);
+    let model = config.build(&vs.root());
     checkpoint::load_weights(&mut vs, &args.model, &[])?;
     let text = std::fs::read_to_string(&args.prompts).with_context(|| format!("reading {}", args.prompts.display()))?;
     let batches: Vec<Vec<Vec<i64>>> = serde_json::from_str(&text).context("prompts: a list of batches of id rows")?;
 
     // argmax never yields an id outside the vocabulary, so no row stops early: every run
     // generates exactly `new_tokens` per row, as transformers does with min_new_tokens.
-    let never_generated = config.vocab_size;
+    let never_generated = config.vocab_size();
     for prompts in &batches {
         for use_kv_cache in [true, false] {
             let options = GenerateOptions { max_new_tokens: args.new_tokens, sampling: Sampling::Greedy, seed: None, use_kv_cache };
             let mut seconds = Vec::with_capacity(args.repeats);
             for repetition in 0..=args.repeats {
                 let start = Instant::now();
-                let generation = generate(&model, prompts, never_generated, &options)?;
+                let generation = generate(model.as_ref(), prompts, never_generated, &options)?;
                 let elapsed = start.elapsed().as_secs_f64();
                 let generated = generation.completion_mask.sum(tch::Kind::Int64).int64_value(&[]);
                 ensure!(

@@ -18,7 +18,7 @@ use rlhf_lab::data::tokenizer::TextTokenizer;
 use rlhf_lab::model::checkpoint;
 use rlhf_lab::model::generate::left_pad;
 use rlhf_lab::model::reward::{RewardModel, REWARD_HEAD};
-use rlhf_lab::model::{Gpt2, ScalarHead};
+use rlhf_lab::model::ScalarHead;
 use rlhf_lab::stages::lm::{accumulate_gradients, Batch};
 use rlhf_lab::stages::reward::bradley_terry_loss;
 use rlhf_lab::train::optimizer::{AdamW, AdamWConfig};
@@ -90,7 +90,7 @@ fn time_steps(repeats: usize, mut step: impl FnMut()) -> Vec<f64> {
 fn lm_step(args: &Args, rows: &[Vec<i64>]) -> Result<impl FnMut()> {
     let config = checkpoint::read_config(&args.model)?;
     let mut vs = VarStore::new(Device::Cpu);
-    let gpt = Gpt2::new(&vs.root(), &config);
+    let transformer = config.build(&vs.root());
     checkpoint::load_weights(&mut vs, &args.model, &[])?;
     let ids = Tensor::from_slice2(rows);
     let width = ids.size()[1];
@@ -101,7 +101,7 @@ fn lm_step(args: &Args, rows: &[Vec<i64>]) -> Result<impl FnMut()> {
     };
     let mut optimizer = AdamW::new(&vs, AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 });
     Ok(move || {
-        accumulate_gradients(&gpt, std::slice::from_ref(&batch), 1.0);
+        accumulate_gradients(transformer.as_ref(), std::slice::from_ref(&batch), 1.0);
         optimizer.clip_grad_norm(1.0);
         optimizer.step(1e-4);
         optimizer.zero_grad();
@@ -111,15 +111,16 @@ fn lm_step(args: &Args, rows: &[Vec<i64>]) -> Result<impl FnMut()> {
 fn rm_step(args: &Args, pairs: &PreferenceBatch) -> Result<impl FnMut()> {
     let config = checkpoint::read_config(&args.model)?;
     let mut vs = VarStore::new(Device::Cpu);
-    let gpt = Gpt2::new(&vs.root(), &config);
-    let head = ScalarHead::new(&(vs.root() / REWARD_HEAD), config.n_embd, 1.0 / ((config.n_embd + 1) as f64).sqrt());
+    let transformer = config.build(&vs.root());
+    let width = config.hidden_size();
+    let head = ScalarHead::new(&(vs.root() / REWARD_HEAD), width, 1.0 / ((width + 1) as f64).sqrt());
     checkpoint::load_weights(&mut vs, &args.model, &[REWARD_HEAD])?;
     // Scoring needs no tokenizer (the rows are ids already); the model just has to carry one.
     let tokenizer = TextTokenizer::train(std::iter::once("a benchmark needs no text"), 300)?;
-    let model = RewardModel { vs, gpt, head, tokenizer, normalization: None };
+    let model = RewardModel { vs, transformer, head, tokenizer, normalization: None };
     let mut optimizer = AdamW::new(&model.vs, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 });
     let rows: Vec<Vec<i64>> = pairs.chosen.iter().chain(&pairs.rejected).cloned().collect();
-    let (ids, mask) = left_pad(&rows, config.eos_token_id, Device::Cpu);
+    let (ids, mask) = left_pad(&rows, 0, Device::Cpu); // padding is masked: any id will do
     let n = pairs.chosen.len() as i64;
     let (no_margin, no_tie) = (Tensor::zeros([n], (Kind::Float, Device::Cpu)), Tensor::zeros([n], (Kind::Bool, Device::Cpu)));
     Ok(move || {

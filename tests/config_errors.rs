@@ -84,6 +84,11 @@ fn wrong_types_and_impossible_values_name_the_key() {
     assert_error(&VALID.replace("lr = 1e-4", "lr = -1.0"), &[], &["exp.toml:23:1", "`lr`: expected a value > 0, got -1"]);
     assert_error(&VALID.replace("n_embd = 32", "n_embd = 33"), &[], &["[models.base]", "multiple of `n_head`"]);
     assert_error(&VALID.replace("kind = \"synthetic-reviews\"", "kind = \"reviews\""), &[], &["unknown variant `reviews`"]);
+    let family_key = VALID.replace("n_ctx = 128", "n_ctx = 128\nn_kv_head = 1");
+    assert_error(&family_key, &[], &["[models.base]", "`n_kv_head` is a key of the Llama family", "not of GPT-2"]);
+    let llama = VALID.replace("n_ctx = 128", "n_ctx = 128\narch = \"llama\"\nn_kv_head = 3");
+    assert_error(&llama, &[], &["[models.base]", "`n_kv_head` (3) must divide `n_head` (2)"]);
+    assert_error(&VALID.replace("n_ctx = 128", "n_ctx = 128\narch = \"mistral\""), &[], &["unknown variant `mistral`", "llama"]);
     let reward = format!("{VALID}\n[[stages]]\nname = \"rm\"\nkind = \"reward\"\ninit = \"sft\"\noff_prompt_pairs = 1.5\n");
     assert_error(&reward, &[], &["`off_prompt_pairs`: expected a probability in [0, 1], got 1.5"]);
 }

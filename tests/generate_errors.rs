@@ -80,7 +80,7 @@ fn unsupported_architectures_are_refused() {
     let cases = [
         ("\"activation_function\": \"gelu_new\"", "\"activation_function\": \"relu\"", "activation_function is `relu`"),
         ("\"add_cross_attention\": false", "\"add_cross_attention\": true", "add_cross_attention = true"),
-        ("\"model_type\": \"gpt2\"", "\"model_type\": \"llama\"", "model_type is `llama`"),
+        ("\"model_type\": \"gpt2\"", "\"model_type\": \"mistral\"", "model_type is `mistral`; supported: gpt2, llama, qwen2, qwen3"),
         ("\"tie_word_embeddings\": true", "\"tie_word_embeddings\": false", "must be tied"),
     ];
     for (from, to, message) in cases {
@@ -90,6 +90,39 @@ fn unsupported_architectures_are_refused() {
         let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
         assert!(config.contains(from), "{config}");
         std::fs::write(dir.join("config.json"), config.replace(from, to)).unwrap();
+        assert_error(generate(work.path(), &["--prompt", "hi"]), &["config.json", "unsupported model", message]);
+    }
+}
+
+/// A Llama-family checkpoint whose `config.json` asks for what is not implemented.
+#[test]
+fn unsupported_llama_settings_are_refused() {
+    let config = serde_json::json!({"model_type": "llama", "vocab_size": 300, "hidden_size": 16, "intermediate_size": 32,
+        "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 16, "bos_token_id": 0, "eos_token_id": 0});
+    let cases = [
+        (
+            "rope_scaling",
+            serde_json::json!({"rope_type": "yarn", "factor": 4.0}),
+            "rope_scaling of type `yarn` is not supported (supported: none, `default`, `llama3`)",
+        ),
+        (
+            "rope_scaling",
+            serde_json::json!({"rope_type": "llama3", "factor": 8.0}),
+            "rope_scaling of type llama3 needs a number `low_freq_factor`",
+        ),
+        ("hidden_act", serde_json::json!("gelu"), "hidden_act is `gelu`; only `silu` (SwiGLU) is implemented"),
+        ("num_key_value_heads", serde_json::json!(3), "must be a positive multiple of num_key_value_heads = 3"),
+        ("use_sliding_window", serde_json::json!(true), "sliding-window attention"),
+    ];
+    for (key, value, message) in cases {
+        let work = tempfile::tempdir().unwrap();
+        let dir = work.path().join("ckpt");
+        tch::manual_seed(0);
+        let model_config = rlhf_lab::model::ModelConfig::from_hf(&config).unwrap();
+        LanguageModel::fresh(model_config, common::tiny_tokenizer(300), Device::Cpu, Precision::Fp32).save(&dir).unwrap();
+        let mut written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        written[key] = value;
+        std::fs::write(dir.join("config.json"), written.to_string()).unwrap();
         assert_error(generate(work.path(), &["--prompt", "hi"]), &["config.json", "unsupported model", message]);
     }
 }

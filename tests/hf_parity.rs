@@ -58,29 +58,32 @@ fn max_diff_on_real_tokens(a: &Tensor, b: &Tensor, mask: &Tensor) -> f64 {
     diff.max().double_value(&[])
 }
 
+/// Each row alone, unpadded, gives the logits `in_batch` it had in the left-padded batch.
+fn assert_rows_alone_match_the_batch(model: &LanguageModel, rows: &[Vec<i64>], in_batch: &Tensor, config: &serde_json::Value) {
+    let width = in_batch.size()[1];
+    for (index, row) in rows.iter().enumerate() {
+        let alone = tch::no_grad(|| model.transformer.forward_logits(&Tensor::from_slice(row).unsqueeze(0), None, false));
+        let padded = in_batch.get(index as i64).narrow(0, width - row.len() as i64, row.len() as i64);
+        let diff = (alone.squeeze_dim(0) - padded).abs().max().double_value(&[]);
+        assert!(diff <= TOLERANCE, "config {config}: row {index} padded vs unpadded differ by {diff}");
+    }
+}
+
 #[test]
 fn logits_match_transformers_on_padded_and_unpadded_batches() {
     let work = tempfile::tempdir().unwrap();
     for (index, config) in configs().iter().enumerate() {
         let dir = work.path().join(format!("model{index}"));
         let model = hf_model(&dir, config, 10 + index as u64);
-        let vocab = model.gpt.config.vocab_size;
+        let vocab = model.transformer.config().vocab_size();
         let rows = random_rows(&[9, 14, 3, 14], vocab, index as i64);
         let (ids, mask) = left_pad(&rows, 0, Device::Cpu);
 
-        let ours = tch::no_grad(|| model.gpt.forward_logits(&ids, Some(&mask), false));
+        let ours = tch::no_grad(|| model.transformer.forward_logits(&ids, Some(&mask), false));
         let reference = hf_logits(&dir, &ids, &mask, work.path());
         let diff = max_diff_on_real_tokens(&ours, &reference, &mask);
         assert!(diff <= TOLERANCE, "config {config}: padded logits differ from transformers by {diff}");
-
-        // Each row alone, unpadded, gives the logits it had in the padded batch.
-        let width = ids.size()[1];
-        for (row_index, row) in rows.iter().enumerate() {
-            let alone = tch::no_grad(|| model.gpt.forward_logits(&Tensor::from_slice(row).unsqueeze(0), None, false));
-            let in_batch = ours.get(row_index as i64).narrow(0, width - row.len() as i64, row.len() as i64);
-            let diff = (alone.squeeze_dim(0) - in_batch).abs().max().double_value(&[]);
-            assert!(diff <= TOLERANCE, "config {config}: row {row_index} padded vs unpadded differ by {diff}");
-        }
+        assert_rows_alone_match_the_batch(&model, &rows, &ours, config);
     }
 }
 
@@ -96,9 +99,11 @@ fn greedy_generation_matches_transformers_token_for_token() {
     let (ids, mask) = left_pad(&rows, 0, Device::Cpu);
 
     let options = GenerateOptions { max_new_tokens: NEW_TOKENS, sampling: Sampling::Greedy, seed: None, use_kv_cache: true };
-    let ours = generate(&model.gpt, &rows, model.tokenizer.eos_id(), &options).unwrap().completions();
+    let ours = generate(model.transformer.as_ref(), &rows, model.tokenizer.eos_id(), &options).unwrap().completions();
     let without_cache =
-        generate(&model.gpt, &rows, model.tokenizer.eos_id(), &GenerateOptions { use_kv_cache: false, ..options }).unwrap().completions();
+        generate(model.transformer.as_ref(), &rows, model.tokenizer.eos_id(), &GenerateOptions { use_kv_cache: false, ..options })
+            .unwrap()
+            .completions();
     assert_eq!(ours, without_cache, "the KV cache changed greedy outputs");
 
     let inputs = work.path().join("inputs.json");
@@ -159,13 +164,78 @@ fn transformers_loads_our_checkpoint_with_identical_logits() {
 
     let rows = random_rows(&[6, 13], config.vocab_size, 1);
     let (ids, mask) = left_pad(&rows, 0, Device::Cpu);
-    let ours = tch::no_grad(|| model.gpt.forward_logits(&ids, Some(&mask), false));
+    let ours = tch::no_grad(|| model.transformer.forward_logits(&ids, Some(&mask), false));
     let reference = hf_logits(&dir, &ids, &mask, work.path());
     let diff = max_diff_on_real_tokens(&ours, &reference, &mask);
     assert!(diff <= TOLERANCE, "transformers computes other logits from our checkpoint: {diff}");
 
     // And our loader reads back exactly what we wrote.
     let reloaded = LanguageModel::load(&dir, Device::Cpu, Precision::Fp32).unwrap();
-    let again = tch::no_grad(|| reloaded.gpt.forward_logits(&ids, Some(&mask), false));
+    let again = tch::no_grad(|| reloaded.transformer.forward_logits(&ids, Some(&mask), false));
     assert_eq!(max_diff_on_real_tokens(&ours, &again, &mask), 0.0);
+}
+
+/// Random Llama-family shapes: full (Llama 3, tied, with its rope scaling and attention biases),
+/// multi-query (Qwen2, tied, q/k/v biases) and grouped-query attention (Qwen3, untied, per-head
+/// q/k norms, a `head_dim` other than hidden/heads).
+fn llama_family_configs() -> Vec<serde_json::Value> {
+    let base = |model_type: &str, heads: i64, kv_heads: i64, tied: bool| {
+        json!({"model_type": model_type, "vocab_size": 320, "hidden_size": 64, "intermediate_size": 96,
+               "num_hidden_layers": 2, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+               "max_position_embeddings": 64, "rms_norm_eps": 1e-5, "tie_word_embeddings": tied,
+               "initializer_range": 0.1, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0})
+    };
+    let mut llama3 = base("llama", 4, 4, true);
+    llama3["attention_bias"] = json!(true);
+    llama3["rope_theta"] = json!(500000.0);
+    llama3["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 16});
+    let mut qwen2 = base("qwen2", 4, 1, true);
+    qwen2["rope_theta"] = json!(1000000.0);
+    let mut qwen3 = base("qwen3", 4, 2, false);
+    qwen3["head_dim"] = json!(24);
+    vec![llama3, qwen2, qwen3]
+}
+
+/// For each Llama-family shape made by transformers: logits within 1e-4 on padded and unpadded
+/// batches, greedy generation token for token with and without the KV cache, and the checkpoint
+/// written back by us loaded by transformers with the same logits.
+#[test]
+fn llama_family_models_match_transformers() {
+    const NEW_TOKENS: i64 = 16;
+    let work = tempfile::tempdir().unwrap();
+    for (index, config) in llama_family_configs().iter().enumerate() {
+        let dir = work.path().join(format!("model{index}"));
+        let model = hf_model(&dir, config, 20 + index as u64);
+        let rows = random_rows(&[9, 14, 3, 14], 320, index as i64);
+        let (ids, mask) = left_pad(&rows, 0, Device::Cpu);
+        let (inputs, logits_out, greedy_out) =
+            (work.path().join("inputs.json"), work.path().join("logits.safetensors"), work.path().join("greedy.json"));
+        write_inputs(&inputs, &ids, &mask);
+        let [dir_arg, inputs_arg, logits_arg, greedy_arg] = [&dir, &inputs, &logits_out, &greedy_out].map(|p| p.to_str().unwrap());
+        common::hf_reference(&["logits-and-greedy", dir_arg, inputs_arg, &NEW_TOKENS.to_string(), logits_arg, greedy_arg]);
+        let reference_logits = Tensor::read_safetensors(&logits_out).unwrap().into_iter().find(|(name, _)| name == "logits").unwrap().1;
+        let ours = tch::no_grad(|| model.transformer.forward_logits(&ids, Some(&mask), false));
+        let diff = max_diff_on_real_tokens(&ours, &reference_logits, &mask);
+        assert!(diff <= TOLERANCE, "config {config}: padded logits differ from transformers by {diff}");
+        assert_rows_alone_match_the_batch(&model, &rows, &ours, config);
+
+        let options = GenerateOptions { max_new_tokens: NEW_TOKENS, sampling: Sampling::Greedy, seed: None, use_kv_cache: true };
+        let cached = generate(model.transformer.as_ref(), &rows, 0, &options).unwrap().completions();
+        let uncached =
+            generate(model.transformer.as_ref(), &rows, 0, &GenerateOptions { use_kv_cache: false, ..options }).unwrap().completions();
+        assert_eq!(cached, uncached, "config {config}: the KV cache changed greedy outputs");
+        let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&greedy_out).unwrap()).unwrap();
+        for (row, (ours, theirs)) in cached.iter().zip(reference["completion_ids"].as_array().unwrap()).enumerate() {
+            let theirs: Vec<i64> = theirs.as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).take_while(|&id| id != 0).collect();
+            assert_eq!(ours, &theirs, "config {config}, row {row}: greedy tokens differ from transformers");
+        }
+        assert!(cached.iter().map(Vec::len).sum::<usize>() >= 40, "config {config}: too few tokens compared: {cached:?}");
+
+        let saved = work.path().join(format!("ours{index}"));
+        model.save(&saved).unwrap();
+        let diff = max_diff_on_real_tokens(&ours, &hf_logits(&saved, &ids, &mask, work.path()), &mask);
+        assert!(diff <= TOLERANCE, "config {config}: transformers reads other logits from our checkpoint: {diff}");
+        let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(saved.join("config.json")).unwrap()).unwrap();
+        assert_eq!(written["model_type"], config["model_type"]);
+    }
 }

@@ -269,3 +269,44 @@ fn bf16_and_fp16_stages_learn_like_an_fp32_one() {
     let state = safetensors_names(&fp16.join("pretrain/state/model.optimizer.safetensors"));
     assert!(state.iter().any(|name| name == "loss_scale") && state.iter().any(|name| name == "master.transformer.wte.weight"), "{state:?}");
 }
+
+/// Every stage kind trains a Llama-family model through the same interface as GPT-2: Qwen3's
+/// per-head norms, multi-query attention and an untied head here. Its checkpoints say what they
+/// are, and `rlhf generate` and `rlhf score` read them.
+#[test]
+fn every_stage_kind_trains_a_llama_family_model() {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("all.toml"), common::ALL_KINDS_EXPERIMENT).unwrap();
+    let qwen3 = ["models.base.arch=qwen3", "models.base.n_kv_head=1", "models.base.tie_embeddings=false"];
+    let mut args = vec!["run", "all.toml", "--out", "out"];
+    for setting in qwen3 {
+        args.extend(["--set", setting]);
+    }
+    let run_dir = run(work.path(), &args);
+    for stage in ["pretrain", "sft", "rm", "ppo"] {
+        let config: Value =
+            serde_json::from_str(&std::fs::read_to_string(run_dir.join(stage).join("checkpoint/config.json")).unwrap()).unwrap();
+        assert_eq!((config["model_type"].as_str(), config["num_key_value_heads"].as_i64()), (Some("qwen3"), Some(1)), "{stage}: {config}");
+        assert_eq!(config["tie_word_embeddings"], false);
+    }
+    let evals: Vec<f64> = lines(&run_dir.join("pretrain/metrics.jsonl")).iter().filter_map(|m| m["eval/loss"].as_f64()).collect();
+    assert!(evals.last().unwrap() < &(evals[0] - 0.02), "pretraining eval loss did not fall: {evals:?}");
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
+    assert!(summary["rm"]["eval/accuracy"].is_f64() && summary["ppo"]["eval/kl"].is_f64(), "{summary}");
+
+    let sft = run_dir.join("sft/checkpoint");
+    let (ok, stdout, stderr) = common::rlhf(
+        &["generate", "--model", sft.to_str().unwrap(), "--prompt", "Write a review", "--max-new-tokens", "6", "--json", "--device", "cpu"],
+        work.path(),
+    );
+    assert!(ok, "{stderr}");
+    let line: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(line["completion_ids"].as_array().unwrap().len() <= 6);
+    std::fs::write(work.path().join("score.jsonl"), "{\"prompt\": \"Write a review\", \"response\": \" the battery is great\"}\n").unwrap();
+    let rm = run_dir.join("rm/checkpoint");
+    let (ok, stdout, stderr) =
+        common::rlhf(&["score", "--model", rm.to_str().unwrap(), "--input", "score.jsonl", "--device", "cpu"], work.path());
+    assert!(ok, "{stderr}");
+    let scored: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(scored["reward"].as_f64().is_some_and(f64::is_finite), "{scored}");
+}

@@ -56,7 +56,7 @@ fn tiny_models_with_dropout(dir: &Path, shared_backbone: bool, dropout: f64) -> 
 fn tiny_models_of_varied_lengths(dir: &Path) -> Models {
     tch::manual_seed(3);
     let model = LanguageModel::fresh(
-        &common::tiny_config(VOCAB, 32, 32, 2, 2),
+        common::tiny_config(VOCAB, 32, 32, 2, 2),
         common::tiny_tokenizer(VOCAB as usize),
         Device::Cpu,
         Precision::Fp32,
@@ -475,7 +475,7 @@ fn liked_share(policy: &LanguageModel) -> f64 {
         seed: Some(9),
         use_kv_cache: true,
     };
-    let generation = generate(&policy.gpt, &prompts, policy.tokenizer.eos_id(), &options).unwrap();
+    let generation = generate(policy.transformer.as_ref(), &prompts, policy.tokenizer.eos_id(), &options).unwrap();
     LikedTokenShare.score(&prompts, &generation.completions()).mean(Kind::Float).double_value(&[])
 }
 

@@ -349,7 +349,7 @@ fn a_reward_model_given_with_judge_scores_the_samples_instead_of_gold() {
     // A reward stage's directory holding an (untrained, seeded) reward checkpoint.
     let checkpoint = dir.path().join("rm-stage/checkpoint");
     tch::manual_seed(3);
-    LanguageModel::fresh(&common::tiny_config(300, 48, 32, 2, 2), common::tiny_tokenizer(300), tch::Device::Cpu, Precision::Fp32)
+    LanguageModel::fresh(common::tiny_config(300, 48, 32, 2, 2), common::tiny_tokenizer(300), tch::Device::Cpu, Precision::Fp32)
         .save(&checkpoint)
         .unwrap();
     let judge = RewardModel::load(&checkpoint, tch::Device::Cpu, Precision::Fp32, true).unwrap();

@@ -40,7 +40,7 @@ fn scores_are_read_at_the_last_real_token_under_left_and_right_padding() {
     assert!((left.double_value(&[1]) - alone.double_value(&[0])).abs() < 1e-5);
     // Read at the last real token, not at a padding position: under left padding the short row's
     // last token sits at the end, its padding at the start, and the two outputs differ.
-    let per_position = model.head.forward(&model.gpt.forward(&left_ids, Some(&left_mask), None, false)).squeeze_dim(-1);
+    let per_position = model.head.forward(&model.transformer.forward(&left_ids, Some(&left_mask), None, false)).squeeze_dim(-1);
     assert_eq!(left.double_value(&[1]), per_position.double_value(&[1, 4]));
     assert!(
         (left.double_value(&[1]) - per_position.double_value(&[1, 0])).abs() > 1e-4,

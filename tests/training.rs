@@ -11,7 +11,7 @@ use tch::{Device, Kind, Tensor};
 
 fn tiny_model(seed: i64) -> LanguageModel {
     tch::manual_seed(seed);
-    LanguageModel::fresh(&common::tiny_config(300, 32, 32, 2, 2), common::tiny_tokenizer(300), Device::Cpu, Precision::Fp32)
+    LanguageModel::fresh(common::tiny_config(300, 32, 32, 2, 2), common::tiny_tokenizer(300), Device::Cpu, Precision::Fp32)
 }
 
 #[test]
@@ -49,12 +49,12 @@ fn four_micro_batches_of_eight_equal_one_batch_of_thirty_two() {
 
     let model = tiny_model(1);
     let whole = [response_only_batch(&rows, 0, Device::Cpu)];
-    let loss_whole = accumulate_gradients(&model.gpt, &whole, 1.0);
+    let loss_whole = accumulate_gradients(model.transformer.as_ref(), &whole, 1.0);
     let grads_whole = gradients(&model);
 
     let model = tiny_model(1);
     let micro: Vec<Batch> = rows.chunks(8).map(|chunk| response_only_batch(chunk, 0, Device::Cpu)).collect();
-    let loss_micro = accumulate_gradients(&model.gpt, &micro, 1.0);
+    let loss_micro = accumulate_gradients(model.transformer.as_ref(), &micro, 1.0);
     let grads_micro = gradients(&model);
 
     assert!((loss_whole - loss_micro).abs() < 1e-5, "{loss_whole} vs {loss_micro}");
@@ -76,7 +76,7 @@ fn a_tiny_model_learns_a_pattern_and_each_row_stops_at_its_end_of_text() {
     let mut optimizer = AdamW::new(&model.vs, AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.0 });
     let mut loss = f64::INFINITY;
     for _ in 0..150 {
-        loss = accumulate_gradients(&model.gpt, &batch, 1.0);
+        loss = accumulate_gradients(model.transformer.as_ref(), &batch, 1.0);
         optimizer.step(3e-3);
         optimizer.zero_grad();
     }
@@ -86,7 +86,7 @@ fn a_tiny_model_learns_a_pattern_and_each_row_stops_at_its_end_of_text() {
     // Prompts keep the training alignment (learned positions): 7 at positions 0, 5, 10, …
     let prompts = vec![vec![7], vec![7, 8, 9], vec![7, 8, 9, 10, 0, 7, 8]];
     let options = GenerateOptions { max_new_tokens: 8, sampling: Sampling::Greedy, seed: None, use_kv_cache: true };
-    let generation = generate(&model.gpt, &prompts, 0, &options).unwrap();
+    let generation = generate(model.transformer.as_ref(), &prompts, 0, &options).unwrap();
     assert_eq!(generation.completions(), vec![vec![8, 9, 10], vec![10], vec![9, 10]]);
     assert_eq!(generation.stopped(), vec![true, true, true]);
     // each row stops at its own end-of-text: mask covers the tokens up to and including it
@@ -108,7 +108,7 @@ fn sampling_is_reproducible_with_a_seed() {
             seed: Some(seed),
             use_kv_cache: true,
         };
-        generate(&model.gpt, &prompts, 0, &options).unwrap().completions()
+        generate(model.transformer.as_ref(), &prompts, 0, &options).unwrap().completions()
     };
     assert_eq!(sample(1), sample(1));
     assert_ne!(sample(1), sample(2));

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from hf_gpt2 import load  # also sets torch.set_num_threads(2), as the Rust side does
+from hf_models import load  # also sets torch.set_num_threads(2), as the Rust side does
 
 
 def main(model_dir, prompts_path, new_tokens, repeats):

@@ -71,7 +71,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let mut out = stdout.lock();
     let batch_size = args.batch_size.max(1);
     for (batch_index, (texts, ids)) in prompts.chunks(batch_size).zip(encoded.chunks(batch_size)).enumerate() {
-        let generation = generate(&model.gpt, ids, model.tokenizer.eos_id(), &options).map_err(|error| match error {
+        let generation = generate(model.transformer.as_ref(), ids, model.tokenizer.eos_id(), &options).map_err(|error| match error {
             // Indices inside the error count within this batch; say which prompt of the input it is.
             GenerateError::TooLong { index, .. } => {
                 anyhow::anyhow!("{error}").context(format!("prompt {} of {}", batch_index * batch_size + index + 1, prompts.len()))

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use overrides::OverrideError;
-pub use schema::{Experiment, ModelConfig, StageConfig, TaskConfig, TaskKind, TokenizerConfig};
+pub use schema::{Arch, Experiment, ModelSection, StageConfig, TaskConfig, TaskKind, TokenizerConfig};
 pub use sweep::{Sweep, Variant};
 
 use crate::stages::{stage_kind, STAGE_KINDS};
@@ -66,7 +66,7 @@ pub fn accepted_keys() -> Vec<(String, &'static [&'static str])> {
         ("experiment".to_string(), keys::struct_keys::<RawExperiment>()),
         ("task".to_string(), keys::struct_keys::<TaskConfig>()),
         ("tokenizer".to_string(), keys::struct_keys::<TokenizerConfig>()),
-        ("models.NAME".to_string(), keys::struct_keys::<ModelConfig>()),
+        ("models.NAME".to_string(), keys::struct_keys::<ModelSection>()),
         ("sweep".to_string(), keys::struct_keys::<sweep::RawSweep>()),
     ];
     tables.extend(STAGE_KINDS.iter().map(|kind| (format!("stages ({})", kind.name), (kind.keys)())));
@@ -152,7 +152,7 @@ struct RawExperiment {
     #[serde(default)]
     tokenizer: TokenizerConfig,
     #[serde(default)]
-    models: BTreeMap<String, Spanned<ModelConfig>>,
+    models: BTreeMap<String, Spanned<ModelSection>>,
     #[serde(default)]
     stages: Vec<Spanned<BTreeMap<Spanned<String>, Spanned<toml::Value>>>>,
     #[serde(default)]
@@ -175,7 +175,7 @@ fn parse(path: &Path, text: &str) -> Result<Experiment, ConfigError> {
     for (name, model) in &raw.models {
         check_model(model.get_ref()).map_err(|message| at(model.span(), format!("[models.{name}]: {message}")))?;
     }
-    let models: BTreeMap<String, ModelConfig> = raw.models.into_iter().map(|(k, v)| (k, v.into_inner())).collect();
+    let models: BTreeMap<String, ModelSection> = raw.models.into_iter().map(|(k, v)| (k, v.into_inner())).collect();
 
     let mut stages: Vec<StageConfig> = Vec::new();
     let all_names: Vec<String> = raw
@@ -300,7 +300,7 @@ fn resolve_reference(
     reference: &str,
     earlier: &[&str],
     later: &[&str],
-    models: &BTreeMap<String, ModelConfig>,
+    models: &BTreeMap<String, ModelSection>,
 ) -> Result<ModelSource, String> {
     if let Some(run) = reference.strip_prefix("run:") {
         let run_path = Path::new(run);
@@ -355,11 +355,22 @@ fn working_dir() -> String {
     std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_else(|_| ".".into())
 }
 
-fn check_model(model: &ModelConfig) -> Result<(), String> {
+fn check_model(model: &ModelSection) -> Result<(), String> {
     let shape = [("n_layer", model.n_layer), ("n_head", model.n_head), ("n_embd", model.n_embd), ("n_ctx", model.n_ctx)];
+    let family_keys = [
+        ("n_kv_head", model.n_kv_head.is_some()),
+        ("head_dim", model.head_dim.is_some()),
+        ("rope_theta", model.rope_theta.is_some()),
+        ("tie_embeddings", model.tie_embeddings.is_some()),
+        ("norm_eps", model.norm_eps.is_some()),
+    ];
     if let Some(from) = &model.from {
-        if let Some((key, _)) = shape.iter().find(|(_, v)| v.is_some()) {
+        let fixed = shape.iter().map(|(key, v)| (*key, v.is_some())).chain(family_keys).chain([("n_inner", model.n_inner.is_some())]);
+        if let Some((key, _)) = fixed.into_iter().find(|(_, set)| *set) {
             return Err(format!("`{key}` cannot be set together with `from` (the checkpoint fixes the shape)"));
+        }
+        if model.arch != Arch::Gpt2 {
+            return Err("`arch` cannot be set together with `from` (the checkpoint's config.json names it)".into());
         }
         if !from.is_dir() {
             return Err(format!("`from`: no checkpoint directory `{}`", from.display()));
@@ -373,9 +384,32 @@ fn check_model(model: &ModelConfig) -> Result<(), String> {
             _ => {}
         }
     }
+    if model.arch == Arch::Gpt2 {
+        if let Some((key, _)) = family_keys.iter().find(|(_, set)| *set) {
+            return Err(format!("`{key}` is a key of the Llama family (arch = \"llama\", \"qwen2\" or \"qwen3\"), not of GPT-2"));
+        }
+    }
     let (n_head, n_embd) = (model.n_head.unwrap_or(1), model.n_embd.unwrap_or(1));
-    if n_embd % n_head != 0 {
+    let n_kv_head = model.n_kv_head.unwrap_or(n_head);
+    if model.head_dim.is_none() && n_embd % n_head != 0 {
         return Err(format!("`n_embd` ({n_embd}) must be a multiple of `n_head` ({n_head})"));
+    }
+    if n_kv_head < 1 || n_head % n_kv_head != 0 {
+        return Err(format!("`n_kv_head` ({n_kv_head}) must divide `n_head` ({n_head})"));
+    }
+    let head_dim = model.head_dim.unwrap_or(n_embd / n_head);
+    if model.arch != Arch::Gpt2 && (head_dim < 2 || head_dim % 2 != 0) {
+        return Err(format!(
+            "the head width ({head_dim}: `head_dim`, or `n_embd` / `n_head`) must be even (rotary embeddings rotate pairs)"
+        ));
+    }
+    if let Some(n_inner) = model.n_inner.filter(|&n| n < 1) {
+        return Err(format!("`n_inner` must be ≥ 1, got {n_inner}"));
+    }
+    if let Some((key, value)) =
+        [("rope_theta", model.rope_theta), ("norm_eps", model.norm_eps)].into_iter().find(|(_, v)| v.is_some_and(|v| !(v > 0.0)))
+    {
+        return Err(format!("`{key}` must be > 0, got {}", value.unwrap_or_default()));
     }
     if !(0.0..1.0).contains(&model.dropout) {
         return Err(format!("`dropout` must be in [0, 1), got {}", model.dropout));

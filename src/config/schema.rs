@@ -18,7 +18,7 @@ pub struct Experiment {
     pub threads: Option<i32>,
     pub task: TaskConfig,
     pub tokenizer: TokenizerConfig,
-    pub models: BTreeMap<String, ModelConfig>,
+    pub models: BTreeMap<String, ModelSection>,
     pub stages: Vec<StageConfig>,
     /// The expanded `[sweep]` table: a sweep runs one experiment per variant, recorded
     /// without it.
@@ -93,21 +93,53 @@ impl Default for TokenizerConfig {
     }
 }
 
-/// A model section: a fresh GPT-2 of the given shape, or a checkpoint directory (`from`).
+/// The architectures a fresh model may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    #[default]
+    Gpt2,
+    Llama,
+    Qwen2,
+    Qwen3,
+}
+
+/// A model section: a fresh model of the given architecture and shape, or a checkpoint directory
+/// (`from`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ModelConfig {
+pub struct ModelSection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<PathBuf>,
+    #[serde(default)]
+    pub arch: Arch,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n_layer: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n_head: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n_embd: Option<i64>,
-    /// Context length (GPT-2's `n_positions`).
+    /// Context length (GPT-2's `n_positions`, the Llama family's `max_position_embeddings`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n_ctx: Option<i64>,
+    /// MLP width (`n_inner`, `intermediate_size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_inner: Option<i64>,
+    /// Llama family: key-value heads (grouped-query attention); `n_head` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_kv_head: Option<i64>,
+    /// Llama family: width of a head; `n_embd / n_head` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<i64>,
+    /// Llama family: the rotary base θ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_theta: Option<f64>,
+    /// Llama family: the LM head shares the token embedding's weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tie_embeddings: Option<bool>,
+    /// Llama family: RMSNorm's ε.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub norm_eps: Option<f64>,
     /// Dropout probability for embeddings, attention and residuals while training.
     #[serde(default)]
     pub dropout: f64,

@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
-use super::gpt2::Gpt2Config;
+use super::architecture::ModelConfig;
 use crate::data::tokenizer::{TextTokenizer, TokenizerError};
 
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -50,78 +50,17 @@ fn require(dir: &Path, file: &'static str) -> Result<PathBuf, CheckpointError> {
     }
 }
 
-/// Reads `config.json`, refusing GPT-2 variants this implementation would compute differently.
-pub fn read_config(dir: &Path) -> Result<Gpt2Config, CheckpointError> {
+/// Reads `config.json`: the architecture its `model_type` names (GPT-2 when absent).
+pub fn read_config(dir: &Path) -> Result<ModelConfig, CheckpointError> {
     let path = require(dir, CONFIG_FILE)?;
     let text = std::fs::read_to_string(&path).map_err(|source| CheckpointError::Io { path: path.clone(), source })?;
     let json: Value = serde_json::from_str(&text).map_err(|source| CheckpointError::ConfigJson { path: path.clone(), source })?;
-    let unsupported = |reason: String| CheckpointError::Unsupported { path: path.clone(), reason };
-    let get = |key: &str| json.get(key).filter(|v| !v.is_null());
-
-    if let Some(model_type) = get("model_type").and_then(Value::as_str) {
-        if model_type != "gpt2" {
-            return Err(unsupported(format!("model_type is `{model_type}`, only `gpt2` is supported")));
-        }
-    }
-    let activation = get("activation_function").and_then(Value::as_str).unwrap_or("gelu_new");
-    if !matches!(activation, "gelu_new" | "gelu_pytorch_tanh") {
-        return Err(unsupported(format!(
-            "activation_function is `{activation}`; only the tanh GELU (`gelu_new`, `gelu_pytorch_tanh`) is implemented"
-        )));
-    }
-    let flag = |key: &str| get(key).and_then(Value::as_bool);
-    if flag("add_cross_attention") == Some(true) {
-        return Err(unsupported("add_cross_attention = true (encoder-decoder GPT-2) is not supported".into()));
-    }
-    if flag("scale_attn_by_inverse_layer_idx") == Some(true) {
-        return Err(unsupported("scale_attn_by_inverse_layer_idx = true is not supported".into()));
-    }
-    if flag("scale_attn_weights") == Some(false) {
-        return Err(unsupported("scale_attn_weights = false (unscaled attention) is not supported".into()));
-    }
-    if flag("tie_word_embeddings") == Some(false) {
-        return Err(unsupported("tie_word_embeddings = false: the LM head must be tied to `wte`".into()));
-    }
-
-    let config: Gpt2Config =
-        serde_json::from_value(json.clone()).map_err(|source| CheckpointError::ConfigJson { path: path.clone(), source })?;
-    if config.n_embd % config.n_head != 0 {
-        return Err(unsupported(format!("n_embd = {} is not a multiple of n_head = {}", config.n_embd, config.n_head)));
-    }
-    Ok(config)
+    ModelConfig::from_hf(&json).map_err(|reason| CheckpointError::Unsupported { path, reason })
 }
 
-/// Writes `config.json` with the keys `transformers.GPT2Config` reads.
-pub fn write_config(dir: &Path, config: &Gpt2Config, precision: Kind) -> Result<(), CheckpointError> {
-    let json = json!({
-        "architectures": ["GPT2LMHeadModel"],
-        "model_type": "gpt2",
-        "vocab_size": config.vocab_size,
-        "n_positions": config.n_positions,
-        "n_ctx": config.n_positions,
-        "n_embd": config.n_embd,
-        "n_layer": config.n_layer,
-        "n_head": config.n_head,
-        "n_inner": config.n_inner,
-        "activation_function": "gelu_new",
-        "layer_norm_epsilon": config.layer_norm_epsilon,
-        "embd_pdrop": config.embd_pdrop,
-        "attn_pdrop": config.attn_pdrop,
-        "resid_pdrop": config.resid_pdrop,
-        "initializer_range": config.initializer_range,
-        "bos_token_id": config.bos_token_id,
-        "eos_token_id": config.eos_token_id,
-        "pad_token_id": config.eos_token_id,
-        "scale_attn_weights": true,
-        "scale_attn_by_inverse_layer_idx": false,
-        "reorder_and_upcast_attn": false,
-        "add_cross_attention": false,
-        "tie_word_embeddings": true,
-        "use_cache": true,
-        // transformers 5 reads `dtype`, 4.x `torch_dtype`: both, so either loads it as written.
-        "dtype": torch_dtype(precision),
-        "torch_dtype": torch_dtype(precision),
-    });
+/// Writes `config.json` with the keys transformers reads for the architecture.
+pub fn write_config(dir: &Path, config: &ModelConfig, precision: Kind) -> Result<(), CheckpointError> {
+    let json = config.architecture().to_hf(torch_dtype(precision));
     let path = dir.join(CONFIG_FILE);
     let text = serde_json::to_string_pretty(&json).expect("a JSON value serialises");
     Ok(crate::run::durable::write_file(&path, text.as_bytes())?)
@@ -143,7 +82,7 @@ fn torch_dtype(kind: Kind) -> &'static str {
 pub fn save(
     dir: &Path,
     vs: &VarStore,
-    config: &Gpt2Config,
+    config: &ModelConfig,
     tokenizer: &TextTokenizer,
     extra: &[(&str, String)],
 ) -> Result<(), CheckpointError> {
@@ -201,10 +140,11 @@ pub struct LoadReport {
     pub unused: Vec<String>,
 }
 
-/// Tensors HF writes that carry no learned state here: the causal-mask buffers of old
-/// `transformers` versions and the LM head, tied to `wte`.
+/// Tensors HF writes that carry no learned state: the causal-mask buffers of old `transformers`
+/// versions' GPT-2. (A tied LM head's copy, `lm_head.weight`, has no variable here and is
+/// reported unused.)
 fn is_derived_tensor(name: &str) -> bool {
-    name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") || name == "lm_head.weight"
+    name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias")
 }
 
 /// Copies the tensors of `model.safetensors` in `dir` into the variables of `vs`. File names may
@@ -261,8 +201,8 @@ fn canonical_name(name: &str) -> String {
 }
 
 /// Reads `tokenizer.json` of a checkpoint and checks it fits the model's vocabulary.
-pub fn read_tokenizer(dir: &Path, config: &Gpt2Config) -> Result<TextTokenizer, CheckpointError> {
+pub fn read_tokenizer(dir: &Path, config: &ModelConfig) -> Result<TextTokenizer, CheckpointError> {
     let tokenizer = TextTokenizer::from_file(&require(dir, TOKENIZER_FILE)?)?;
-    tokenizer.check_fits(config.vocab_size)?;
+    tokenizer.check_fits(config.vocab_size())?;
     Ok(tokenizer)
 }

@@ -4,7 +4,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::gpt2::{Gpt2, KvCache};
+use super::architecture::Transformer;
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -88,12 +88,17 @@ pub fn left_pad(rows: &[Vec<i64>], pad_id: i64, device: Device) -> (Tensor, Tens
 
 /// Generates up to `max_new_tokens` after each prompt. An empty prompt starts from end-of-text,
 /// GPT-2's beginning-of-text token.
-pub fn generate(model: &Gpt2, prompts: &[Vec<i64>], eos_id: i64, options: &GenerateOptions) -> Result<Generation, GenerateError> {
+pub fn generate(
+    model: &dyn Transformer,
+    prompts: &[Vec<i64>],
+    eos_id: i64,
+    options: &GenerateOptions,
+) -> Result<Generation, GenerateError> {
     if prompts.is_empty() {
         return Err(GenerateError::NoPrompts);
     }
     check_sampling(&options.sampling)?;
-    let context = model.config.n_positions;
+    let context = model.config().context_length();
     let prompts: Vec<Vec<i64>> = prompts.iter().map(|p| if p.is_empty() { vec![eos_id] } else { p.clone() }).collect();
     for (index, prompt) in prompts.iter().enumerate() {
         if prompt.len() as i64 + options.max_new_tokens > context {
@@ -108,8 +113,7 @@ pub fn generate(model: &Gpt2, prompts: &[Vec<i64>], eos_id: i64, options: &Gener
     let (prompt_ids, prompt_mask) = left_pad(&prompts, eos_id, device);
     let (batch, prompt_width) = prompt_ids.size2().expect("2-D prompts");
 
-    let mut cache =
-        options.use_kv_cache.then(|| KvCache::new(&model.config, batch, prompt_width + options.max_new_tokens, model.kind(), device));
+    let mut cache = options.use_kv_cache.then(|| model.new_cache(batch, prompt_width + options.max_new_tokens));
     let mut sequence = prompt_ids.shallow_clone();
     // Tokens generated after a row stopped are kept visible (mask 1): they only influence that
     // row's own later outputs, which are discarded, and an all-ones mask keeps the fast path.

@@ -4,8 +4,12 @@
 //! Conv1D weights as `[in, out]`), so a checkpoint is a safetensors dump of the `VarStore`.
 
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 use tch::nn::{Init, Path};
 use tch::{Kind, Tensor};
+
+use super::architecture::{ArchitectureConfig, ModelConfig, Transformer};
+use super::attention::{attend, positions_and_mask, AttentionMask, CacheShape, KvCache};
 
 /// The architecture hyper-parameters, with Hugging Face `GPT2Config` names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,6 +53,94 @@ impl Gpt2Config {
     pub fn mlp_width(&self) -> i64 {
         self.n_inner.unwrap_or(4 * self.n_embd)
     }
+
+    /// Reads `transformers.GPT2Config` keys, refusing the variants this implementation would
+    /// compute differently.
+    pub fn from_hf(json: &Value) -> Result<Self, String> {
+        let get = |key: &str| json.get(key).filter(|v| !v.is_null());
+        let activation = get("activation_function").and_then(Value::as_str).unwrap_or("gelu_new");
+        if !matches!(activation, "gelu_new" | "gelu_pytorch_tanh") {
+            return Err(format!(
+                "activation_function is `{activation}`; only the tanh GELU (`gelu_new`, `gelu_pytorch_tanh`) is implemented"
+            ));
+        }
+        let flag = |key: &str| get(key).and_then(Value::as_bool);
+        if flag("add_cross_attention") == Some(true) {
+            return Err("add_cross_attention = true (encoder-decoder GPT-2) is not supported".into());
+        }
+        if flag("scale_attn_by_inverse_layer_idx") == Some(true) {
+            return Err("scale_attn_by_inverse_layer_idx = true is not supported".into());
+        }
+        if flag("scale_attn_weights") == Some(false) {
+            return Err("scale_attn_weights = false (unscaled attention) is not supported".into());
+        }
+        if flag("tie_word_embeddings") == Some(false) {
+            return Err("tie_word_embeddings = false: the LM head must be tied to `wte`".into());
+        }
+        let config: Gpt2Config = serde_json::from_value(json.clone()).map_err(|e| e.to_string())?;
+        if config.n_embd % config.n_head != 0 {
+            return Err(format!("n_embd = {} is not a multiple of n_head = {}", config.n_embd, config.n_head));
+        }
+        Ok(config)
+    }
+}
+
+impl ArchitectureConfig for Gpt2Config {
+    fn model_type(&self) -> &'static str {
+        "gpt2"
+    }
+
+    fn vocab_size(&self) -> i64 {
+        self.vocab_size
+    }
+
+    fn context_length(&self) -> i64 {
+        self.n_positions
+    }
+
+    fn hidden_size(&self) -> i64 {
+        self.n_embd
+    }
+
+    fn cache_shape(&self) -> CacheShape {
+        CacheShape { layers: self.n_layer, kv_heads: self.n_head, head_dim: self.head_dim() }
+    }
+
+    fn to_hf(&self, torch_dtype: &str) -> Value {
+        json!({
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            "vocab_size": self.vocab_size,
+            "n_positions": self.n_positions,
+            "n_ctx": self.n_positions,
+            "n_embd": self.n_embd,
+            "n_layer": self.n_layer,
+            "n_head": self.n_head,
+            "n_inner": self.n_inner,
+            "activation_function": "gelu_new",
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "embd_pdrop": self.embd_pdrop,
+            "attn_pdrop": self.attn_pdrop,
+            "resid_pdrop": self.resid_pdrop,
+            "initializer_range": self.initializer_range,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.eos_token_id,
+            "scale_attn_weights": true,
+            "scale_attn_by_inverse_layer_idx": false,
+            "reorder_and_upcast_attn": false,
+            "add_cross_attention": false,
+            "tie_word_embeddings": true,
+            "use_cache": true,
+            // transformers 5 reads `dtype`, 4.x `torch_dtype`: both, so either loads it as written.
+            "dtype": torch_dtype,
+            "torch_dtype": torch_dtype,
+        })
+    }
+
+    fn build(&self, root: &Path, _config: &ModelConfig) -> Box<dyn Transformer> {
+        Box::new(Gpt2::new(root, self))
+    }
 }
 
 /// HF's `Conv1D`: a linear layer whose weight is stored `[in, out]`.
@@ -89,45 +181,6 @@ impl LayerNorm {
     }
 }
 
-/// Keys and values of earlier positions, one buffer per layer, allocated once for the whole
-/// generation (`[batch, heads, capacity, head_dim]`) so that a decoding step copies only the new
-/// position instead of concatenating the whole history.
-#[derive(Debug)]
-pub struct KvCache {
-    keys: Vec<Tensor>,
-    values: Vec<Tensor>,
-    len: i64,
-    capacity: i64,
-}
-
-impl KvCache {
-    pub fn new(config: &Gpt2Config, batch: i64, capacity: i64, kind: Kind, device: tch::Device) -> Self {
-        let shape = [batch, config.n_head, capacity, config.head_dim()];
-        let buffers = || (0..config.n_layer).map(|_| Tensor::zeros(shape, (kind, device))).collect();
-        KvCache { keys: buffers(), values: buffers(), len: 0, capacity }
-    }
-
-    /// Number of positions already stored.
-    pub fn len(&self) -> i64 {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-/// Which key positions each query may attend to, built once per forward pass and shared by all
-/// layers.
-enum AttentionMask {
-    /// No padding and no cache: plain causal attention, left to the fused kernel.
-    Causal,
-    /// No padding, decoding one position against the cache: every cached key is visible.
-    All,
-    /// Boolean `[batch, 1, queries, keys]`, true where attention is allowed.
-    Explicit(Tensor),
-}
-
 #[derive(Debug)]
 struct Attention {
     c_attn: Conv1D,
@@ -138,7 +191,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn forward(&self, x: &Tensor, mask: &AttentionMask, cache: Option<(&mut Tensor, &mut Tensor, i64)>, train: bool) -> Tensor {
+    fn forward(&self, x: &Tensor, mask: &AttentionMask, cache: Option<(&mut KvCache, usize)>, train: bool) -> Tensor {
         let (batch, time, width) = x.size3().expect("attention input is [batch, time, width]");
         let head_dim = width / self.n_head;
         let split_heads = |t: Tensor| t.view([batch, time, self.n_head, head_dim]).transpose(1, 2);
@@ -146,21 +199,10 @@ impl Attention {
         let [q, k, v]: [Tensor; 3] = qkv.try_into().expect("c_attn yields query, key and value");
         let (q, k, v) = (split_heads(q), split_heads(k), split_heads(v));
         let (k, v) = match cache {
-            Some((key_cache, value_cache, past)) => {
-                key_cache.narrow(2, past, time).copy_(&k);
-                value_cache.narrow(2, past, time).copy_(&v);
-                (key_cache.narrow(2, 0, past + time), value_cache.narrow(2, 0, past + time))
-            }
+            Some((cache, layer)) => cache.extend(layer, &k, &v),
             None => (k, v),
         };
-        let dropout = if train { self.attn_dropout } else { 0.0 };
-        let y = match mask {
-            AttentionMask::Causal => Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, dropout, true, None, false),
-            AttentionMask::All => Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, dropout, false, None, false),
-            AttentionMask::Explicit(allowed) => {
-                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(allowed), dropout, false, None, false)
-            }
-        };
+        let y = attend(&q, &k, &v, mask, if train { self.attn_dropout } else { 0.0 });
         let y = y.transpose(1, 2).contiguous().view([batch, time, width]);
         self.c_proj.forward(&y).dropout(self.resid_dropout, train)
     }
@@ -217,7 +259,8 @@ impl Block {
 /// The GPT-2 transformer with its tied LM head.
 #[derive(Debug)]
 pub struct Gpt2 {
-    pub config: Gpt2Config,
+    config: ModelConfig,
+    embd_pdrop: f64,
     wte: Tensor,
     wpe: Tensor,
     blocks: Vec<Block>,
@@ -235,103 +278,44 @@ impl Gpt2 {
             wpe: (&path / "wpe").var("weight", &[config.n_positions, config.n_embd], Init::Randn { mean: 0.0, stdev: std }),
             blocks: (0..config.n_layer).map(|i| Block::new(&(&h / i), config)).collect(),
             ln_f: LayerNorm::new(&(&path / "ln_f"), config.n_embd, config.layer_norm_epsilon),
-            config: config.clone(),
+            embd_pdrop: config.embd_pdrop,
+            config: ModelConfig::Gpt2(config.clone()),
         }
     }
+}
 
-    /// Hidden states after the final LayerNorm, `[batch, time, n_embd]`.
-    ///
-    /// `attention_mask` (`[batch, past + time]`, 1 for real tokens, 0 for padding) covers the
-    /// cached positions and the new ones. Positions are counted over real tokens only, so a
-    /// left-padded row sees the same positions (and so the same outputs) as the row unpadded.
-    pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, mut cache: Option<&mut KvCache>, train: bool) -> Tensor {
+impl Transformer for Gpt2 {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, mut cache: Option<&mut KvCache>, train: bool) -> Tensor {
         let (batch, time) = input_ids.size2().expect("input_ids is [batch, time]");
-        let device = input_ids.device();
-        let past = cache.as_ref().map_or(0, |c| c.len);
-        let padded = attention_mask.filter(|mask| mask.min().int64_value(&[]) == 0);
-
-        let position_ids = match padded {
-            Some(mask) => (mask.cumsum(1, Kind::Int64) - 1).clamp_min(0).narrow(1, past, time),
-            None => Tensor::arange_start(past, past + time, (Kind::Int64, device)).unsqueeze(0).expand([batch, time], false),
-        };
-        let mask = match padded {
-            Some(mask) => AttentionMask::Explicit(allowed_attention(mask, past, time)),
-            None if past == 0 => AttentionMask::Causal,
-            None if time == 1 => AttentionMask::All,
-            None => {
-                let all_real = Tensor::ones([batch, past + time], (Kind::Int64, device));
-                AttentionMask::Explicit(allowed_attention(&all_real, past, time))
-            }
-        };
-
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let (position_ids, mask) = positions_and_mask(attention_mask, batch, past, time, input_ids.device());
         let token_embeddings = Tensor::embedding(&self.wte, input_ids, -1, false, false);
         let position_embeddings = Tensor::embedding(&self.wpe, &position_ids, -1, false, false);
-        let mut x = (token_embeddings + position_embeddings).dropout(self.config.embd_pdrop, train);
+        let mut x = (token_embeddings + position_embeddings).dropout(self.embd_pdrop, train);
         for (layer, block) in self.blocks.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| (&mut c.keys[layer], &mut c.values[layer], past));
+            let layer_cache = cache.as_deref_mut().map(|c| (c, layer));
             x = &x + block.attn.forward(&block.ln_1.forward(&x), &mask, layer_cache, train);
             x = &x + block.mlp.forward(&block.ln_2.forward(&x), train);
         }
         if let Some(cache) = cache {
-            assert!(past + time <= cache.capacity, "KV cache capacity {} exceeded", cache.capacity);
-            cache.len = past + time;
+            cache.advance(time);
         }
         self.ln_f.forward(&x)
     }
 
-    pub fn device(&self) -> tch::Device {
-        self.wte.device()
-    }
-
-    /// The dtype of the weights (and so of the activations).
-    pub fn kind(&self) -> Kind {
-        self.wte.kind()
-    }
-
-    /// Next-token logits from hidden states through the head tied to the token embedding.
-    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+    fn logits(&self, hidden: &Tensor) -> Tensor {
         hidden.matmul(&self.wte.tr())
     }
 
-    /// `forward` then `logits`: `[batch, time, vocab_size]`.
-    pub fn forward_logits(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, train: bool) -> Tensor {
-        self.logits(&self.forward(input_ids, attention_mask, None, train))
-    }
-}
-
-/// Boolean `[batch, 1, time, past + time]`: query `q` may see key `k` when `k ≤ q` (causal) and `k`
-/// is a real token. A padding query may always see itself, so that no row is fully masked (which
-/// would make the fused kernel return NaN); its output is never used.
-fn allowed_attention(attention_mask: &Tensor, past: i64, time: i64) -> Tensor {
-    let device = attention_mask.device();
-    let keys = past + time;
-    let query_positions = Tensor::arange_start(past, keys, (Kind::Int64, device)).unsqueeze(1);
-    let key_positions = Tensor::arange(keys, (Kind::Int64, device)).unsqueeze(0);
-    let causal = key_positions.le_tensor(&query_positions);
-    let is_self = key_positions.eq_tensor(&query_positions);
-    let real_keys = attention_mask.ne(0).unsqueeze(1);
-    (causal.unsqueeze(0).logical_and(&real_keys)).logical_or(&is_self.unsqueeze(0)).unsqueeze(1)
-}
-
-/// A scalar read-out of the hidden states (reward or value), stored beside the LM weights under
-/// its own name (`reward_head.weight` …).
-#[derive(Debug)]
-pub struct ScalarHead {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl ScalarHead {
-    /// `stdev` small (e.g. 1/sqrt(n_embd+1)) keeps initial scores near zero.
-    pub fn new(path: &Path, n_embd: i64, stdev: f64) -> Self {
-        ScalarHead {
-            weight: path.var("weight", &[1, n_embd], Init::Randn { mean: 0.0, stdev }),
-            bias: path.var("bias", &[1], Init::Const(0.0)),
-        }
+    fn device(&self) -> tch::Device {
+        self.wte.device()
     }
 
-    /// One score per position: `[batch, time, n_embd]` → `[batch, time]`.
-    pub fn forward(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear(&self.weight, Some(&self.bias)).squeeze_dim(-1)
+    fn kind(&self) -> Kind {
+        self.wte.kind()
     }
 }

@@ -7,12 +7,12 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tch::nn::VarStore;
+use tch::nn::{self, Init, VarStore};
 use tch::{Device, Kind, Tensor};
 
+use super::architecture::Transformer;
 use super::checkpoint::{self, CheckpointError};
 use super::generate::left_pad;
-use super::gpt2::{Gpt2, ScalarHead};
 use super::Precision;
 use crate::data::tokenizer::{TextTokenizer, TokenizerError};
 
@@ -39,7 +39,7 @@ impl RewardNormalization {
 
 pub struct RewardModel {
     pub vs: VarStore,
-    pub gpt: Gpt2,
+    pub transformer: Box<dyn Transformer>,
     pub head: ScalarHead,
     pub tokenizer: TextTokenizer,
     pub normalization: Option<RewardNormalization>,
@@ -52,25 +52,26 @@ impl RewardModel {
         let config = checkpoint::read_config(dir)?;
         let tokenizer = checkpoint::read_tokenizer(dir, &config)?;
         let mut vs = VarStore::new(device);
-        let gpt = Gpt2::new(&vs.root(), &config);
+        let transformer = config.build(&vs.root());
         // std 1/sqrt(n_embd + 1): initial scores near zero (TRL's value-head init does the same).
-        let head = ScalarHead::new(&(vs.root() / REWARD_HEAD), config.n_embd, 1.0 / ((config.n_embd + 1) as f64).sqrt());
+        let width = config.hidden_size();
+        let head = ScalarHead::new(&(vs.root() / REWARD_HEAD), width, 1.0 / ((width + 1) as f64).sqrt());
         precision.cast(&mut vs);
         let may_be_missing: &[&str] = if new_head { &[REWARD_HEAD] } else { &[] };
         checkpoint::load_weights(&mut vs, dir, may_be_missing)?;
         let normalization = read_normalization(dir)?;
-        Ok(RewardModel { vs, gpt, head, tokenizer, normalization })
+        Ok(RewardModel { vs, transformer, head, tokenizer, normalization })
     }
 
     pub fn save(&self, dir: &Path) -> Result<(), CheckpointError> {
         let normalization = self.normalization.map(|n| (NORMALIZATION_FILE, serde_json::to_string_pretty(&n).expect("serialises")));
-        checkpoint::save(dir, &self.vs, &self.gpt.config, &self.tokenizer, normalization.as_slice())
+        checkpoint::save(dir, &self.vs, self.transformer.config(), &self.tokenizer, normalization.as_slice())
     }
 
     /// One score per row of `[B, T]` ids, read at the row's last real token (mask 1), so left
     /// and right padding give the same scores.
     pub fn scores(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Tensor {
-        let hidden = self.gpt.forward(input_ids, Some(attention_mask), None, train);
+        let hidden = self.transformer.forward(input_ids, Some(attention_mask), None, train);
         let per_position = self.head.forward(&hidden).to_kind(Kind::Float);
         per_position.gather(1, &last_real_index(attention_mask).unsqueeze(1), false).squeeze_dim(1)
     }
@@ -80,7 +81,7 @@ impl RewardModel {
     pub fn encode(&self, prompt: &str, response: &str) -> Result<Vec<i64>, TokenizerError> {
         let mut ids = self.tokenizer.encode(prompt)?;
         ids.extend(self.tokenizer.encode(response)?);
-        ids.truncate(self.gpt.config.n_positions as usize);
+        ids.truncate(self.transformer.config().context_length() as usize);
         Ok(ids)
     }
 
@@ -124,5 +125,28 @@ mod tests {
         let right = Tensor::from_slice2(&[[1i64, 1, 0, 0], [1, 1, 1, 0]]);
         assert_eq!(Vec::<i64>::try_from(last_real_index(&left)).unwrap(), vec![3, 3]);
         assert_eq!(Vec::<i64>::try_from(last_real_index(&right)).unwrap(), vec![1, 2]);
+    }
+}
+
+/// A scalar read-out of the hidden states (reward or value), stored beside the LM weights under
+/// its own name (`reward_head.weight` …).
+#[derive(Debug)]
+pub struct ScalarHead {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl ScalarHead {
+    /// `stdev` small (e.g. 1/sqrt(n_embd+1)) keeps initial scores near zero.
+    pub fn new(path: &nn::Path, n_embd: i64, stdev: f64) -> Self {
+        ScalarHead {
+            weight: path.var("weight", &[1, n_embd], Init::Randn { mean: 0.0, stdev }),
+            bias: path.var("bias", &[1], Init::Const(0.0)),
+        }
+    }
+
+    /// One score per position: `[batch, time, n_embd]` → `[batch, time]`.
+    pub fn forward(&self, hidden: &Tensor) -> Tensor {
+        hidden.linear(&self.weight, Some(&self.bias)).squeeze_dim(-1)
     }
 }

@@ -14,7 +14,7 @@ use tch::{Kind, Reduction, Tensor};
 use super::{StageContext, StageError, StageFigures, StageSettings, CHECKPOINT_DIR};
 use crate::data::tokenizer::TextTokenizer;
 use crate::model::generate::{generate, GenerateOptions, Sampling};
-use crate::model::{DeviceSpec, Gpt2, LanguageModel, Precision};
+use crate::model::{DeviceSpec, LanguageModel, Precision, Transformer};
 use crate::rng::step_seed;
 use crate::run::metrics::SampleLog;
 use crate::run::Metrics;
@@ -253,11 +253,11 @@ pub struct Batch {
 /// number of target tokens, so that k micro-batches give the same gradient as one batch k times
 /// larger (even when micro-batches hold different numbers of response tokens). Gradients are of
 /// the loss times `loss_scale` (the optimizer's, for fp16). Returns the loss.
-pub fn accumulate_gradients(gpt: &Gpt2, batches: &[Batch], loss_scale: f64) -> f64 {
+pub fn accumulate_gradients(transformer: &dyn Transformer, batches: &[Batch], loss_scale: f64) -> f64 {
     let total_tokens: i64 = batches.iter().map(|b| b.target_tokens).sum::<i64>().max(1);
     let mut loss = 0.0;
     for batch in batches {
-        let micro_loss = token_loss_sum(gpt, batch, true) / total_tokens as f64;
+        let micro_loss = token_loss_sum(transformer, batch, true) / total_tokens as f64;
         (&micro_loss * loss_scale).backward();
         loss += micro_loss.double_value(&[]);
     }
@@ -265,17 +265,17 @@ pub fn accumulate_gradients(gpt: &Gpt2, batches: &[Batch], loss_scale: f64) -> f
 }
 
 /// Summed cross-entropy of a batch's targets.
-fn token_loss_sum(gpt: &Gpt2, batch: &Batch, train: bool) -> Tensor {
-    let logits = gpt.forward_logits(&batch.inputs, None, train).to_kind(Kind::Float);
+fn token_loss_sum(transformer: &dyn Transformer, batch: &Batch, train: bool) -> Tensor {
+    let logits = transformer.forward_logits(&batch.inputs, None, train).to_kind(Kind::Float);
     let vocab = logits.size()[2];
     logits.view([-1, vocab]).cross_entropy_loss::<Tensor>(&batch.targets.view([-1]), None, Reduction::Sum, IGNORE, 0.0)
 }
 
 /// Mean token loss over evaluation batches.
-fn evaluate(gpt: &Gpt2, batches: &[Batch]) -> f64 {
+fn evaluate(transformer: &dyn Transformer, batches: &[Batch]) -> f64 {
     let _no_grad = tch::no_grad_guard();
     let total_tokens: i64 = batches.iter().map(|b| b.target_tokens).sum();
-    let loss: f64 = batches.iter().map(|b| token_loss_sum(gpt, b, false).double_value(&[])).sum();
+    let loss: f64 = batches.iter().map(|b| token_loss_sum(transformer, b, false).double_value(&[])).sum();
     loss / total_tokens.max(1) as f64
 }
 
@@ -531,7 +531,7 @@ impl Trainer for LmTrainer<'_> {
         let lr = self.schedule.at(step);
         tch::manual_seed(step_seed(self.context.seed(), DROPOUT_SEED, step) as i64);
         let batches: Vec<Batch> = (0..self.settings.grad_accum).map(|micro| self.data.train_batch(step, micro)).collect();
-        let train_loss = accumulate_gradients(&self.model.gpt, &batches, self.optimizer.loss_scale());
+        let train_loss = accumulate_gradients(self.model.transformer.as_ref(), &batches, self.optimizer.loss_scale());
         let grad_norm = self.optimizer.clip_grad_norm(self.settings.grad_clip);
         self.optimizer.step(lr);
         self.optimizer.zero_grad();
@@ -545,7 +545,7 @@ impl Trainer for LmTrainer<'_> {
     }
 
     fn evaluate(&mut self, step: u64, samples: &mut SampleLog) -> Result<Metrics, StageError> {
-        let eval_loss = evaluate(&self.model.gpt, &self.data.eval_batches(self.settings.eval_batches));
+        let eval_loss = evaluate(self.model.transformer.as_ref(), &self.data.eval_batches(self.settings.eval_batches));
         write_samples(self.context, &self.model, &self.data.sample_prompts(self.settings.samples), step, samples)?;
         Ok(Metrics::from([("eval/loss".to_string(), eval_loss), ("eval/ppl".to_string(), eval_loss.exp())]))
     }
@@ -559,7 +559,7 @@ fn train(context: &StageContext, settings: &TrainSettings, objective: Objective)
     let dir = context.dir();
     let (reference_key, reference) = settings.model_reference();
     let model = context.load_model(reference, settings.device, settings.dtype)?;
-    let context_len = model.gpt.config.n_positions;
+    let context_len = model.transformer.config().context_length();
     if settings.seq_len > context_len {
         return Err(context.invalid(format!(
             "seq_len = {} exceeds the context of `{reference_key}` = \"{reference}\" ({context_len} tokens)",
@@ -621,7 +621,7 @@ fn write_samples(
     let tokenizer: &TextTokenizer = &model.tokenizer;
     let encoded = prompts.iter().map(|p| tokenizer.encode(p)).collect::<Result<Vec<_>, _>>()?;
     let longest = encoded.iter().map(Vec::len).max().unwrap_or(0) as i64;
-    let max_new_tokens = (model.gpt.config.n_positions - longest).clamp(0, 48);
+    let max_new_tokens = (model.transformer.config().context_length() - longest).clamp(0, 48);
     if max_new_tokens == 0 {
         return Ok(());
     }
@@ -631,7 +631,7 @@ fn write_samples(
         seed: Some(step_seed(context.seed(), SAMPLES_SEED, step)),
         use_kv_cache: true,
     };
-    let generation = generate(&model.gpt, &encoded, tokenizer.eos_id(), &options)?;
+    let generation = generate(model.transformer.as_ref(), &encoded, tokenizer.eos_id(), &options)?;
     for (prompt, ids) in prompts.iter().zip(generation.completions()) {
         let completion = tokenizer.decode(&ids);
         let mut line = serde_json::Map::new();

@@ -13,10 +13,11 @@ use std::path::PathBuf;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::config::{Experiment, ModelSource};
+use crate::config::{Arch, Experiment, ModelSection, ModelSource};
 use crate::data::task::TaskData;
 use crate::data::tokenizer::TextTokenizer;
-use crate::model::{CheckpointError, DeviceSpec, LanguageModel, Precision};
+use crate::model::llama::Family;
+use crate::model::{CheckpointError, DeviceSpec, Gpt2Config, LanguageModel, LlamaConfig, ModelConfig, Precision};
 use crate::run::{Metrics, RunDir, RunDirError};
 use crate::train::stage_loop::LoopSettings;
 
@@ -164,7 +165,7 @@ pub fn check_sequence_lengths(experiment: &Experiment, task: &TaskData, tokenize
 /// section's `n_ctx` (or its checkpoint's), an earlier stage's base model's, a checkpoint's
 /// `n_positions`; `None` when no checkpoint can be read yet.
 fn context_length(experiment: &Experiment, stage_index: usize, reference: &str) -> Option<i64> {
-    let from_checkpoint = |dir: &std::path::Path| crate::model::checkpoint::read_config(dir).ok().map(|config| config.n_positions);
+    let from_checkpoint = |dir: &std::path::Path| crate::model::checkpoint::read_config(dir).ok().map(|config| config.context_length());
     match experiment.model_source(stage_index, reference) {
         ModelSource::Section(name) => {
             let section = &experiment.models[&name];
@@ -246,23 +247,10 @@ impl StageContext<'_> {
             if let (None, Some(n_layer), Some(n_head), Some(n_embd), Some(n_ctx)) =
                 (&section.from, section.n_layer, section.n_head, section.n_embd, section.n_ctx)
             {
-                let config = crate::model::Gpt2Config {
-                    vocab_size: self.tokenizer.vocab_size() as i64,
-                    n_positions: n_ctx,
-                    n_embd,
-                    n_layer,
-                    n_head,
-                    n_inner: None,
-                    layer_norm_epsilon: 1e-5,
-                    embd_pdrop: section.dropout,
-                    attn_pdrop: section.dropout,
-                    resid_pdrop: section.dropout,
-                    initializer_range: 0.02,
-                    bos_token_id: self.tokenizer.eos_id(),
-                    eos_token_id: self.tokenizer.eos_id(),
-                };
+                let shape = FreshShape { n_layer, n_head, n_embd, n_ctx };
+                let config = fresh_model_config(section, shape, self.tokenizer.vocab_size() as i64, self.tokenizer.eos_id());
                 tch::manual_seed(self.seed() as i64);
-                return Ok(LanguageModel::fresh(&config, self.tokenizer.clone(), device, precision));
+                return Ok(LanguageModel::fresh(config, self.tokenizer.clone(), device, precision));
             }
         }
         let checkpoint_dir = self.checkpoint_dir(reference).ok_or_else(|| {
@@ -270,4 +258,66 @@ impl StageContext<'_> {
         })?;
         Ok(LanguageModel::load(&checkpoint_dir, device, precision)?)
     }
+}
+
+/// The shape keys every fresh model section has (checked when the experiment was read).
+struct FreshShape {
+    n_layer: i64,
+    n_head: i64,
+    n_embd: i64,
+    n_ctx: i64,
+}
+
+/// The architecture's configuration for a fresh model of `section`, over a vocabulary of
+/// `vocab_size` ending in `eos_id` (also its beginning-of-text, as in GPT-2).
+fn fresh_model_config(section: &ModelSection, shape: FreshShape, vocab_size: i64, eos_id: i64) -> ModelConfig {
+    let FreshShape { n_layer, n_head, n_embd, n_ctx } = shape;
+    let family = match section.arch {
+        Arch::Gpt2 => {
+            return Gpt2Config {
+                vocab_size,
+                n_positions: n_ctx,
+                n_embd,
+                n_layer,
+                n_head,
+                n_inner: section.n_inner,
+                layer_norm_epsilon: 1e-5,
+                embd_pdrop: section.dropout,
+                attn_pdrop: section.dropout,
+                resid_pdrop: section.dropout,
+                initializer_range: 0.02,
+                bos_token_id: eos_id,
+                eos_token_id: eos_id,
+            }
+            .into()
+        }
+        Arch::Llama => Family::Llama,
+        Arch::Qwen2 => Family::Qwen2,
+        Arch::Qwen3 => Family::Qwen3,
+    };
+    let qwen = family != Family::Llama;
+    LlamaConfig {
+        family,
+        vocab_size,
+        hidden_size: n_embd,
+        // SwiGLU's three matrices at ⅔ of 4·n_embd keep the MLP's size (Shazeer 2020), rounded up
+        // to a multiple of 8.
+        intermediate_size: section.n_inner.unwrap_or((8 * n_embd / 3 + 7) / 8 * 8),
+        num_hidden_layers: n_layer,
+        num_attention_heads: n_head,
+        num_key_value_heads: section.n_kv_head.unwrap_or(n_head),
+        head_dim: section.head_dim.unwrap_or(n_embd / n_head),
+        max_position_embeddings: n_ctx,
+        rms_norm_eps: section.norm_eps.unwrap_or(if qwen { 1e-6 } else { 1e-5 }),
+        rope_theta: section.rope_theta.unwrap_or(if qwen { 1e6 } else { 1e4 }),
+        rope_scaling: None,
+        tie_word_embeddings: section.tie_embeddings.unwrap_or(true),
+        qkv_bias: family == Family::Qwen2,
+        output_bias: false,
+        attention_dropout: section.dropout,
+        initializer_range: 0.02,
+        bos_token_id: Some(eos_id),
+        eos_token_ids: vec![eos_id],
+    }
+    .into()
 }

@@ -23,7 +23,7 @@ use super::{Frontier, StageContext, StageError, StageFigures, StageSettings, CHE
 use crate::data::synthetic::oracle::GoldOracle;
 use crate::model::generate::{generate, GenerateOptions, Generation, Sampling};
 use crate::model::reward::{RewardModel, RewardNormalization};
-use crate::model::{DeviceSpec, Gpt2, LanguageModel, Precision, ScalarHead};
+use crate::model::{DeviceSpec, LanguageModel, Precision, ScalarHead, Transformer};
 use crate::rng::step_seed;
 use crate::run::metrics::SampleLog;
 use crate::run::Metrics;
@@ -468,22 +468,22 @@ impl KlController {
 /// Dropout is off here, in rollouts and in the optimisation passes alike (as in TRL and Huang et
 /// al. 2024): with dropout on in the update, π/π_old is not 1 on the first minibatch even though
 /// the policy has not moved, so clipping and the approximate KL would react to noise.
-fn response_states(gpt: &Gpt2, rollout: &RolloutTokens) -> Tensor {
-    let device = gpt.device();
-    let hidden = gpt.forward(&rollout.sequence.to(device), Some(&rollout.sequence_mask.to(device)), None, false);
+fn response_states(transformer: &dyn Transformer, rollout: &RolloutTokens) -> Tensor {
+    let device = transformer.device();
+    let hidden = transformer.forward(&rollout.sequence.to(device), Some(&rollout.sequence_mask.to(device)), None, false);
     hidden.narrow(1, rollout.prompt_width - 1, rollout.response_width)
 }
 
 /// Log-probabilities `[B, T]` of each row's response tokens under softmax(logits / temperature),
 /// and, when asked, the entropy of that distribution at each response position.
 fn response_logprobs(
-    gpt: &Gpt2,
+    transformer: &dyn Transformer,
     states: &Tensor,
     rollout: &RolloutTokens,
     temperature: f64,
     with_entropy: bool,
 ) -> (Tensor, Option<Tensor>) {
-    let log_distribution = (gpt.logits(states).to_kind(Kind::Float) / temperature).log_softmax(-1, Kind::Float);
+    let log_distribution = (transformer.logits(states).to_kind(Kind::Float) / temperature).log_softmax(-1, Kind::Float);
     let response = rollout.response_ids.to(states.device()).unsqueeze(-1);
     let logprobs = log_distribution.gather(2, &response, false).squeeze_dim(-1);
     let entropy = with_entropy.then(|| -(log_distribution.exp() * &log_distribution).sum_dim_intlist(-1, false, Kind::Float));
@@ -564,7 +564,7 @@ impl Scorer for RewardModel {
         let rows: Vec<Vec<i64>> = prompts
             .iter()
             .zip(responses)
-            .map(|(p, r)| p.iter().chain(r).copied().take(self.gpt.config.n_positions as usize).collect())
+            .map(|(p, r)| p.iter().chain(r).copied().take(self.transformer.config().context_length() as usize).collect())
             .collect();
         let (ids, mask) = crate::model::generate::left_pad(&rows, self.tokenizer.eos_id(), self.vs.device());
         self.scores(&ids, &mask, false).to_device(Device::Cpu)
@@ -600,7 +600,7 @@ impl Models {
     /// policy's (used by a shared head).
     fn values(&self, rollout: &RolloutTokens, policy_states: &Tensor) -> Tensor {
         match &self.critic {
-            Critic::Model(model) => model.head.forward(&response_states(&model.gpt, rollout)).to_kind(Kind::Float),
+            Critic::Model(model) => model.head.forward(&response_states(model.transformer.as_ref(), rollout)).to_kind(Kind::Float),
             Critic::SharedHead(head) => head.forward(policy_states).to_kind(Kind::Float),
         }
     }
@@ -709,7 +709,7 @@ impl<'a> Ppo<'a> {
             seed: Some(seed),
             use_kv_cache: true,
         };
-        let generation = generate(&self.models.policy.gpt, &encoded, tokenizer.eos_id(), &options)?;
+        let generation = generate(self.models.policy.transformer.as_ref(), &encoded, tokenizer.eos_id(), &options)?;
         Ok((encoded, generation))
     }
 
@@ -760,10 +760,11 @@ impl<'a> Ppo<'a> {
         let started = Instant::now();
         let tokens = RolloutTokens::new(&generation);
         let mask = &tokens.response_mask.to_kind(Kind::Float);
-        let policy_states = response_states(&models.policy.gpt, &tokens);
-        let (logprobs, _) = response_logprobs(&models.policy.gpt, &policy_states, &tokens, settings.temperature, false);
-        let reference_states = response_states(&models.reference.gpt, &tokens);
-        let (reference_logprobs, _) = response_logprobs(&models.reference.gpt, &reference_states, &tokens, settings.temperature, false);
+        let policy_states = response_states(models.policy.transformer.as_ref(), &tokens);
+        let (logprobs, _) = response_logprobs(models.policy.transformer.as_ref(), &policy_states, &tokens, settings.temperature, false);
+        let reference_states = response_states(models.reference.transformer.as_ref(), &tokens);
+        let (reference_logprobs, _) =
+            response_logprobs(models.reference.transformer.as_ref(), &reference_states, &tokens, settings.temperature, false);
         let completions = generation.completions();
         let RewardNormalization { mean, std } = self.normalization;
         let scores = (models.reward.score(&encoded, &completions) - mean) / std;
@@ -843,8 +844,9 @@ impl<'a> Ppo<'a> {
                     let share = token_count(&tokens.response_mask) / minibatch_tokens;
                     let rows = |t: &Tensor, device: Device| t.index_select(0, &index).to(device);
 
-                    let states = response_states(&models.policy.gpt, &tokens);
-                    let (logprobs, entropy) = response_logprobs(&models.policy.gpt, &states, &tokens, settings.temperature, true);
+                    let states = response_states(models.policy.transformer.as_ref(), &tokens);
+                    let (logprobs, entropy) =
+                        response_logprobs(models.policy.transformer.as_ref(), &states, &tokens, settings.temperature, true);
                     let policy_mask = mask.to(policy_device);
                     let (policy_loss, clip_fraction, approx_kl) = clipped_policy_loss(
                         &logprobs,
@@ -990,10 +992,13 @@ fn load_models(context: &StageContext, settings: &PpoSettings) -> Result<Models,
     };
     let mut reward = RewardModel::load(&checkpoint("reward", &settings.reward)?, devices.reward.resolve()?, dtypes.reward, false)?;
     reward.vs.freeze();
-    for (role, vocab) in [("reference", reference.gpt.config.vocab_size), ("reward", reward.gpt.config.vocab_size)] {
-        if vocab != policy.gpt.config.vocab_size {
-            return Err(context
-                .invalid(format!("the {role} model's vocabulary ({vocab}) differs from the policy's ({})", policy.gpt.config.vocab_size)));
+    for (role, vocab) in [("reference", reference.transformer.config().vocab_size()), ("reward", reward.transformer.config().vocab_size())]
+    {
+        if vocab != policy.transformer.config().vocab_size() {
+            return Err(context.invalid(format!(
+                "the {role} model's vocabulary ({vocab}) differs from the policy's ({})",
+                policy.transformer.config().vocab_size()
+            )));
         }
     }
     // The value head's initialisation is drawn from the stage's seed.
@@ -1012,7 +1017,7 @@ pub const VALUE_HEAD: &str = "value_head";
 
 /// A value head on the policy's backbone, initialised small like the reward head.
 pub fn shared_value_head(policy: &mut LanguageModel, precision: Precision) -> ScalarHead {
-    let n_embd = policy.gpt.config.n_embd;
+    let n_embd = policy.transformer.config().hidden_size();
     let head = ScalarHead::new(&(policy.vs.root() / VALUE_HEAD), n_embd, 1.0 / ((n_embd + 1) as f64).sqrt());
     precision.cast(&mut policy.vs);
     head

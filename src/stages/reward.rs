@@ -664,12 +664,12 @@ fn sample_policy(context: &StageContext, settings: &RewardSettings, prompts: &[&
         let encoded = chunk.iter().map(|p| policy.tokenizer.encode(p)).collect::<Result<Vec<_>, _>>()?;
         let longest = encoded.iter().map(Vec::len).max().unwrap_or(0) as i64;
         let options = GenerateOptions {
-            max_new_tokens: (policy.gpt.config.n_positions - longest).clamp(1, 64),
+            max_new_tokens: (policy.transformer.config().context_length() - longest).clamp(1, 64),
             sampling: Sampling::Sample { temperature: settings.sample_temperature, top_k: None, top_p: None },
             seed: Some(seed.wrapping_add(index as u64)),
             use_kv_cache: true,
         };
-        let generation = generate(&policy.gpt, &encoded, policy.tokenizer.eos_id(), &options)?;
+        let generation = generate(policy.transformer.as_ref(), &encoded, policy.tokenizer.eos_id(), &options)?;
         responses.extend(generation.completions().iter().map(|ids| policy.tokenizer.decode(ids)));
     }
     Ok(responses)

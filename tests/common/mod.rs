@@ -21,16 +21,16 @@ pub fn python() -> PathBuf {
     python
 }
 
-/// Runs `scripts/reference/hf_gpt2.py` with `args`; panics with its stderr when it fails.
+/// Runs `scripts/reference/hf_models.py` with `args`; panics with its stderr when it fails.
 pub fn hf_reference(args: &[&str]) {
     let output = Command::new(python())
-        .arg(repo_root().join("scripts/reference/hf_gpt2.py"))
+        .arg(repo_root().join("scripts/reference/hf_models.py"))
         .args(args)
         .env("HF_HUB_OFFLINE", "1")
         .env("TRANSFORMERS_OFFLINE", "1")
         .output()
         .expect("python runs");
-    assert!(output.status.success(), "hf_gpt2.py {args:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "hf_models.py {args:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
 }
 
 /// A GPT-2 shape for tests: no dropout, GPT-2's init, end-of-text = id 0.
