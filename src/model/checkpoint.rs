@@ -1,6 +1,6 @@
-//! Checkpoints are Hugging Face GPT-2 directories: `model.safetensors` (HF tensor names, Conv1D
-//! weights `[in, out]`, no `lm_head.weight` since it is tied to `wte`), `config.json` with
-//! `GPT2Config` keys and `tokenizer.json`. Scalar heads are extra tensors in the same file.
+//! Checkpoints are Hugging Face model directories: `model.safetensors` (the architecture's HF
+//! tensor names), `config.json` (its `model_type` names the architecture, which reads and writes
+//! its own keys) and `tokenizer.json`. Scalar heads are extra tensors in the same file.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! A reward model: the GPT-2 backbone with a scalar head read at the last real token of each
+//! A reward model: a transformer backbone (any architecture) with a scalar head read at the last real token of each
 //! sequence (Ziegler et al. 2019; Ouyang et al. 2022). Saved as an ordinary checkpoint with the
 //! head's tensors (`reward_head.weight`, `reward_head.bias`) beside the LM's, plus `reward.json`
 //! with the mean and standard deviation of its scores on policy samples, so that PPO can
