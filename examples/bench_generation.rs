@@ -1,4 +1,4 @@
-//! Generation throughput for `scripts/bench_generation`: greedy `generate` on a GPT-2 directory
+//! Generation throughput for `scripts/bench_generation`: greedy `generate` on a model directory
 //! (ours or one written by `transformers`), with and without the KV cache, for each prompt batch
 //! of a JSON file. Prints one JSON line per (batch, cache) setting with the seconds of every
 //! measured repetition; the driver takes medians.
@@ -18,7 +18,7 @@ use tch::Device;
 
 #[derive(Parser)]
 struct Args {
-    /// A GPT-2 directory (config.json and model.safetensors; no tokenizer needed).
+    /// A model directory of any architecture (config.json and the weights; no tokenizer needed).
     #[arg(long)]
     model: PathBuf,
     /// A JSON list of prompt batches, each a list of token-id rows of one length.
@@ -52,7 +52,7 @@ fn main() -> Result<()> {
             let mut seconds = Vec::with_capacity(args.repeats);
             for repetition in 0..=args.repeats {
                 let start = Instant::now();
-                let generation = generate(model.as_ref(), prompts, never_generated, &options)?;
+                let generation = generate(model.as_ref(), prompts, &[never_generated], &options)?;
                 let elapsed = start.elapsed().as_secs_f64();
                 let generated = generation.completion_mask.sum(tch::Kind::Int64).int64_value(&[]);
                 ensure!(

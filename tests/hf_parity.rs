@@ -27,7 +27,7 @@ fn configs() -> Vec<serde_json::Value> {
 /// Makes a random model with transformers, plus our tokenizer, in `dir`.
 fn hf_model(dir: &Path, config: &serde_json::Value, seed: u64) -> LanguageModel {
     common::hf_reference(&["make-model", &config.to_string(), dir.to_str().unwrap(), &seed.to_string()]);
-    common::tiny_tokenizer(config["vocab_size"].as_u64().unwrap() as usize).save(&dir.join("tokenizer.json")).unwrap();
+    common::tiny_tokenizer(config["vocab_size"].as_u64().unwrap() as usize).save(dir).unwrap();
     LanguageModel::load(dir, Device::Cpu, Precision::Fp32).unwrap()
 }
 
@@ -99,9 +99,9 @@ fn greedy_generation_matches_transformers_token_for_token() {
     let (ids, mask) = left_pad(&rows, 0, Device::Cpu);
 
     let options = GenerateOptions { max_new_tokens: NEW_TOKENS, sampling: Sampling::Greedy, seed: None, use_kv_cache: true };
-    let ours = generate(model.transformer.as_ref(), &rows, model.tokenizer.eos_id(), &options).unwrap().completions();
+    let ours = generate(model.transformer.as_ref(), &rows, model.tokenizer.stop_ids(), &options).unwrap().completions();
     let without_cache =
-        generate(model.transformer.as_ref(), &rows, model.tokenizer.eos_id(), &GenerateOptions { use_kv_cache: false, ..options })
+        generate(model.transformer.as_ref(), &rows, model.tokenizer.stop_ids(), &GenerateOptions { use_kv_cache: false, ..options })
             .unwrap()
             .completions();
     assert_eq!(ours, without_cache, "the KV cache changed greedy outputs");
@@ -220,9 +220,9 @@ fn llama_family_models_match_transformers() {
         assert_rows_alone_match_the_batch(&model, &rows, &ours, config);
 
         let options = GenerateOptions { max_new_tokens: NEW_TOKENS, sampling: Sampling::Greedy, seed: None, use_kv_cache: true };
-        let cached = generate(model.transformer.as_ref(), &rows, 0, &options).unwrap().completions();
+        let cached = generate(model.transformer.as_ref(), &rows, &[0], &options).unwrap().completions();
         let uncached =
-            generate(model.transformer.as_ref(), &rows, 0, &GenerateOptions { use_kv_cache: false, ..options }).unwrap().completions();
+            generate(model.transformer.as_ref(), &rows, &[0], &GenerateOptions { use_kv_cache: false, ..options }).unwrap().completions();
         assert_eq!(cached, uncached, "config {config}: the KV cache changed greedy outputs");
         let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&greedy_out).unwrap()).unwrap();
         for (row, (ours, theirs)) in cached.iter().zip(reference["completion_ids"].as_array().unwrap()).enumerate() {

@@ -229,7 +229,7 @@ fn export_writes_preferences_and_ties_and_skips_only_on_request() {
     // preference file: two preferences and one tie (a tie pair), the skip left out.
     let exported = dir.path().join("everything.jsonl");
     write_jsonl(&exported, &everything);
-    let from_file = read_jsonl(&exported).unwrap();
+    let from_file = read_jsonl(&exported, &common::tiny_tokenizer(300)).unwrap();
     let from_database = read_preference_pairs(&db).unwrap();
     assert_eq!(from_database, from_file);
     assert_eq!(from_database.iter().map(|p| p.tie).collect::<Vec<_>>(), [false, false, true]);

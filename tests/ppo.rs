@@ -475,7 +475,7 @@ fn liked_share(policy: &LanguageModel) -> f64 {
         seed: Some(9),
         use_kv_cache: true,
     };
-    let generation = generate(policy.transformer.as_ref(), &prompts, policy.tokenizer.eos_id(), &options).unwrap();
+    let generation = generate(policy.transformer.as_ref(), &prompts, policy.tokenizer.stop_ids(), &options).unwrap();
     LikedTokenShare.score(&prompts, &generation.completions()).mean(Kind::Float).double_value(&[])
 }
 

@@ -5,9 +5,20 @@ mod common;
 
 use rlhf_lab::model::generate::{generate, GenerateOptions, Sampling};
 use rlhf_lab::model::{LanguageModel, Precision};
-use rlhf_lab::stages::lm::{accumulate_gradients, response_only_batch, Batch, IGNORE};
+use rlhf_lab::stages::lm::{accumulate_gradients, masked_batch, Batch, Example, IGNORE};
 use rlhf_lab::train::optimizer::{AdamW, AdamWConfig};
 use tch::{Device, Kind, Tensor};
+
+/// `ids` whose tokens from `prompt_len` on are targets (a demonstration's response).
+fn example(ids: &[i64], prompt_len: usize) -> Example {
+    Example { ids: ids.to_vec(), is_target: (0..ids.len()).map(|i| i >= prompt_len).collect() }
+}
+
+/// A batch of (ids, prompt_len) rows.
+fn response_only_batch(rows: &[(&[i64], usize)]) -> Batch {
+    let examples: Vec<Example> = rows.iter().map(|&(ids, prompt_len)| example(ids, prompt_len)).collect();
+    masked_batch(&examples.iter().collect::<Vec<_>>(), 0, Device::Cpu)
+}
 
 fn tiny_model(seed: i64) -> LanguageModel {
     tch::manual_seed(seed);
@@ -18,7 +29,7 @@ fn tiny_model(seed: i64) -> LanguageModel {
 fn only_response_tokens_are_targets() {
     // prompt [5, 6, 7], response [8, 9], end-of-text 0; a second, shorter row is padded.
     let rows: Vec<(&[i64], usize)> = vec![(&[5, 6, 7, 8, 9, 0], 3), (&[5, 8, 0], 1)];
-    let batch = response_only_batch(&rows, 0, Device::Cpu);
+    let batch = response_only_batch(&rows);
     let inputs = Vec::<Vec<i64>>::try_from(&batch.inputs).unwrap();
     let targets = Vec::<Vec<i64>>::try_from(&batch.targets).unwrap();
     assert_eq!(inputs, vec![vec![5, 6, 7, 8, 9], vec![5, 8, 0, 0, 0]]);
@@ -48,12 +59,12 @@ fn four_micro_batches_of_eight_equal_one_batch_of_thirty_two() {
     let rows: Vec<(&[i64], usize)> = examples.iter().map(|(ids, p)| (ids.as_slice(), *p)).collect();
 
     let model = tiny_model(1);
-    let whole = [response_only_batch(&rows, 0, Device::Cpu)];
+    let whole = [response_only_batch(&rows)];
     let loss_whole = accumulate_gradients(model.transformer.as_ref(), &whole, 1.0);
     let grads_whole = gradients(&model);
 
     let model = tiny_model(1);
-    let micro: Vec<Batch> = rows.chunks(8).map(|chunk| response_only_batch(chunk, 0, Device::Cpu)).collect();
+    let micro: Vec<Batch> = rows.chunks(8).map(response_only_batch).collect();
     let loss_micro = accumulate_gradients(model.transformer.as_ref(), &micro, 1.0);
     let grads_micro = gradients(&model);
 
@@ -72,7 +83,7 @@ fn a_tiny_model_learns_a_pattern_and_each_row_stops_at_its_end_of_text() {
     let mut model = tiny_model(3);
     let sequence: Vec<i64> = [7, 8, 9, 10, 0].repeat(6);
     let rows: Vec<(&[i64], usize)> = (0..8).map(|_| (sequence.as_slice(), 0)).collect();
-    let batch = [response_only_batch(&rows, 0, Device::Cpu)];
+    let batch = [response_only_batch(&rows)];
     let mut optimizer = AdamW::new(&model.vs, AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.0 });
     let mut loss = f64::INFINITY;
     for _ in 0..150 {
@@ -86,7 +97,7 @@ fn a_tiny_model_learns_a_pattern_and_each_row_stops_at_its_end_of_text() {
     // Prompts keep the training alignment (learned positions): 7 at positions 0, 5, 10, …
     let prompts = vec![vec![7], vec![7, 8, 9], vec![7, 8, 9, 10, 0, 7, 8]];
     let options = GenerateOptions { max_new_tokens: 8, sampling: Sampling::Greedy, seed: None, use_kv_cache: true };
-    let generation = generate(model.transformer.as_ref(), &prompts, 0, &options).unwrap();
+    let generation = generate(model.transformer.as_ref(), &prompts, &[0], &options).unwrap();
     assert_eq!(generation.completions(), vec![vec![8, 9, 10], vec![10], vec![9, 10]]);
     assert_eq!(generation.stopped(), vec![true, true, true]);
     // each row stops at its own end-of-text: mask covers the tokens up to and including it
@@ -108,7 +119,7 @@ fn sampling_is_reproducible_with_a_seed() {
             seed: Some(seed),
             use_kv_cache: true,
         };
-        generate(model.transformer.as_ref(), &prompts, 0, &options).unwrap().completions()
+        generate(model.transformer.as_ref(), &prompts, &[0], &options).unwrap().completions()
     };
     assert_eq!(sample(1), sample(1));
     assert_ne!(sample(1), sample(2));

@@ -7,22 +7,32 @@ Subcommands (all tensors exchanged as safetensors files, ids as JSON):
   logits MODEL_DIR INPUTS_JSON OUT        logits for {"input_ids", "attention_mask"} (left-padded)
   greedy MODEL_DIR INPUTS_JSON N OUT_JSON greedy generate() of N new tokens, prompts left-padded
   logits-and-greedy MODEL_DIR INPUTS_JSON N OUT OUT_JSON   both, loading the model once
+  make-classifier CONFIG_JSON OUT_DIR SEED  random *ForSequenceClassification (num_labels = 1)
+  scores MODEL_DIR INPUTS_JSON OUT_JSON   AutoModelForSequenceClassification scores per row
+  reshard MODEL_DIR OUT_DIR MAX_SHARD_SIZE   save_pretrained again with shards of that size
+  chat-template TOKENIZER_JSON SPECIAL_JSON TEMPLATE OUT_DIR WHERE CASES_JSON OUT_JSON
+                                          writes a tokenizer directory (save_pretrained) with
+                                          added special tokens and the chat template, kept in
+                                          chat_template.jinja (WHERE = file) or in
+                                          tokenizer_config.json (WHERE = key); loads it back with
+                                          AutoTokenizer and writes apply_chat_template's text and
+                                          ids for each {"messages", "add_generation_prompt"}
 """
 import json
 import sys
 
 import torch
 from safetensors.torch import save_file
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerFast
 
 torch.set_num_threads(2)
 
 
-def make_model(config_json, out_dir, seed):
+def make_model(config_json, out_dir, seed, auto_class=AutoModelForCausalLM):
     torch.manual_seed(int(seed))
     settings = json.loads(config_json)
     config = AutoConfig.for_model(settings.pop("model_type", "gpt2"), **settings)
-    model = AutoModelForCausalLM.from_config(config).eval()
+    model = auto_class.from_config(config).eval()
     # Default init leaves norms at exactly 1 (and 0) and biases at 0; perturb them so that they
     # are tested too.
     with torch.no_grad():
@@ -57,7 +67,8 @@ def logits(model_dir, inputs_path, out_path):
 def greedy(model_dir, inputs_path, max_new_tokens, out_path):
     model = load(model_dir)
     ids, mask = read_inputs(inputs_path)
-    eos = model.config.eos_token_id
+    # generation_config.json's end tokens (several, for Llama 3), as generate() uses them.
+    eos = model.generation_config.eos_token_id
     with torch.no_grad():
         out = model.generate(
             input_ids=ids,
@@ -77,7 +88,71 @@ def logits_and_greedy(model_dir, inputs_path, max_new_tokens, logits_path, greed
     greedy(model_dir, inputs_path, max_new_tokens, greedy_path)
 
 
+def make_classifier(config_json, out_dir, seed):
+    settings = json.loads(config_json)
+    settings["num_labels"] = 1
+    make_model(json.dumps(settings), out_dir, seed, AutoModelForSequenceClassification)
+
+
+def scores(model_dir, inputs_path, out_path):
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    ids, mask = read_inputs(inputs_path)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
+    with open(out_path, "w") as f:
+        json.dump({"scores": out[:, 0].tolist(), "architectures": model.config.architectures}, f)
+
+
+def reshard(model_dir, out_dir, max_shard_size):
+    load(model_dir).save_pretrained(out_dir, max_shard_size=max_shard_size)
+
+
+def chat_template(tokenizer_json, special_json, template, out_dir, where, cases_path, out_path):
+    chat_tokenizer(tokenizer_json, special_json, template, out_dir, where)
+    apply_chat_template(out_dir, cases_path, out_path)
+
+
+def chat_tokenizer(tokenizer_json, special_json, template, out_dir, where):
+    special = json.loads(special_json)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=tokenizer_json, **special)
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(out_dir)
+    if where == "key":
+        # Older transformers kept the template in tokenizer_config.json.
+        import os
+        os.remove(os.path.join(out_dir, "chat_template.jinja"))
+        config_path = os.path.join(out_dir, "tokenizer_config.json")
+        with open(config_path) as f:
+            config = json.load(f)
+        config["chat_template"] = template
+        with open(config_path, "w") as f:
+            json.dump(config, f, indent=2)
+
+
+def apply_chat_template(tokenizer_dir, cases_path, out_path):
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    with open(cases_path) as f:
+        cases = json.load(f)
+    results = []
+    for case in cases:
+        text = tokenizer.apply_chat_template(case["messages"], add_generation_prompt=case["add_generation_prompt"], tokenize=False)
+        ids = tokenizer.apply_chat_template(case["messages"], add_generation_prompt=case["add_generation_prompt"], tokenize=True, return_dict=False)
+        results.append({"text": text, "ids": list(ids)})
+    with open(out_path, "w") as f:
+        json.dump(results, f)
+
+
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    commands = {"make-model": make_model, "logits": logits, "greedy": greedy, "logits-and-greedy": logits_and_greedy}
+    commands = {
+        "make-model": make_model,
+        "logits": logits,
+        "greedy": greedy,
+        "logits-and-greedy": logits_and_greedy,
+        "make-classifier": make_classifier,
+        "scores": scores,
+        "reshard": reshard,
+        "chat-template": chat_template,
+    }
     commands[command](*args)

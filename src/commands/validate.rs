@@ -24,8 +24,9 @@ pub fn run(args: &ValidateArgs) -> Result<()> {
     let experiment = config::load(&args.experiment, &args.overrides)?;
     // Lengths need the task's prompts in tokens: the data and the tokenizer are built (not saved).
     let lengths = || -> Result<()> {
-        let task = task::load(&experiment.task, experiment.seed)?;
+        let mut task = task::load(&experiment.task, experiment.seed)?;
         let tokenizer = build_tokenizer(&experiment, &task)?;
+        task.apply_chat_template(&tokenizer)?;
         Ok(check_sequence_lengths(&experiment, &task, &tokenizer)?)
     };
     lengths().with_context(|| format!("{}", args.experiment.display()))?;

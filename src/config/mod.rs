@@ -176,6 +176,13 @@ fn parse(path: &Path, text: &str) -> Result<Experiment, ConfigError> {
         check_model(model.get_ref()).map_err(|message| at(model.span(), format!("[models.{name}]: {message}")))?;
     }
     let models: BTreeMap<String, ModelSection> = raw.models.into_iter().map(|(k, v)| (k, v.into_inner())).collect();
+    let template_from_files = raw.tokenizer.from.is_some() || models.values().any(|m| m.from.is_some());
+    if raw.task.get_ref().chat && raw.tokenizer.chat_template.is_none() && !template_from_files {
+        return Err(at(
+            raw.task.span(),
+            "[task]: `chat = true` renders the task's conversations with a chat template, and this experiment has none: set [tokenizer] chat_template = \"chatml\" (or a .jinja file)".into(),
+        ));
+    }
 
     let mut stages: Vec<StageConfig> = Vec::new();
     let all_names: Vec<String> = raw
@@ -336,6 +343,9 @@ fn resolve_reference(
 fn check_task(task: &TaskConfig) -> Result<(), String> {
     if !(0.0..0.5).contains(&task.eval_fraction) {
         return Err(format!("`eval_fraction` must be in [0, 0.5), got {}", task.eval_fraction));
+    }
+    if task.kind == TaskKind::Jsonl && task.chat {
+        return Err("`chat` is for the synthetic task; a JSONL task's records say themselves whether they are conversations (`messages`, or a `prompt` list of messages)".into());
     }
     if task.kind == TaskKind::Jsonl {
         let files = [("corpus", &task.corpus), ("demonstrations", &task.demonstrations), ("prompts", &task.prompts)];

@@ -40,6 +40,10 @@ pub struct TaskConfig {
     /// Synthetic task: number of held-out prompts.
     #[serde(default = "defaults::prompts")]
     pub prompts_size: usize,
+    /// Synthetic task: demonstrations and prompts as conversations (a user turn, the
+    /// assistant's answer), rendered with the tokenizer's chat template.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub chat: bool,
     /// JSONL task: `{"text"}` lines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub corpus: Option<PathBuf>,
@@ -85,11 +89,27 @@ pub struct TokenizerConfig {
     /// Size of the byte-level BPE trained on the corpus when `from` is absent.
     #[serde(default = "defaults::vocab_size")]
     pub vocab_size: usize,
+    /// The chat template of a trained tokenizer: `"chatml"` (the project's own, in ChatML's
+    /// format, which adds `<|im_start|>` and `<|im_end|>`) or a `.jinja` file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
+    /// Special tokens added to a trained tokenizer's vocabulary (those a template file prints).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub special_tokens: Vec<String>,
+    /// Tokens that end a generation besides `<|endoftext|>` (`chatml`: `<|im_end|>`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop_tokens: Vec<String>,
 }
 
 impl Default for TokenizerConfig {
     fn default() -> Self {
-        TokenizerConfig { from: None, vocab_size: defaults::vocab_size() }
+        TokenizerConfig {
+            from: None,
+            vocab_size: defaults::vocab_size(),
+            chat_template: None,
+            special_tokens: Vec::new(),
+            stop_tokens: Vec::new(),
+        }
     }
 }
 

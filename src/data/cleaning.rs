@@ -40,16 +40,30 @@ pub fn normalize(text: &str) -> String {
     lines.join("\n").trim().to_string()
 }
 
-/// Cleans records made of one or more text fields. Each field is normalised; a record is dropped
-/// when a field is empty, the record is too short or too long, or it repeats (exactly or nearly)
-/// an earlier record. Returns the kept records, normalised, in their original order.
-pub fn clean(records: Vec<Vec<String>>, rules: &CleaningRules) -> (Vec<Vec<String>>, CleaningReport) {
+/// A record made of one or more text fields, which cleaning normalises in place.
+pub trait TextFields {
+    fn text_fields(&mut self) -> Vec<&mut String>;
+}
+
+impl TextFields for Vec<String> {
+    fn text_fields(&mut self) -> Vec<&mut String> {
+        self.iter_mut().collect()
+    }
+}
+
+/// Cleans records. Each text field is normalised; a record is dropped when a field is empty, the
+/// record is too short or too long, or it repeats (exactly or nearly) an earlier record. Returns
+/// the kept records, normalised, in their original order.
+pub fn clean<R: TextFields>(records: Vec<R>, rules: &CleaningRules) -> (Vec<R>, CleaningReport) {
     let mut report = CleaningReport { read: records.len(), ..Default::default() };
     let mut exact_seen = HashSet::new();
     let mut near = NearDuplicateIndex::new(rules.near_duplicate_threshold);
     let mut kept = Vec::new();
-    for record in records {
-        let fields: Vec<String> = record.iter().map(|field| normalize(field)).collect();
+    for mut record in records {
+        for field in record.text_fields() {
+            *field = normalize(field);
+        }
+        let fields: Vec<String> = record.text_fields().into_iter().map(|field| field.clone()).collect();
         let chars: usize = fields.iter().map(|f| f.chars().count()).sum();
         if fields.iter().any(String::is_empty) {
             report.drop("empty");
@@ -62,7 +76,7 @@ pub fn clean(records: Vec<Vec<String>>, rules: &CleaningRules) -> (Vec<Vec<Strin
         } else if !near.insert_if_new(&fields.join(" ")) {
             report.drop("near_duplicate");
         } else {
-            kept.push(fields);
+            kept.push(record);
         }
     }
     report.kept = kept.len();

@@ -27,13 +27,6 @@ pub struct TextRecord {
     pub text: String,
 }
 
-/// `{"prompt", "response"}` records: demonstrations.
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct DemonstrationRecord {
-    pub prompt: String,
-    pub response: String,
-}
-
 /// Reads every non-blank line of `path` as a `T`; the first line that is not valid JSON or lacks
 /// a field is an error naming the file and line.
 pub fn read_records<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, JsonlError> {
@@ -47,6 +40,17 @@ pub fn read_records_skipping_bad<T: DeserializeOwned>(path: &Path) -> Result<(Ve
 }
 
 fn read<T: DeserializeOwned>(path: &Path, skip_bad: bool) -> Result<(Vec<T>, Vec<JsonlError>), JsonlError> {
+    read_converted(path, skip_bad, |record: T| Ok(record))
+}
+
+/// Reads every non-blank line as a `T` and converts it; a line that does not parse, or whose
+/// conversion fails (with a message saying why), is an error naming the file and line — or,
+/// with `skip_bad`, is skipped and returned.
+pub fn read_converted<T: DeserializeOwned, R>(
+    path: &Path,
+    skip_bad: bool,
+    convert: impl Fn(T) -> Result<R, String>,
+) -> Result<(Vec<R>, Vec<JsonlError>), JsonlError> {
     let file = std::fs::File::open(path).map_err(|source| JsonlError::Io { path: path.into(), source })?;
     let mut records = Vec::new();
     let mut skipped = Vec::new();
@@ -55,10 +59,10 @@ fn read<T: DeserializeOwned>(path: &Path, skip_bad: bool) -> Result<(Vec<T>, Vec
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str(&line) {
+        match serde_json::from_str(&line).map_err(|error| describe(&error)).and_then(&convert) {
             Ok(record) => records.push(record),
-            Err(error) => {
-                let bad = JsonlError::BadLine { path: path.into(), line: index + 1, message: describe(&error) };
+            Err(message) => {
+                let bad = JsonlError::BadLine { path: path.into(), line: index + 1, message };
                 if !skip_bad {
                     return Err(bad);
                 }

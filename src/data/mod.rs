@@ -1,5 +1,6 @@
 //! The data side: the task's records (synthetic or JSONL, cleaned and split) and the tokenizer.
 
+pub mod chat;
 pub mod cleaning;
 pub mod jsonl;
 pub mod preferences;

@@ -1,12 +1,16 @@
 //! Preference pairs for reward modeling, and the `{"prompt", "chosen", "rejected"}` JSONL files
-//! that hold them (an optional `"margin"`, and `"judgement": "tie"` for ties). The labeling
-//! database yields the same pairs through `label::export::read_preference_pairs`.
+//! that hold them (an optional `"margin"`, and `"judgement": "tie"` for ties), plain or in TRL's
+//! conversational form — the prompt a list of messages, each answer a list of one assistant
+//! message — which the chat template renders. The labeling database yields the same pairs
+//! through `label::export::read_preference_pairs`.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use super::chat::{parse_messages, Prompt, Role};
 use super::jsonl::{read_records, JsonlError};
+use super::tokenizer::{TextTokenizer, TokenizerError};
 
 /// One comparison: `chosen` was preferred to `rejected` (or neither, when `tie`).
 #[derive(Debug, Clone, PartialEq)]
@@ -27,12 +31,15 @@ pub enum PreferenceError {
     Jsonl(#[from] JsonlError),
     #[error("{path}:{line}: {message}")]
     BadRecord { path: PathBuf, line: usize, message: String },
+    #[error("{path}:{line}: {source}")]
+    Template { path: PathBuf, line: usize, source: TokenizerError },
 }
 
-/// Reads a preference JSONL file; each record is checked: the three fields present and text,
-/// `chosen` ≠ `rejected`, `margin` a number, `judgement` (if any) one of `preference`, `tie`
-/// (a tie pair) or `skip` (left out).
-pub fn read_jsonl(path: &Path) -> Result<Vec<PreferencePair>, PreferenceError> {
+/// Reads a preference JSONL file; each record is checked: the three fields present, text (or
+/// messages: the prompt a conversation, rendered with `tokenizer`'s chat template and its
+/// generation prompt; each answer one assistant message), `chosen` ≠ `rejected`, `margin` a
+/// number, `judgement` (if any) one of `preference`, `tie` (a tie pair) or `skip` (left out).
+pub fn read_jsonl(path: &Path, tokenizer: &TextTokenizer) -> Result<Vec<PreferencePair>, PreferenceError> {
     // Line numbers of the non-blank lines, to name the line of a record that fails a check.
     let text = std::fs::read_to_string(path).map_err(|source| JsonlError::Io { path: path.into(), source })?;
     let line_numbers: Vec<usize> = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(i, _)| i + 1).collect();
@@ -42,12 +49,29 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<PreferencePair>, PreferenceError> {
         .zip(line_numbers)
         .map(|(record, line)| {
             let bad = |message: String| PreferenceError::BadRecord { path: path.into(), line, message };
-            let text_field = |name: &str| match record.get(name) {
-                Some(Value::String(text)) => Ok(text.clone()),
-                Some(other) => Err(bad(format!("`{name}` must be a string, found {other}"))),
-                None => Err(bad(format!("missing field `{name}` (a preference has prompt, chosen, rejected)"))),
+            let field = |name: &str| {
+                record.get(name).ok_or_else(|| bad(format!("missing field `{name}` (a preference has prompt, chosen, rejected)")))
             };
-            let (prompt, chosen, rejected) = (text_field("prompt")?, text_field("chosen")?, text_field("rejected")?);
+            let answer = |name: &str| match field(name)? {
+                Value::String(text) => Ok(text.clone()),
+                Value::Array(_) => {
+                    let messages = parse_messages(field(name)?, name).map_err(&bad)?;
+                    match messages.as_slice() {
+                        [only] if only.role == Role::Assistant => Ok(only.content.clone()),
+                        _ => Err(bad(format!("`{name}` must hold one assistant message (the answer to the prompt)"))),
+                    }
+                }
+                other => Err(bad(format!("`{name}` must be a string or a list of messages, found {other}"))),
+            };
+            let prompt = match Prompt::parse(field("prompt")?, "prompt").map_err(&bad)? {
+                Prompt::Text(text) => text,
+                Prompt::Messages(messages) => tokenizer
+                    .chat_template()
+                    .ok_or(TokenizerError::NoChatTemplate)
+                    .and_then(|template| Ok(template.render(&messages, true, &tokenizer.template_tokens())?))
+                    .map_err(|source| PreferenceError::Template { path: path.into(), line, source })?,
+            };
+            let (chosen, rejected) = (answer("chosen")?, answer("rejected")?);
             if chosen == rejected {
                 return Err(bad("`chosen` and `rejected` are identical: the pair says nothing".into()));
             }
@@ -73,11 +97,47 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<PreferencePair>, PreferenceError> {
 mod tests {
     use super::*;
 
+    fn tokenizer() -> TextTokenizer {
+        let corpus = ["the battery is good<|endoftext|>"; 20];
+        let mut tokenizer = TextTokenizer::train(corpus.iter(), 280).unwrap();
+        tokenizer.set_chat_template(Some(
+            crate::data::chat::ChatTemplate::new(
+                "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}"
+                    .into(),
+                "test".into(),
+            )
+            .unwrap(),
+        ));
+        tokenizer
+    }
+
+    #[test]
+    fn conversational_pairs_render_the_prompt_and_take_each_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("prefs.jsonl");
+        let line = r#"{"prompt": [{"role": "system", "content": "be kind"}, {"role": "user", "content": "the battery?"}], "chosen": [{"role": "assistant", "content": "good"}], "rejected": [{"role": "assistant", "content": "bad"}]}"#;
+        std::fs::write(&path, format!("{line}\n")).unwrap();
+        let pairs = read_jsonl(&path, &tokenizer()).unwrap();
+        assert_eq!(
+            (pairs[0].prompt.as_str(), pairs[0].chosen.as_str(), pairs[0].rejected.as_str()),
+            ("[system] be kind\n[user] the battery?\n[assistant] ", "good", "bad")
+        );
+        let two =
+            r#"{"prompt": "p", "chosen": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}], "rejected": "c"}"#;
+        assert!(error_for(two).contains("prefs.jsonl:1: `chosen` must hold one assistant message"));
+        let robot = r#"{"prompt": [{"role": "robot", "content": "x"}], "chosen": "a", "rejected": "b"}"#;
+        assert!(error_for(robot).contains("prefs.jsonl:1: `prompt[0].role` is `robot`; expected system, user or assistant"));
+        let untemplated = TextTokenizer::train(["the battery is good<|endoftext|>"; 20].iter(), 280).unwrap();
+        std::fs::write(&path, format!("{line}\n")).unwrap();
+        let error = read_jsonl(&path, &untemplated).unwrap_err().to_string();
+        assert!(error.contains("prefs.jsonl:1:") && error.contains("no chat template"), "{error}");
+    }
+
     fn error_for(contents: &str) -> String {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("prefs.jsonl");
         std::fs::write(&path, contents).unwrap();
-        read_jsonl(&path).unwrap_err().to_string()
+        read_jsonl(&path, &tokenizer()).unwrap_err().to_string()
     }
 
     #[test]
@@ -87,7 +147,8 @@ mod tests {
             .ends_with("prefs.jsonl:3: missing field `rejected` (a preference has prompt, chosen, rejected)"));
         assert!(error_for(&format!("{good}\n{{\"prompt\": \"p\", \"chosen\": \"x\", \"rejected\": \"x\"}}\n"))
             .ends_with("prefs.jsonl:2: `chosen` and `rejected` are identical: the pair says nothing"));
-        assert!(error_for(r#"{"prompt": "p", "chosen": 1, "rejected": "b"}"#).contains("prefs.jsonl:1: `chosen` must be a string, found 1"));
+        assert!(error_for(r#"{"prompt": "p", "chosen": 1, "rejected": "b"}"#)
+            .contains("prefs.jsonl:1: `chosen` must be a string or a list of messages, found 1"));
         assert!(error_for(r#"{"prompt": "p", "chosen": "a", "rejected": "b", "margin": "big"}"#).contains("`margin` must be a number"));
         assert!(error_for("\n\n").contains("holds no records"));
         assert!(error_for("{not json\n").contains("prefs.jsonl:1:"));
@@ -98,7 +159,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("prefs.jsonl");
         std::fs::write(&path, "{\"prompt\": \"p\", \"chosen\": \"a\", \"rejected\": \"b\", \"margin\": 2, \"source\": \"x\"}\n{\"prompt\": \"q\", \"chosen\": \"c\", \"rejected\": \"d\", \"judgement\": \"tie\"}\n").unwrap();
-        let pairs = read_jsonl(&path).unwrap();
+        let pairs = read_jsonl(&path, &tokenizer()).unwrap();
         assert_eq!(pairs[0].margin, Some(2.0));
         assert!(!pairs[0].tie && pairs[1].tie);
     }
@@ -111,7 +172,7 @@ mod tests {
         let line =
             |judgement: &str| format!("{{\"prompt\": \"p\", \"chosen\": \"a\", \"rejected\": \"b\", \"judgement\": \"{judgement}\"}}\n");
         std::fs::write(&path, line("preference") + &line("skip") + &line("tie")).unwrap();
-        let pairs = read_jsonl(&path).unwrap();
+        let pairs = read_jsonl(&path, &tokenizer()).unwrap();
         assert_eq!(pairs.len(), 2);
         assert!(!pairs[0].tie && pairs[1].tie);
         assert!(

@@ -9,9 +9,13 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::de::DeserializeOwned;
 
-use super::cleaning::{clean, CleaningReport, CleaningRules};
-use super::jsonl::{read_records, read_records_skipping_bad, DemonstrationRecord, JsonlError, PromptRecord, TextRecord};
+use serde_json::{Map, Value};
+
+use super::chat::{parse_messages, Message, Prompt, Role};
+use super::cleaning::{clean, CleaningReport, CleaningRules, TextFields};
+use super::jsonl::{read_converted, JsonlError, TextRecord};
 use super::synthetic::{Demonstration, GoldOracle, SyntheticReviews};
+use super::tokenizer::{TextTokenizer, TokenizerError};
 use crate::config::{TaskConfig, TaskKind};
 
 /// Records held for training and for evaluation.
@@ -48,6 +52,8 @@ pub struct TaskData {
     pub corpus: Split<String>,
     pub demonstrations: Split<Demonstration>,
     pub prompts: Split<String>,
+    /// Prompts given as conversations, until `apply_chat_template` renders them into `prompts`.
+    pub chat_prompts: Split<Vec<Message>>,
     /// The gold oracle, on tasks that have one.
     pub oracle: Option<GoldOracle>,
     /// What cleaning dropped, per input file (JSONL task), and skipped malformed lines.
@@ -58,10 +64,97 @@ impl TaskData {
     /// Every text the task has, for training a tokenizer.
     pub fn all_text(&self) -> impl Iterator<Item = &str> + Send {
         let corpus = self.corpus.train.iter().chain(&self.corpus.eval).map(String::as_str);
-        let demonstrations =
-            self.demonstrations.train.iter().chain(&self.demonstrations.eval).flat_map(|d| [d.prompt.as_str(), d.response.as_str()]);
-        corpus.chain(demonstrations).chain(self.prompts.train.iter().chain(&self.prompts.eval).map(String::as_str))
+        let demonstrations = self.demonstrations.train.iter().chain(&self.demonstrations.eval).flat_map(|d| {
+            let contents = d.messages.iter().flatten().map(|m| m.content.as_str());
+            [d.prompt.as_str(), d.response.as_str()].into_iter().chain(contents)
+        });
+        let chat_prompts = self.chat_prompts.train.iter().chain(&self.chat_prompts.eval).flatten().map(|m| m.content.as_str());
+        corpus.chain(demonstrations).chain(self.prompts.train.iter().chain(&self.prompts.eval).map(String::as_str)).chain(chat_prompts)
     }
+
+    /// Renders the conversations with the tokenizer's chat template: each conversational
+    /// demonstration's `prompt` (before its last assistant turn, with the generation prompt) and
+    /// `response` (that turn), and the conversational prompts into `prompts`. Nothing to do (and
+    /// no template needed) when the task has no conversations.
+    pub fn apply_chat_template(&mut self, tokenizer: &TextTokenizer) -> Result<(), TokenizerError> {
+        let has_conversations = !self.chat_prompts.is_empty()
+            || self.demonstrations.train.iter().chain(&self.demonstrations.eval).any(|d| d.messages.is_some());
+        if !has_conversations {
+            return Ok(());
+        }
+        let template = tokenizer.chat_template().ok_or(TokenizerError::NoChatTemplate)?;
+        let tokens = tokenizer.template_tokens();
+        for demonstration in self.demonstrations.train.iter_mut().chain(self.demonstrations.eval.iter_mut()) {
+            let Some(messages) = &demonstration.messages else { continue };
+            let last =
+                messages.iter().rposition(|m| m.role == Role::Assistant).expect("checked when read: a conversation has an assistant turn");
+            demonstration.prompt = template.render(&messages[..last], true, &tokens)?;
+            demonstration.response = messages[last].content.clone();
+        }
+        let chat_prompts = std::mem::take(&mut self.chat_prompts);
+        for (rendered, conversations) in [(&mut self.prompts.train, chat_prompts.train), (&mut self.prompts.eval, chat_prompts.eval)] {
+            for messages in conversations {
+                rendered.push(template.render(&messages, true, &tokens)?);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TextFields for Demonstration {
+    fn text_fields(&mut self) -> Vec<&mut String> {
+        match &mut self.messages {
+            Some(messages) => messages.iter_mut().map(|m| &mut m.content).collect(),
+            None => vec![&mut self.prompt, &mut self.response],
+        }
+    }
+}
+
+impl TextFields for Prompt {
+    fn text_fields(&mut self) -> Vec<&mut String> {
+        match self {
+            Prompt::Text(text) => vec![text],
+            Prompt::Messages(messages) => messages.iter_mut().map(|m| &mut m.content).collect(),
+        }
+    }
+}
+
+impl TextFields for TextRecord {
+    fn text_fields(&mut self) -> Vec<&mut String> {
+        vec![&mut self.text]
+    }
+}
+
+/// A demonstration line: `{"prompt", "response"}` — the prompt as text, or as the conversation
+/// the response answers — or `{"messages"}`, a conversation with at least one assistant turn.
+fn demonstration_from(record: Map<String, Value>) -> Result<Demonstration, String> {
+    if let Some(messages) = record.get("messages") {
+        if record.contains_key("prompt") || record.contains_key("response") {
+            return Err("a demonstration has either `messages` or `prompt` and `response`, not both".into());
+        }
+        let messages = parse_messages(messages, "messages")?;
+        if !messages.iter().any(|m| m.role == Role::Assistant) {
+            return Err("the conversation in `messages` has no assistant turn: there is nothing to learn from it".into());
+        }
+        return Ok(Demonstration { prompt: String::new(), response: String::new(), messages: Some(messages) });
+    }
+    let field = |name: &str| {
+        record.get(name).ok_or_else(|| format!("missing field `{name}` (a demonstration has `prompt` and `response`, or `messages`)"))
+    };
+    let response = field("response")?.as_str().ok_or_else(|| "`response` must be text".to_string())?.to_string();
+    Ok(match Prompt::parse(field("prompt")?, "prompt")? {
+        // The response follows the prompt in one text: a space keeps the words apart.
+        Prompt::Text(prompt) => Demonstration { prompt, response: format!(" {response}"), messages: None },
+        Prompt::Messages(mut messages) => {
+            messages.push(Message::assistant(response));
+            Demonstration { prompt: String::new(), response: String::new(), messages: Some(messages) }
+        }
+    })
+}
+
+/// A prompt line: `{"prompt"}`, text or a list of messages (other fields ignored).
+fn prompt_from(record: Map<String, Value>) -> Result<Prompt, String> {
+    Prompt::parse(record.get("prompt").ok_or("missing field `prompt`")?, "prompt")
 }
 
 /// Builds the task's data from its config; `seed` drives generation and splits.
@@ -69,13 +162,15 @@ pub fn load(config: &TaskConfig, seed: u64) -> Result<TaskData, JsonlError> {
     match config.kind {
         TaskKind::SyntheticReviews => {
             let task = SyntheticReviews::generate(seed, config.corpus_size, config.demonstrations_size, config.prompts_size);
-            Ok(TaskData {
+            let data = TaskData {
                 corpus: Split::new(task.corpus, config.eval_fraction, seed ^ 1),
                 demonstrations: Split::new(task.demonstrations, config.eval_fraction, seed ^ 2),
                 prompts: Split::new(task.prompts, config.eval_fraction, seed ^ 3),
+                chat_prompts: Split::default(),
                 oracle: Some(GoldOracle),
                 cleaning: BTreeMap::new(),
-            })
+            };
+            Ok(if config.chat { as_conversations(data) } else { data })
         }
         TaskKind::Jsonl => load_jsonl(config, seed),
     }
@@ -89,26 +184,29 @@ fn load_jsonl(config: &TaskConfig, seed: u64) -> Result<TaskData, JsonlError> {
     };
     let mut data = TaskData::default();
     if let Some(path) = &config.corpus {
-        let (texts, report) = read_clean(path, config.skip_bad_lines, &rules, |r: TextRecord| vec![r.text])?;
+        let (texts, report) = read_clean(path, config.skip_bad_lines, &rules, |r: TextRecord| Ok(r))?;
         data.cleaning.insert(path.display().to_string(), report);
-        data.corpus = Split::new(texts.into_iter().map(|mut f| f.remove(0)).collect(), config.eval_fraction, seed ^ 1);
+        data.corpus = Split::new(texts.into_iter().map(|r| r.text).collect(), config.eval_fraction, seed ^ 1);
     }
     if let Some(path) = &config.demonstrations {
-        let (records, report) = read_clean(path, config.skip_bad_lines, &rules, |r: DemonstrationRecord| vec![r.prompt, r.response])?;
+        let (demonstrations, report) = read_clean(path, config.skip_bad_lines, &rules, demonstration_from)?;
         data.cleaning.insert(path.display().to_string(), report);
-        let demonstrations = records
-            .into_iter()
-            .map(|mut fields| {
-                let response = fields.pop().expect("two fields");
-                Demonstration { prompt: fields.pop().expect("two fields"), response: format!(" {response}") }
-            })
-            .collect();
         data.demonstrations = Split::new(demonstrations, config.eval_fraction, seed ^ 2);
     }
     if let Some(path) = &config.prompts {
-        let (prompts, report) = read_clean(path, config.skip_bad_lines, &rules, |r: PromptRecord| vec![r.prompt])?;
+        let (prompts, report) = read_clean(path, config.skip_bad_lines, &rules, prompt_from)?;
         data.cleaning.insert(path.display().to_string(), report);
-        data.prompts = Split::new(prompts.into_iter().map(|mut f| f.remove(0)).collect(), config.eval_fraction, seed ^ 3);
+        let (texts, conversations): (Vec<Prompt>, Vec<Prompt>) = prompts.into_iter().partition(|p| matches!(p, Prompt::Text(_)));
+        let texts = texts.into_iter().map(|p| match p {
+            Prompt::Text(text) => text,
+            Prompt::Messages(_) => unreachable!("partitioned"),
+        });
+        let conversations = conversations.into_iter().map(|p| match p {
+            Prompt::Messages(messages) => messages,
+            Prompt::Text(_) => unreachable!("partitioned"),
+        });
+        data.prompts = Split::new(texts.collect(), config.eval_fraction, seed ^ 3);
+        data.chat_prompts = Split::new(conversations.collect(), config.eval_fraction, seed ^ 3);
     }
     for (file, report) in &data.cleaning {
         tracing::info!(file, read = report.read, kept = report.kept, dropped = ?report.dropped, "cleaned");
@@ -116,19 +214,35 @@ fn load_jsonl(config: &TaskConfig, seed: u64) -> Result<TaskData, JsonlError> {
     Ok(data)
 }
 
-/// Reads a JSONL file of `R`, turns each record into its text fields and cleans them. Skipped
+/// The synthetic task as a chat: each demonstration a user turn and the assistant's answer,
+/// each prompt a user turn, all rendered later with the chat template.
+fn as_conversations(mut data: TaskData) -> TaskData {
+    for demonstration in data.demonstrations.train.iter_mut().chain(data.demonstrations.eval.iter_mut()) {
+        let messages = vec![
+            Message::user(std::mem::take(&mut demonstration.prompt)),
+            Message::assistant(std::mem::take(&mut demonstration.response).trim().to_string()),
+        ];
+        demonstration.messages = Some(messages);
+    }
+    let prompts = std::mem::take(&mut data.prompts);
+    let to_chat = |prompts: Vec<String>| prompts.into_iter().map(|p| vec![Message::user(p)]).collect();
+    data.chat_prompts = Split { train: to_chat(prompts.train), eval: to_chat(prompts.eval) };
+    data
+}
+
+/// Reads a JSONL file of `R` lines, converts each into a record and cleans them. Skipped
 /// malformed lines count as the drop reason `malformed`.
-fn read_clean<R: DeserializeOwned>(
+fn read_clean<L: DeserializeOwned, R: TextFields>(
     path: &Path,
     skip_bad_lines: bool,
     rules: &CleaningRules,
-    fields: impl Fn(R) -> Vec<String>,
-) -> Result<(Vec<Vec<String>>, CleaningReport), JsonlError> {
-    let (records, bad_lines) = if skip_bad_lines { read_records_skipping_bad(path)? } else { (read_records(path)?, Vec::new()) };
+    convert: impl Fn(L) -> Result<R, String>,
+) -> Result<(Vec<R>, CleaningReport), JsonlError> {
+    let (records, bad_lines) = read_converted(path, skip_bad_lines, convert)?;
     for bad in &bad_lines {
         tracing::warn!("skipped {bad}");
     }
-    let (kept, mut report) = clean(records.into_iter().map(fields).collect(), rules);
+    let (kept, mut report) = clean(records, rules);
     if !bad_lines.is_empty() {
         report.read += bad_lines.len();
         report.dropped.insert("malformed", bad_lines.len());

@@ -128,7 +128,7 @@ pub fn pairs_from_model(model_dir: &Path, prompts_file: &Path, sampling: PairSam
         let encoded = chunk.iter().map(|p| model.tokenizer.encode(p)).collect::<Result<Vec<_>, _>>()?;
         // Each prompt twice, side by side: rows 2i and 2i + 1 answer prompt i.
         let doubled: Vec<Vec<i64>> = encoded.iter().flat_map(|ids| [ids.clone(), ids.clone()]).collect();
-        let completions = generate(model.transformer.as_ref(), &doubled, model.tokenizer.eos_id(), &options)?.completions();
+        let completions = generate(model.transformer.as_ref(), &doubled, model.tokenizer.stop_ids(), &options)?.completions();
         for (prompt, two) in chunk.iter().zip(completions.chunks(2)) {
             let (a, b) = (model.tokenizer.decode(&two[0]), model.tokenizer.decode(&two[1]));
             if a != b {

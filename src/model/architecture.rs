@@ -42,16 +42,28 @@ pub trait Transformer: std::fmt::Debug {
     }
 }
 
+/// What sits on a backbone, as transformers' model classes name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HfHead {
+    /// The language-modeling head (`*ForCausalLM`, GPT-2's `GPT2LMHeadModel`).
+    CausalLm,
+    /// A linear `score` head without bias, read at the last token (`*ForSequenceClassification`).
+    SequenceClassification,
+}
+
 /// What each architecture's configuration answers.
 pub trait ArchitectureConfig {
-    /// Hugging Face's `model_type`.
-    fn model_type(&self) -> &'static str;
+    /// The transformers class of the model with `head` (`LlamaForCausalLM`, …), which
+    /// `config.json`'s `architectures` names.
+    fn hf_class(&self, head: HfHead) -> &'static str;
     fn vocab_size(&self) -> i64;
     /// The longest sequence (prompt and response) the model takes.
     fn context_length(&self) -> i64;
     /// The width of the hidden states `forward` returns.
     fn hidden_size(&self) -> i64;
     fn cache_shape(&self) -> CacheShape;
+    /// The ids `config.json` says end a sequence.
+    fn eos_token_ids(&self) -> Vec<i64>;
     /// The `config.json` transformers reads, the weights' dtype given (`float32`, `bfloat16`, …).
     fn to_hf(&self, torch_dtype: &str) -> Value;
     /// The model, its variables created under `root` with the architecture's initialisation.

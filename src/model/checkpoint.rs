@@ -1,8 +1,12 @@
-//! Checkpoints are Hugging Face model directories: `model.safetensors` (the architecture's HF
-//! tensor names), `config.json` (its `model_type` names the architecture, which reads and writes
-//! its own keys) and `tokenizer.json`. Scalar heads are extra tensors in the same file.
+//! Checkpoints are Hugging Face model directories: `config.json` (its `model_type` names the
+//! architecture, which reads and writes its own keys; `architectures` names the head),
+//! `model.safetensors` — or shards listed by `model.safetensors.index.json` — in the
+//! architecture's HF tensor names, `generation_config.json` (the ids that end a generation) and
+//! the tokenizer's files (`tokenizer.json`, `tokenizer_config.json`, `chat_template.jinja`).
+//! Reward and value models are `*ForSequenceClassification` directories: the backbone and a
+//! bias-free `score` head.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
@@ -10,16 +14,20 @@ use serde_json::Value;
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
-use super::architecture::ModelConfig;
+use super::architecture::{HfHead, ModelConfig};
+pub use crate::data::tokenizer::TOKENIZER_FILE;
 use crate::data::tokenizer::{TextTokenizer, TokenizerError};
 
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
 pub const CONFIG_FILE: &str = "config.json";
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
+/// transformers' `save_pretrained` default `max_shard_size`.
+pub const DEFAULT_MAX_SHARD_BYTES: u64 = 50 * 1_000_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("checkpoint directory `{dir}` has no `{file}` (a checkpoint holds {WEIGHTS_FILE}, {CONFIG_FILE} and {TOKENIZER_FILE})")]
+    #[error("checkpoint directory `{dir}` has no `{file}` (a checkpoint holds {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE}, {CONFIG_FILE} and {TOKENIZER_FILE})")]
     MissingFile { dir: PathBuf, file: &'static str },
     #[error("cannot read `{path}`: {source}")]
     Io { path: PathBuf, source: std::io::Error },
@@ -27,6 +35,8 @@ pub enum CheckpointError {
     ConfigJson { path: PathBuf, source: serde_json::Error },
     #[error("`{path}`: unsupported model: {reason}")]
     Unsupported { path: PathBuf, reason: String },
+    #[error("`{path}`: `{key}` {expected}")]
+    BadKey { path: PathBuf, key: String, expected: &'static str },
     #[error("`{path}` is not a safetensors file: {message}")]
     Safetensors { path: PathBuf, message: String },
     #[error("`{path}` has no tensor `{name}` (nor `{}`)", name.strip_prefix("transformer.").unwrap_or(name))]
@@ -50,17 +60,29 @@ fn require(dir: &Path, file: &'static str) -> Result<PathBuf, CheckpointError> {
     }
 }
 
+fn read_json(path: &Path) -> Result<Value, CheckpointError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CheckpointError::Io { path: path.to_path_buf(), source })?;
+    serde_json::from_str(&text).map_err(|source| CheckpointError::ConfigJson { path: path.to_path_buf(), source })
+}
+
 /// Reads `config.json`: the architecture its `model_type` names (GPT-2 when absent).
 pub fn read_config(dir: &Path) -> Result<ModelConfig, CheckpointError> {
     let path = require(dir, CONFIG_FILE)?;
-    let text = std::fs::read_to_string(&path).map_err(|source| CheckpointError::Io { path: path.clone(), source })?;
-    let json: Value = serde_json::from_str(&text).map_err(|source| CheckpointError::ConfigJson { path: path.clone(), source })?;
-    ModelConfig::from_hf(&json).map_err(|reason| CheckpointError::Unsupported { path, reason })
+    ModelConfig::from_hf(&read_json(&path)?).map_err(|reason| CheckpointError::Unsupported { path, reason })
 }
 
-/// Writes `config.json` with the keys transformers reads for the architecture.
-pub fn write_config(dir: &Path, config: &ModelConfig, precision: Kind) -> Result<(), CheckpointError> {
-    let json = config.architecture().to_hf(torch_dtype(precision));
+/// Writes `config.json` with the keys transformers reads for the architecture; a
+/// sequence-classification head adds one label and the padding id its last-token read-out uses.
+fn write_config(dir: &Path, config: &ModelConfig, precision: Kind, head: HfHead, pad_token_id: i64) -> Result<(), CheckpointError> {
+    let architecture = config.architecture();
+    let mut json = architecture.to_hf(torch_dtype(precision));
+    json["architectures"] = serde_json::json!([architecture.hf_class(head)]);
+    json["pad_token_id"] = serde_json::json!(pad_token_id);
+    if head == HfHead::SequenceClassification {
+        json["num_labels"] = serde_json::json!(1);
+        json["id2label"] = serde_json::json!({"0": "LABEL_0"});
+        json["label2id"] = serde_json::json!({"LABEL_0": 0});
+    }
     let path = dir.join(CONFIG_FILE);
     let text = serde_json::to_string_pretty(&json).expect("a JSON value serialises");
     Ok(crate::run::durable::write_file(&path, text.as_bytes())?)
@@ -75,8 +97,106 @@ fn torch_dtype(kind: Kind) -> &'static str {
     }
 }
 
-/// Writes every variable of `vs` (model and scalar heads) to `model.safetensors`, plus the
-/// tokenizer, the `extra` files (name, contents) and the config. The directory is replaced as a
+/// `eos_token_id` of a config file: one id or a list of them.
+fn eos_ids(json: &Value, path: &Path) -> Result<Vec<i64>, CheckpointError> {
+    let bad = || CheckpointError::BadKey {
+        path: path.to_path_buf(),
+        key: "eos_token_id".into(),
+        expected: "must be an integer or a list of integers",
+    };
+    match json.get("eos_token_id") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(ids)) => ids.iter().map(|id| id.as_i64().ok_or_else(bad)).collect(),
+        Some(id) => Ok(vec![id.as_i64().ok_or_else(bad)?]),
+    }
+}
+
+/// How a checkpoint is written.
+#[derive(Debug, Clone, Copy)]
+pub struct SaveOptions {
+    pub head: HfHead,
+    /// Weights above this many bytes are split into `model-0000i-of-0000n.safetensors` shards
+    /// listed by `model.safetensors.index.json`, as `save_pretrained(max_shard_size=…)` does.
+    pub max_shard_bytes: u64,
+}
+
+impl SaveOptions {
+    pub fn for_head(head: HfHead) -> Self {
+        SaveOptions { head, max_shard_bytes: DEFAULT_MAX_SHARD_BYTES }
+    }
+}
+
+/// One tensor ready to be written: its file name, dtype, shape and bytes.
+struct Buffer {
+    name: String,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+fn to_buffer(name: &str, tensor: &Tensor) -> Buffer {
+    let tensor = tensor.detach().to_device(tch::Device::Cpu).contiguous();
+    let (kind, dtype) = match tensor.kind() {
+        Kind::BFloat16 => (Kind::BFloat16, Dtype::BF16),
+        Kind::Half => (Kind::Half, Dtype::F16),
+        _ => (Kind::Float, Dtype::F32),
+    };
+    let tensor = tensor.to_kind(kind);
+    let numel = tensor.numel();
+    let mut bytes = vec![0u8; numel * kind.elt_size_in_bytes()];
+    tensor.copy_data_u8(&mut bytes, numel);
+    Buffer { name: name.to_string(), dtype, shape: tensor.size().iter().map(|&d| d as usize).collect(), bytes }
+}
+
+/// Writes `buffers` as one safetensors file, flushed.
+fn write_safetensors(path: &Path, buffers: &[&Buffer]) -> Result<(), CheckpointError> {
+    let views: Vec<(String, safetensors::tensor::TensorView)> = buffers
+        .iter()
+        .map(|b| {
+            (b.name.clone(), safetensors::tensor::TensorView::new(b.dtype, b.shape.clone(), &b.bytes).expect("shape matches byte count"))
+        })
+        .collect();
+    // transformers refuses safetensors files whose metadata lacks `format`.
+    let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+    safetensors::serialize_to_file(views, metadata, path)
+        .map_err(|e| CheckpointError::Safetensors { path: path.to_path_buf(), message: e.to_string() })?;
+    Ok(crate::run::durable::sync(path)?)
+}
+
+/// Writes the weights: one file, or shards of at most `max_shard_bytes` (a tensor larger than
+/// that gets a shard of its own) and the index mapping each tensor to its shard.
+fn write_weights(dir: &Path, buffers: &[Buffer], max_shard_bytes: u64) -> Result<(), CheckpointError> {
+    let total: u64 = buffers.iter().map(|b| b.bytes.len() as u64).sum();
+    if total <= max_shard_bytes {
+        return write_safetensors(&dir.join(WEIGHTS_FILE), &buffers.iter().collect::<Vec<_>>());
+    }
+    let mut shards: Vec<Vec<&Buffer>> = vec![Vec::new()];
+    let mut shard_bytes = 0u64;
+    for buffer in buffers {
+        let size = buffer.bytes.len() as u64;
+        if shard_bytes + size > max_shard_bytes && !shards.last().expect("one shard").is_empty() {
+            shards.push(Vec::new());
+            shard_bytes = 0;
+        }
+        shards.last_mut().expect("one shard").push(buffer);
+        shard_bytes += size;
+    }
+    let mut weight_map = BTreeMap::new();
+    for (index, shard) in shards.iter().enumerate() {
+        let file = format!("model-{:05}-of-{:05}.safetensors", index + 1, shards.len());
+        write_safetensors(&dir.join(&file), shard)?;
+        for buffer in shard {
+            weight_map.insert(buffer.name.clone(), file.clone());
+        }
+    }
+    let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+    let text = serde_json::to_string_pretty(&index).expect("JSON serialises");
+    Ok(crate::run::durable::write_file(&dir.join(WEIGHTS_INDEX_FILE), text.as_bytes())?)
+}
+
+/// Writes every variable of `vs` (model and heads) as HF weights, plus the tokenizer's files,
+/// `generation_config.json`, the `extra` files (name, contents) and the config. Variables named
+/// in `skip` (an untied LM head on a reward model) are left out. The directory is replaced as a
 /// whole (`run::durable`): a crash never leaves a half-written checkpoint looking complete, and
 /// `config.json`, written last, is what marks it complete.
 pub fn save(
@@ -85,48 +205,26 @@ pub fn save(
     config: &ModelConfig,
     tokenizer: &TextTokenizer,
     extra: &[(&str, String)],
+    options: SaveOptions,
 ) -> Result<(), CheckpointError> {
     let write = |dir: &Path| -> Result<(), CheckpointError> {
         let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        if options.head == HfHead::SequenceClassification {
+            variables.retain(|(name, _)| !name.starts_with("lm_head."));
+        }
         variables.sort_by(|a, b| a.0.cmp(&b.0));
         let precision = variables.first().map_or(Kind::Float, |(_, t)| t.kind());
-
-        let buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = variables
-            .iter()
-            .map(|(name, tensor)| {
-                let tensor = tensor.detach().to_device(tch::Device::Cpu).contiguous();
-                let (kind, dtype) = match tensor.kind() {
-                    Kind::BFloat16 => (Kind::BFloat16, Dtype::BF16),
-                    Kind::Half => (Kind::Half, Dtype::F16),
-                    _ => (Kind::Float, Dtype::F32),
-                };
-                let tensor = tensor.to_kind(kind);
-                let numel = tensor.numel();
-                let mut bytes = vec![0u8; numel * kind.elt_size_in_bytes()];
-                tensor.copy_data_u8(&mut bytes, numel);
-                let shape = tensor.size().iter().map(|&d| d as usize).collect();
-                (name.clone(), dtype, shape, bytes)
-            })
-            .collect();
-        let views: Vec<(String, safetensors::tensor::TensorView)> = buffers
-            .iter()
-            .map(|(name, dtype, shape, bytes)| {
-                let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).expect("shape matches byte count");
-                (name.clone(), view)
-            })
-            .collect();
-        // transformers refuses safetensors files whose metadata lacks `format`.
-        let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
-        let weights = dir.join(WEIGHTS_FILE);
-        safetensors::serialize_to_file(views, metadata, &weights)
-            .map_err(|e| CheckpointError::Safetensors { path: weights.clone(), message: e.to_string() })?;
-        crate::run::durable::sync(&weights)?;
-        tokenizer.save(&dir.join(TOKENIZER_FILE))?;
-        crate::run::durable::sync(&dir.join(TOKENIZER_FILE))?;
+        let buffers: Vec<Buffer> = variables.iter().map(|(name, tensor)| to_buffer(name, tensor)).collect();
+        write_weights(dir, &buffers, options.max_shard_bytes)?;
+        for file in tokenizer.save(dir)? {
+            crate::run::durable::sync(&file)?;
+        }
+        let bos_token_id = config.architecture().to_hf("float32").get("bos_token_id").and_then(Value::as_i64);
+        write_generation_config(dir, tokenizer, bos_token_id)?;
         for (name, contents) in extra {
             crate::run::durable::write_file(&dir.join(name), contents.as_bytes())?;
         }
-        write_config(dir, config, precision)
+        write_config(dir, config, precision, options.head, tokenizer.pad_id())
     };
     crate::run::durable::replace_dir(dir, write, &|_| {})
 }
@@ -152,24 +250,39 @@ fn is_derived_tensor(name: &str) -> bool {
 /// `may_be_missing` (e.g. a fresh reward head on an SFT checkpoint) keep their initial values when
 /// absent; any other absence, or a shape mismatch, is an error naming the tensor.
 pub fn load_weights(vs: &mut VarStore, dir: &Path, may_be_missing: &[&str]) -> Result<LoadReport, CheckpointError> {
-    let path = require(dir, WEIGHTS_FILE)?;
-    let bytes = std::fs::read(&path).map_err(|source| CheckpointError::Io { path: path.clone(), source })?;
-    let file = SafeTensors::deserialize(&bytes).map_err(|e| CheckpointError::Safetensors { path: path.clone(), message: e.to_string() })?;
-    let by_name: HashMap<String, String> =
-        file.names().into_iter().filter(|name| !is_derived_tensor(name)).map(|name| (canonical_name(name), name.to_string())).collect();
+    let paths = weight_paths(dir)?;
+    let bytes = paths
+        .iter()
+        .map(|path| std::fs::read(path).map_err(|source| CheckpointError::Io { path: path.clone(), source }))
+        .collect::<Result<Vec<_>, _>>()?;
+    let parsed = bytes
+        .iter()
+        .zip(&paths)
+        .map(|(bytes, path)| {
+            SafeTensors::deserialize(bytes).map_err(|e| CheckpointError::Safetensors { path: path.clone(), message: e.to_string() })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut by_name: HashMap<String, (usize, String)> = HashMap::new();
+    for (index, file) in parsed.iter().enumerate() {
+        for name in file.names().into_iter().filter(|name| !is_derived_tensor(name)) {
+            by_name.insert(canonical_name(name), (index, name.to_string()));
+        }
+    }
+    let path = if paths.len() == 1 { paths[0].clone() } else { dir.join(WEIGHTS_INDEX_FILE) };
 
     let mut report = LoadReport::default();
     let mut used = std::collections::HashSet::new();
     let _no_grad = tch::no_grad_guard();
     for (name, mut variable) in vs.variables() {
-        let Some(file_name) = by_name.get(&name) else {
+        let Some((file_index, file_name)) = by_name.get(&name) else {
             if may_be_missing.iter().any(|prefix| name.starts_with(prefix)) {
                 report.missing.push(name);
                 continue;
             }
             return Err(CheckpointError::MissingTensor { path, name });
         };
-        let view = file.tensor(file_name).expect("name listed by the file");
+        let path = paths[*file_index].clone();
+        let view = parsed[*file_index].tensor(file_name).expect("name listed by the file");
         let kind = match view.dtype() {
             Dtype::F32 => Kind::Float,
             Dtype::F16 => Kind::Half,
@@ -190,6 +303,52 @@ pub fn load_weights(vs: &mut VarStore, dir: &Path, may_be_missing: &[&str]) -> R
     Ok(report)
 }
 
+/// The weight files of a checkpoint: `model.safetensors`, or every shard the index names.
+fn weight_paths(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
+    if dir.join(WEIGHTS_FILE).is_file() || !dir.join(WEIGHTS_INDEX_FILE).is_file() {
+        Ok(vec![require(dir, WEIGHTS_FILE)?])
+    } else {
+        shard_paths(dir)
+    }
+}
+
+/// The shard files `model.safetensors.index.json` lists, in order, each once.
+fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
+    let index_path = dir.join(WEIGHTS_INDEX_FILE);
+    let index = read_json(&index_path)?;
+    let bad = |expected| CheckpointError::BadKey { path: index_path.clone(), key: "weight_map".into(), expected };
+    let map =
+        index.get("weight_map").and_then(Value::as_object).ok_or_else(|| bad("must be an object mapping tensor names to shard files"))?;
+    let mut files: Vec<&str> = Vec::new();
+    for file in map.values() {
+        let file = file.as_str().ok_or_else(|| bad("must map each tensor name to a file name (a string)"))?;
+        if file.contains('/') || file.contains('\\') || file.starts_with('.') {
+            return Err(bad("names a shard outside the checkpoint directory"));
+        }
+        if !files.contains(&file) {
+            files.push(file);
+        }
+    }
+    files.sort_unstable();
+    files
+        .into_iter()
+        .map(|file| {
+            let path = dir.join(file);
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(CheckpointError::Io {
+                    path,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("a shard that `{WEIGHTS_INDEX_FILE}` lists is missing"),
+                    ),
+                })
+            }
+        })
+        .collect()
+}
+
 /// Our variable name for a file's tensor: transformer weights always under `transformer.`.
 fn canonical_name(name: &str) -> String {
     const TRANSFORMER_PARTS: [&str; 4] = ["wte.", "wpe.", "h.", "ln_f."];
@@ -200,9 +359,39 @@ fn canonical_name(name: &str) -> String {
     }
 }
 
+/// Writes `generation_config.json`: the ids that end a generation (the tokenizer's stop ids) and
+/// the padding and beginning ids, as `generate` reads them.
+pub fn write_generation_config(dir: &Path, tokenizer: &TextTokenizer, bos_token_id: Option<i64>) -> Result<(), CheckpointError> {
+    let stop_ids = tokenizer.stop_ids();
+    let generation = serde_json::json!({
+        "bos_token_id": bos_token_id,
+        "eos_token_id": if stop_ids.len() == 1 { serde_json::json!(stop_ids[0]) } else { serde_json::json!(stop_ids) },
+        "pad_token_id": tokenizer.pad_id(),
+    });
+    let text = serde_json::to_string_pretty(&generation).expect("JSON serialises");
+    Ok(crate::run::durable::write_file(&dir.join(GENERATION_CONFIG_FILE), text.as_bytes())?)
+}
+
+/// The ids a `generation_config.json` lists as `eos_token_id`.
+pub fn read_stop_ids(path: &Path) -> Result<Vec<i64>, CheckpointError> {
+    eos_ids(&read_json(path)?, path)
+}
+
 /// Reads `tokenizer.json` of a checkpoint and checks it fits the model's vocabulary.
+/// Generation then stops at any id `generation_config.json` lists as `eos_token_id` (or, without
+/// that file, `config.json` does), besides the tokenizer's end-of-sequence token.
 pub fn read_tokenizer(dir: &Path, config: &ModelConfig) -> Result<TextTokenizer, CheckpointError> {
-    let tokenizer = TextTokenizer::from_file(&require(dir, TOKENIZER_FILE)?)?;
+    let mut tokenizer = TextTokenizer::load(&require(dir, TOKENIZER_FILE)?)?;
     tokenizer.check_fits(config.vocab_size())?;
+    let generation_path = dir.join(GENERATION_CONFIG_FILE);
+    let stop_ids = if generation_path.is_file() { read_stop_ids(&generation_path)? } else { config.architecture().eos_token_ids() };
+    if let Some(&id) = stop_ids.iter().find(|&&id| id < 0 || id >= config.vocab_size()) {
+        return Err(CheckpointError::BadKey {
+            path: if generation_path.is_file() { generation_path } else { dir.join(CONFIG_FILE) },
+            key: "eos_token_id".into(),
+            expected: if id < 0 { "must not be negative" } else { "names an id outside the model's vocabulary" },
+        });
+    }
+    tokenizer.add_stop_ids(&stop_ids);
     Ok(tokenizer)
 }

@@ -1,5 +1,6 @@
 //! Batched autoregressive sampling with a KV cache: prompts left-padded to one width, greedy or
-//! temperature / top-k / top-p sampling, each row stopping at its own end-of-text token. Returns
+//! temperature / top-k / top-p sampling, each row stopping at the first of its stop ids (the
+//! end-of-sequence token, and any other the model's generation config lists). Returns
 //! the chosen ids and their log-probabilities (PPO's behaviour log-probs).
 
 use tch::{Device, Kind, Tensor};
@@ -38,6 +39,8 @@ pub enum GenerateError {
     Sampling(String),
     #[error("no prompts given")]
     NoPrompts,
+    #[error("no token id is given to end a generation")]
+    NoStopIds,
 }
 
 /// The result of `generate` for a batch of `B` prompts and `N` = `max_new_tokens`.
@@ -47,29 +50,34 @@ pub struct Generation {
     pub prompt_ids: Tensor,
     /// `[B, P]` 1 for prompt tokens, 0 for padding.
     pub prompt_mask: Tensor,
-    /// `[B, T ≤ N]` generated ids; after a row's end-of-text, more end-of-text ids.
+    /// `[B, T ≤ N]` generated ids; after a row's stop id, the end-of-sequence id (padding).
     pub completion_ids: Tensor,
-    /// `[B, T]` 1 for generated tokens up to and including the row's end-of-text.
+    /// `[B, T]` 1 for generated tokens up to and including the row's stop id.
     pub completion_mask: Tensor,
     /// `[B, T]` log-probability of each chosen token under softmax(logits / temperature), 0 after
     /// the row stopped.
     pub logprobs: Tensor,
-    eos_id: i64,
+    stop_ids: Vec<i64>,
 }
 
 impl Generation {
-    /// Each row's generated ids, without the end-of-text token and what follows it.
+    /// Each row's generated ids, without the stop id and what follows it.
     pub fn completions(&self) -> Vec<Vec<i64>> {
         let rows: Vec<Vec<i64>> =
             Vec::<Vec<i64>>::try_from(&self.completion_ids.to_device(Device::Cpu)).expect("completion ids are a 2-D int64 tensor");
-        rows.into_iter().map(|row| row.into_iter().take_while(|&id| id != self.eos_id).collect()).collect()
+        rows.into_iter().map(|row| row.into_iter().take_while(|id| !self.stop_ids.contains(id)).collect()).collect()
     }
 
-    /// Whether each row ended with end-of-text (rather than running out of new tokens).
+    /// Whether each row ended with a stop id (rather than running out of new tokens).
     pub fn stopped(&self) -> Vec<bool> {
-        let ended = self.completion_ids.eq(self.eos_id).any_dim(1, false).to_device(Device::Cpu);
+        let ended = is_stop(&self.completion_ids, &self.stop_ids).any_dim(1, false).to_device(Device::Cpu);
         Vec::<bool>::try_from(&ended).expect("a 1-D bool tensor")
     }
+}
+
+/// Where `ids` holds one of `stop_ids`.
+fn is_stop(ids: &Tensor, stop_ids: &[i64]) -> Tensor {
+    Tensor::isin(ids, &Tensor::from_slice(stop_ids).to_device(ids.device()), false, false)
 }
 
 /// Left-pads token rows to one width: `(ids, mask)`, both `[rows, width]` int64 on `device`.
@@ -86,17 +94,19 @@ pub fn left_pad(rows: &[Vec<i64>], pad_id: i64, device: Device) -> (Tensor, Tens
     (Tensor::from_slice(&ids).view(shape).to(device), Tensor::from_slice(&mask).view(shape).to(device))
 }
 
-/// Generates up to `max_new_tokens` after each prompt. An empty prompt starts from end-of-text,
-/// GPT-2's beginning-of-text token.
+/// Generates up to `max_new_tokens` after each prompt, each row stopping at any of `stop_ids`;
+/// the first of them (end-of-sequence) pads. An empty prompt starts from end-of-sequence, GPT-2's
+/// beginning-of-text token.
 pub fn generate(
     model: &dyn Transformer,
     prompts: &[Vec<i64>],
-    eos_id: i64,
+    stop_ids: &[i64],
     options: &GenerateOptions,
 ) -> Result<Generation, GenerateError> {
     if prompts.is_empty() {
         return Err(GenerateError::NoPrompts);
     }
+    let &eos_id = stop_ids.first().ok_or(GenerateError::NoStopIds)?;
     check_sampling(&options.sampling)?;
     let context = model.config().context_length();
     let prompts: Vec<Vec<i64>> = prompts.iter().map(|p| if p.is_empty() { vec![eos_id] } else { p.clone() }).collect();
@@ -133,7 +143,7 @@ pub fn generate(
         alive_masks.push(finished.logical_not().to_kind(Kind::Int64));
         chosen_logprobs.push(logprob.masked_fill(&finished, 0.0));
         chosen_ids.push(next.shallow_clone());
-        finished = finished.logical_or(&next.eq(eos_id));
+        finished = finished.logical_or(&is_stop(&next, stop_ids));
 
         next_input = next.unsqueeze(1);
         attention_mask = Tensor::cat(&[&attention_mask, &Tensor::ones([batch, 1], (Kind::Int64, device))], 1);
@@ -150,7 +160,7 @@ pub fn generate(
         completion_ids: Tensor::stack(&chosen_ids, 1),
         completion_mask: Tensor::stack(&alive_masks, 1),
         logprobs: Tensor::stack(&chosen_logprobs, 1),
-        eos_id,
+        stop_ids: stop_ids.to_vec(),
     })
 }
 

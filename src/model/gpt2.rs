@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use tch::nn::{Init, Path};
 use tch::{Kind, Tensor};
 
-use super::architecture::{ArchitectureConfig, ModelConfig, Transformer};
+use super::architecture::{ArchitectureConfig, HfHead, ModelConfig, Transformer};
 use super::attention::{attend, positions_and_mask, AttentionMask, CacheShape, KvCache};
 
 /// The architecture hyper-parameters, with Hugging Face `GPT2Config` names.
@@ -86,8 +86,11 @@ impl Gpt2Config {
 }
 
 impl ArchitectureConfig for Gpt2Config {
-    fn model_type(&self) -> &'static str {
-        "gpt2"
+    fn hf_class(&self, head: HfHead) -> &'static str {
+        match head {
+            HfHead::CausalLm => "GPT2LMHeadModel",
+            HfHead::SequenceClassification => "GPT2ForSequenceClassification",
+        }
     }
 
     fn vocab_size(&self) -> i64 {
@@ -106,9 +109,13 @@ impl ArchitectureConfig for Gpt2Config {
         CacheShape { layers: self.n_layer, kv_heads: self.n_head, head_dim: self.head_dim() }
     }
 
+    fn eos_token_ids(&self) -> Vec<i64> {
+        vec![self.eos_token_id]
+    }
+
     fn to_hf(&self, torch_dtype: &str) -> Value {
         json!({
-            "architectures": ["GPT2LMHeadModel"],
+            "architectures": [self.hf_class(HfHead::CausalLm)],
             "model_type": "gpt2",
             "vocab_size": self.vocab_size,
             "n_positions": self.n_positions,

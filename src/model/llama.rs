@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tch::nn::{Init, Path};
 use tch::{Kind, Tensor};
 
-use super::architecture::{ArchitectureConfig, ModelConfig, Transformer};
+use super::architecture::{ArchitectureConfig, HfHead, ModelConfig, Transformer};
 use super::attention::{attend, positions_and_mask, AttentionMask, CacheShape, KvCache};
 
 /// Which member of the family: its `model_type`.
@@ -31,11 +31,14 @@ impl Family {
         }
     }
 
-    fn architecture(self) -> &'static str {
-        match self {
-            Family::Llama => "LlamaForCausalLM",
-            Family::Qwen2 => "Qwen2ForCausalLM",
-            Family::Qwen3 => "Qwen3ForCausalLM",
+    fn class(self, head: HfHead) -> &'static str {
+        match (self, head) {
+            (Family::Llama, HfHead::CausalLm) => "LlamaForCausalLM",
+            (Family::Qwen2, HfHead::CausalLm) => "Qwen2ForCausalLM",
+            (Family::Qwen3, HfHead::CausalLm) => "Qwen3ForCausalLM",
+            (Family::Llama, HfHead::SequenceClassification) => "LlamaForSequenceClassification",
+            (Family::Qwen2, HfHead::SequenceClassification) => "Qwen2ForSequenceClassification",
+            (Family::Qwen3, HfHead::SequenceClassification) => "Qwen3ForSequenceClassification",
         }
     }
 }
@@ -183,8 +186,8 @@ fn rope_scaling(value: Option<&Value>) -> Result<Option<Llama3Scaling>, String> 
 }
 
 impl ArchitectureConfig for LlamaConfig {
-    fn model_type(&self) -> &'static str {
-        self.family.model_type()
+    fn hf_class(&self, head: HfHead) -> &'static str {
+        self.family.class(head)
     }
 
     fn vocab_size(&self) -> i64 {
@@ -203,13 +206,17 @@ impl ArchitectureConfig for LlamaConfig {
         CacheShape { layers: self.num_hidden_layers, kv_heads: self.num_key_value_heads, head_dim: self.head_dim }
     }
 
+    fn eos_token_ids(&self) -> Vec<i64> {
+        self.eos_token_ids.clone()
+    }
+
     fn to_hf(&self, torch_dtype: &str) -> Value {
         let eos = match self.eos_token_ids.as_slice() {
             [one] => json!(one),
             many => json!(many),
         };
         let mut config = json!({
-            "architectures": [self.family.architecture()],
+            "architectures": [self.family.class(HfHead::CausalLm)],
             "model_type": self.family.model_type(),
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,

@@ -15,7 +15,7 @@ use std::path::Path;
 use tch::nn::VarStore;
 use tch::Device;
 
-pub use architecture::{ModelConfig, Transformer};
+pub use architecture::{HfHead, ModelConfig, Transformer};
 pub use attention::KvCache;
 pub use checkpoint::CheckpointError;
 pub use device::{DeviceSpec, Precision};
@@ -54,7 +54,12 @@ impl LanguageModel {
     }
 
     pub fn save(&self, dir: &Path) -> Result<(), CheckpointError> {
-        checkpoint::save(dir, &self.vs, self.transformer.config(), &self.tokenizer, &[])
+        self.save_with(dir, checkpoint::SaveOptions::for_head(HfHead::CausalLm))
+    }
+
+    /// Saves with other options (shard size).
+    pub fn save_with(&self, dir: &Path, options: checkpoint::SaveOptions) -> Result<(), CheckpointError> {
+        checkpoint::save(dir, &self.vs, self.transformer.config(), &self.tokenizer, &[], options)
     }
 
     pub fn device(&self) -> Device {

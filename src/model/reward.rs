@@ -1,8 +1,9 @@
 //! A reward model: a transformer backbone (any architecture) with a scalar head read at the last real token of each
-//! sequence (Ziegler et al. 2019; Ouyang et al. 2022). Saved as an ordinary checkpoint with the
-//! head's tensors (`reward_head.weight`, `reward_head.bias`) beside the LM's, plus `reward.json`
-//! with the mean and standard deviation of its scores on policy samples, so that PPO can
-//! normalise scores.
+//! sequence (Ziegler et al. 2019; Ouyang et al. 2022). Saved as transformers'
+//! `*ForSequenceClassification` with one label — the backbone and a bias-free `score.weight` —
+//! so that `AutoModelForSequenceClassification` loads it with equal scores and reward models
+//! made elsewhere load here; `reward.json` beside it keeps the mean and standard deviation of
+//! its scores on policy samples, so that PPO can normalise scores.
 
 use std::path::Path;
 
@@ -10,13 +11,15 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init, VarStore};
 use tch::{Device, Kind, Tensor};
 
+use super::architecture::HfHead;
 use super::architecture::Transformer;
-use super::checkpoint::{self, CheckpointError};
+use super::checkpoint::{self, CheckpointError, SaveOptions};
 use super::generate::left_pad;
 use super::Precision;
 use crate::data::tokenizer::{TextTokenizer, TokenizerError};
 
-pub const REWARD_HEAD: &str = "reward_head";
+/// The head's name, transformers' for a sequence-classification model.
+pub const REWARD_HEAD: &str = "score";
 pub const NORMALIZATION_FILE: &str = "reward.json";
 
 /// Scores are normalised as (score − mean) / std.
@@ -47,7 +50,8 @@ pub struct RewardModel {
 
 impl RewardModel {
     /// Loads a checkpoint. With `new_head = true` the checkpoint may be a plain LM (e.g. SFT):
-    /// the head then starts from a small random init (drawn from libtorch's global RNG).
+    /// the head then starts from a small random init (drawn from libtorch's global RNG). An
+    /// untied LM head is not needed to score, and a sequence-classification checkpoint has none.
     pub fn load(dir: &Path, device: Device, precision: Precision, new_head: bool) -> Result<Self, CheckpointError> {
         let config = checkpoint::read_config(dir)?;
         let tokenizer = checkpoint::read_tokenizer(dir, &config)?;
@@ -57,7 +61,7 @@ impl RewardModel {
         let width = config.hidden_size();
         let head = ScalarHead::new(&(vs.root() / REWARD_HEAD), width, 1.0 / ((width + 1) as f64).sqrt());
         precision.cast(&mut vs);
-        let may_be_missing: &[&str] = if new_head { &[REWARD_HEAD] } else { &[] };
+        let may_be_missing: &[&str] = if new_head { &[REWARD_HEAD, "lm_head."] } else { &["lm_head."] };
         checkpoint::load_weights(&mut vs, dir, may_be_missing)?;
         let normalization = read_normalization(dir)?;
         Ok(RewardModel { vs, transformer, head, tokenizer, normalization })
@@ -65,7 +69,8 @@ impl RewardModel {
 
     pub fn save(&self, dir: &Path) -> Result<(), CheckpointError> {
         let normalization = self.normalization.map(|n| (NORMALIZATION_FILE, serde_json::to_string_pretty(&n).expect("serialises")));
-        checkpoint::save(dir, &self.vs, self.transformer.config(), &self.tokenizer, normalization.as_slice())
+        let options = SaveOptions::for_head(HfHead::SequenceClassification);
+        checkpoint::save(dir, &self.vs, self.transformer.config(), &self.tokenizer, normalization.as_slice(), options)
     }
 
     /// One score per row of `[B, T]` ids, read at the row's last real token (mask 1), so left
@@ -129,24 +134,21 @@ mod tests {
 }
 
 /// A scalar read-out of the hidden states (reward or value), stored beside the LM weights under
-/// its own name (`reward_head.weight` …).
+/// its own name (`score.weight` …). Without bias, as transformers' sequence-classification head:
+/// a constant offset cancels in the Bradley–Terry loss and is removed by reward normalisation.
 #[derive(Debug)]
 pub struct ScalarHead {
     weight: Tensor,
-    bias: Tensor,
 }
 
 impl ScalarHead {
     /// `stdev` small (e.g. 1/sqrt(n_embd+1)) keeps initial scores near zero.
     pub fn new(path: &nn::Path, n_embd: i64, stdev: f64) -> Self {
-        ScalarHead {
-            weight: path.var("weight", &[1, n_embd], Init::Randn { mean: 0.0, stdev }),
-            bias: path.var("bias", &[1], Init::Const(0.0)),
-        }
+        ScalarHead { weight: path.var("weight", &[1, n_embd], Init::Randn { mean: 0.0, stdev }) }
     }
 
     /// One score per position: `[batch, time, n_embd]` → `[batch, time]`.
     pub fn forward(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear(&self.weight, Some(&self.bias)).squeeze_dim(-1)
+        hidden.linear::<Tensor>(&self.weight, None).squeeze_dim(-1)
     }
 }

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
 
 use super::{StageContext, StageError, StageFigures, StageSettings, CHECKPOINT_DIR};
-use crate::data::tokenizer::TextTokenizer;
+use crate::data::chat::Message;
+use crate::data::tokenizer::{TextTokenizer, TokenizerError};
 use crate::model::generate::{generate, GenerateOptions, Sampling};
 use crate::model::{DeviceSpec, LanguageModel, Precision, Transformer};
 use crate::rng::step_seed;
@@ -374,7 +375,9 @@ impl BatchSource for CorpusWindows {
     }
 }
 
-/// SFT: prompt + response + end-of-text, loss on the response and the end-of-text only.
+/// SFT: prompt + response + end-of-text, loss on the response and the end-of-text only; a
+/// conversation rendered with the chat template, loss on the assistant's turns only (their
+/// content and end-of-turn marker).
 struct Demonstrations {
     train: Vec<Example>,
     eval: Vec<Example>,
@@ -386,9 +389,41 @@ struct Demonstrations {
     device: tch::Device,
 }
 
-struct Example {
-    ids: Vec<i64>,
-    prompt_len: usize,
+/// Token ids, and which of them are targets (carry a loss).
+pub struct Example {
+    pub ids: Vec<i64>,
+    pub is_target: Vec<bool>,
+}
+
+impl Example {
+    /// Prompt + response + end-of-text, the response and end-of-text the targets.
+    fn exchange(tokenizer: &TextTokenizer, prompt: &str, response: &str) -> Result<Self, TokenizerError> {
+        let mut ids = tokenizer.encode(prompt)?;
+        let prompt_len = ids.len();
+        ids.extend(tokenizer.encode(response)?);
+        ids.push(tokenizer.eos_id());
+        let is_target = (0..ids.len()).map(|i| i >= prompt_len).collect();
+        Ok(Example { ids, is_target })
+    }
+
+    /// A conversation as `apply_chat_template` tokenises it, the tokens that start inside an
+    /// assistant turn the targets.
+    pub fn conversation(tokenizer: &TextTokenizer, messages: &[Message]) -> Result<Self, TokenizerError> {
+        let template = tokenizer.chat_template().ok_or(TokenizerError::NoChatTemplate)?;
+        let (text, spans) = template.assistant_spans(messages, &tokenizer.template_tokens())?;
+        let tokens = tokenizer.encode_with_starts(&text)?;
+        let ids = tokens.iter().map(|&(id, _)| id).collect();
+        let is_target = tokens.iter().map(|&(_, start)| spans.iter().any(|&(from, to)| start >= from && start < to)).collect();
+        Ok(Example { ids, is_target })
+    }
+
+    /// Cut to `max_len` tokens; `None` when no target is left.
+    fn truncated(mut self, max_len: usize) -> Option<Self> {
+        self.ids.truncate(max_len);
+        self.is_target.truncate(max_len);
+        // The first token is never a target: nothing predicts it.
+        self.is_target.iter().skip(1).any(|&t| t).then_some(self)
+    }
 }
 
 impl Demonstrations {
@@ -400,23 +435,21 @@ impl Demonstrations {
             let mut examples = Vec::new();
             let mut too_long = 0;
             for demonstration in split {
-                let prompt = tokenizer.encode(&demonstration.prompt)?;
-                if prompt.len() + 1 >= max_len {
-                    too_long += 1;
-                    continue;
+                let example = match &demonstration.messages {
+                    Some(messages) => Example::conversation(tokenizer, messages)?,
+                    None => Example::exchange(tokenizer, &demonstration.prompt, &demonstration.response)?,
+                };
+                match example.truncated(max_len) {
+                    Some(example) => examples.push(example),
+                    None => too_long += 1,
                 }
-                let mut ids = prompt.clone();
-                ids.extend(tokenizer.encode(&demonstration.response)?);
-                ids.push(tokenizer.eos_id());
-                ids.truncate(max_len);
-                examples.push(Example { ids, prompt_len: prompt.len() });
             }
             Ok((examples, too_long))
         };
         let (train, dropped_train) = encode(&demonstrations.train)?;
         let (eval, dropped_eval) = encode(&demonstrations.eval)?;
         if dropped_train + dropped_eval > 0 {
-            tracing::warn!(dropped = dropped_train + dropped_eval, "demonstrations whose prompt fills seq_len were skipped");
+            tracing::warn!(dropped = dropped_train + dropped_eval, "demonstrations with no response token within seq_len were skipped");
         }
         if train.is_empty() || eval.is_empty() {
             return Err(context.invalid(format!(
@@ -438,30 +471,28 @@ impl Demonstrations {
     }
 
     fn batch(&self, examples: &[&Example]) -> Batch {
-        let rows: Vec<(&[i64], usize)> = examples.iter().map(|e| (e.ids.as_slice(), e.prompt_len)).collect();
-        response_only_batch(&rows, self.pad_id, self.device)
+        masked_batch(examples, self.pad_id, self.device)
     }
 }
 
-/// A right-padded batch of `(ids, prompt_len)` rows where only the response tokens (those at or
-/// after `prompt_len`) are targets: prompt and padding positions carry no loss.
-pub fn response_only_batch(rows: &[(&[i64], usize)], pad_id: i64, device: tch::Device) -> Batch {
-    let width = rows.iter().map(|(ids, _)| ids.len() - 1).max().unwrap_or(1);
-    let mut inputs = vec![pad_id; rows.len() * width];
-    let mut targets = vec![IGNORE; rows.len() * width];
+/// A right-padded batch where only target tokens carry a loss: position t predicts token t + 1,
+/// which is a target where the example says so; padding carries none.
+pub fn masked_batch(examples: &[&Example], pad_id: i64, device: tch::Device) -> Batch {
+    let width = examples.iter().map(|e| e.ids.len() - 1).max().unwrap_or(1);
+    let mut inputs = vec![pad_id; examples.len() * width];
+    let mut targets = vec![IGNORE; examples.len() * width];
     let mut target_tokens = 0;
-    for (row, (ids, prompt_len)) in rows.iter().enumerate() {
+    for (row, example) in examples.iter().enumerate() {
         let offset = row * width;
-        for t in 0..ids.len() - 1 {
-            inputs[offset + t] = ids[t];
-            // Position t predicts token t + 1: a loss only where that token is the response's.
-            if t + 1 >= *prompt_len {
-                targets[offset + t] = ids[t + 1];
+        for t in 0..example.ids.len() - 1 {
+            inputs[offset + t] = example.ids[t];
+            if example.is_target[t + 1] {
+                targets[offset + t] = example.ids[t + 1];
                 target_tokens += 1;
             }
         }
     }
-    let shape = [rows.len() as i64, width as i64];
+    let shape = [examples.len() as i64, width as i64];
     Batch {
         inputs: Tensor::from_slice(&inputs).view(shape).to(device),
         targets: Tensor::from_slice(&targets).view(shape).to(device),
@@ -631,7 +662,7 @@ fn write_samples(
         seed: Some(step_seed(context.seed(), SAMPLES_SEED, step)),
         use_kv_cache: true,
     };
-    let generation = generate(model.transformer.as_ref(), &encoded, tokenizer.eos_id(), &options)?;
+    let generation = generate(model.transformer.as_ref(), &encoded, tokenizer.stop_ids(), &options)?;
     for (prompt, ids) in prompts.iter().zip(generation.completions()) {
         let completion = tokenizer.decode(&ids);
         let mut line = serde_json::Map::new();

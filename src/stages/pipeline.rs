@@ -6,9 +6,11 @@ use std::path::Path;
 
 use super::{StageContext, StageError};
 use crate::config::Experiment;
+use crate::data::chat::ChatTemplate;
 use crate::data::task::{self, TaskData};
 use crate::data::tokenizer::TextTokenizer;
-use crate::model::checkpoint::TOKENIZER_FILE;
+use crate::data::tokenizer::{CHATML_END_OF_TURN, CHATML_SPECIAL_TOKENS, CHATML_TEMPLATE};
+use crate::model::checkpoint::{self, CheckpointError, GENERATION_CONFIG_FILE, TOKENIZER_FILE};
 use crate::run::{environment, log, RunDir, RunDirError};
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +23,10 @@ pub enum PipelineError {
     Data(#[from] crate::data::jsonl::JsonlError),
     #[error(transparent)]
     Tokenizer(#[from] crate::data::tokenizer::TokenizerError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("[tokenizer] {key}: {message}")]
+    TokenizerSetting { key: &'static str, message: String },
     #[error("--only {only}: no stage named `{name}` (stages: {known})")]
     UnknownOnly { only: String, name: String, known: String },
     #[error("stage `{stage}` needs the checkpoint of stage `{input}`, which is not in this run ({path}); run `{input}` too, or resume a run that has it")]
@@ -57,11 +63,12 @@ pub fn run_experiment(experiment: &Experiment, run: &RunDir, selection: &Selecti
     run.write(crate::run::ENV_FILE, &serde_json::to_string_pretty(&env).expect("JSON serialises"))?;
     tracing::info!(run = %run.path.display(), experiment = experiment.name, "run directory");
 
-    let task = task::load(&experiment.task, experiment.seed)?;
+    let mut task = task::load(&experiment.task, experiment.seed)?;
     if !task.cleaning.is_empty() {
         run.write("data_report.json", &serde_json::to_string_pretty(&task.cleaning).expect("JSON serialises"))?;
     }
     let tokenizer = tokenizer_for(experiment, &task, run)?;
+    task.apply_chat_template(&tokenizer)?;
     super::check_sequence_lengths(experiment, &task, &tokenizer)?;
 
     let finished = run.summary()?;
@@ -96,26 +103,63 @@ pub fn run_experiment(experiment: &Experiment, run: &RunDir, selection: &Selecti
     Ok(())
 }
 
-/// The run's tokenizer, saved in the run directory so that a resumed run uses the very same one.
+/// The run's tokenizer, saved in the run directory (`tokenizer.json`, `tokenizer_config.json`,
+/// `chat_template.jinja`, and its stop ids in `generation_config.json`) so that a resumed run
+/// uses the very same one.
 fn tokenizer_for(experiment: &Experiment, task: &TaskData, run: &RunDir) -> Result<TextTokenizer, PipelineError> {
     let saved = run.path.join(TOKENIZER_FILE);
     if saved.is_file() {
-        return Ok(TextTokenizer::from_file(&saved)?);
+        let mut tokenizer = TextTokenizer::load(&saved)?;
+        let generation = run.path.join(GENERATION_CONFIG_FILE);
+        if generation.is_file() {
+            tokenizer.add_stop_ids(&checkpoint::read_stop_ids(&generation)?);
+        }
+        return Ok(tokenizer);
     }
     let tokenizer = build_tokenizer(experiment, task)?;
-    tokenizer.save(&saved)?;
+    for file in tokenizer.save(&run.path)? {
+        crate::run::durable::sync(&file)?;
+    }
+    checkpoint::write_generation_config(&run.path, &tokenizer, None)?;
     Ok(tokenizer)
 }
 
-/// The experiment's tokenizer: `[tokenizer] from`, else the tokenizer of a `[models.X] from`
-/// checkpoint, else a byte-level BPE trained on the task's text.
+/// The experiment's tokenizer: `[tokenizer] from` (a `tokenizer.json`, or a directory holding
+/// one), else the tokenizer of a `[models.X] from` checkpoint, else a byte-level BPE trained on
+/// the task's text; then `[tokenizer]`'s chat template, special and stop tokens.
 pub fn build_tokenizer(experiment: &Experiment, task: &TaskData) -> Result<TextTokenizer, PipelineError> {
-    let from_checkpoint = experiment.models.values().find_map(|m| m.from.as_ref()).map(|dir| dir.join(TOKENIZER_FILE));
-    Ok(match experiment.tokenizer.from.as_ref().or(from_checkpoint.as_ref()) {
-        Some(path) => TextTokenizer::from_file(Path::new(path))?,
-        None => {
-            tracing::info!(vocab_size = experiment.tokenizer.vocab_size, "training a byte-level BPE tokenizer on the task's text");
-            TextTokenizer::train(task.all_text(), experiment.tokenizer.vocab_size)?
-        }
-    })
+    let settings = &experiment.tokenizer;
+    let starting_checkpoint = experiment.models.values().find_map(|m| m.from.as_deref());
+    let mut tokenizer = if let Some(path) = settings.from.as_ref() {
+        TextTokenizer::load(Path::new(path))?
+    } else if let Some(dir) = starting_checkpoint {
+        checkpoint::read_tokenizer(dir, &checkpoint::read_config(dir)?)?
+    } else {
+        tracing::info!(vocab_size = settings.vocab_size, "training a byte-level BPE tokenizer on the task's text");
+        TextTokenizer::train(task.all_text(), settings.vocab_size)?
+    };
+    let (mut special, mut stop) = (settings.special_tokens.clone(), settings.stop_tokens.clone());
+    if let Some(name) = &settings.chat_template {
+        let template = if name == "chatml" {
+            special.extend(CHATML_SPECIAL_TOKENS.map(String::from));
+            stop.push(CHATML_END_OF_TURN.to_string());
+            ChatTemplate::new(CHATML_TEMPLATE.to_string(), "rlhf-lab's `chatml` template".into())
+        } else {
+            let source = std::fs::read_to_string(name).map_err(|error| PipelineError::TokenizerSetting {
+                key: "chat_template",
+                message: format!("cannot read `{name}` (expected \"chatml\" or a .jinja file): {error}"),
+            })?;
+            ChatTemplate::new(source, format!("`{name}`"))
+        };
+        tokenizer.set_chat_template(Some(template.map_err(crate::data::tokenizer::TokenizerError::from)?));
+    }
+    tokenizer.add_special_tokens(&special);
+    for token in &stop {
+        let id = tokenizer.token_id(token).ok_or_else(|| PipelineError::TokenizerSetting {
+            key: "stop_tokens",
+            message: format!("`{token}` is not in the vocabulary (add it with `special_tokens`)"),
+        })?;
+        tokenizer.add_stop_ids(&[id]);
+    }
+    Ok(tokenizer)
 }

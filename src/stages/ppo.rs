@@ -709,7 +709,7 @@ impl<'a> Ppo<'a> {
             seed: Some(seed),
             use_kv_cache: true,
         };
-        let generation = generate(self.models.policy.transformer.as_ref(), &encoded, tokenizer.eos_id(), &options)?;
+        let generation = generate(self.models.policy.transformer.as_ref(), &encoded, tokenizer.stop_ids(), &options)?;
         Ok((encoded, generation))
     }
 

@@ -564,7 +564,7 @@ fn preference_pairs(context: &StageContext, settings: &RewardSettings) -> Result
     let invalid = |e: crate::data::preferences::PreferenceError| context.invalid(e.to_string());
     let all = match settings.source {
         PreferenceSource::Synthetic => return synthetic_pairs(context, settings),
-        PreferenceSource::Jsonl => read_jsonl(settings.preferences.as_ref().expect("checked")).map_err(invalid)?,
+        PreferenceSource::Jsonl => read_jsonl(settings.preferences.as_ref().expect("checked"), context.tokenizer).map_err(invalid)?,
         PreferenceSource::Labels => crate::label::export::read_preference_pairs(settings.database.as_ref().expect("checked"))
             .map_err(|e| context.invalid(e.to_string()))?,
     };
@@ -669,7 +669,7 @@ fn sample_policy(context: &StageContext, settings: &RewardSettings, prompts: &[&
             seed: Some(seed.wrapping_add(index as u64)),
             use_kv_cache: true,
         };
-        let generation = generate(policy.transformer.as_ref(), &encoded, policy.tokenizer.eos_id(), &options)?;
+        let generation = generate(policy.transformer.as_ref(), &encoded, policy.tokenizer.stop_ids(), &options)?;
         responses.extend(generation.completions().iter().map(|ids| policy.tokenizer.decode(ids)));
     }
     Ok(responses)

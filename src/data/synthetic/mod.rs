@@ -17,6 +17,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::chat::Message;
+
 pub use oracle::GoldOracle;
 use vocabulary::{Product, CONNECTORS, NEGATIVE, NEUTRAL_OPENERS, POSITIVE, PRODUCTS};
 
@@ -57,9 +59,10 @@ impl ReviewRequest {
         format!("Write a {} review of the {} about its {}.\nReview:", self.sentiment.word(), self.product, self.aspect)
     }
 
-    /// Reads the request back from a prompt written by `prompt`.
+    /// Reads the request back from a prompt written by `prompt`, also inside the text a chat
+    /// template wraps around it.
     pub fn parse(prompt: &str) -> Option<ReviewRequest> {
-        let rest = prompt.trim_start().strip_prefix("Write a ")?;
+        let rest = &prompt[prompt.find("Write a ")? + "Write a ".len()..];
         let (sentiment, rest) = rest.split_once(" review of the ")?;
         let (product, rest) = rest.split_once(" about its ")?;
         let (aspect, _) = rest.split_once('.')?;
@@ -72,11 +75,16 @@ impl ReviewRequest {
     }
 }
 
-/// A prompt with a good response.
+/// A prompt with a good response. A conversational demonstration keeps its `messages`, which
+/// SFT renders with the chat template (loss on every assistant turn); its `prompt` and
+/// `response` are then the rendering before the last assistant turn (with the generation
+/// prompt) and that turn's content (`TaskData::apply_chat_template` fills them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Demonstration {
     pub prompt: String,
     pub response: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<Message>>,
 }
 
 /// Everything the task provides, generated from one seed.
@@ -96,7 +104,7 @@ impl SyntheticReviews {
         let demonstrations = (0..demonstrations)
             .map(|_| {
                 let request = random_request(&mut rng, 0.8);
-                Demonstration { prompt: request.prompt(), response: good_response(&mut rng, &request) }
+                Demonstration { prompt: request.prompt(), response: good_response(&mut rng, &request), messages: None }
             })
             .collect();
         let prompts = (0..prompts).map(|_| random_request(&mut rng, 0.8).prompt()).collect();
