@@ -65,7 +65,7 @@ fn main() -> Result<()> {
                 }
             }
             let line = json!({
-                "impl": "rlhf", "batch": prompts.len(), "kv_cache": use_kv_cache,
+                "impl": "rlhf", "threads": args.threads, "batch": prompts.len(), "kv_cache": use_kv_cache,
                 "new_tokens": args.new_tokens, "seconds": seconds,
             });
             println!("{line}");

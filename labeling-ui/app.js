@@ -106,12 +106,34 @@ async function refreshProgress() {
   }
 }
 
+// A conversational prompt, turn by turn: each message a list item with its role and its text,
+// both set as text (never parsed as markup).
+function showConversation(messages) {
+  const list = $('conversation');
+  list.replaceChildren(...(messages ?? []).map((message) => {
+    const turn = document.createElement('li');
+    turn.className = `turn ${message.role}`;
+    turn.dataset.role = message.role;
+    const role = document.createElement('span');
+    role.className = 'role';
+    role.textContent = message.role;
+    const content = document.createElement('div');
+    content.className = 'content';
+    content.textContent = message.content;
+    turn.append(role, content);
+    return turn;
+  }));
+  list.hidden = !messages;
+  $('prompt').hidden = Boolean(messages);
+}
+
 function showPair(pair) {
   state.pair = pair;
-  $('prompt').textContent = pair.prompt;
+  $('prompt').textContent = pair.messages ? '' : pair.prompt;
+  showConversation(pair.messages);
   $('left').textContent = pair.left;
   $('right').textContent = pair.right;
-  for (const id of ['prompt', 'left', 'right']) $(id).scrollTop = 0;
+  for (const id of ['prompt', 'conversation', 'left', 'right']) $(id).scrollTop = 0;
   state.shown += 1;
   const section = $('labeling');
   section.dataset.pairId = String(pair.pair_id);

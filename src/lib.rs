@@ -5,6 +5,7 @@
 // Settings checks write `!(x > 0.0)` on purpose: unlike `x <= 0.0`, it also rejects NaN.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod data;

@@ -146,3 +146,58 @@ fn a_broken_prompts_file_names_the_line() {
     assert_error(generate(work.path(), &["--prompts", "prompts.jsonl"]), &["prompts.jsonl:2: missing field `prompt`"]);
     assert_error(generate(work.path(), &["--prompts", "nope.jsonl"]), &["cannot read `nope.jsonl`"]);
 }
+
+/// The files beside the weights: tokenizer_config.json, generation_config.json and a shard index,
+/// each broken as a hand edit or a partial copy would break it, is named with what is wrong.
+#[test]
+fn broken_tokenizer_generation_and_index_files_are_named() {
+    let edit = |file: &str, contents: &str, needles: &[&str]| {
+        let work = tempfile::tempdir().unwrap();
+        let dir = work.path().join("ckpt");
+        save_tiny_checkpoint(&dir, 300);
+        std::fs::write(dir.join(file), contents).unwrap();
+        assert_error(generate(work.path(), &["--prompt", "hi"]), needles);
+    };
+    edit(
+        "tokenizer_config.json",
+        "{\"eos_token\": \"<|im_end|>\"}",
+        &["tokenizer_config.json", "`eos_token` is `<|im_end|>`", "does not hold"],
+    );
+    edit("tokenizer_config.json", "{\"eos_token\": 7}", &["tokenizer_config.json", "`eos_token` must be a token's text"]);
+    edit("tokenizer_config.json", "{\"eos_token\": ", &["tokenizer_config.json", "not valid JSON"]);
+    edit(
+        "tokenizer_config.json",
+        "{\"chat_template\": \"{% for m in messages %}\"}",
+        &["tokenizer_config.json", "chat_template", "does not parse"],
+    );
+    edit("chat_template.jinja", "{{ messages[0]['content'] ", &["chat_template.jinja", "does not parse"]);
+    edit(
+        "generation_config.json",
+        "{\"eos_token_id\": [0, \"x\"]}",
+        &["generation_config.json", "`eos_token_id` must be an integer or a list of integers"],
+    );
+    edit(
+        "generation_config.json",
+        "{\"eos_token_id\": [0, 5000]}",
+        &["generation_config.json", "`eos_token_id` names an id outside the model's vocabulary"],
+    );
+
+    // A sharded checkpoint whose index lists a shard that is not there, or one outside the directory.
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("ckpt");
+    save_tiny_checkpoint(&dir, 300);
+    std::fs::rename(dir.join("model.safetensors"), dir.join("model-00001-of-00001.safetensors")).unwrap();
+    let index = |shard: &str| {
+        format!("{{\"metadata\": {{}}, \"weight_map\": {{\"transformer.wte.weight\": \"{shard}\", \"transformer.wpe.weight\": \"model-00002-of-00002.safetensors\"}}}}")
+    };
+    std::fs::write(dir.join("model.safetensors.index.json"), index("model-00001-of-00001.safetensors")).unwrap();
+    assert_error(
+        generate(work.path(), &["--prompt", "hi"]),
+        &["model-00002-of-00002.safetensors", "a shard that `model.safetensors.index.json` lists is missing"],
+    );
+    std::fs::write(dir.join("model.safetensors.index.json"), index("../elsewhere.safetensors")).unwrap();
+    assert_error(
+        generate(work.path(), &["--prompt", "hi"]),
+        &["model.safetensors.index.json", "names a shard outside the checkpoint directory"],
+    );
+}

@@ -86,7 +86,8 @@ fn labels_are_recorded_once_and_bad_requests_are_refused() {
 
     let first = alice.next().expect("a pair");
     let keys: Vec<&String> = first.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["left", "pair_id", "prompt", "right"]);
+    assert_eq!(keys, ["left", "messages", "pair_id", "prompt", "right"]);
+    assert_eq!(first["messages"], Value::Null, "a plain-text prompt has no messages");
     let id = first["pair_id"].as_i64().unwrap();
     let mut texts = [first["left"].as_str().unwrap(), first["right"].as_str().unwrap()];
     texts.sort();

@@ -1,5 +1,6 @@
 //! The labeling page in headless Chromium (tests/browser/label.e2e.mjs, playwright-core): sign
-//! in, label with the keyboard, undo, reload; then the database is checked here.
+//! in, label with the keyboard, undo, reload, see a conversation turn by turn; then the database
+//! and the export are checked here.
 
 mod common;
 mod label_support;
@@ -23,7 +24,8 @@ fn an_annotator_labels_with_the_keyboard_in_a_real_browser() {
     );
     let dir = tempfile::tempdir().unwrap();
     let mut pairs = vec![json!({"prompt": MARKUP_PROMPT, "response_a": MARKUP_A, "response_b": MARKUP_B})];
-    pairs.extend(numbered_pairs(3));
+    pairs.extend(numbered_pairs(2));
+    pairs.push(json!({"prompt": conversation(), "response_a": "fair", "response_b": "cheap"}));
     let db = database_with(dir.path(), &pairs);
     let token = add_annotator(&db, "alice");
     let server = Server::start(&db, &[]);
@@ -48,6 +50,11 @@ fn an_annotator_labels_with_the_keyboard_in_a_real_browser() {
     let shown: BTreeSet<&str> = [labels[0]["left"].as_str().unwrap(), labels[0]["right"].as_str().unwrap()].into();
     assert_eq!(shown, BTreeSet::from([MARKUP_A, MARKUP_B]));
 
+    // The conversational pair (the fourth, skipped) showed turn by turn, as text, and no prompt.
+    assert_eq!(labels[3]["turns"], conversation(), "{}", labels[3]);
+    assert_eq!(labels[3]["prompt"], "");
+    assert!(labels[..3].iter().all(|l| l["turns"] == json!([])));
+
     // The database holds exactly what was finally given: the undone tie is gone.
     let stored: Vec<(i64, String)> =
         db_rows(&db, "SELECT a.pair_id, l.preferred FROM labels l JOIN assignments a ON a.id = l.assignment_id ORDER BY a.pair_id");
@@ -64,4 +71,16 @@ fn an_annotator_labels_with_the_keyboard_in_a_real_browser() {
         assert_eq!(record["judgement"], "preference");
     }
     assert_eq!(by_pair(4)["judgement"], "skip");
+    // A conversational prompt is exported in TRL's conversational form.
+    assert_eq!(by_pair(4)["prompt"], conversation());
+}
+
+/// A conversation with markup in its text: the page must show it as text.
+fn conversation() -> Value {
+    json!([
+        {"role": "system", "content": "You review <b>products</b>."},
+        {"role": "user", "content": "The kettle?\n<script>document.title='pwned'</script>"},
+        {"role": "assistant", "content": "It boils fast."},
+        {"role": "user", "content": "And its price?"},
+    ])
 }

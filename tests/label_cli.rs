@@ -230,7 +230,7 @@ fn export_writes_preferences_and_ties_and_skips_only_on_request() {
     let exported = dir.path().join("everything.jsonl");
     write_jsonl(&exported, &everything);
     let from_file = read_jsonl(&exported, &common::tiny_tokenizer(300)).unwrap();
-    let from_database = read_preference_pairs(&db).unwrap();
+    let from_database = read_preference_pairs(&db, &common::tiny_tokenizer(300)).unwrap();
     assert_eq!(from_database, from_file);
     assert_eq!(from_database.iter().map(|p| p.tie).collect::<Vec<_>>(), [false, false, true]);
 }

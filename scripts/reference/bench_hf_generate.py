@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from hf_models import load  # also sets torch.set_num_threads(2), as the Rust side does
+from hf_models import load  # also sets torch.set_num_threads(BENCH_THREADS, default 2), as the Rust side does
 
 
 def main(model_dir, prompts_path, new_tokens, repeats):
@@ -41,7 +41,7 @@ def main(model_dir, prompts_path, new_tokens, repeats):
                 assert out.shape == (len(prompts), ids.shape[1] + new_tokens), out.shape
                 if repetition > 0:
                     seconds.append(elapsed)
-            print(json.dumps({"impl": "hf", "batch": len(prompts), "kv_cache": use_cache,
+            print(json.dumps({"impl": "hf", "threads": torch.get_num_threads(), "batch": len(prompts), "kv_cache": use_cache,
                               "new_tokens": new_tokens, "seconds": seconds}), flush=True)
 
 

@@ -19,13 +19,15 @@ Subcommands (all tensors exchanged as safetensors files, ids as JSON):
                                           ids for each {"messages", "add_generation_prompt"}
 """
 import json
+import os
 import sys
 
 import torch
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerFast
 
-torch.set_num_threads(2)
+# Two threads, as the Rust side uses by default; the benchmarks set BENCH_THREADS to compare others.
+torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
 
 
 def make_model(config_json, out_dir, seed, auto_class=AutoModelForCausalLM):

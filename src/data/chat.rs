@@ -250,19 +250,8 @@ fn write_python_json(value: &minijinja::Value, indent: Option<usize>, depth: usi
 fn strftime_now(format: String) -> Result<String, minijinja::Error> {
     const MONTHS: [&str; 12] =
         ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
-    let seconds = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
-    let (days, time) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let month_name = MONTHS[(month - 1) as usize];
+    let now = crate::clock::UtcTime::now();
+    let month_name = MONTHS[(now.month - 1) as usize];
     let mut out = String::new();
     let mut chars = format.chars();
     while let Some(c) = chars.next() {
@@ -271,15 +260,15 @@ fn strftime_now(format: String) -> Result<String, minijinja::Error> {
             continue;
         }
         match chars.next() {
-            Some('d') => out.push_str(&format!("{day:02}")),
-            Some('m') => out.push_str(&format!("{month:02}")),
-            Some('Y') => out.push_str(&year.to_string()),
-            Some('y') => out.push_str(&format!("{:02}", year % 100)),
+            Some('d') => out.push_str(&format!("{:02}", now.day)),
+            Some('m') => out.push_str(&format!("{:02}", now.month)),
+            Some('Y') => out.push_str(&now.year.to_string()),
+            Some('y') => out.push_str(&format!("{:02}", now.year % 100)),
             Some('B') => out.push_str(month_name),
             Some('b') => out.push_str(&month_name[..3]),
-            Some('H') => out.push_str(&format!("{:02}", time / 3600)),
-            Some('M') => out.push_str(&format!("{:02}", time / 60 % 60)),
-            Some('S') => out.push_str(&format!("{:02}", time % 60)),
+            Some('H') => out.push_str(&format!("{:02}", now.hour)),
+            Some('M') => out.push_str(&format!("{:02}", now.minute)),
+            Some('S') => out.push_str(&format!("{:02}", now.second)),
             Some('%') => out.push('%'),
             other => {
                 return Err(minijinja::Error::new(

@@ -63,14 +63,8 @@ pub fn read_jsonl(path: &Path, tokenizer: &TextTokenizer) -> Result<Vec<Preferen
                 }
                 other => Err(bad(format!("`{name}` must be a string or a list of messages, found {other}"))),
             };
-            let prompt = match Prompt::parse(field("prompt")?, "prompt").map_err(&bad)? {
-                Prompt::Text(text) => text,
-                Prompt::Messages(messages) => tokenizer
-                    .chat_template()
-                    .ok_or(TokenizerError::NoChatTemplate)
-                    .and_then(|template| Ok(template.render(&messages, true, &tokenizer.template_tokens())?))
-                    .map_err(|source| PreferenceError::Template { path: path.into(), line, source })?,
-            };
+            let prompt = Prompt::parse(field("prompt")?, "prompt").map_err(&bad)?;
+            let prompt = tokenizer.prompt_text(&prompt).map_err(|source| PreferenceError::Template { path: path.into(), line, source })?;
             let (chosen, rejected) = (answer("chosen")?, answer("rejected")?);
             if chosen == rejected {
                 return Err(bad("`chosen` and `rejected` are identical: the pair says nothing".into()));

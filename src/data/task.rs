@@ -94,7 +94,7 @@ impl TaskData {
         let chat_prompts = std::mem::take(&mut self.chat_prompts);
         for (rendered, conversations) in [(&mut self.prompts.train, chat_prompts.train), (&mut self.prompts.eval, chat_prompts.eval)] {
             for messages in conversations {
-                rendered.push(template.render(&messages, true, &tokens)?);
+                rendered.push(tokenizer.prompt_text(&Prompt::Messages(messages))?);
             }
         }
         Ok(())

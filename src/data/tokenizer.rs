@@ -12,7 +12,7 @@ use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
-use super::chat::{ChatTemplate, ChatTemplateError, Message, TemplateTokens};
+use super::chat::{ChatTemplate, ChatTemplateError, Message, Prompt, TemplateTokens};
 
 pub const END_OF_TEXT: &str = "<|endoftext|>";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -243,6 +243,18 @@ impl TextTokenizer {
             bos: self.bos.as_ref().map(|t| t.content.clone()),
             eos: self.eos.content.clone(),
             pad: self.pad.as_ref().map(|t| t.content.clone()),
+        }
+    }
+
+    /// The text a prompt is given to a model as: plain text as it is, a conversation rendered
+    /// with the chat template and its generation prompt.
+    pub fn prompt_text(&self, prompt: &Prompt) -> Result<String, TokenizerError> {
+        match prompt {
+            Prompt::Text(text) => Ok(text.clone()),
+            Prompt::Messages(messages) => {
+                let template = self.chat_template.as_ref().ok_or(TokenizerError::NoChatTemplate)?;
+                Ok(template.render(messages, true, &self.template_tokens())?)
+            }
         }
     }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use super::store::{now_ms, Store};
 use super::LabelError;
+use crate::data::chat::Message;
 
 /// How pairs are handed out; set by `rlhf label serve`.
 #[derive(Debug, Clone, Copy)]
@@ -61,19 +62,42 @@ impl Preferred {
     }
 }
 
-/// A pair as one annotator sees it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// A pair as one annotator sees it; a conversational prompt comes with its `messages`, which the
+/// page shows turn by turn.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ShownPair {
     pub pair_id: i64,
     pub prompt: String,
+    pub messages: Option<Vec<Message>>,
     pub left: String,
     pub right: String,
 }
 
-impl ShownPair {
-    fn new(pair_id: i64, prompt: String, response_a: String, response_b: String, swapped: bool) -> Self {
-        let (left, right) = if swapped { (response_b, response_a) } else { (response_a, response_b) };
-        Self { pair_id, prompt, left, right }
+/// A leased pair as the queries below read it (`messages` as stored, JSON).
+#[derive(sqlx::FromRow)]
+struct LeasedRow {
+    pair_id: i64,
+    swapped: bool,
+    prompt: String,
+    messages: Option<String>,
+    response_a: String,
+    response_b: String,
+}
+
+/// The lease an annotator holds, with its expiry.
+#[derive(sqlx::FromRow)]
+struct HeldRow {
+    expires_at: i64,
+    #[sqlx(flatten)]
+    pair: LeasedRow,
+}
+
+impl From<LeasedRow> for ShownPair {
+    fn from(row: LeasedRow) -> Self {
+        let (left, right) = if row.swapped { (row.response_b, row.response_a) } else { (row.response_a, row.response_b) };
+        // The schema admits only JSON arrays, and only `import_pairs` writes them.
+        let messages = row.messages.and_then(|json| serde_json::from_str(&json).ok());
+        ShownPair { pair_id: row.pair_id, prompt: row.prompt, messages, left, right }
     }
 }
 
@@ -104,7 +128,7 @@ impl Store {
         for _ in 0..3 {
             // An annotator's own expired lease does not exclude the pair: it comes back to them
             // (in the order they saw it) when nobody else took it.
-            let leased: Option<(i64, bool, String, String, String)> = sqlx::query_as(
+            let leased: Option<LeasedRow> = sqlx::query_as(
                 "INSERT INTO assignments (pair_id, annotator_id, swapped, state, assigned_at, expires_at) \
                  SELECT p.id, ?2, ?3, 'open', ?4, ?5 FROM pairs p \
                  WHERE p.claims < ?1 \
@@ -115,9 +139,10 @@ impl Store {
                  ON CONFLICT (pair_id, annotator_id) DO UPDATE \
                      SET state = 'open', assigned_at = excluded.assigned_at, expires_at = excluded.expires_at \
                  RETURNING pair_id, swapped, \
-                     (SELECT prompt FROM pairs WHERE id = pair_id), \
-                     (SELECT response_a FROM pairs WHERE id = pair_id), \
-                     (SELECT response_b FROM pairs WHERE id = pair_id)",
+                     (SELECT prompt FROM pairs WHERE id = pair_id) AS prompt, \
+                     (SELECT messages FROM pairs WHERE id = pair_id) AS messages, \
+                     (SELECT response_a FROM pairs WHERE id = pair_id) AS response_a, \
+                     (SELECT response_b FROM pairs WHERE id = pair_id) AS response_b",
             )
             .bind(policy.labels_per_pair)
             .bind(annotator_id)
@@ -126,12 +151,12 @@ impl Store {
             .bind(now.saturating_add(duration_ms(policy.lease)))
             .fetch_optional(self.writer())
             .await?;
-            if let Some((pair_id, swapped, prompt, response_a, response_b)) = leased {
-                return Ok(Some(ShownPair::new(pair_id, prompt, response_a, response_b, swapped)));
+            if let Some(row) = leased {
+                return Ok(Some(row.into()));
             }
             // Nothing was leased: the annotator holds a lease already, or nothing is left.
-            let held: Option<(i64, i64, String, String, String, bool)> = sqlx::query_as(
-                "SELECT a.expires_at, p.id, p.prompt, p.response_a, p.response_b, a.swapped \
+            let held: Option<HeldRow> = sqlx::query_as(
+                "SELECT a.expires_at, p.id AS pair_id, a.swapped, p.prompt, p.messages, p.response_a, p.response_b \
                  FROM assignments a JOIN pairs p ON p.id = a.pair_id \
                  WHERE a.annotator_id = ? AND a.state = 'open'",
             )
@@ -140,9 +165,7 @@ impl Store {
             .await?;
             match held {
                 None => return Ok(None),
-                Some((expires_at, pair_id, prompt, response_a, response_b, swapped)) if expires_at > now => {
-                    return Ok(Some(ShownPair::new(pair_id, prompt, response_a, response_b, swapped)));
-                }
+                Some(held) if held.expires_at > now => return Ok(Some(held.pair.into())),
                 Some(_) => self.expire_leases(now).await?,
             }
         }

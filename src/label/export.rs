@@ -9,7 +9,9 @@ use serde_json::{Map, Value};
 use super::assign::Preferred;
 use super::store::{rfc3339_sql, Store};
 use super::LabelError;
+use crate::data::chat::{Message, Prompt};
 use crate::data::preferences::PreferencePair;
+use crate::data::tokenizer::TextTokenizer;
 
 /// Which labels become records besides real preferences.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -33,6 +35,8 @@ pub enum Judgement {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PreferenceRecord {
     pub prompt: String,
+    /// The conversation, for a pair whose prompt is one (`prompt` is then its transcript).
+    pub messages: Option<Vec<Message>>,
     pub chosen: String,
     pub rejected: String,
     pub judgement: Judgement,
@@ -46,10 +50,15 @@ pub struct PreferenceRecord {
 
 impl PreferenceRecord {
     /// The JSON line: metadata first, then the record's own fields (which win over metadata
-    /// fields of the same name).
+    /// fields of the same name). A conversational prompt is written as its list of messages
+    /// (TRL's conversational format), which the reward stage reads back.
     pub fn to_json(&self) -> Value {
         let mut object = self.metadata.clone();
-        object.insert("prompt".into(), self.prompt.clone().into());
+        let prompt = match &self.messages {
+            Some(messages) => serde_json::to_value(messages).expect("messages serialise"),
+            None => self.prompt.clone().into(),
+        };
+        object.insert("prompt".into(), prompt);
         object.insert("chosen".into(), self.chosen.clone().into());
         object.insert("rejected".into(), self.rejected.clone().into());
         object.insert("judgement".into(), serde_json::to_value(self.judgement).unwrap_or(Value::Null));
@@ -60,13 +69,13 @@ impl PreferenceRecord {
     }
 }
 
-type LabelRow = (i64, String, String, String, String, bool, String, String, String);
+type LabelRow = (i64, String, Option<String>, String, String, String, bool, String, String, String);
 
 impl Store {
     /// The labels as preference records, oldest first; ties and skips only when `filter` asks.
     pub async fn preferences(&self, filter: ExportFilter) -> Result<Vec<PreferenceRecord>, LabelError> {
         let rows: Vec<LabelRow> = sqlx::query_as(&format!(
-            "SELECT p.id, p.prompt, p.response_a, p.response_b, p.metadata, a.swapped, l.preferred, n.name, {labeled_at} \
+            "SELECT p.id, p.prompt, p.messages, p.response_a, p.response_b, p.metadata, a.swapped, l.preferred, n.name, {labeled_at} \
              FROM labels l JOIN assignments a ON a.id = l.assignment_id \
              JOIN pairs p ON p.id = a.pair_id JOIN annotators n ON n.id = a.annotator_id \
              ORDER BY l.labeled_at, l.id",
@@ -75,7 +84,7 @@ impl Store {
         .fetch_all(self.reader())
         .await?;
         let mut records = Vec::with_capacity(rows.len());
-        for (pair_id, prompt, response_a, response_b, metadata, swapped, preferred, annotator, labeled_at) in rows {
+        for (pair_id, prompt, messages, response_a, response_b, metadata, swapped, preferred, annotator, labeled_at) in rows {
             let (judgement, a_wins) = match (Preferred::from_db(&preferred)?, swapped) {
                 (Preferred::Left, false) | (Preferred::Right, true) => (Judgement::Preference, true),
                 (Preferred::Left, true) | (Preferred::Right, false) => (Judgement::Preference, false),
@@ -96,7 +105,9 @@ impl Store {
                 // The schema's CHECK admits only JSON objects.
                 _ => Map::new(),
             };
-            records.push(PreferenceRecord { prompt, chosen, rejected, judgement, annotator, pair_id, labeled_at, metadata });
+            // The schema admits only JSON arrays, and only `import_pairs` writes them.
+            let messages = messages.and_then(|json| serde_json::from_str(&json).ok());
+            records.push(PreferenceRecord { prompt, messages, chosen, rejected, judgement, annotator, pair_id, labeled_at, metadata });
         }
         Ok(records)
     }
@@ -120,7 +131,8 @@ pub fn write_jsonl(path: &Path, records: &[PreferenceRecord]) -> Result<usize, L
 /// The labeled pairs of the database at `db` as reward-model training pairs, for callers outside
 /// an async runtime (the reward stage): preferences, and ties as `tie = true` pairs exactly as a
 /// JSONL line with `"judgement": "tie"` is read; skips say nothing about the pair and are left out.
-pub fn read_preference_pairs(db: &Path) -> Result<Vec<PreferencePair>, LabelError> {
+/// Conversational prompts are rendered with `tokenizer`'s chat template, as in a JSONL file.
+pub fn read_preference_pairs(db: &Path, tokenizer: &TextTokenizer) -> Result<Vec<PreferencePair>, LabelError> {
     if !db.is_file() {
         return Err(LabelError::NoDatabase(db.to_path_buf()));
     }
@@ -134,15 +146,21 @@ pub fn read_preference_pairs(db: &Path) -> Result<Vec<PreferencePair>, LabelErro
         store.close().await;
         records
     })?;
-    Ok(records
+    records
         .into_iter()
-        .map(|record| PreferencePair {
-            tie: record.judgement == Judgement::Tie,
-            prompt: record.prompt,
-            chosen: record.chosen,
-            rejected: record.rejected,
-            margin: None,
-            gold: None,
+        .map(|record| {
+            let prompt = match record.messages {
+                Some(messages) => tokenizer.prompt_text(&Prompt::Messages(messages))?,
+                None => record.prompt,
+            };
+            Ok(PreferencePair {
+                tie: record.judgement == Judgement::Tie,
+                prompt,
+                chosen: record.chosen,
+                rejected: record.rejected,
+                margin: None,
+                gold: None,
+            })
         })
-        .collect())
+        .collect()
 }

@@ -565,8 +565,10 @@ fn preference_pairs(context: &StageContext, settings: &RewardSettings) -> Result
     let all = match settings.source {
         PreferenceSource::Synthetic => return synthetic_pairs(context, settings),
         PreferenceSource::Jsonl => read_jsonl(settings.preferences.as_ref().expect("checked"), context.tokenizer).map_err(invalid)?,
-        PreferenceSource::Labels => crate::label::export::read_preference_pairs(settings.database.as_ref().expect("checked"))
-            .map_err(|e| context.invalid(e.to_string()))?,
+        PreferenceSource::Labels => {
+            crate::label::export::read_preference_pairs(settings.database.as_ref().expect("checked"), context.tokenizer)
+                .map_err(|e| context.invalid(e.to_string()))?
+        }
     };
     let mut all = all;
     all.shuffle(&mut ChaCha8Rng::seed_from_u64(step_seed(context.seed(), PAIRS_SEED, 0)));

@@ -6,7 +6,8 @@
 // token), labels three pairs with ←, → and T, undoes the tie with U, reloads (the token and the
 // held pair survive), labels that pair again with 1, skips the last with S and sees "nothing
 // left". It checks what the page shows on the way and prints, as the last line of stdout, the
-// labels it gave with the texts it saw, for the Rust test to check against the database.
+// labels it gave with the texts (and the turns of a conversational prompt) it saw, for the Rust
+// test to check against the database.
 // With SCREENSHOT=FILE it only signs in and saves a picture of the first pair (for the docs).
 import { chromium } from 'playwright-core';
 import assert from 'node:assert/strict';
@@ -123,7 +124,14 @@ async function shownPair(page) {
       return element.textContent;
     };
     const pairId = Number(document.getElementById('labeling').dataset.pairId);
-    return { pair_id: pairId, prompt: field('prompt'), left: field('left'), right: field('right') };
+    // A conversational prompt shows as turns, each its role and its text.
+    const conversation = document.getElementById('conversation');
+    const turns = conversation.hidden ? [] : [...conversation.querySelectorAll('.turn')].map((turn) => {
+      const content = turn.querySelector('.content');
+      if (content.childElementCount !== 0) throw new Error('a turn holds elements: data was parsed as HTML');
+      return { role: turn.dataset.role, content: content.textContent };
+    });
+    return { pair_id: pairId, prompt: field('prompt'), turns, left: field('left'), right: field('right') };
   });
 }
 
