@@ -3,11 +3,15 @@
 //! as message lists, TRL's conversational preferences), and the errors bad conversations get.
 
 mod common;
+mod label_support;
 
 use std::path::{Path, PathBuf};
 
-use rlhf_lab::data::chat::{ChatTemplate, Message, Role};
+use rlhf_lab::data::chat::{ChatTemplate, Message, Prompt, Role};
+use rlhf_lab::data::preferences::read_jsonl;
 use rlhf_lab::data::tokenizer::{TextTokenizer, CHATML_SPECIAL_TOKENS, CHATML_TEMPLATE};
+use rlhf_lab::label::export::{read_preference_pairs, ExportFilter};
+use rlhf_lab::label::{Policy, Preferred, Store};
 use rlhf_lab::stages::lm::Example;
 use serde_json::{json, Value};
 
@@ -318,4 +322,43 @@ fn bad_conversations_are_named() {
     assert!(!ok && stderr.contains("synthetic.toml:2") && stderr.contains("[tokenizer] chat_template = \"chatml\""), "{stderr}");
     let (ok, _, stderr) = common::rlhf(&["validate", "chat.toml", "--set", "task.chat=true"], work.path());
     assert!(!ok && stderr.contains("`chat` is for the synthetic task"), "{stderr}");
+}
+
+/// Conversational pairs labeled in the database reach the reward stage rendered with the chat
+/// template, and exactly as the export of the same labels, read back as a preference file, does.
+#[test]
+fn labeled_conversations_reach_the_reward_stage_rendered() {
+    let work = tempfile::tempdir().unwrap();
+    let conversation =
+        |i: usize| json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": format!("Review item {i}.")}]);
+    let pairs: Vec<Value> =
+        (0..4).map(|i| json!({"prompt": conversation(i), "response_a": format!("good {i}"), "response_b": format!("bad {i}")})).collect();
+    let db = label_support::database_with(work.path(), &pairs);
+    let token = label_support::add_annotator(&db, "alice");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let records = runtime.block_on(async {
+        let store = Store::open(&db).await.unwrap();
+        let alice = store.annotator_by_token(&token).await.unwrap().unwrap();
+        let policy = Policy::default();
+        while let Some(pair) = store.next_pair(alice.id, &policy).await.unwrap() {
+            assert!(pair.messages.is_some(), "{pair:?}");
+            let preferred = if pair.left.starts_with("good") { Preferred::Left } else { Preferred::Right };
+            store.record_label(alice.id, pair.pair_id, preferred, &policy).await.unwrap();
+        }
+        let records = store.preferences(ExportFilter { ties: false, skips: false }).await.unwrap();
+        store.close().await;
+        records
+    });
+    let tokenizer = chatml_tokenizer();
+    let from_database = read_preference_pairs(&db, &tokenizer).unwrap();
+    assert_eq!(from_database.len(), 4);
+    for pair in &from_database {
+        let i: usize = pair.chosen.strip_prefix("good ").unwrap().parse().unwrap();
+        let messages = serde_json::from_value(conversation(i)).unwrap();
+        assert_eq!(pair.prompt, tokenizer.prompt_text(&Prompt::Messages(messages)).unwrap());
+        assert_eq!(pair.rejected, format!("bad {i}"));
+    }
+    let file = work.path().join("exported.jsonl");
+    label_support::write_jsonl(&file, &records.iter().map(|r| r.to_json()).collect::<Vec<_>>());
+    assert_eq!(read_jsonl(&file, &tokenizer).unwrap(), from_database);
 }
