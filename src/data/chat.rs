@@ -16,6 +16,17 @@ pub enum Role {
     Assistant,
 }
 
+impl Role {
+    /// The name transformers' templates read (`message['role']`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
 /// One turn of a conversation, as TRL's conversational datasets write it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -103,24 +114,25 @@ pub struct TemplateTokens {
     pub pad: Option<String>,
 }
 
-/// A chat template with where it came from (for error messages).
-#[derive(Debug, Clone, PartialEq)]
+/// A chat template with where it came from (for error messages), compiled once.
+#[derive(Debug, Clone)]
 pub struct ChatTemplate {
     pub source: String,
     pub origin: String,
+    environment: minijinja::Environment<'static>,
+}
+
+impl PartialEq for ChatTemplate {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.source, &self.origin) == (&other.source, &other.origin)
+    }
 }
 
 const TEMPLATE_NAME: &str = "chat_template";
 
 impl ChatTemplate {
-    /// Checks that the template parses; `origin` names the file (and key) it came from.
+    /// Compiles the template; `origin` names the file (and key) it came from.
     pub fn new(source: String, origin: String) -> Result<Self, ChatTemplateError> {
-        let template = ChatTemplate { source, origin };
-        template.environment()?;
-        Ok(template)
-    }
-
-    fn environment(&self) -> Result<minijinja::Environment<'_>, ChatTemplateError> {
         let mut env = minijinja::Environment::new();
         // transformers compiles templates with trim_blocks and lstrip_blocks (Jinja's defaults are off).
         env.set_trim_blocks(true);
@@ -131,19 +143,18 @@ impl ChatTemplate {
         });
         env.add_filter("tojson", python_json);
         env.add_function("strftime_now", strftime_now);
-        env.add_template(TEMPLATE_NAME, &self.source).map_err(|error| ChatTemplateError::Syntax {
-            origin: self.origin.clone(),
+        env.add_template_owned(TEMPLATE_NAME, source.clone()).map_err(|error| ChatTemplateError::Syntax {
+            origin: origin.clone(),
             line: error.line(),
             message: describe(&error),
         })?;
-        Ok(env)
+        Ok(ChatTemplate { source, origin, environment: env })
     }
 
     /// The text of `messages`, ending with the assistant's turn header when
     /// `add_generation_prompt` (the prompt a model completes).
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool, tokens: &TemplateTokens) -> Result<String, ChatTemplateError> {
-        let env = self.environment()?;
-        let template = env.get_template(TEMPLATE_NAME).expect("added above");
+        let template = self.environment.get_template(TEMPLATE_NAME).expect("added when compiled");
         let context = minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,

@@ -74,21 +74,14 @@ impl TaskData {
 
     /// Renders the conversations with the tokenizer's chat template: each conversational
     /// demonstration's `prompt` (before its last assistant turn, with the generation prompt) and
-    /// `response` (that turn), and the conversational prompts into `prompts`. Nothing to do (and
-    /// no template needed) when the task has no conversations.
+    /// `response` (that turn), and the conversational prompts into `prompts`. A template is needed
+    /// only when the task has conversations.
     pub fn apply_chat_template(&mut self, tokenizer: &TextTokenizer) -> Result<(), TokenizerError> {
-        let has_conversations = !self.chat_prompts.is_empty()
-            || self.demonstrations.train.iter().chain(&self.demonstrations.eval).any(|d| d.messages.is_some());
-        if !has_conversations {
-            return Ok(());
-        }
-        let template = tokenizer.chat_template().ok_or(TokenizerError::NoChatTemplate)?;
-        let tokens = tokenizer.template_tokens();
         for demonstration in self.demonstrations.train.iter_mut().chain(self.demonstrations.eval.iter_mut()) {
             let Some(messages) = &demonstration.messages else { continue };
             let last =
                 messages.iter().rposition(|m| m.role == Role::Assistant).expect("checked when read: a conversation has an assistant turn");
-            demonstration.prompt = template.render(&messages[..last], true, &tokens)?;
+            demonstration.prompt = tokenizer.prompt_text(&Prompt::Messages(messages[..last].to_vec()))?;
             demonstration.response = messages[last].content.clone();
         }
         let chat_prompts = std::mem::take(&mut self.chat_prompts);

@@ -53,8 +53,7 @@ impl TryFrom<PairLine> for NewPair {
 
 /// A conversation as plain text: `role: content` paragraphs.
 pub fn transcript(messages: &[Message]) -> String {
-    let role = |m: &Message| serde_json::to_value(m.role).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-    messages.iter().map(|m| format!("{}: {}", role(m), m.content)).collect::<Vec<_>>().join("\n\n")
+    messages.iter().map(|m| format!("{}: {}", m.role.as_str(), m.content)).collect::<Vec<_>>().join("\n\n")
 }
 
 /// A line of a stage's `samples.jsonl`: a generation and whatever the stage recorded with it.

@@ -71,12 +71,11 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig, CheckpointError> {
     ModelConfig::from_hf(&read_json(&path)?).map_err(|reason| CheckpointError::Unsupported { path, reason })
 }
 
-/// Writes `config.json` with the keys transformers reads for the architecture; a
-/// sequence-classification head adds one label and the padding id its last-token read-out uses.
-fn write_config(dir: &Path, config: &ModelConfig, precision: Kind, head: HfHead, pad_token_id: i64) -> Result<(), CheckpointError> {
-    let architecture = config.architecture();
-    let mut json = architecture.to_hf(torch_dtype(precision));
-    json["architectures"] = serde_json::json!([architecture.hf_class(head)]);
+/// Writes `config.json`: the keys transformers reads for the architecture (`hf`, from
+/// `ArchitectureConfig::to_hf`), the class of `head`, and the padding id; a
+/// sequence-classification head adds its one label.
+fn write_config(dir: &Path, mut json: Value, class: &str, head: HfHead, pad_token_id: i64) -> Result<(), CheckpointError> {
+    json["architectures"] = serde_json::json!([class]);
     json["pad_token_id"] = serde_json::json!(pad_token_id);
     if head == HfHead::SequenceClassification {
         json["num_labels"] = serde_json::json!(1);
@@ -194,9 +193,9 @@ fn write_weights(dir: &Path, buffers: &[Buffer], max_shard_bytes: u64) -> Result
     Ok(crate::run::durable::write_file(&dir.join(WEIGHTS_INDEX_FILE), text.as_bytes())?)
 }
 
-/// Writes every variable of `vs` (model and heads) as HF weights, plus the tokenizer's files,
-/// `generation_config.json`, the `extra` files (name, contents) and the config. Variables named
-/// in `skip` (an untied LM head on a reward model) are left out. The directory is replaced as a
+/// Writes every variable of `vs` (model and heads) as HF weights — but an untied LM head under a
+/// sequence-classification head — plus the tokenizer's files, `generation_config.json`, the
+/// `extra` files (name, contents) and the config. The directory is replaced as a
 /// whole (`run::durable`): a crash never leaves a half-written checkpoint looking complete, and
 /// `config.json`, written last, is what marks it complete.
 pub fn save(
@@ -219,12 +218,13 @@ pub fn save(
         for file in tokenizer.save(dir)? {
             crate::run::durable::sync(&file)?;
         }
-        let bos_token_id = config.architecture().to_hf("float32").get("bos_token_id").and_then(Value::as_i64);
-        write_generation_config(dir, tokenizer, bos_token_id)?;
+        let architecture = config.architecture();
+        let hf = architecture.to_hf(torch_dtype(precision));
+        write_generation_config(dir, tokenizer, hf.get("bos_token_id").and_then(Value::as_i64))?;
         for (name, contents) in extra {
             crate::run::durable::write_file(&dir.join(name), contents.as_bytes())?;
         }
-        write_config(dir, config, precision, options.head, tokenizer.pad_id())
+        write_config(dir, hf, architecture.hf_class(options.head), options.head, tokenizer.pad_id())
     };
     crate::run::durable::replace_dir(dir, write, &|_| {})
 }

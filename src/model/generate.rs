@@ -70,14 +70,21 @@ impl Generation {
 
     /// Whether each row ended with a stop id (rather than running out of new tokens).
     pub fn stopped(&self) -> Vec<bool> {
-        let ended = is_stop(&self.completion_ids, &self.stop_ids).any_dim(1, false).to_device(Device::Cpu);
+        let ended = is_stop(&self.completion_ids, &stop_tensor(&self.stop_ids, self.completion_ids.device()))
+            .any_dim(1, false)
+            .to_device(Device::Cpu);
         Vec::<bool>::try_from(&ended).expect("a 1-D bool tensor")
     }
 }
 
-/// Where `ids` holds one of `stop_ids`.
-fn is_stop(ids: &Tensor, stop_ids: &[i64]) -> Tensor {
-    Tensor::isin(ids, &Tensor::from_slice(stop_ids).to_device(ids.device()), false, false)
+/// The stop ids as a tensor on `device`.
+fn stop_tensor(stop_ids: &[i64], device: Device) -> Tensor {
+    Tensor::from_slice(stop_ids).to_device(device)
+}
+
+/// Where `ids` holds one of `stop`'s ids.
+fn is_stop(ids: &Tensor, stop: &Tensor) -> Tensor {
+    Tensor::isin(ids, stop, false, false)
 }
 
 /// Left-pads token rows to one width: `(ids, mask)`, both `[rows, width]` int64 on `device`.
@@ -130,6 +137,8 @@ pub fn generate(
     let mut attention_mask = prompt_mask.shallow_clone();
     let mut next_input = prompt_ids.shallow_clone();
     let mut finished = Tensor::zeros([batch], (Kind::Bool, device));
+    // Made once: a host-to-device copy per generated token would sit on the hot path.
+    let stop = stop_tensor(stop_ids, device);
     let (mut chosen_ids, mut chosen_logprobs, mut alive_masks) = (Vec::new(), Vec::new(), Vec::new());
 
     for _ in 0..options.max_new_tokens {
@@ -143,7 +152,7 @@ pub fn generate(
         alive_masks.push(finished.logical_not().to_kind(Kind::Int64));
         chosen_logprobs.push(logprob.masked_fill(&finished, 0.0));
         chosen_ids.push(next.shallow_clone());
-        finished = finished.logical_or(&is_stop(&next, stop_ids));
+        finished = finished.logical_or(&is_stop(&next, &stop));
 
         next_input = next.unsqueeze(1);
         attention_mask = Tensor::cat(&[&attention_mask, &Tensor::ones([batch, 1], (Kind::Int64, device))], 1);
