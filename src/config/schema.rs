@@ -56,6 +56,11 @@ pub struct TaskConfig {
     /// Fraction of each data set held out for evaluation.
     #[serde(default = "defaults::eval_fraction")]
     pub eval_fraction: f64,
+    /// Seed of the evaluation set (the synthetic task's held-out data, the JSONL task's split,
+    /// the reward stage's held-out pairs, evaluation sampling), independent of the experiment's
+    /// `seed` so that runs of one task are evaluated alike.
+    #[serde(default = "defaults::eval_seed")]
+    pub eval_seed: u64,
     /// JSONL task: skip (and count) malformed lines instead of stopping at the first one.
     #[serde(default)]
     pub skip_bad_lines: bool,
@@ -202,6 +207,7 @@ pub(super) mod defaults {
     pub fn demonstrations() -> usize { 2000 }
     pub fn prompts() -> usize { 200 }
     pub fn eval_fraction() -> f64 { 0.05 }
+    pub fn eval_seed() -> u64 { 0 }
     pub fn min_chars() -> usize { 1 }
     pub fn max_chars() -> usize { 20_000 }
     pub fn near_duplicate_threshold() -> f64 { 0.9 }

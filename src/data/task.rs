@@ -10,6 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::de::DeserializeOwned;
 
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use super::chat::{parse_messages, Message, Prompt, Role};
 use super::cleaning::{clean, CleaningReport, CleaningRules, TextFields};
@@ -17,6 +18,7 @@ use super::jsonl::{read_converted, JsonlError, TextRecord};
 use super::synthetic::{Demonstration, GoldOracle, SyntheticReviews};
 use super::tokenizer::{TextTokenizer, TokenizerError};
 use crate::config::{TaskConfig, TaskKind};
+use crate::rng::step_seed;
 
 /// Records held for training and for evaluation.
 #[derive(Debug, Clone)]
@@ -40,9 +42,17 @@ impl<T> Split<T> {
     /// or more) goes to eval.
     fn new(mut records: Vec<T>, eval_fraction: f64, seed: u64) -> Self {
         records.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-        let eval_len = if records.len() >= 2 { ((records.len() as f64 * eval_fraction).ceil() as usize).max(1) } else { 0 };
-        let train = records.split_off(eval_len);
+        let train = records.split_off(held_out(records.len(), eval_fraction));
         Split { train, eval: records }
+    }
+}
+
+/// How many of `records` go to eval: ⌈records · fraction⌉, at least one when there are two or more.
+fn held_out(records: usize, eval_fraction: f64) -> usize {
+    if records >= 2 {
+        ((records as f64 * eval_fraction).ceil() as usize).max(1)
+    } else {
+        0
     }
 }
 
@@ -70,6 +80,18 @@ impl TaskData {
         });
         let chat_prompts = self.chat_prompts.train.iter().chain(&self.chat_prompts.eval).flatten().map(|m| m.content.as_str());
         corpus.chain(demonstrations).chain(self.prompts.train.iter().chain(&self.prompts.eval).map(String::as_str)).chain(chat_prompts)
+    }
+
+    /// SHA-256 (hex) of the held-out records — corpus, demonstrations and prompts as rendered —
+    /// which runs compare to know whether they were evaluated on the same data.
+    pub fn eval_set_digest(&self) -> String {
+        let demonstrations: Vec<[&str; 2]> = self.demonstrations.eval.iter().map(|d| [d.prompt.as_str(), d.response.as_str()]).collect();
+        let records = serde_json::json!({
+            "corpus": self.corpus.eval,
+            "demonstrations": demonstrations,
+            "prompts": self.prompts.eval,
+        });
+        hex::encode(Sha256::digest(records.to_string().as_bytes()))
     }
 
     /// Renders the conversations with the tokenizer's chat template: each conversational
@@ -150,26 +172,46 @@ fn prompt_from(record: Map<String, Value>) -> Result<Prompt, String> {
     Prompt::parse(record.get("prompt").ok_or("missing field `prompt`")?, "prompt")
 }
 
-/// Builds the task's data from its config; `seed` drives generation and splits.
+/// Builds the task's data from its config. The synthetic task generates its training part from
+/// the experiment's `seed` and its held-out part from `eval_seed`; a JSONL task is split by a
+/// shuffle drawn from `eval_seed`. Either way every run of the task, whatever its seed, is
+/// evaluated on the same records.
 pub fn load(config: &TaskConfig, seed: u64) -> Result<TaskData, JsonlError> {
     match config.kind {
         TaskKind::SyntheticReviews => {
-            let task = SyntheticReviews::generate(seed, config.corpus_size, config.demonstrations_size, config.prompts_size);
+            let held_out = |size: usize| held_out(size, config.eval_fraction);
+            let (corpus, demonstrations, prompts) = (config.corpus_size, config.demonstrations_size, config.prompts_size);
+            let train = SyntheticReviews::generate(
+                seed,
+                corpus - held_out(corpus),
+                demonstrations - held_out(demonstrations),
+                prompts - held_out(prompts),
+            );
+            let eval = SyntheticReviews::generate(
+                step_seed(config.eval_seed, EVAL_SET_SEED, 0),
+                held_out(corpus),
+                held_out(demonstrations),
+                held_out(prompts),
+            );
             let data = TaskData {
-                corpus: Split::new(task.corpus, config.eval_fraction, seed ^ 1),
-                demonstrations: Split::new(task.demonstrations, config.eval_fraction, seed ^ 2),
-                prompts: Split::new(task.prompts, config.eval_fraction, seed ^ 3),
+                corpus: Split { train: train.corpus, eval: eval.corpus },
+                demonstrations: Split { train: train.demonstrations, eval: eval.demonstrations },
+                prompts: Split { train: train.prompts, eval: eval.prompts },
                 chat_prompts: Split::default(),
                 oracle: Some(GoldOracle),
                 cleaning: BTreeMap::new(),
             };
             Ok(if config.chat { as_conversations(data) } else { data })
         }
-        TaskKind::Jsonl => load_jsonl(config, seed),
+        TaskKind::Jsonl => load_jsonl(config),
     }
 }
 
-fn load_jsonl(config: &TaskConfig, seed: u64) -> Result<TaskData, JsonlError> {
+/// Purpose of the seed the synthetic task's held-out records are generated from.
+const EVAL_SET_SEED: u64 = 41;
+
+fn load_jsonl(config: &TaskConfig) -> Result<TaskData, JsonlError> {
+    let seed = config.eval_seed;
     let rules = CleaningRules {
         min_chars: config.min_chars,
         max_chars: config.max_chars,

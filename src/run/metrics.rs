@@ -1,4 +1,4 @@
-//! `<stage>/metrics.jsonl` and `<stage>/samples.jsonl`: one JSON object per line, each with a
+//! `<stage>/metrics.jsonl`, `<stage>/samples.jsonl` and `<stage>/eval_final.jsonl`: one JSON object per line, each with a
 //! `"step"`. On resume, lines from steps after the restored state are dropped, so that the file
 //! ends up exactly as in an uninterrupted run.
 
@@ -7,6 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::RunDirError;
@@ -92,6 +93,25 @@ impl SampleLog {
         };
         writer.log_object(object)
     }
+}
+
+/// `<stage>/eval_final.jsonl`: every response of a generating stage's latest evaluation (its
+/// final one once the stage has finished), replaced whole at each evaluation.
+pub const EVALUATION_FILE: &str = "eval_final.jsonl";
+
+/// The JSONL objects of evaluated records, each with its `"step"`.
+pub fn evaluation_lines<T: Serialize>(step: u64, records: &[T]) -> impl Iterator<Item = Map<String, Value>> + '_ {
+    records.iter().map(move |record| {
+        let Value::Object(mut line) = serde_json::to_value(record).expect("records serialise") else { unreachable!("records are structs") };
+        line.insert("step".into(), step.into());
+        line
+    })
+}
+
+/// Replaces `stage_dir/eval_final.jsonl` (atomically) with the records of the evaluation at `step`.
+pub fn write_evaluation<T: Serialize>(stage_dir: &Path, step: u64, records: &[T]) -> Result<(), RunDirError> {
+    let text: String = evaluation_lines(step, records).map(|line| format!("{}\n", Value::Object(line))).collect();
+    super::write_atomic(&stage_dir.join(EVALUATION_FILE), &text)
 }
 
 #[cfg(test)]

@@ -129,6 +129,8 @@ pub enum StageError {
     Tokenizer(#[from] crate::data::tokenizer::TokenizerError),
     #[error(transparent)]
     Generate(#[from] crate::model::generate::GenerateError),
+    #[error(transparent)]
+    Rollout(#[from] crate::train::rollout::RolloutError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
     #[error(transparent)]

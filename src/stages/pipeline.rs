@@ -59,8 +59,6 @@ pub fn run_experiment(experiment: &Experiment, run: &RunDir, selection: &Selecti
             stage.settings.devices().into_iter().map(move |(role, device)| (format!("{}.{role}", stage.name), device.to_string()))
         })
         .collect();
-    let env = environment::describe(experiment.seed, &devices);
-    run.write(crate::run::ENV_FILE, &serde_json::to_string_pretty(&env).expect("JSON serialises"))?;
     tracing::info!(run = %run.path.display(), experiment = experiment.name, "run directory");
 
     let mut task = task::load(&experiment.task, experiment.seed)?;
@@ -70,6 +68,9 @@ pub fn run_experiment(experiment: &Experiment, run: &RunDir, selection: &Selecti
     let tokenizer = tokenizer_for(experiment, &task, run)?;
     task.apply_chat_template(&tokenizer)?;
     super::check_sequence_lengths(experiment, &task, &tokenizer)?;
+    let mut env = environment::describe(experiment.seed, &devices);
+    env["eval_set"] = serde_json::json!({ "eval_seed": experiment.task.eval_seed, "sha256": task.eval_set_digest() });
+    run.write(crate::run::ENV_FILE, &serde_json::to_string_pretty(&env).expect("JSON serialises"))?;
 
     let finished = run.summary()?;
     for (stage_index, stage) in experiment.stages.iter().enumerate() {

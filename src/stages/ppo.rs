@@ -21,13 +21,17 @@ use tch::{Device, Kind, Tensor};
 
 use super::{Frontier, StageContext, StageError, StageFigures, StageSettings, CHECKPOINT_DIR};
 use crate::data::synthetic::oracle::GoldOracle;
-use crate::model::generate::{generate, GenerateOptions, Generation, Sampling};
+use crate::model::generate::Generation;
 use crate::model::reward::{RewardModel, RewardNormalization};
-use crate::model::{DeviceSpec, LanguageModel, Precision, ScalarHead, Transformer};
+use crate::model::{DeviceSpec, LanguageModel, Precision, ScalarHead};
 use crate::rng::step_seed;
-use crate::run::metrics::SampleLog;
+use crate::run::metrics::{evaluation_lines, write_evaluation, SampleLog};
 use crate::run::Metrics;
 use crate::train::optimizer::{AdamW, AdamWConfig};
+pub use crate::train::rollout::Scorer;
+use crate::train::rollout::{
+    evaluation_figures, response_logprobs, response_states, sample_responses, Decoding, EvaluatedResponse, RolloutTokens,
+};
 use crate::train::schedule::{LrSchedule, Schedule};
 use crate::train::stage_loop::{self, Trainer};
 use crate::train::state::{Part, PartMut};
@@ -461,79 +465,9 @@ impl KlController {
 // ---------------------------------------------------------------------------------------------
 // Models and rollouts.
 
-/// Hidden states `[B, T, C]` at the positions that predict the response's tokens: position p
-/// predicts token p + 1, so the T response tokens are predicted from P − 1 … P + T − 2. They are
-/// also the states a value is estimated for.
-///
-/// Dropout is off here, in rollouts and in the optimisation passes alike (as in TRL and Huang et
-/// al. 2024): with dropout on in the update, π/π_old is not 1 on the first minibatch even though
-/// the policy has not moved, so clipping and the approximate KL would react to noise.
-fn response_states(transformer: &dyn Transformer, rollout: &RolloutTokens) -> Tensor {
-    let device = transformer.device();
-    let hidden = transformer.forward(&rollout.sequence.to(device), Some(&rollout.sequence_mask.to(device)), None, false);
-    hidden.narrow(1, rollout.prompt_width - 1, rollout.response_width)
-}
-
-/// Log-probabilities `[B, T]` of each row's response tokens under softmax(logits / temperature),
-/// and, when asked, the entropy of that distribution at each response position.
-fn response_logprobs(
-    transformer: &dyn Transformer,
-    states: &Tensor,
-    rollout: &RolloutTokens,
-    temperature: f64,
-    with_entropy: bool,
-) -> (Tensor, Option<Tensor>) {
-    let log_distribution = (transformer.logits(states).to_kind(Kind::Float) / temperature).log_softmax(-1, Kind::Float);
-    let response = rollout.response_ids.to(states.device()).unsqueeze(-1);
-    let logprobs = log_distribution.gather(2, &response, false).squeeze_dim(-1);
-    let entropy = with_entropy.then(|| -(log_distribution.exp() * &log_distribution).sum_dim_intlist(-1, false, Kind::Float));
-    (logprobs, entropy)
-}
-
 /// How many tokens a response mask counts; at least 1.
 fn token_count(mask: &Tensor) -> f64 {
     mask.sum(Kind::Float).double_value(&[]).max(1.0)
-}
-
-/// Prompt and response tokens of a batch, on the CPU (each model moves them to its device).
-struct RolloutTokens {
-    /// `[B, P + T]` left-padded prompt then response (end-of-text after a row's end).
-    sequence: Tensor,
-    /// `[B, P + T]` 1 for real prompt tokens and response tokens up to end-of-text.
-    sequence_mask: Tensor,
-    /// `[B, T]`
-    response_ids: Tensor,
-    /// `[B, T]`
-    response_mask: Tensor,
-    prompt_width: i64,
-    response_width: i64,
-}
-
-impl RolloutTokens {
-    fn new(generation: &Generation) -> Self {
-        let cpu = |t: &Tensor| t.to_device(Device::Cpu);
-        let (prompt_ids, prompt_mask) = (cpu(&generation.prompt_ids), cpu(&generation.prompt_mask));
-        let (response_ids, response_mask) = (cpu(&generation.completion_ids), cpu(&generation.completion_mask));
-        RolloutTokens {
-            sequence: Tensor::cat(&[&prompt_ids, &response_ids], 1),
-            sequence_mask: Tensor::cat(&[&prompt_mask, &response_mask], 1),
-            prompt_width: prompt_ids.size()[1],
-            response_width: response_ids.size()[1],
-            response_ids,
-            response_mask,
-        }
-    }
-
-    fn rows(&self, index: &Tensor) -> Self {
-        RolloutTokens {
-            sequence: self.sequence.index_select(0, index),
-            sequence_mask: self.sequence_mask.index_select(0, index),
-            response_ids: self.response_ids.index_select(0, index),
-            response_mask: self.response_mask.index_select(0, index),
-            prompt_width: self.prompt_width,
-            response_width: self.response_width,
-        }
-    }
 }
 
 /// What one rollout yields for optimisation (all on the CPU) and for the metrics.
@@ -544,35 +478,6 @@ struct Rollout {
     advantages: Tensor,
     returns: Tensor,
     metrics: Metrics,
-}
-
-/// What PPO maximises: a raw score per (prompt, response) token sequence (the response without
-/// end-of-text), `[B]` float on the CPU, normalised by the stage. The stage uses a reward model;
-/// tests use programmatic rewards.
-pub trait Scorer {
-    fn score(&self, prompts: &[Vec<i64>], responses: &[Vec<i64>]) -> Tensor;
-
-    /// The mean and std of its scores recorded when it was trained (`reward_normalization =
-    /// "stored"`).
-    fn stored_normalization(&self) -> Option<RewardNormalization> {
-        None
-    }
-}
-
-impl Scorer for RewardModel {
-    fn score(&self, prompts: &[Vec<i64>], responses: &[Vec<i64>]) -> Tensor {
-        let rows: Vec<Vec<i64>> = prompts
-            .iter()
-            .zip(responses)
-            .map(|(p, r)| p.iter().chain(r).copied().take(self.transformer.config().context_length() as usize).collect())
-            .collect();
-        let (ids, mask) = crate::model::generate::left_pad(&rows, self.tokenizer.eos_id(), self.vs.device());
-        self.scores(&ids, &mask, false).to_device(Device::Cpu)
-    }
-
-    fn stored_normalization(&self) -> Option<RewardNormalization> {
-        self.normalization
-    }
 }
 
 /// Scores as they are: `reward_normalization = "none"`, or before statistics are measured.
@@ -614,8 +519,10 @@ struct Scored {
     /// The policy's hidden states at the response positions (for a shared value head).
     policy_states: Tensor,
     responses: Vec<String>,
-    /// Scores `[B]` (CPU), before the missing-end-of-text penalty.
+    /// Normalised scores `[B]` (CPU), before the missing-end-of-text penalty.
     scores: Tensor,
+    /// The reward model's scores as it gives them.
+    raw_scores: Tensor,
     /// `[B]` whether the response ended with end-of-text.
     stopped: Vec<bool>,
     /// Policy and reference log-probs `[B, T]` (CPU, masked to the response).
@@ -641,17 +548,6 @@ fn fraction(flags: &[bool]) -> f64 {
 
 fn scalar(t: &Tensor) -> f64 {
     t.double_value(&[])
-}
-
-/// One evaluated response, for samples.jsonl.
-#[derive(Debug, Clone, Serialize)]
-pub struct Sample {
-    pub prompt: String,
-    pub completion: String,
-    pub score: f64,
-    pub kl: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gold_score: Option<f64>,
 }
 
 /// PPO's state between iterations: the models, their optimizers and the KL coefficient.
@@ -700,17 +596,8 @@ impl<'a> Ppo<'a> {
     /// Generates one response per prompt with the policy as a rollout does (temperature,
     /// `max_new_tokens`, seeded); returns the prompts' token ids and the generation.
     fn generate(&self, prompts: &[String], seed: u64) -> Result<(Vec<Vec<i64>>, Generation), StageError> {
-        let _no_grad = tch::no_grad_guard();
-        let tokenizer = &self.models.policy.tokenizer;
-        let encoded = prompts.iter().map(|p| tokenizer.encode(p)).collect::<Result<Vec<_>, _>>()?;
-        let options = GenerateOptions {
-            max_new_tokens: self.settings.max_new_tokens,
-            sampling: Sampling::Sample { temperature: self.settings.temperature, top_k: None, top_p: None },
-            seed: Some(seed),
-            use_kv_cache: true,
-        };
-        let generation = generate(self.models.policy.transformer.as_ref(), &encoded, tokenizer.stop_ids(), &options)?;
-        Ok((encoded, generation))
+        let decoding = Decoding { temperature: self.settings.temperature, max_new_tokens: self.settings.max_new_tokens };
+        Ok(sample_responses(&self.models.policy, prompts, decoding, seed)?)
     }
 
     /// Measures the mean and std of the reward model's raw scores on the policy's responses to
@@ -767,7 +654,8 @@ impl<'a> Ppo<'a> {
             response_logprobs(models.reference.transformer.as_ref(), &reference_states, &tokens, settings.temperature, false);
         let completions = generation.completions();
         let RewardNormalization { mean, std } = self.normalization;
-        let scores = (models.reward.score(&encoded, &completions) - mean) / std;
+        let raw_scores = models.reward.score(&encoded, &completions);
+        let scores = (&raw_scores - mean) / std;
         let responses: Vec<String> = completions.iter().map(|ids| tokenizer.decode(ids)).collect();
         let gold = self.oracle.map(|oracle| prompts.iter().zip(&responses).map(|(p, r)| oracle.score(p, r).total).collect());
         timings.scoring += started.elapsed().as_secs_f64();
@@ -780,6 +668,7 @@ impl<'a> Ppo<'a> {
             policy_states,
             responses,
             scores,
+            raw_scores,
             gold,
         })
     }
@@ -947,29 +836,24 @@ impl<'a> Ppo<'a> {
 
     /// Held-out evaluation: score, gold score and KL of samples drawn with `seed` (the stage
     /// passes the same seed at every evaluation, so that changes come from the policy).
-    pub fn evaluate(&self, prompts: &[String], seed: u64) -> Result<(Metrics, Vec<Sample>), StageError> {
+    pub fn evaluate(&self, prompts: &[String], seed: u64) -> Result<(Metrics, Vec<EvaluatedResponse>), StageError> {
         let scored = self.sample_and_score(prompts, seed, &mut Timings::default())?;
         let sequence_kl: Vec<f64> =
             Vec::try_from((&scored.logprobs - &scored.reference_logprobs).sum_dim_intlist(1, false, Kind::Double)).expect("1-D");
-        let scores: Vec<f64> = Vec::try_from(scored.scores.to_kind(Kind::Double)).expect("1-D");
-        let mut metrics = Metrics::from([
-            ("eval/rm_score".to_string(), mean(&scores)),
-            ("eval/kl".to_string(), mean(&sequence_kl)),
-            ("eval/eos_fraction".to_string(), fraction(&scored.stopped)),
-        ]);
-        if let Some(gold) = &scored.gold {
-            metrics.insert("eval/gold_score".into(), mean(gold));
-        }
-        let samples = (0..prompts.len())
-            .map(|i| Sample {
+        let column = |t: &Tensor| Vec::<f64>::try_from(t.to_kind(Kind::Double)).expect("1-D scores");
+        let (scores, raw_scores) = (column(&scored.scores), column(&scored.raw_scores));
+        let responses: Vec<EvaluatedResponse> = (0..prompts.len())
+            .map(|i| EvaluatedResponse {
                 prompt: prompts[i].clone(),
                 completion: scored.responses[i].clone(),
-                score: scores[i],
-                kl: sequence_kl[i],
+                score: Some(scores[i]),
+                raw_score: Some(raw_scores[i]),
+                kl: Some(sequence_kl[i]),
                 gold_score: scored.gold.as_ref().map(|g| g[i]),
+                stopped: scored.stopped[i],
             })
             .collect();
-        Ok((metrics, samples))
+        Ok((evaluation_figures(&responses), responses))
     }
 }
 
@@ -979,6 +863,12 @@ const SHUFFLE_SEED: u64 = 23;
 const NORMALIZATION_SEED: u64 = 24;
 const EVAL_SEED: u64 = 25;
 const ITERATION_SEED: u64 = 26;
+
+/// The sampling seed of every held-out evaluation of a policy on a task (`rlhf eval` uses it
+/// too, so that it reproduces a run's own figures).
+pub fn evaluation_sampling_seed(eval_seed: u64) -> u64 {
+    step_seed(eval_seed, EVAL_SEED, 0)
+}
 
 fn load_models(context: &StageContext, settings: &PpoSettings) -> Result<Models, StageError> {
     let (devices, dtypes) = (&settings.devices, &settings.dtypes);
@@ -1023,11 +913,9 @@ pub fn shared_value_head(policy: &mut LanguageModel, precision: Precision) -> Sc
     head
 }
 
-/// Writes the first `count` evaluated samples to samples.jsonl.
-fn log_samples(log: &mut SampleLog, iteration: u64, samples: &[Sample], count: usize) -> Result<(), StageError> {
-    for sample in samples.iter().take(count) {
-        let serde_json::Value::Object(mut line) = serde_json::to_value(sample).expect("serialises") else { unreachable!("a struct") };
-        line.insert("step".into(), iteration.into());
+/// Writes the first `count` evaluated responses to samples.jsonl.
+fn log_samples(log: &mut SampleLog, iteration: u64, responses: &[EvaluatedResponse], count: usize) -> Result<(), StageError> {
+    for line in evaluation_lines(iteration, &responses[..count.min(responses.len())]) {
         log.log_object(line)?;
     }
     Ok(())
@@ -1056,9 +944,12 @@ struct PpoTrainer<'a> {
 
 impl PpoTrainer<'_> {
     fn evaluate_and_log(&self, step: u64, samples: &mut SampleLog) -> Result<Metrics, StageError> {
-        // The same seed at every evaluation: changes come from the policy, not the draw.
-        let (metrics, evaluated) = self.ppo.evaluate(&self.eval_prompts, step_seed(self.context.seed(), EVAL_SEED, 0))?;
+        // The same seed at every evaluation, and in every run of the task (the evaluation seed):
+        // differences come from the policy, not the draw (common random numbers).
+        let (metrics, evaluated) =
+            self.ppo.evaluate(&self.eval_prompts, evaluation_sampling_seed(self.context.experiment.task.eval_seed))?;
         log_samples(samples, step, &evaluated, self.settings.samples)?;
+        write_evaluation(&self.context.dir(), step, &evaluated)?;
         Ok(metrics)
     }
 }

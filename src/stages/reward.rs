@@ -430,7 +430,7 @@ fn train(context: &StageContext, settings: &RewardSettings) -> Result<Metrics, S
         shape: settings.schedule,
     };
     let optimizer = AdamW::new(&model.vs, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: settings.weight_decay });
-    let mut flip_rng = ChaCha8Rng::seed_from_u64(step_seed(seed, PAIRS_SEED, 1));
+    let mut flip_rng = ChaCha8Rng::seed_from_u64(step_seed(context.experiment.task.eval_seed, PAIRS_SEED, 1));
     let flips: Vec<bool> = eval_pairs.iter().map(|_| flip_rng.random_bool(0.5)).collect();
     let mut trainer = RewardTrainer {
         context,
@@ -571,7 +571,8 @@ fn preference_pairs(context: &StageContext, settings: &RewardSettings) -> Result
         }
     };
     let mut all = all;
-    all.shuffle(&mut ChaCha8Rng::seed_from_u64(step_seed(context.seed(), PAIRS_SEED, 0)));
+    // Split by the evaluation seed: every run on these pairs holds out the same ones.
+    all.shuffle(&mut ChaCha8Rng::seed_from_u64(step_seed(context.experiment.task.eval_seed, PAIRS_SEED, 0)));
     let eval_len = ((all.len() as f64 * settings.eval_fraction).ceil() as usize).clamp(1, all.len().saturating_sub(1).max(1));
     if all.len() < 2 {
         return Err(context.invalid(format!("{} preference pair(s): need at least 2 (one to train, one to evaluate)", all.len())));
@@ -601,13 +602,21 @@ fn synthetic_pairs(context: &StageContext, settings: &RewardSettings) -> Result<
         return Err(context.invalid("the task has no prompts to build pairs from"));
     }
 
+    // Held-out pairs draw their prompts, responses and labels from the evaluation seed, so that
+    // runs of one task with other seeds are evaluated on the same pairs (those whose responses
+    // come from the policy differ as the policies do).
+    let mut rngs = [rng, ChaCha8Rng::seed_from_u64(step_seed(context.experiment.task.eval_seed, PAIRS_SEED, 2))];
+    let held_out = |index: usize| usize::from(index >= settings.pairs);
     // Which responses come from the policy is drawn first, so the generation can be batched.
     let total = settings.pairs + settings.eval_pairs;
-    let pair_prompts: Vec<&String> = (0..total)
-        .map(|i| *if i < settings.pairs { prompts.choose(&mut rng) } else { eval_prompts.choose(&mut rng) }.expect("non-empty"))
+    let pair_prompts: Vec<&String> =
+        (0..total).map(|i| *[&prompts, &eval_prompts][held_out(i)].choose(&mut rngs[held_out(i)]).expect("non-empty")).collect();
+    let from_policy: Vec<[bool; 2]> = (0..total)
+        .map(|i| {
+            let rng = &mut rngs[held_out(i)];
+            [rng.random_bool(settings.policy_fraction), rng.random_bool(settings.policy_fraction)]
+        })
         .collect();
-    let from_policy: Vec<[bool; 2]> =
-        (0..total).map(|_| [rng.random_bool(settings.policy_fraction), rng.random_bool(settings.policy_fraction)]).collect();
     let policy_prompts: Vec<&str> = pair_prompts
         .iter()
         .zip(&from_policy)
@@ -623,15 +632,16 @@ fn synthetic_pairs(context: &StageContext, settings: &RewardSettings) -> Result<
             (false, Some(request)) => varied_response(rng, request),
             (false, None) => String::new(),
         };
-        let first = respond(flags[0], &mut rng);
-        let mut second = respond(flags[1], &mut rng);
+        let rng = &mut rngs[held_out(index)];
+        let first = respond(flags[0], rng);
+        let mut second = respond(flags[1], rng);
         if second == first {
             if let Some(request) = &request {
-                second = varied_response(&mut rng, request);
+                second = varied_response(rng, request);
             }
         }
         let (gold_first, gold_second) = (oracle.score(prompt, &first).total, oracle.score(prompt, &second).total);
-        let pair = match pool.label(index, gold_first, gold_second, &mut rng) {
+        let pair = match pool.label(index, gold_first, gold_second, rng) {
             Preference::Second => PreferencePair {
                 prompt: prompt.to_string(),
                 chosen: second,

@@ -1,7 +1,8 @@
 //! Pieces every training stage uses: the stage loop, the optimizer, the learning-rate schedule,
-//! resume state.
+//! resume state, the rollout machinery.
 
 pub mod optimizer;
+pub mod rollout;
 pub mod schedule;
 pub mod stage_loop;
 pub mod state;

@@ -93,11 +93,13 @@ pub struct SyntheticReviews {
     /// Free-form reviews of mixed sentiment and quality (pretraining text).
     pub corpus: Vec<String>,
     pub demonstrations: Vec<Demonstration>,
-    /// Held-out prompts (for PPO and evaluation), drawn independently of the demonstrations.
+    /// Prompts without responses (for PPO), drawn independently of the demonstrations.
     pub prompts: Vec<String>,
 }
 
 impl SyntheticReviews {
+    /// The given numbers of records, all drawn from `seed`: a task's training part from the
+    /// experiment's seed, its held-out part from the evaluation seed.
     pub fn generate(seed: u64, corpus_size: usize, demonstrations: usize, prompts: usize) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let corpus = (0..corpus_size).map(|_| corpus_text(&mut rng)).collect();
