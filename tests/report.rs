@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rlhf_lab::report::plots::{HEIGHT, WIDTH};
+use rlhf_lab::report::winrate::Comparison;
 use rlhf_lab::report::{self, Options, Report};
 use serde_json::{json, Value};
 
@@ -117,6 +118,8 @@ struct RunFixture<'a> {
     config: Option<String>,
     /// `(stage, metrics.jsonl text, samples.jsonl text)`.
     stages: Vec<(&'a str, String, Option<String>)>,
+    /// `(stage, eval_final.jsonl text)`.
+    evaluations: Vec<(&'a str, String)>,
     finished: Vec<&'a str>,
 }
 
@@ -133,24 +136,44 @@ fn write_run(root: &Path, name: &str, fixture: &RunFixture) -> PathBuf {
             std::fs::write(dir.join(stage).join("samples.jsonl"), samples).unwrap();
         }
     }
+    for (stage, evaluation) in &fixture.evaluations {
+        std::fs::write(dir.join(stage).join("eval_final.jsonl"), evaluation).unwrap();
+    }
     let summary: serde_json::Map<String, Value> = fixture.finished.iter().map(|s| (s.to_string(), json!({}))).collect();
     std::fs::write(dir.join("summary.json"), Value::Object(summary).to_string()).unwrap();
     dir
 }
 
-const PROMPTS: [&str; 4] = ["p1", "p2", "p3", "p4"];
+/// The evaluated prompts p1–p24.
+fn prompts() -> Vec<String> {
+    (1..=24).map(|i| format!("p{i}")).collect()
+}
 
-/// Baseline gold scores 1, 2, 3, 4 on p1–p4; the other run 2, 2, 1, 5: wins on p1 and p4, a tie
-/// on p2, a loss on p3 → (2 + ½) / 4 = 62.5 %.
+/// `(prompt, gold)` over p1–p24 with the gold scores `cycle` repeated.
+fn scored(cycle: [f64; 4]) -> Vec<(String, f64)> {
+    prompts().into_iter().zip(cycle.into_iter().cycle()).collect()
+}
+
+fn as_refs(scored: &[(String, f64)]) -> Vec<(&str, f64)> {
+    scored.iter().map(|(p, g)| (p.as_str(), *g)).collect()
+}
+
+/// Baseline gold scores 1, 2, 3, 4 repeated over p1–p24 (its final evaluation; its samples are
+/// the first four); the other run 2, 2, 1, 5: in each four a win, a tie, a loss and a win →
+/// (12 + 6 · ½) / 24 = 62.5 %.
 fn two_complete_runs(root: &Path) -> (PathBuf, PathBuf) {
-    let full = |seed, kl_coef, extra: &str, sft_offset, accuracy, gain, gold: [f64; 4]| RunFixture {
-        config: Some(config(seed, kl_coef, extra)),
-        stages: vec![
-            ("sft", jsonl(&sft_metrics(sft_offset)), None),
-            ("rm", jsonl(&reward_metrics(accuracy)), None),
-            ("ppo", jsonl(&ppo_metrics(kl_coef, gain)), Some(jsonl(&samples(20, &PROMPTS.iter().copied().zip(gold).collect::<Vec<_>>())))),
-        ],
-        finished: vec!["sft", "rm", "ppo"],
+    let full = |seed, kl_coef, extra: &str, sft_offset, accuracy, gain, gold: [f64; 4]| {
+        let evaluated = scored(gold);
+        RunFixture {
+            config: Some(config(seed, kl_coef, extra)),
+            stages: vec![
+                ("sft", jsonl(&sft_metrics(sft_offset)), None),
+                ("rm", jsonl(&reward_metrics(accuracy)), None),
+                ("ppo", jsonl(&ppo_metrics(kl_coef, gain)), Some(jsonl(&samples(20, &as_refs(&evaluated[..4]))))),
+            ],
+            evaluations: vec![("ppo", jsonl(&samples(20, &as_refs(&evaluated))))],
+            finished: vec!["sft", "rm", "ppo"],
+        }
     };
     let baseline = write_run(root, "beta-0.1", &full(1, 0.1, "", 0.0, 0.70, 1.0, [1.0, 2.0, 3.0, 4.0]));
     let other = write_run(root, "beta-0.05", &full(2, 0.05, "adaptive_kl = true", 0.1, 0.75, 1.5, [2.0, 2.0, 1.0, 5.0]));
@@ -274,7 +297,60 @@ fn final_figures_mark_the_best_of_each_column() {
     assert_eq!(best("ppo eval/kl"), None);
     assert_eq!(report.figures.rows[1][column("ppo eval/gold_score")].text, "1.750"); // 1 + 1.5 · 20/40
     assert_eq!(report.figures.rows[0][column("rm eval/accuracy")].text, "0.7000");
-    assert!(report.verdict[0].starts_with("Best by ppo eval/gold_score: beta-0.05 (1.750)"), "{:?}", report.verdict);
+    // Each run scores with its own reward model: no best proxy score.
+    assert_eq!(best("ppo eval/rm_score"), None);
+    // Both reach KL 1.2 at their last evaluation: gold there is their final gold.
+    assert_eq!(best("ppo eval/gold_score @ KL 1.200"), Some(1));
+    assert!(report.verdict[0].starts_with("Best by ppo eval/gold_score @ KL 1.200: beta-0.05 (1.750)"), "{:?}", report.verdict);
+}
+
+/// PPO metrics with evaluations at iterations 0, 10 and 20 at the given KLs and gold scores (and
+/// a proxy score that only grows).
+fn ppo_trajectory(kl: [f64; 3], gold: [f64; 3], proxy_gain: f64) -> Vec<Value> {
+    (0..3)
+        .map(|i| {
+            json!({"step": i * 10, "eval/kl": kl[i], "eval/gold_score": gold[i], "eval/rm_score": proxy_gain * i as f64, "kl_coef": 0.1})
+        })
+        .collect()
+}
+
+/// Crafted runs: a policy that ran further (more KL, more proxy score, the highest raw gold) is
+/// not the better one when, at the KL both reached, the other has more gold; reward-model scores
+/// are marked best only between runs scored by the same reward model; runs that differ in one
+/// key are named by it.
+#[test]
+fn figures_are_read_in_their_declared_direction_and_at_matched_kl() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |root: &Path, name: &str, seed: u64, reward: &str, kl: [f64; 3], gold: [f64; 3], proxy: f64| {
+        let fixture = RunFixture {
+            config: Some(config(seed, 0.1, &format!("reward = \"{reward}\""))),
+            stages: vec![("ppo", jsonl(&ppo_trajectory(kl, gold, proxy)), None)],
+            evaluations: vec![],
+            finished: vec!["ppo"],
+        };
+        write_run(root, name, &fixture)
+    };
+    let shared_rm = dir.path().join("shared-rm");
+    std::fs::create_dir_all(&shared_rm).unwrap();
+    for (reward, marked) in [("rm", false), (shared_rm.to_str().unwrap(), true)] {
+        let root = dir.path().join(if marked { "shared" } else { "own" });
+        let steady = run(&root, "a", 1, reward, [0.0, 0.5, 1.0], [1.0, 1.5, 2.0], 0.5);
+        let greedy = run(&root, "b", 2, reward, [0.0, 1.0, 2.0], [1.0, 1.8, 2.4], 2.0);
+        let report = write_report(&[steady, greedy], &root.join("out"));
+        let labels: Vec<&str> = report.runs.iter().map(|(label, _)| label.as_str()).collect();
+        assert_eq!(labels, ["seed=1", "seed=2"], "runs that differ in one key are named by it");
+        let headers = &report.figures.headers;
+        let column = |name: &str| headers.iter().position(|h| h == name).unwrap_or_else(|| panic!("no column {name} in {headers:?}"));
+        let best = |name: &str| report.figures.rows.iter().position(|row| row[column(name)].best);
+        assert_eq!(best("ppo eval/gold_score"), Some(1), "the raw maximum");
+        assert_eq!(best("ppo eval/kl"), None, "KL is a cost, not a goal");
+        // At KL 1.0 (the least of the largest KLs): 2.0 against 1.8 (reached exactly at iteration 10).
+        let matched = column("ppo eval/gold_score @ KL 1.000");
+        assert_eq!((cells(&report.figures.rows[0])[matched], cells(&report.figures.rows[1])[matched]), ("2.000", "1.800"));
+        assert_eq!(best("ppo eval/gold_score @ KL 1.000"), Some(0));
+        assert!(report.verdict[0].starts_with("Best by ppo eval/gold_score @ KL 1.000: seed=1 (2.000)"), "{:?}", report.verdict);
+        assert_eq!(best("ppo eval/rm_score"), marked.then_some(1), "reward = {reward}");
+    }
 }
 
 #[test]
@@ -292,11 +368,14 @@ fn config_diff_shows_only_the_keys_that_differ() {
 fn win_rate_against_the_baseline_is_judged_by_gold_scores() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = two_complete_runs(dir.path());
-    // A third run evaluated on other prompts: compared all against all with the baseline's
-    // 1, 2, 3, 4: gold 3 wins twice and ties once (2.5 of 4), gold 0 never: 2.5 / 8.
+    // A third run evaluated on partly other prompts: 19 of the baseline's (one short of the
+    // minimum) and five of its own — not comparable, although it always wins where it can.
+    let mut elsewhere: Vec<(String, f64)> = prompts()[..19].iter().map(|p| (p.clone(), 9.0)).collect();
+    elsewhere.extend((1..=5).map(|i| (format!("q{i}"), 9.0)));
     let other_prompts = RunFixture {
         config: Some(config(3, 0.2, "")),
-        stages: vec![("ppo", jsonl(&ppo_metrics(0.2, 0.5)), Some(jsonl(&samples(20, &[("q1", 3.0), ("q2", 0.0)]))))],
+        stages: vec![("ppo", jsonl(&ppo_metrics(0.2, 0.5)), Some(jsonl(&samples(20, &as_refs(&elsewhere[..4])))))],
+        evaluations: vec![("ppo", jsonl(&samples(20, &as_refs(&elsewhere))))],
         finished: vec!["ppo"],
     };
     let c = write_run(dir.path(), "elsewhere", &other_prompts);
@@ -305,24 +384,21 @@ fn win_rate_against_the_baseline_is_judged_by_gold_scores() {
     assert_eq!((win_rates.stage.as_str(), win_rates.judge.as_str(), win_rates.baseline.as_str()), ("ppo", "gold oracle", "beta-0.1"));
     assert!(win_rates.results[0].1.is_none(), "the baseline is not compared with itself");
 
-    let paired = win_rates.results[1].1.as_ref().unwrap();
-    assert!(paired.paired);
-    assert_eq!((paired.wins, paired.ties, paired.losses, paired.rate), (2.0, 1.0, 1.0, 0.625));
-    // Resampled outcomes of {1, ½, 0, 1}: rates are multiples of 1/8.
+    // Judged on all 24 evaluated responses (eval_final.jsonl), not the 4 samples.
+    let Some(Comparison::Rate(paired)) = &win_rates.results[1].1 else { panic!("24 shared prompts: {:?}", win_rates.results[1]) };
+    assert_eq!((paired.wins, paired.ties, paired.losses, paired.rate, paired.prompts), (12.0, 6.0, 6.0, 0.625, 24));
+    // Resampled outcomes of 24 in {1, ½, 0}: rates are multiples of 1/48.
     assert!(paired.low <= 0.625 && 0.625 <= paired.high && paired.low >= 0.0 && paired.high <= 1.0, "{paired:?}");
     assert!(paired.low < paired.high, "a mixed record has a real interval: {paired:?}");
     for bound in [paired.low, paired.high] {
-        assert_eq!((bound * 8.0).fract(), 0.0, "{bound}");
+        assert_eq!((bound * 48.0).fract(), 0.0, "{bound}");
     }
 
-    let unpaired = win_rates.results[2].1.as_ref().unwrap();
-    assert!(!unpaired.paired);
-    assert_eq!((unpaired.wins, unpaired.ties, unpaired.losses, unpaired.rate), (2.0, 1.0, 5.0, 0.3125));
-    assert_eq!(unpaired.sizes, (2, 4));
-
+    assert_eq!(win_rates.results[2].1, Some(Comparison::NotComparable { shared: 19 }));
     assert_eq!(cells(&table.rows[1])[..2], ["beta-0.05", "62.5 %"]);
-    assert_eq!(cells(&table.rows[2])[..2], ["elsewhere", "31.2 %"]); // 31.25 rounds half to even
-    assert!(table.rows[1][1].best && !table.rows[2][1].best);
+    assert_eq!(cells(&table.rows[2]), ["elsewhere", "not comparable", "", "", "19 shared prompts (fewer than 20)"]);
+    assert!(report.notes.iter().any(|n| n.run == "elsewhere" && n.message.contains("answered 19 of the baseline's evaluated prompts")));
+    assert!(!report.verdict.iter().any(|line| line.contains("elsewhere wins")), "{:?}", report.verdict);
 
     // The same seed gives the same interval; another seed may not, but stays around the rate.
     let again = write_report(&[a.clone(), b.clone(), c.clone()], &dir.path().join("again")).win_rates.unwrap().0;
@@ -330,14 +406,15 @@ fn win_rate_against_the_baseline_is_judged_by_gold_scores() {
     let options = Options { baseline: Some("beta-0.05".into()), ..Options::default() };
     let swapped = report::write(&[a, b, c], &dir.path().join("swapped"), &options).unwrap().win_rates.unwrap().0;
     assert_eq!(swapped.baseline, "beta-0.05");
-    assert_eq!(swapped.results[0].1.as_ref().unwrap().rate, 0.375, "the baseline's view: 1 − 0.625");
+    let Some(Comparison::Rate(swapped_rate)) = &swapped.results[0].1 else { panic!("{:?}", swapped.results[0]) };
+    assert_eq!(swapped_rate.rate, 0.375, "the baseline's view: 1 − 0.625");
 
     // The side-by-side view shows each prompt with both runs' answers.
     let samples = report.samples.expect("shared prompts");
     assert_eq!(samples.rows.len(), 4);
     assert_eq!(samples.rows[0].prompt, "p1");
     assert_eq!(samples.rows[0].cells[1].as_ref().unwrap().1, "gold 2.000 · rm 1.000");
-    assert!(samples.rows[0].cells[2].is_none(), "the third run never saw p1");
+    assert_eq!(samples.rows[0].cells[2].as_ref().unwrap().1, "gold 9.000 · rm 4.500");
 }
 
 #[test]
@@ -358,7 +435,7 @@ fn a_reward_model_given_with_judge_scores_the_samples_instead_of_gold() {
     // What the judge thinks of each run's answer to p1–p4, and the paired win rate that follows.
     let answers = |gold: [f64; 4]| -> Vec<f64> {
         let texts: Vec<(String, String)> =
-            PROMPTS.iter().zip(gold).map(|(p, g)| (p.to_string(), format!(" answer to {p} worth {g}"))).collect();
+            scored(gold).into_iter().map(|(p, g)| (p.clone(), format!(" answer to {p} worth {g}"))).collect();
         let refs: Vec<(&str, &str)> = texts.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
         judge.score_texts(&refs, 4).unwrap()
     };
@@ -376,15 +453,14 @@ fn a_reward_model_given_with_judge_scores_the_samples_instead_of_gold() {
             }
         })
         .sum::<f64>()
-        / 4.0;
+        / 24.0;
 
     let options = Options { judge: Some(dir.path().join("rm-stage")), ..Options::default() };
     let report = report::write(&[a, b], &dir.path().join("out"), &options).unwrap();
     let (win_rates, _) = report.win_rates.unwrap();
     assert_eq!(win_rates.judge, format!("reward model {}", checkpoint.display()));
-    let result = win_rates.results[1].1.as_ref().unwrap();
-    assert!(result.paired);
-    assert_eq!(result.rate, expected);
+    let Some(Comparison::Rate(result)) = &win_rates.results[1].1 else { panic!("{:?}", win_rates.results[1]) };
+    assert_eq!((result.rate, result.prompts), (expected, 24));
 }
 
 #[test]
@@ -401,6 +477,7 @@ fn damaged_and_partial_runs_become_notes_not_failures() {
         &RunFixture {
             config: Some(config(1, 0.1, "")),
             stages: vec![("sft", jsonl(&sft_metrics(0.0)), None), ("ppo", ppo, None)],
+            evaluations: vec![],
             finished: vec!["sft"],
         },
     );
@@ -411,6 +488,7 @@ fn damaged_and_partial_runs_become_notes_not_failures() {
         &RunFixture {
             config: None,
             stages: vec![("pretrain", jsonl(&[json!({"step": 1, "train/loss": 3.0}), json!({"step": 2, "eval/loss": 2.5})]), None)],
+            evaluations: vec![],
             finished: vec![],
         },
     );
@@ -420,7 +498,7 @@ fn damaged_and_partial_runs_become_notes_not_failures() {
     let has = |run: &str, text: &str| notes.iter().any(|n| n.starts_with(run) && n.contains(text));
     assert!(has("killed", "the last line (line 14) is truncated"), "{notes:#?}");
     assert!(has("killed", "null (non-finite) values left out of plots: objective/kl ×1"), "{notes:#?}");
-    assert!(has("bare", "no judgeable samples in stage `ppo`"), "{notes:#?}");
+    assert!(has("bare", "answered 0 of the baseline's evaluated prompts in stage `ppo`"), "{notes:#?}");
     assert!(has("killed", "stage `rm` has no metrics.jsonl"), "{notes:#?}");
     assert!(has("killed", "stage `ppo` is not finished"), "{notes:#?}");
     assert!(has("bare", "no readable config.toml"), "{notes:#?}");
@@ -484,6 +562,7 @@ fn the_page_loads_in_headless_chromium_without_errors() {
     assert_eq!(result["images"], 18);
     assert_eq!(result["broken"], json!([]), "images that did not load");
     assert_eq!(result["title"], "rlhf report: beta-0.1 vs beta-0.05");
+    assert_eq!(result["perRow"], json!({"1280": 2, "1920": 2, "700": 1}), "charts two to a row on laptop and wide screens");
     let (width, height) = png_size(&screenshot);
     assert_eq!(width, 1280);
     assert!(height > 2000, "a full-page screenshot of all charts, got {height} px");

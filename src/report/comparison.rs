@@ -1,11 +1,12 @@
 //! Response-level comparison against the baseline run: win rates judged by the gold oracle or a
-//! reward model, and the responses themselves side by side for the same prompts. Both use each
-//! run's samples from the last evaluation of the latest stage that wrote judgeable samples.
+//! reward model, and the responses themselves side by side for the same prompts. Both use the
+//! latest stage with judgeable responses: every response of its final evaluation
+//! (eval_final.jsonl) where it kept them, else its last samples.
 
 use super::judge::Judge;
 use super::load::{Note, Run, SampleLine};
 use super::table::{format_number, Cell, Table};
-use super::winrate::{self, WinRate, CONFIDENCE};
+use super::winrate::{self, Comparison, CONFIDENCE, MIN_SHARED_PROMPTS};
 use super::ReportError;
 
 /// How many prompts the side-by-side view shows.
@@ -17,7 +18,17 @@ pub struct WinRates {
     pub judge: String,
     pub baseline: String,
     /// Per run (the baseline included, as `None`).
-    pub results: Vec<(String, Option<WinRate>)>,
+    pub results: Vec<(String, Option<Comparison>)>,
+}
+
+impl WinRates {
+    /// `(index, label, rate)` of each run compared with the baseline.
+    pub fn rates(&self) -> impl Iterator<Item = (usize, &str, &winrate::WinRate)> {
+        self.results.iter().enumerate().filter_map(|(index, (label, result))| match result {
+            Some(Comparison::Rate(rate)) => Some((index, label.as_str(), rate)),
+            _ => None,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -44,7 +55,7 @@ pub struct Settings<'a> {
 /// The stage whose samples are compared: the latest in the baseline's order with samples the
 /// judge can score.
 fn compared_stage<'r>(baseline: &'r Run, judge: &Judge) -> Option<&'r str> {
-    baseline.stages.iter().rev().find(|stage| stage.last_samples().iter().any(|s| judge.can_judge(s))).map(|stage| stage.name.as_str())
+    baseline.stages.iter().rev().find(|stage| stage.judged_responses().iter().any(|s| judge.can_judge(s))).map(|stage| stage.name.as_str())
 }
 
 pub fn win_rates(runs: &[Run], settings: &Settings, notes: &mut Vec<Note>) -> Result<Option<WinRates>, ReportError> {
@@ -62,7 +73,7 @@ pub fn win_rates(runs: &[Run], settings: &Settings, notes: &mut Vec<Note>) -> Re
     };
     let mut judged: Vec<Vec<(String, f64)>> = Vec::with_capacity(runs.len());
     for run in runs {
-        let samples: Vec<&SampleLine> = run.stage(stage).map(|s| s.last_samples()).unwrap_or_default();
+        let samples: Vec<&SampleLine> = run.stage(stage).map(|s| s.judged_responses()).unwrap_or_default();
         let scores = settings.judge.score(&samples)?;
         judged.push(samples.iter().zip(scores).filter_map(|(s, score)| Some((s.prompt.clone(), score?))).collect());
     }
@@ -73,10 +84,15 @@ pub fn win_rates(runs: &[Run], settings: &Settings, notes: &mut Vec<Note>) -> Re
             None
         } else {
             let result = winrate::compare(&as_refs(&judged[index]), &baseline_scores, settings.resamples, settings.seed);
-            if result.is_none() {
-                notes.push(Note { run: run.label.clone(), message: format!("no judgeable samples in stage `{stage}`: no win rate") });
+            if let Comparison::NotComparable { shared } = result {
+                notes.push(Note {
+                    run: run.label.clone(),
+                    message: format!(
+                        "answered {shared} of the baseline's evaluated prompts in stage `{stage}` (a win rate needs {MIN_SHARED_PROMPTS}): not comparable response by response"
+                    ),
+                });
             }
-            result
+            Some(result)
         };
         results.push((run.label.clone(), result));
     }
@@ -97,24 +113,27 @@ pub fn win_rate_table(win_rates: &WinRates) -> Table {
                 vec![Cell::text(label), Cell::text("baseline"), Cell::text(""), Cell::text(""), Cell::text("")]
             }
             None => vec![Cell::text(label), Cell::text("—"), Cell::text(""), Cell::text(""), Cell::text("")],
-            Some(w) => vec![
+            Some(Comparison::NotComparable { shared }) => vec![
+                Cell::text(label),
+                Cell::text("not comparable"),
+                Cell::text(""),
+                Cell::text(""),
+                Cell::text(format!("{shared} shared prompts (fewer than {MIN_SHARED_PROMPTS})")),
+            ],
+            Some(Comparison::Rate(w)) => vec![
                 Cell::text(label),
                 Cell::text(format!("{:.1} %", w.rate * 100.0)),
                 Cell::text(format!("{:.1} – {:.1} %", w.low * 100.0, w.high * 100.0)),
                 Cell::text(format!("{} / {} / {}", w.wins, w.ties, w.losses)),
-                Cell::text(if w.paired {
-                    format!("{} shared prompts", w.sizes.0)
-                } else {
-                    format!("{} × {} responses (no shared prompts)", w.sizes.0, w.sizes.1)
-                }),
+                Cell::text(format!("{} shared prompts", w.prompts)),
             ],
         })
         .collect();
     let mut table = Table { headers: headers.iter().map(|h| h.to_string()).collect(), rows };
     // Mark the run that beats the baseline most often.
-    let best =
-        win_rates.results.iter().enumerate().filter_map(|(i, (_, r))| r.as_ref().map(|r| (i, r.rate))).max_by(|a, b| a.1.total_cmp(&b.1));
-    if let Some((index, _)) = best.filter(|_| win_rates.results.iter().filter(|(_, r)| r.is_some()).count() > 1) {
+    let rates: Vec<(usize, f64)> = win_rates.rates().map(|(i, _, rate)| (i, rate.rate)).collect();
+    let best = rates.iter().copied().max_by(|a, b| a.1.total_cmp(&b.1));
+    if let Some((index, _)) = best.filter(|_| rates.len() > 1) {
         table.rows[index][1].best = true;
     }
     table

@@ -20,10 +20,9 @@ th, td { border: 1px solid #ddd; padding: 0.3rem 0.6rem; text-align: left; verti
 th { background: #f4f4f6; }
 td.best { background: #e3f1e3; font-weight: 600; }
 .scroll { overflow-x: auto; }
-.charts { display: flex; flex-wrap: wrap; gap: 1rem; }
-figure { margin: 0; border: 1px solid #e4e4e8; padding: 0.4rem; background: #fff; flex: 0 1 760px; min-width: 320px; }
-/* Two charts a row on a laptop screen, full size on a wide one. */
-@media (max-width: 1700px) { figure { flex-basis: 580px; } }
+/* Two charts a row on a laptop or wide screen (each at most its 760 px), one on a narrow one. */
+.charts { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 560px), 1fr)); gap: 1rem; }
+figure { margin: 0; border: 1px solid #e4e4e8; padding: 0.4rem; background: #fff; box-sizing: border-box; max-width: 780px; }
 figure img { display: block; width: 100%; height: auto; }
 figcaption { font-size: 0.85rem; color: #555; }
 .samples td { max-width: 28rem; }
@@ -124,14 +123,15 @@ pub fn render(report: &Report) -> String {
         out.push_str("</ul>\n");
     }
 
-    out.push_str("<h2 id=\"figures\">Final figures</h2>\n<p>The last value each run wrote; the best of each column is highlighted.</p>\n");
+    out.push_str("<h2 id=\"figures\">Final figures</h2>\n<p>The last value each run wrote. The best of a column is highlighted only where its figure has a direction and compares between these runs: no KL (a cost paid for reward), no reward-model score across reward models. <em>@ KL k</em>: the gold score where each run's evaluations first reach a KL all of them reached.</p>\n");
     table(&mut out, &report.figures);
     if let Some((win_rates, rates)) = &report.win_rates {
         let _ = writeln!(
             out,
-            "<h2 id=\"win-rates\">Win rate against the baseline</h2>\n<p>Judged by the {} on the samples of stage <code>{}</code> (last evaluation of each run); a tie counts ½; interval by a seeded percentile bootstrap.</p>",
+            "<h2 id=\"win-rates\">Win rate against the baseline</h2>\n<p>Judged by the {} on the responses of stage <code>{}</code>'s final evaluation (every evaluated prompt, else the last samples), prompt by prompt, where two runs share at least {} prompts; a tie counts ½; interval by a seeded percentile bootstrap.</p>",
             escape(&win_rates.judge),
-            escape(&win_rates.stage)
+            escape(&win_rates.stage),
+            super::winrate::MIN_SHARED_PROMPTS
         );
         table(&mut out, rates);
     }

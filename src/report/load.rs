@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::ReportError;
+use crate::run::metrics::EVALUATION_FILE;
 use crate::run::sweep::{SweepRecord, SWEEP_FILE};
-use crate::run::{CONFIG_FILE, SUMMARY_FILE};
+use crate::run::{CONFIG_FILE, ENV_FILE, SUMMARY_FILE};
 use crate::stages::{StageKind, STAGE_KINDS};
 
 /// One run as the report sees it.
@@ -27,6 +28,8 @@ pub struct Run {
     pub finished: Vec<String>,
     /// Set for a variant of a sweep: its swept assignments (without the seed) and seed.
     pub variant: Option<VariantInfo>,
+    /// The hash of the evaluation set (env.json's `eval_set.sha256`), when recorded.
+    pub eval_set: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +46,8 @@ pub struct Stage {
     pub kind: Option<String>,
     pub metrics: Vec<MetricRow>,
     pub samples: Vec<SampleLine>,
+    /// eval_final.jsonl: every response of the latest evaluation.
+    pub evaluation: Vec<SampleLine>,
 }
 
 /// One line of metrics.jsonl; `None` is a `null` (a diverged, non-finite value).
@@ -52,7 +57,7 @@ pub struct MetricRow {
     pub values: BTreeMap<String, Option<f64>>,
 }
 
-/// One line of samples.jsonl.
+/// One line of samples.jsonl or eval_final.jsonl.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampleLine {
     pub step: u64,
@@ -89,6 +94,16 @@ impl Stage {
     pub fn last_samples(&self) -> Vec<&SampleLine> {
         let Some(step) = self.samples.iter().map(|s| s.step).max() else { return Vec::new() };
         self.samples.iter().filter(|s| s.step == step).collect()
+    }
+
+    /// The responses a comparison judges: every response of the final evaluation where the
+    /// stage kept them (eval_final.jsonl), else the last samples.
+    pub fn judged_responses(&self) -> Vec<&SampleLine> {
+        if self.evaluation.is_empty() {
+            self.last_samples()
+        } else {
+            self.evaluation.iter().collect()
+        }
     }
 }
 
@@ -162,7 +177,7 @@ fn stage_dirs(path: &Path) -> impl Iterator<Item = String> {
 
 /// Loads every source, labelling the runs; notes collect what was missing or damaged.
 pub fn load_runs(sources: &[Source], notes: &mut Vec<Note>) -> Vec<Run> {
-    let labels = labels(sources);
+    let labels = setting_labels(sources).unwrap_or_else(|| labels(sources));
     sources.iter().zip(labels).map(|(source, label)| load_run(source, label, notes)).collect()
 }
 
@@ -178,6 +193,7 @@ fn load_run(source: &Source, label: String, notes: &mut Vec<Note>) -> Run {
             stages: Vec::new(),
             finished: Vec::new(),
             variant: source.variant.clone(),
+            eval_set: None,
         };
     }
     let config = match std::fs::read_to_string(path.join(CONFIG_FILE)) {
@@ -213,10 +229,12 @@ fn load_run(source: &Source, label: String, notes: &mut Vec<Note>) -> Run {
         let metrics = read_metrics(&metrics_path, &mut note);
         let samples_path = dir.join("samples.jsonl");
         let samples = if samples_path.is_file() { read_samples(&samples_path, &mut note) } else { Vec::new() };
+        let evaluation_path = dir.join(EVALUATION_FILE);
+        let evaluation = if evaluation_path.is_file() { read_samples(&evaluation_path, &mut note) } else { Vec::new() };
         if !finished.contains(&name) {
             note(format!("stage `{name}` is not finished (not in {SUMMARY_FILE}): its figures are the last ones written"));
         }
-        let mut stage = Stage { name, kind, metrics, samples };
+        let mut stage = Stage { name, kind, metrics, samples, evaluation };
         if stage.kind.is_none() {
             stage.kind = guess_kind(&stage).map(str::to_string);
         }
@@ -225,7 +243,14 @@ fn load_run(source: &Source, label: String, notes: &mut Vec<Note>) -> Run {
     if stages.is_empty() {
         note("no stage has any metrics".to_string());
     }
-    Run { label, path: path.clone(), config, stages, finished, variant: source.variant.clone() }
+    let eval_set = read_eval_set(&path.join(ENV_FILE));
+    Run { label, path: path.clone(), config, stages, finished, variant: source.variant.clone(), eval_set }
+}
+
+/// `eval_set.sha256` of an env.json; `None` when absent (older runs) or unreadable.
+fn read_eval_set(path: &Path) -> Option<String> {
+    let env: Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    env.get("eval_set")?.get("sha256")?.as_str().map(str::to_string)
 }
 
 fn sorted(mut names: Vec<String>) -> Vec<String> {
@@ -372,6 +397,48 @@ fn read_samples(path: &Path, note: &mut impl FnMut(String)) -> Vec<SampleLine> {
     samples
 }
 
+/// The most settings runs may differ in for their labels to name them.
+const LABEL_KEYS: usize = 2;
+
+/// Names that say how the runs differ — `seed=2`, `kl_coef=0.5, seed=1` — when they are not a
+/// sweep's variants (those have names already), all have a readable config.toml, and their
+/// configs differ in one or two keys whose values tell every run apart. A key is named by its
+/// last part (`kl_coef` for `stages.ppo.kl_coef`) unless two differing keys share it.
+fn setting_labels(sources: &[Source]) -> Option<Vec<String>> {
+    if sources.len() < 2 || sources.iter().any(|s| s.name.is_some()) {
+        return None;
+    }
+    let configs = sources
+        .iter()
+        .map(|s| Some(super::config_diff::flatten(&std::fs::read_to_string(s.path.join(CONFIG_FILE)).ok()?.parse().ok()?)))
+        .collect::<Option<Vec<_>>>()?;
+    let mut keys: Vec<&String> = configs.iter().flat_map(|c| c.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.retain(|key| configs.iter().any(|c| c.get(*key) != configs[0].get(*key)));
+    if keys.is_empty() || keys.len() > LABEL_KEYS {
+        return None;
+    }
+    let short = |key: &str| key.rsplit('.').next().unwrap_or(key).to_string();
+    let names: Vec<String> = keys.iter().map(|key| short(key)).collect();
+    let unambiguous = names.iter().all(|name| names.iter().filter(|n| *n == name).count() == 1);
+    let labels: Vec<String> = configs
+        .iter()
+        .map(|config| {
+            keys.iter()
+                .zip(&names)
+                .map(|(key, name)| {
+                    let name = if unambiguous { name.as_str() } else { key.as_str() };
+                    format!("{name}={}", config.get(*key).map_or("—", String::as_str))
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect();
+    let unique = labels.iter().enumerate().all(|(i, label)| !labels[..i].contains(label));
+    unique.then_some(labels)
+}
+
 /// The shortest unique names: the directory's own name (a run id, or a sweep variant's name),
 /// with its parent's name in front when two runs would otherwise share one.
 fn labels(sources: &[Source]) -> Vec<String> {
@@ -436,7 +503,7 @@ mod tests {
         assert_eq!(rows.len(), 3);
         assert_eq!(rows[1].values["a"], None);
         assert_eq!(rows[1].values["b"], Some(2.0));
-        let stage = Stage { name: "s".into(), kind: None, metrics: rows, samples: Vec::new() };
+        let stage = Stage { name: "s".into(), metrics: rows, ..Stage::default() };
         assert_eq!(stage.series("a"), [(1.0, 1.0), (3.0, 3.0)]);
         assert_eq!(stage.last("b"), Some(2.0));
         assert_eq!(notes.len(), 3, "{notes:?}");

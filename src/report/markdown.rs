@@ -41,10 +41,10 @@ pub fn render(report: &Report) -> String {
         }
         out.push('\n');
     }
-    out.push_str("## Final figures\n\nThe last value each run wrote; **bold**: the best of its column.\n\n");
+    out.push_str("## Final figures\n\nThe last value each run wrote; **bold**: the best of its column, where its figure has a direction and compares between these runs (no KL, no reward-model score across reward models). *@ KL k*: the gold score where each run's evaluations first reach a KL all of them reached.\n\n");
     table(&mut out, &report.figures);
     if let Some((win_rates, rates)) = &report.win_rates {
-        let _ = writeln!(out, "## Win rate against the baseline\n\nJudged by the {} on the samples of stage `{}`; a tie counts ½; seeded percentile bootstrap.\n", win_rates.judge, win_rates.stage);
+        let _ = writeln!(out, "## Win rate against the baseline\n\nJudged by the {} on the responses of stage `{}`'s final evaluation, prompt by prompt, where two runs share at least {} prompts; a tie counts ½; seeded percentile bootstrap.\n", win_rates.judge, win_rates.stage, super::winrate::MIN_SHARED_PROMPTS);
         table(&mut out, rates);
     }
     if let Some(sweep) = &report.sweep {

@@ -100,6 +100,7 @@ pub fn write(inputs: &[PathBuf], out: &Path, options: &Options) -> Result<Report
     let mut notes = Vec::new();
     let runs = load::load_runs(&sources, &mut notes);
     let baseline = baseline_index(&runs, options.baseline.as_deref())?;
+    notes.extend(other_evaluation_sets(&runs, baseline));
 
     let figures = figures::collect(&runs);
     let settings = comparison::Settings { baseline, judge: &judge, resamples: options.resamples, seed: options.seed };
@@ -149,6 +150,28 @@ pub fn write(inputs: &[PathBuf], out: &Path, options: &Options) -> Result<Report
     Ok(report)
 }
 
+/// A note for each run whose recorded evaluation set (env.json) differs from the baseline's: its
+/// held-out figures measure other data.
+fn other_evaluation_sets(runs: &[Run], baseline: usize) -> Vec<Note> {
+    let Some(reference) = runs[baseline].eval_set.as_deref() else { return Vec::new() };
+    runs.iter()
+        .filter(|run| run.eval_set.as_deref().is_some_and(|set| set != reference))
+        .map(|run| Note {
+            run: run.label.clone(),
+            message: format!(
+                "evaluated on another evaluation set than the baseline {} (eval_set {} vs {}): its held-out figures measure other data",
+                runs[baseline].label,
+                short_hash(run.eval_set.as_deref().unwrap_or_default()),
+                short_hash(reference)
+            ),
+        })
+        .collect()
+}
+
+fn short_hash(hash: &str) -> &str {
+    &hash[..hash.len().min(12)]
+}
+
 fn baseline_index(runs: &[Run], given: Option<&str>) -> Result<usize, ReportError> {
     let Some(given) = given else { return Ok(0) };
     let canonical = |path: &Path| path.canonicalize().ok();
@@ -174,7 +197,7 @@ fn verdict(
     if let Some(column) = figures::primary(figures) {
         let values: Vec<Option<f64>> = figures.values.iter().map(|row| row[column]).collect();
         let header = figures.columns[column].header();
-        if let Some(best) = table::best_index(&values, table::direction(&figures.columns[column].metric)) {
+        if let Some(best) = table::best_index(&values, figures.columns[column].direction) {
             let others: Vec<String> = runs
                 .iter()
                 .zip(&values)
@@ -207,9 +230,8 @@ fn verdict(
         }
     }
     if let Some(win_rates) = win_rates {
-        let best =
-            win_rates.results.iter().filter_map(|(label, r)| r.as_ref().map(|r| (label, r))).max_by(|a, b| a.1.rate.total_cmp(&b.1.rate));
-        if let Some((label, result)) = best {
+        let best = win_rates.rates().max_by(|a, b| a.2.rate.total_cmp(&b.2.rate));
+        if let Some((_, label, result)) = best {
             let chance =
                 if result.low <= 0.5 && result.high >= 0.5 { " — not distinguishable from chance with these samples" } else { "" };
             lines.push(format!(

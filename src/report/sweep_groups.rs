@@ -3,7 +3,7 @@
 
 use super::figures::Figures;
 use super::load::Run;
-use super::table::{best_index, direction, format_number, Cell, Table};
+use super::table::{best_index, format_number, Cell, Table};
 
 /// Mean and sample standard deviation (n − 1; 0 for a single value); `None` when empty.
 pub fn mean_std(values: &[f64]) -> Option<(f64, f64)> {
@@ -46,7 +46,7 @@ pub fn group_table(runs: &[Run], figures: &Figures) -> Option<Table> {
     let best: Vec<Option<usize>> = (0..figures.columns.len())
         .map(|c| {
             let means: Vec<Option<f64>> = stats.iter().map(|row| row[c].map(|(mean, _, _)| mean)).collect();
-            best_index(&means, direction(&figures.columns[c].metric))
+            best_index(&means, figures.columns[c].direction)
         })
         .collect();
 

@@ -27,19 +27,6 @@ pub enum Direction {
     Lower,
 }
 
-/// How a metric is read: losses and perplexity fall, scores and accuracies rise. KL is a cost
-/// paid for reward, not a goal, so it gets no "best".
-pub fn direction(metric: &str) -> Option<Direction> {
-    let name = metric.rsplit('/').next().unwrap_or(metric);
-    if name.contains("loss") || name == "ppl" || name == "ece" {
-        Some(Direction::Lower)
-    } else if ["score", "accuracy", "agreement", "precision", "recall", "f1", "win"].iter().any(|word| name.contains(word)) {
-        Some(Direction::Higher)
-    } else {
-        None
-    }
-}
-
 /// Index of the best of `values` (ties: the first), if the direction is known and the values
 /// are not all equal (then none is better than another).
 pub fn best_index(values: &[Option<f64>], direction: Option<Direction>) -> Option<usize> {
@@ -85,15 +72,13 @@ mod tests {
 
     #[test]
     fn directions_and_best() {
-        assert_eq!(direction("eval/loss"), Some(Direction::Lower));
-        assert_eq!(direction("eval/gold_score"), Some(Direction::Higher));
-        assert_eq!(direction("eval/kl"), None);
-        assert_eq!(best_index(&[Some(1.0), None, Some(0.5)], direction("eval/loss")), Some(2));
-        assert_eq!(best_index(&[Some(1.0), None, Some(0.5)], direction("eval/accuracy")), Some(0));
-        assert_eq!(best_index(&[None, None], direction("eval/accuracy")), None);
-        assert_eq!(best_index(&[Some(1.0)], direction("eval/kl")), None);
-        assert_eq!(best_index(&[Some(1.0), Some(1.0), None], direction("eval/loss")), None, "equal: none is best");
-        assert_eq!(best_index(&[Some(2.0), Some(1.0), Some(1.0)], direction("eval/loss")), Some(1));
+        let (lower, higher) = (Some(Direction::Lower), Some(Direction::Higher));
+        assert_eq!(best_index(&[Some(1.0), None, Some(0.5)], lower), Some(2));
+        assert_eq!(best_index(&[Some(1.0), None, Some(0.5)], higher), Some(0));
+        assert_eq!(best_index(&[None, None], higher), None);
+        assert_eq!(best_index(&[Some(1.0)], None), None);
+        assert_eq!(best_index(&[Some(1.0), Some(1.0), None], lower), None, "equal: none is best");
+        assert_eq!(best_index(&[Some(2.0), Some(1.0), Some(1.0)], lower), Some(1));
     }
 
     #[test]

@@ -1,17 +1,18 @@
 //! Win rate of one run's responses against a baseline's, judged by per-response scores (the gold
 //! oracle's, or a reward model's), with a seeded percentile-bootstrap confidence interval.
 //!
-//! Responses to the same prompt are compared pairwise: a win counts 1, a tie ½. Runs with
-//! different seeds draw different evaluation prompts; with no prompt in common, every response
-//! of one run is compared with every response of the other (the probability that a random
-//! response of the run beats a random one of the baseline), and the bootstrap resamples each
-//! side on its own.
+//! Only responses to the same prompt are compared (a win counts 1, a tie ½), and only when the
+//! runs share at least `MIN_SHARED_PROMPTS` prompts: below that an interval says nothing, and
+//! runs evaluated on different prompts are not comparable response by response.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// Level of the confidence interval.
 pub const CONFIDENCE: f64 = 0.95;
+
+/// The fewest shared prompts a win rate is computed on.
+pub const MIN_SHARED_PROMPTS: usize = 20;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct WinRate {
@@ -22,10 +23,18 @@ pub struct WinRate {
     pub rate: f64,
     pub low: f64,
     pub high: f64,
-    /// Responses to shared prompts, compared pairwise; else all against all.
-    pub paired: bool,
-    /// Pairs (paired), or responses of (run, baseline) (unpaired).
-    pub sizes: (usize, usize),
+    /// Shared prompts compared.
+    pub prompts: usize,
+}
+
+/// A run's comparison with the baseline.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Comparison {
+    Rate(WinRate),
+    /// Fewer than `MIN_SHARED_PROMPTS` prompts in common.
+    NotComparable {
+        shared: usize,
+    },
 }
 
 fn outcome(a: f64, b: f64) -> f64 {
@@ -51,42 +60,7 @@ pub fn paired(run: &[f64], baseline: &[f64], resamples: usize, seed: u64) -> Opt
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let rates: Vec<f64> = (0..resamples).map(|_| (0..n).map(|_| outcomes[rng.random_range(0..n)]).sum::<f64>() / n as f64).collect();
     let (low, high) = interval(rates);
-    Some(WinRate {
-        wins,
-        ties,
-        losses: n as f64 - wins - ties,
-        rate: outcomes.iter().sum::<f64>() / n as f64,
-        low,
-        high,
-        paired: true,
-        sizes: (n, n),
-    })
-}
-
-/// P(a random response of `run` beats a random one of `baseline`), ties ½; `None` if a side is empty.
-pub fn unpaired(run: &[f64], baseline: &[f64], resamples: usize, seed: u64) -> Option<WinRate> {
-    if run.is_empty() || baseline.is_empty() {
-        return None;
-    }
-    let all_against_all =
-        |a: &[f64], b: &[f64]| a.iter().map(|&x| b.iter().map(|&y| outcome(x, y)).sum::<f64>()).sum::<f64>() / (a.len() * b.len()) as f64;
-    let comparisons = (run.len() * baseline.len()) as f64;
-    let wins = run.iter().map(|&x| baseline.iter().filter(|&&y| x > y).count()).sum::<usize>() as f64;
-    let ties = run.iter().map(|&x| baseline.iter().filter(|&&y| x == y).count()).sum::<usize>() as f64;
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut draw = |values: &[f64]| -> Vec<f64> { (0..values.len()).map(|_| values[rng.random_range(0..values.len())]).collect() };
-    let rates: Vec<f64> = (0..resamples).map(|_| all_against_all(&draw(run), &draw(baseline))).collect();
-    let (low, high) = interval(rates);
-    Some(WinRate {
-        wins,
-        ties,
-        losses: comparisons - wins - ties,
-        rate: all_against_all(run, baseline),
-        low,
-        high,
-        paired: false,
-        sizes: (run.len(), baseline.len()),
-    })
+    Some(WinRate { wins, ties, losses: n as f64 - wins - ties, rate: outcomes.iter().sum::<f64>() / n as f64, low, high, prompts: n })
 }
 
 /// Percentile interval of bootstrap rates at `CONFIDENCE` (the nearest-rank percentiles).
@@ -101,16 +75,14 @@ fn interval(mut rates: Vec<f64>) -> (f64, f64) {
     (rates[rank(tail)], rates[rank(1.0 - tail)])
 }
 
-/// Scores of the two runs' responses: paired by shared prompt when there are any, else all.
-pub fn compare(run: &[(&str, f64)], baseline: &[(&str, f64)], resamples: usize, seed: u64) -> Option<WinRate> {
-    let shared: Vec<(f64, f64)> =
-        run.iter().filter_map(|(prompt, score)| baseline.iter().find(|(p, _)| p == prompt).map(|(_, b)| (*score, *b))).collect();
-    if shared.is_empty() {
-        let scores = |side: &[(&str, f64)]| side.iter().map(|(_, s)| *s).collect::<Vec<f64>>();
-        unpaired(&scores(run), &scores(baseline), resamples, seed)
-    } else {
-        let (a, b): (Vec<f64>, Vec<f64>) = shared.into_iter().unzip();
-        paired(&a, &b, resamples, seed)
+/// The win rate of `run` over `baseline` on the prompts both answered (scores by prompt), if
+/// there are at least `MIN_SHARED_PROMPTS` of them.
+pub fn compare(run: &[(&str, f64)], baseline: &[(&str, f64)], resamples: usize, seed: u64) -> Comparison {
+    let baseline: std::collections::HashMap<&str, f64> = baseline.iter().copied().collect();
+    let (a, b): (Vec<f64>, Vec<f64>) = run.iter().filter_map(|(prompt, score)| baseline.get(prompt).map(|b| (*score, *b))).unzip();
+    match paired(&a, &b, resamples, seed) {
+        Some(rate) if a.len() >= MIN_SHARED_PROMPTS => Comparison::Rate(rate),
+        _ => Comparison::NotComparable { shared: a.len() },
     }
 }
 
@@ -130,5 +102,15 @@ mod tests {
         let result = paired(&[2.0, 3.0, 4.0], &[1.0, 1.0, 1.0], 500, 7).unwrap();
         assert_eq!((result.rate, result.low, result.high), (1.0, 1.0, 1.0));
         assert!(paired(&[], &[], 10, 0).is_none());
+    }
+
+    #[test]
+    fn runs_are_compared_only_on_enough_shared_prompts() {
+        let names: Vec<String> = (0..MIN_SHARED_PROMPTS + 1).map(|i| format!("p{i}")).collect();
+        let side = |skip: usize, score: f64| -> Vec<(&str, f64)> { names.iter().skip(skip).map(|n| (n.as_str(), score)).collect() };
+        // 21 prompts each, 20 in common: compared (and always won); 19 in common: not.
+        let Comparison::Rate(rate) = compare(&side(1, 2.0), &side(0, 1.0), 100, 0) else { panic!("20 shared prompts suffice") };
+        assert_eq!((rate.prompts, rate.rate), (MIN_SHARED_PROMPTS, 1.0));
+        assert_eq!(compare(&side(2, 2.0), &side(0, 1.0), 100, 0), Comparison::NotComparable { shared: MIN_SHARED_PROMPTS - 1 });
     }
 }

@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
 
-use super::{StageContext, StageError, StageFigures, StageSettings, CHECKPOINT_DIR};
+use super::{Reading, StageContext, StageError, StageFigures, StageSettings, CHECKPOINT_DIR};
 use crate::data::chat::Message;
 use crate::data::tokenizer::{TextTokenizer, TokenizerError};
 use crate::model::generate::{generate, GenerateOptions, Sampling};
@@ -29,6 +29,7 @@ pub const FIGURES: StageFigures = StageFigures {
     headline: &["eval/loss", "eval/ppl"],
     curves: &["train/loss", "eval/loss", "eval/ppl"],
     primary: &["eval/loss"],
+    readings: &[("eval/loss", Reading::Lower), ("eval/ppl", Reading::Lower)],
     frontier: None,
     shown: &["train/loss"],
     logged: &["train/loss", "eval/loss"],

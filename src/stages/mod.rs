@@ -76,6 +76,8 @@ pub struct StageFigures {
     pub curves: &'static [&'static str],
     /// The figures that decide which run is better, the most telling first.
     pub primary: &'static [&'static str],
+    /// How reports read the headline and primary figures; any other figure is `Neither`.
+    pub readings: &'static [(&'static str, Reading)],
     /// A reward–KL frontier chart, for stages that optimise a reward under a KL penalty.
     pub frontier: Option<Frontier>,
     /// Shown on the progress bar after each step.
@@ -84,6 +86,25 @@ pub struct StageFigures {
     pub logged: &'static [&'static str],
     /// What the kind's steps are called on a chart's axis.
     pub step_name: &'static str,
+}
+
+/// How a report reads a figure: which way is better, and between which runs it compares at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    Higher,
+    Lower,
+    /// Neither better nor worse by itself: a KL is a cost paid for reward, a coefficient a setting.
+    Neither,
+    /// Higher is better, but only between runs whose stage key (e.g. `reward`) names the same
+    /// model: a reward model's score means nothing on another reward model's scale, and a higher
+    /// proxy score with a lower gold score is over-optimisation, not a win.
+    HigherOnSameModel(&'static str),
+}
+
+impl StageFigures {
+    pub fn reading(&self, metric: &str) -> Reading {
+        self.readings.iter().find(|(name, _)| *name == metric).map_or(Reading::Neither, |(_, reading)| *reading)
+    }
 }
 
 /// The metric names a reward–KL frontier is drawn from.

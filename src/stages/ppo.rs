@@ -19,7 +19,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::{Frontier, StageContext, StageError, StageFigures, StageSettings, CHECKPOINT_DIR};
+use super::{Frontier, Reading, StageContext, StageError, StageFigures, StageSettings, CHECKPOINT_DIR};
 use crate::data::synthetic::oracle::GoldOracle;
 use crate::model::generate::Generation;
 use crate::model::reward::{RewardModel, RewardNormalization};
@@ -51,6 +51,11 @@ pub const FIGURES: StageFigures = StageFigures {
         "eval/kl",
     ],
     primary: &["eval/gold_score", "eval/rm_score"],
+    readings: &[
+        ("eval/gold_score", Reading::Higher),
+        ("eval/rm_score", Reading::HigherOnSameModel("reward")),
+        ("eval/raw_rm_score", Reading::HigherOnSameModel("reward")),
+    ],
     frontier: Some(Frontier { kl: "eval/kl", proxy: "eval/rm_score", gold: "eval/gold_score" }),
     shown: &["objective/scores", "objective/kl"],
     logged: &["eval/rm_score", "eval/gold_score", "eval/kl"],

@@ -14,7 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use super::{StageContext, StageError, StageFigures, StageSettings, CHECKPOINT_DIR};
+use super::{Reading, StageContext, StageError, StageFigures, StageSettings, CHECKPOINT_DIR};
 use crate::data::preferences::{read_jsonl, PreferencePair};
 use crate::data::synthetic::annotators::{sigmoid, AnnotatorPool, Preference};
 use crate::data::synthetic::{varied_response, ReviewRequest};
@@ -34,6 +34,7 @@ pub const FIGURES: StageFigures = StageFigures {
     headline: &["eval/accuracy", "eval/gold_agreement"],
     curves: &["train/loss", "train/accuracy", "eval/accuracy", "eval/gold_agreement"],
     primary: &["eval/gold_agreement", "eval/accuracy"],
+    readings: &[("eval/accuracy", Reading::Higher), ("eval/gold_agreement", Reading::Higher)],
     frontier: None,
     shown: &["train/loss", "train/accuracy"],
     logged: &["eval/accuracy", "eval/gold_agreement"],

@@ -34,6 +34,16 @@ try {
   await page.goto(pathToFileURL(file).href, { waitUntil: 'load' });
   const images = await page.$$eval('img', (all) => all.map((img) => ({ src: img.getAttribute('src'), ok: img.complete && img.naturalWidth > 0 })));
   const broken = images.filter((img) => !img.ok).map((img) => img.src);
+  // Charts in the first row of the first stage's charts, at a laptop's and a wide screen's width.
+  const perRow = {};
+  for (const width of [1280, 1920, 700]) {
+    await page.setViewportSize({ width, height: 900 });
+    perRow[width] = await page.$eval('.charts', (charts) => {
+      const tops = [...charts.querySelectorAll('figure')].map((figure) => figure.getBoundingClientRect().top);
+      return tops.filter((top) => Math.abs(top - tops[0]) < 1).length;
+    });
+  }
+  await page.setViewportSize({ width: 1280, height: 900 });
   const height = Number(process.env.PAGE_HEIGHT ?? 0);
   if (height > 0) {
     await page.setViewportSize({ width: 1280, height });
@@ -41,7 +51,7 @@ try {
   } else {
     await page.screenshot({ path: screenshot, fullPage: true });
   }
-  console.log(JSON.stringify({ title: await page.title(), images: images.length, broken, errors }));
+  console.log(JSON.stringify({ title: await page.title(), images: images.length, broken, errors, perRow }));
 } finally {
   await browser.close();
 }
