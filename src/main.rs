@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use rlhf_lab::commands::{generate, label, report, run, score, validate};
+use rlhf_lab::commands::{eval, generate, label, report, run, score, validate};
 
 #[derive(Parser)]
 #[command(name = "rlhf", version, about = "RLHF experiments on libtorch: pretraining, SFT, reward modeling, PPO")]
@@ -26,6 +26,8 @@ enum Command {
     Label(label::LabelArgs),
     /// Compare runs (or a sweep) in an HTML page with charts, and summary.md.
     Report(report::ReportArgs),
+    /// Evaluate policies on one prompt set with the same decoding settings, for `rlhf report`.
+    Eval(eval::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
         Command::Score(args) => score::run(args),
         Command::Label(args) => label::run(args),
         Command::Report(args) => report::run(args),
+        Command::Eval(args) => eval::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -82,6 +82,12 @@ impl TaskData {
         corpus.chain(demonstrations).chain(self.prompts.train.iter().chain(&self.prompts.eval).map(String::as_str)).chain(chat_prompts)
     }
 
+    /// The first `count` prompts a policy is evaluated on: the held-out prompts, then the
+    /// held-out demonstrations' prompts.
+    pub fn evaluation_prompts(&self, count: usize) -> Vec<String> {
+        self.prompts.eval.iter().chain(self.demonstrations.eval.iter().map(|d| &d.prompt)).take(count).cloned().collect()
+    }
+
     /// SHA-256 (hex) of the held-out records — corpus, demonstrations and prompts as rendered —
     /// which runs compare to know whether they were evaluated on the same data.
     pub fn eval_set_digest(&self) -> String {
@@ -168,7 +174,7 @@ fn demonstration_from(record: Map<String, Value>) -> Result<Demonstration, Strin
 }
 
 /// A prompt line: `{"prompt"}`, text or a list of messages (other fields ignored).
-fn prompt_from(record: Map<String, Value>) -> Result<Prompt, String> {
+pub fn prompt_from(record: Map<String, Value>) -> Result<Prompt, String> {
     Prompt::parse(record.get("prompt").ok_or("missing field `prompt`")?, "prompt")
 }
 

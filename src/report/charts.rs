@@ -1,17 +1,18 @@
 //! Which charts a report holds: per stage, the training curves of every run overlaid; for PPO
 //! stages, the reward–KL frontier and (with a gold oracle) gold and proxy score against √KL.
 
+use super::figures_of;
 use super::load::Run;
 use super::plots::{Chart, Line, MIN_POINTS_TO_SMOOTH};
-use crate::stages::{stage_kind, Frontier, StageFigures, STAGE_KINDS};
+use crate::stages::{Frontier, StageFigures, STAGE_KINDS};
 
 /// What the stage kinds of a stage (across runs) declare about their figures; every kind's
 /// declarations for a stage whose kind is not known.
 fn declared_figures(runs: &[Run], stage: &str) -> Vec<&'static StageFigures> {
     let mut declared: Vec<&'static StageFigures> = Vec::new();
-    for kind in runs.iter().filter_map(|r| r.stage(stage)).filter_map(|s| s.kind.as_deref()).filter_map(stage_kind) {
-        if !declared.iter().any(|figures| std::ptr::eq(*figures, kind.figures)) {
-            declared.push(kind.figures);
+    for figures in runs.iter().filter_map(|r| r.stage(stage)).filter_map(|s| s.kind.as_deref()).filter_map(figures_of) {
+        if !declared.iter().any(|known| std::ptr::eq(*known, figures)) {
+            declared.push(figures);
         }
     }
     if declared.is_empty() {

@@ -5,9 +5,10 @@
 
 use std::path::Path;
 
+use super::figures_of;
 use super::load::Run;
 use super::table::{best_index, format_number, Cell, Direction, Table};
-use crate::stages::{stage_kind, Frontier, Reading};
+use crate::stages::{Frontier, Reading};
 
 /// One column: a stage's metric.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,26 +42,27 @@ pub fn collect(runs: &[Run]) -> Figures {
     let mut columns: Vec<Column> = Vec::new();
     for run in runs {
         for stage in &run.stages {
-            let Some(kind) = stage.kind.as_deref().and_then(stage_kind) else { continue };
+            let Some(figures) = stage.kind.as_deref().and_then(figures_of) else { continue };
+            let kind = stage.kind.as_deref().unwrap_or_default();
             let present = |metric: &str| runs.iter().any(|r| r.stage(&stage.name).is_some_and(|s| s.has_metric(metric)));
-            for metric in kind.figures.headline.iter().filter(|m| present(m)) {
+            for metric in figures.headline.iter().filter(|m| present(m)) {
                 if !columns.iter().any(|c| c.stage == stage.name && c.metric == *metric && c.at_kl.is_none()) {
-                    let direction = direction(runs, &stage.name, kind.figures.reading(metric));
+                    let direction = direction(runs, &stage.name, figures.reading(metric));
                     columns.push(Column {
                         stage: stage.name.clone(),
-                        kind: kind.name.into(),
+                        kind: kind.into(),
                         metric: metric.to_string(),
                         direction,
                         at_kl: None,
                     });
                 }
             }
-            if let Some(frontier) = &kind.figures.frontier {
+            if let Some(frontier) = &figures.frontier {
                 if !columns.iter().any(|c| c.stage == stage.name && c.at_kl.is_some()) {
                     if let Some(kl) = matched_kl(runs, &stage.name, frontier) {
-                        let direction = direction(runs, &stage.name, kind.figures.reading(frontier.gold));
+                        let direction = direction(runs, &stage.name, figures.reading(frontier.gold));
                         let metric = frontier.gold.to_string();
-                        columns.push(Column { stage: stage.name.clone(), kind: kind.name.into(), metric, direction, at_kl: Some(kl) });
+                        columns.push(Column { stage: stage.name.clone(), kind: kind.into(), metric, direction, at_kl: Some(kl) });
                     }
                 }
             }
@@ -75,7 +77,7 @@ fn value(run: &Run, column: &Column) -> Option<f64> {
     match column.at_kl {
         None => stage.last(&column.metric),
         Some(kl) => {
-            let frontier = stage_kind(&column.kind)?.figures.frontier.as_ref()?;
+            let frontier = figures_of(&column.kind)?.frontier.as_ref()?;
             at_kl(&trajectory(stage, frontier.kl, &column.metric), kl)
         }
     }
@@ -181,12 +183,12 @@ pub fn table(runs: &[Run], figures: &Figures) -> Table {
 /// PPO its gold score when the task has an oracle, else its reward-model score if the runs share
 /// the reward model.
 pub fn primary(figures: &Figures) -> Option<usize> {
-    let last = figures.columns.iter().rev().find(|c| stage_kind(&c.kind).is_some_and(|k| !k.figures.primary.is_empty()))?;
+    let last = figures.columns.iter().rev().find(|c| figures_of(&c.kind).is_some_and(|k| !k.primary.is_empty()))?;
     let of_stage = |c: &&Column| c.stage == last.stage && c.direction.is_some();
     if let Some(matched) = figures.columns.iter().position(|c| of_stage(&c) && c.at_kl.is_some()) {
         return Some(matched);
     }
-    let decisive = stage_kind(&last.kind)?.figures.primary;
+    let decisive = figures_of(&last.kind)?.primary;
     decisive.iter().find_map(|metric| figures.columns.iter().position(|c| of_stage(&c) && c.metric == *metric && c.at_kl.is_none()))
 }
 

@@ -143,6 +143,9 @@ pub fn discover(inputs: &[PathBuf]) -> Result<Vec<Source>, ReportError> {
                     name: Some(variant.name),
                 });
             }
+        } else if let Some(policies) = crate::eval::policy_dirs(input) {
+            // An `rlhf eval` directory: one run per evaluated policy, named as evaluated.
+            sources.extend(policies.into_iter().map(|(name, path)| Source { path, variant: None, name: Some(name) }));
         } else if is_run(input) {
             sources.push(Source { path: input.clone(), variant: None, name: None });
         } else {

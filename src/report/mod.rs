@@ -25,6 +25,8 @@ use load::{Note, Run};
 use plots::Rendered;
 use table::{format_number, Table};
 
+use crate::stages::StageFigures;
+
 pub const INDEX_FILE: &str = "index.html";
 pub const SUMMARY_FILE: &str = "summary.md";
 pub const PLOTS_DIR: &str = "plots";
@@ -170,6 +172,14 @@ fn other_evaluation_sets(runs: &[Run], baseline: usize) -> Vec<Note> {
 
 fn short_hash(hash: &str) -> &str {
     &hash[..hash.len().min(12)]
+}
+
+/// What a stage directory's kind declares: a stage kind's figures, or an evaluation's.
+pub fn figures_of(kind: &str) -> Option<&'static StageFigures> {
+    if kind == crate::eval::KIND {
+        return Some(&crate::eval::FIGURES);
+    }
+    crate::stages::stage_kind(kind).map(|kind| kind.figures)
 }
 
 fn baseline_index(runs: &[Run], given: Option<&str>) -> Result<usize, ReportError> {

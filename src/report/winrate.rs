@@ -76,10 +76,15 @@ fn interval(mut rates: Vec<f64>) -> (f64, f64) {
 }
 
 /// The win rate of `run` over `baseline` on the prompts both answered (scores by prompt), if
-/// there are at least `MIN_SHARED_PROMPTS` of them.
+/// there are at least `MIN_SHARED_PROMPTS` of them. A prompt asked k times in an evaluation
+/// set pairs its k-th answers.
 pub fn compare(run: &[(&str, f64)], baseline: &[(&str, f64)], resamples: usize, seed: u64) -> Comparison {
-    let baseline: std::collections::HashMap<&str, f64> = baseline.iter().copied().collect();
-    let (a, b): (Vec<f64>, Vec<f64>) = run.iter().filter_map(|(prompt, score)| baseline.get(prompt).map(|b| (*score, *b))).unzip();
+    let mut answers: std::collections::HashMap<&str, std::collections::VecDeque<f64>> = std::collections::HashMap::new();
+    for (prompt, score) in baseline {
+        answers.entry(prompt).or_default().push_back(*score);
+    }
+    let (a, b): (Vec<f64>, Vec<f64>) =
+        run.iter().filter_map(|(prompt, score)| answers.get_mut(prompt)?.pop_front().map(|b| (*score, b))).unzip();
     match paired(&a, &b, resamples, seed) {
         Some(rate) if a.len() >= MIN_SHARED_PROMPTS => Comparison::Rate(rate),
         _ => Comparison::NotComparable { shared: a.len() },

@@ -1024,8 +1024,7 @@ fn train(context: &StageContext, settings: &PpoSettings) -> Result<Metrics, Stag
     let task = context.task;
     let train_prompts: Vec<String> =
         task.prompts.train.iter().chain(task.demonstrations.train.iter().map(|d| &d.prompt)).cloned().collect();
-    let eval_prompts: Vec<String> =
-        task.prompts.eval.iter().chain(task.demonstrations.eval.iter().map(|d| &d.prompt)).take(settings.eval_prompts).cloned().collect();
+    let eval_prompts = task.evaluation_prompts(settings.eval_prompts);
     if train_prompts.is_empty() || eval_prompts.is_empty() {
         return Err(context.invalid("the task has no prompts to train or evaluate on"));
     }
