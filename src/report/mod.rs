@@ -245,12 +245,13 @@ fn verdict(
             let chance =
                 if result.low <= 0.5 && result.high >= 0.5 { " — not distinguishable from chance with these samples" } else { "" };
             lines.push(format!(
-                "{label} wins {:.0} % of comparisons against the baseline {} (95 % CI {:.0}–{:.0} %, judged by the {} on `{}` samples){chance}.",
+                "{label} wins {:.0} % of comparisons against the baseline {} (95 % CI {:.0}–{:.0} %, judged by the {} on {} shared prompts of `{}`){chance}.",
                 result.rate * 100.0,
                 win_rates.baseline,
                 result.low * 100.0,
                 result.high * 100.0,
                 win_rates.judge,
+                result.prompts,
                 win_rates.stage,
             ));
         }
