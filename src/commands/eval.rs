@@ -11,13 +11,13 @@ use sha2::{Digest, Sha256};
 use crate::data::jsonl::read_converted;
 use crate::data::synthetic::GoldOracle;
 use crate::data::task;
-use crate::eval::{self, Judges, PolicyRecord, Settings};
+use crate::eval::{self, PolicyRecord};
 use crate::model::reward::RewardModel;
 use crate::model::{DeviceSpec, LanguageModel, Precision};
 use crate::run::environment;
 use crate::stages::ppo::evaluation_sampling_seed;
 use crate::stages::CHECKPOINT_DIR;
-use crate::train::rollout::Decoding;
+use crate::train::rollout::{Decoding, EvaluationSettings, Judges, Scorer};
 
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
@@ -102,12 +102,16 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         )),
         None => None,
     };
-    let settings = Settings {
+    let settings = EvaluationSettings {
         decoding: Decoding { temperature: args.temperature, max_new_tokens: args.max_new_tokens },
         seed: args.seed.unwrap_or(set.default_seed),
         batch_size: args.batch_size,
     };
-    let judges = Judges { reward: reward.as_ref().map(|(_, m)| m), reference: reference.as_ref().map(|(_, m)| m), oracle: set.oracle };
+    let judges = Judges {
+        reward: reward.as_ref().map(|(_, m)| m as &dyn Scorer),
+        reference: reference.as_ref().map(|(_, m)| m),
+        oracle: set.oracle,
+    };
 
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating `{}`", args.out.display()))?;
     let record = json!({
@@ -120,7 +124,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     });
     crate::run::write_atomic(&args.out.join(eval::EVALUATION_FILE), &serde_json::to_string_pretty(&record)?)?;
     for (name, path, policy) in &policies {
-        let responses = eval::evaluate(policy, &set.prompts, &judges, &settings).with_context(|| format!("evaluating `{name}`"))?;
+        let responses =
+            crate::train::rollout::evaluate(policy, &set.prompts, &judges, &settings).with_context(|| format!("evaluating `{name}`"))?;
         let mut stage = toml::Table::new();
         stage.insert("name".into(), eval::KIND.into());
         stage.insert("kind".into(), eval::KIND.into());

@@ -30,7 +30,8 @@ use crate::run::Metrics;
 use crate::train::optimizer::{AdamW, AdamWConfig};
 pub use crate::train::rollout::Scorer;
 use crate::train::rollout::{
-    evaluation_figures, response_logprobs, response_states, sample_responses, Decoding, EvaluatedResponse, RolloutTokens,
+    evaluate, evaluation_figures, response_logprobs, response_states, sample_responses, Decoding, EvaluatedResponse, EvaluationSettings,
+    Judges, RolloutTokens,
 };
 use crate::train::schedule::{LrSchedule, Schedule};
 use crate::train::stage_loop::{self, Trainer};
@@ -523,11 +524,8 @@ struct Scored {
     tokens: RolloutTokens,
     /// The policy's hidden states at the response positions (for a shared value head).
     policy_states: Tensor,
-    responses: Vec<String>,
-    /// Normalised scores `[B]` (CPU), before the missing-end-of-text penalty.
+    /// Scores `[B]` (CPU), before the missing-end-of-text penalty.
     scores: Tensor,
-    /// The reward model's scores as it gives them.
-    raw_scores: Tensor,
     /// `[B]` whether the response ended with end-of-text.
     stopped: Vec<bool>,
     /// Policy and reference log-probs `[B, T]` (CPU, masked to the response).
@@ -601,8 +599,11 @@ impl<'a> Ppo<'a> {
     /// Generates one response per prompt with the policy as a rollout does (temperature,
     /// `max_new_tokens`, seeded); returns the prompts' token ids and the generation.
     fn generate(&self, prompts: &[String], seed: u64) -> Result<(Vec<Vec<i64>>, Generation), StageError> {
-        let decoding = Decoding { temperature: self.settings.temperature, max_new_tokens: self.settings.max_new_tokens };
-        Ok(sample_responses(&self.models.policy, prompts, decoding, seed)?)
+        Ok(sample_responses(&self.models.policy, prompts, self.decoding(), seed)?)
+    }
+
+    fn decoding(&self) -> Decoding {
+        Decoding { temperature: self.settings.temperature, max_new_tokens: self.settings.max_new_tokens }
     }
 
     /// Measures the mean and std of the reward model's raw scores on the policy's responses to
@@ -659,8 +660,7 @@ impl<'a> Ppo<'a> {
             response_logprobs(models.reference.transformer.as_ref(), &reference_states, &tokens, settings.temperature, false);
         let completions = generation.completions();
         let RewardNormalization { mean, std } = self.normalization;
-        let raw_scores = models.reward.score(&encoded, &completions);
-        let scores = (&raw_scores - mean) / std;
+        let scores = (models.reward.score(&encoded, &completions) - mean) / std;
         let responses: Vec<String> = completions.iter().map(|ids| tokenizer.decode(ids)).collect();
         let gold = self.oracle.map(|oracle| prompts.iter().zip(&responses).map(|(p, r)| oracle.score(p, r).total).collect());
         timings.scoring += started.elapsed().as_secs_f64();
@@ -671,9 +671,7 @@ impl<'a> Ppo<'a> {
             generation,
             tokens,
             policy_states,
-            responses,
             scores,
-            raw_scores,
             gold,
         })
     }
@@ -842,22 +840,16 @@ impl<'a> Ppo<'a> {
     /// Held-out evaluation: score, gold score and KL of samples drawn with `seed` (the stage
     /// passes the same seed at every evaluation, so that changes come from the policy).
     pub fn evaluate(&self, prompts: &[String], seed: u64) -> Result<(Metrics, Vec<EvaluatedResponse>), StageError> {
-        let scored = self.sample_and_score(prompts, seed, &mut Timings::default())?;
-        let sequence_kl: Vec<f64> =
-            Vec::try_from((&scored.logprobs - &scored.reference_logprobs).sum_dim_intlist(1, false, Kind::Double)).expect("1-D");
-        let column = |t: &Tensor| Vec::<f64>::try_from(t.to_kind(Kind::Double)).expect("1-D scores");
-        let (scores, raw_scores) = (column(&scored.scores), column(&scored.raw_scores));
-        let responses: Vec<EvaluatedResponse> = (0..prompts.len())
-            .map(|i| EvaluatedResponse {
-                prompt: prompts[i].clone(),
-                completion: scored.responses[i].clone(),
-                score: Some(scores[i]),
-                raw_score: Some(raw_scores[i]),
-                kl: Some(sequence_kl[i]),
-                gold_score: scored.gold.as_ref().map(|g| g[i]),
-                stopped: scored.stopped[i],
-            })
-            .collect();
+        let models = &self.models;
+        let judges = Judges { reward: Some(models.reward.as_ref()), reference: Some(&models.reference), oracle: self.oracle };
+        // One batch, as rollouts generate (`rlhf eval --batch-size` matches it to reproduce).
+        let settings = EvaluationSettings { decoding: self.decoding(), seed, batch_size: prompts.len() };
+        let mut responses = evaluate(&models.policy, prompts, &judges, &settings)?;
+        let RewardNormalization { mean, std } = self.normalization;
+        for response in &mut responses {
+            // In fp32, as rollouts normalise their score tensors.
+            response.score = response.raw_score.map(|raw| f64::from((raw as f32 - mean as f32) / std as f32));
+        }
         Ok((evaluation_figures(&responses), responses))
     }
 }

@@ -5,10 +5,12 @@
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
+use crate::data::synthetic::GoldOracle;
 use crate::data::tokenizer::TokenizerError;
 use crate::model::generate::{generate, GenerateError, GenerateOptions, Generation, Sampling};
 use crate::model::reward::{RewardModel, RewardNormalization};
 use crate::model::{LanguageModel, Transformer};
+use crate::rng::step_seed;
 use crate::run::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +146,73 @@ impl Scorer for RewardModel {
     fn stored_normalization(&self) -> Option<RewardNormalization> {
         self.normalization
     }
+}
+
+/// The judges of an evaluation; each is optional.
+pub struct Judges<'a> {
+    pub reward: Option<&'a dyn Scorer>,
+    pub reference: Option<&'a LanguageModel>,
+    pub oracle: Option<GoldOracle>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct EvaluationSettings {
+    pub decoding: Decoding,
+    /// The sampling seed of the first batch (later batches derive theirs from it).
+    pub seed: u64,
+    /// Prompts generated together: a PPO stage evaluates its `eval_prompts` in one batch, and a
+    /// sampled response depends on the batch it was drawn in, so equal batches reproduce it.
+    pub batch_size: usize,
+}
+
+/// Purpose of the seeds of batches after the first.
+const BATCH_SEED: u64 = 61;
+
+/// One response per prompt from `policy` and how it fares with each judge: a PPO stage's
+/// held-out evaluation and `rlhf eval` alike.
+pub fn evaluate(
+    policy: &LanguageModel,
+    prompts: &[String],
+    judges: &Judges,
+    settings: &EvaluationSettings,
+) -> Result<Vec<EvaluatedResponse>, RolloutError> {
+    let mut evaluated = Vec::with_capacity(prompts.len());
+    for (index, batch) in prompts.chunks(settings.batch_size.max(1)).enumerate() {
+        let seed = if index == 0 { settings.seed } else { step_seed(settings.seed, BATCH_SEED, index as u64) };
+        let (encoded, generation) = sample_responses(policy, batch, settings.decoding, seed)?;
+        let _no_grad = tch::no_grad_guard();
+        let tokens = RolloutTokens::new(&generation);
+        let mask = tokens.response_mask.to_kind(Kind::Float);
+        let temperature = settings.decoding.temperature;
+        let logprobs = |model: &dyn Transformer| {
+            let states = response_states(model, &tokens);
+            response_logprobs(model, &states, &tokens, temperature, false).0.to_device(Device::Cpu) * &mask
+        };
+        let column = |values: Tensor| Vec::<f64>::try_from(values.to_kind(Kind::Double)).expect("1-D");
+        let kl = judges.reference.map(|reference| {
+            column((logprobs(policy.transformer.as_ref()) - logprobs(reference.transformer.as_ref())).sum_dim_intlist(
+                1,
+                false,
+                Kind::Double,
+            ))
+        });
+        let completions = generation.completions();
+        let raw_scores = judges.reward.map(|reward| column(reward.score(&encoded, &completions)));
+        let stopped = generation.stopped();
+        for (row, (prompt, ids)) in batch.iter().zip(&completions).enumerate() {
+            let completion = policy.tokenizer.decode(ids);
+            evaluated.push(EvaluatedResponse {
+                gold_score: judges.oracle.map(|oracle| oracle.score(prompt, &completion).total),
+                prompt: prompt.clone(),
+                completion,
+                score: None,
+                raw_score: raw_scores.as_ref().map(|s| s[row]),
+                kl: kl.as_ref().map(|k| k[row]),
+                stopped: stopped[row],
+            });
+        }
+    }
+    Ok(evaluated)
 }
 
 /// One evaluated response: a line of `<stage>/eval_final.jsonl` (every response of the latest
