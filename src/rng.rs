@@ -13,3 +13,24 @@ pub fn splitmix64(mut x: u64) -> u64 {
 pub fn step_seed(seed: u64, purpose: u64, step: u64) -> u64 {
     splitmix64(seed ^ purpose.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step.wrapping_mul(0xD1B5_4A32_D192_ED03))
 }
+
+/// Items `first .. first + count` of a run that goes through `items` in epochs, each a
+/// permutation drawn from `step_seed(seed, purpose, epoch)`: item k of the whole run is a
+/// function of k alone, so a resumed run sees the same batches.
+pub fn epoch_items<T>(items: &[T], first: usize, count: usize, seed: u64, purpose: u64) -> Vec<&T> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let n = items.len();
+    let mut cached_epoch = usize::MAX;
+    let mut permutation: Vec<usize> = Vec::new();
+    (first..first + count)
+        .map(|k| {
+            if k / n != cached_epoch {
+                cached_epoch = k / n;
+                permutation = (0..n).collect();
+                permutation.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(step_seed(seed, purpose, cached_epoch as u64)));
+            }
+            &items[permutation[k % n]]
+        })
+        .collect()
+}

@@ -94,6 +94,25 @@ fn wrong_types_and_impossible_values_name_the_key() {
 }
 
 #[test]
+fn the_arithmetic_tasks_keys_are_checked() {
+    let arithmetic = VALID.replace("kind = \"synthetic-reviews\"", "kind = \"synthetic-arithmetic\"");
+    let (ok, resolved, stderr) = validate(&arithmetic, &["--print"]);
+    assert!(ok, "{stderr}");
+    assert!(resolved.contains("kind = \"synthetic-arithmetic\""), "{resolved}");
+    let with = |keys: &str| arithmetic.replace("kind = \"synthetic-arithmetic\"", &format!("kind = \"synthetic-arithmetic\"\n{keys}"));
+    let (ok, resolved, stderr) = validate(&with("terms = 3\nmax_operand = 20\nformat_reward = 0.5"), &["--print"]);
+    assert!(ok, "{stderr}");
+    assert!(resolved.contains("max_operand = 20\nterms = 3\nformat_reward = 0.5"), "{resolved}");
+    assert_error(&with("terms = 1"), &[], &["exp.toml:4:1", "[task]: `terms` must be in [2, 10]", "got 1"]);
+    assert_error(&with("max_operand = 0"), &[], &["[task]: `max_operand` must be in [1, 1000000000], got 0"]);
+    assert_error(&with("format_reward = -0.5"), &[], &["[task]: `format_reward` must be a finite value ≥ 0, got -0.5"]);
+    assert_error(&with("chat = true"), &[], &["[task]: `chat` is for the synthetic-reviews task"]);
+    // 2000 demonstrations and 200 prompts hold out 110 problems: more than half of the 7 with operands 0 and 1.
+    assert_error(&with("max_operand = 1"), &[], &["`max_operand` = 1 allows 7 different two-operand problems, too few for 110 held-out"]);
+    assert_error(&arithmetic, &["--set", "task.terms=0"], &["after applying --set task.terms=0", "`terms` must be in [2, 10]", "got 0"]);
+}
+
+#[test]
 fn stage_references_must_exist_and_come_earlier() {
     let later = VALID.replace("model = \"base\"", "init = \"sft\"");
     assert_error(&later, &[], &["exp.toml:16:1", "stage `pretrain`: `init`: stage `sft` comes later"]);

@@ -15,7 +15,7 @@ use crate::eval::{self, PolicyRecord};
 use crate::model::reward::RewardModel;
 use crate::model::{DeviceSpec, LanguageModel, Precision};
 use crate::run::environment;
-use crate::stages::ppo::evaluation_sampling_seed;
+use crate::stages::rl::evaluation_sampling_seed;
 use crate::stages::CHECKPOINT_DIR;
 use crate::train::rollout::{Decoding, EvaluationSettings, Judges, Scorer};
 

@@ -61,13 +61,13 @@ pub enum ModelSource {
 
 /// Every table of an experiment file with the keys it accepts: `experiment` (the top level),
 /// `task`, `tokenizer`, `models.NAME`, `sweep`, and `stages (KIND)` for each stage kind.
-pub fn accepted_keys() -> Vec<(String, &'static [&'static str])> {
+pub fn accepted_keys() -> Vec<(String, Vec<&'static str>)> {
     let mut tables = vec![
-        ("experiment".to_string(), keys::struct_keys::<RawExperiment>()),
-        ("task".to_string(), keys::struct_keys::<TaskConfig>()),
-        ("tokenizer".to_string(), keys::struct_keys::<TokenizerConfig>()),
-        ("models.NAME".to_string(), keys::struct_keys::<ModelSection>()),
-        ("sweep".to_string(), keys::struct_keys::<sweep::RawSweep>()),
+        ("experiment".to_string(), keys::struct_keys::<RawExperiment>().to_vec()),
+        ("task".to_string(), keys::struct_keys::<TaskConfig>().to_vec()),
+        ("tokenizer".to_string(), keys::struct_keys::<TokenizerConfig>().to_vec()),
+        ("models.NAME".to_string(), keys::struct_keys::<ModelSection>().to_vec()),
+        ("sweep".to_string(), keys::struct_keys::<sweep::RawSweep>().to_vec()),
     ];
     tables.extend(STAGE_KINDS.iter().map(|kind| (format!("stages ({})", kind.name), (kind.keys)())));
     tables
@@ -347,6 +347,9 @@ fn check_task(task: &TaskConfig) -> Result<(), String> {
     if task.kind == TaskKind::Jsonl && task.chat {
         return Err("`chat` is for the synthetic task; a JSONL task's records say themselves whether they are conversations (`messages`, or a `prompt` list of messages)".into());
     }
+    if task.kind == TaskKind::SyntheticArithmetic {
+        check_arithmetic(task)?;
+    }
     if task.kind == TaskKind::Jsonl {
         let files = [("corpus", &task.corpus), ("demonstrations", &task.demonstrations), ("prompts", &task.prompts)];
         if files.iter().all(|(_, file)| file.is_none()) {
@@ -360,6 +363,39 @@ fn check_task(task: &TaskConfig) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The arithmetic task's keys, and room enough among its problems for the held-out ones to
+/// differ from each other and from the training ones.
+fn check_arithmetic(task: &TaskConfig) -> Result<(), String> {
+    use crate::data::synthetic::arithmetic::two_operand_problems;
+    use crate::data::task::held_out;
+    if task.chat {
+        return Err("`chat` is for the synthetic-reviews task; the arithmetic task's prompts and answers are plain text".into());
+    }
+    if !(2..=MAX_TERMS).contains(&task.terms) {
+        return Err(format!("`terms` must be in [2, {MAX_TERMS}] (a problem has 2 to `terms` operands), got {}", task.terms));
+    }
+    if !(1..=MAX_OPERAND).contains(&task.max_operand) {
+        return Err(format!("`max_operand` must be in [1, {MAX_OPERAND}], got {}", task.max_operand));
+    }
+    if !(task.format_reward >= 0.0 && task.format_reward.is_finite()) {
+        return Err(format!("`format_reward` must be a finite value ≥ 0, got {}", task.format_reward));
+    }
+    let held = held_out(task.demonstrations_size, task.eval_fraction) + held_out(task.prompts_size, task.eval_fraction);
+    let problems = two_operand_problems(task.max_operand);
+    if held as u128 * 2 > problems {
+        return Err(format!(
+            "`max_operand` = {} allows {problems} different two-operand problems, too few for {held} held-out demonstrations and prompts (each a different problem, none in training): raise `max_operand` or lower `demonstrations_size`, `prompts_size` or `eval_fraction` so that at most half of them are held out",
+            task.max_operand
+        ));
+    }
+    Ok(())
+}
+
+/// The most operands an arithmetic problem may have.
+const MAX_TERMS: usize = 10;
+/// The largest operand an arithmetic problem may have.
+const MAX_OPERAND: u64 = 1_000_000_000;
 
 fn working_dir() -> String {
     std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_else(|_| ".".into())

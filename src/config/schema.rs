@@ -40,10 +40,20 @@ pub struct TaskConfig {
     /// Synthetic task: number of held-out prompts.
     #[serde(default = "defaults::prompts")]
     pub prompts_size: usize,
-    /// Synthetic task: demonstrations and prompts as conversations (a user turn, the
+    /// Synthetic reviews task: demonstrations and prompts as conversations (a user turn, the
     /// assistant's answer), rendered with the tokenizer's chat template.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub chat: bool,
+    /// Arithmetic task: the largest operand (operands are drawn from 0..=max_operand).
+    #[serde(default = "defaults::max_operand", skip_serializing_if = "defaults::is_max_operand")]
+    pub max_operand: u64,
+    /// Arithmetic task: the most operands a problem has; each problem has 2..=terms of them.
+    #[serde(default = "defaults::terms", skip_serializing_if = "defaults::is_terms")]
+    pub terms: usize,
+    /// Arithmetic task: the verifier's reward for an answer in the answer format (` <number>`)
+    /// whether or not it is correct, added to 1 for a correct one.
+    #[serde(default, skip_serializing_if = "defaults::is_zero")]
+    pub format_reward: f64,
     /// JSONL task: `{"text"}` lines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub corpus: Option<PathBuf>,
@@ -81,6 +91,9 @@ pub struct TaskConfig {
 pub enum TaskKind {
     /// The embedded task generated from the seed, with a gold oracle.
     SyntheticReviews,
+    /// Addition and subtraction problems generated from the seed, with an exact-match oracle
+    /// and verifier.
+    SyntheticArithmetic,
     /// The user's JSONL files.
     Jsonl,
 }
@@ -212,4 +225,9 @@ pub(super) mod defaults {
     pub fn max_chars() -> usize { 20_000 }
     pub fn near_duplicate_threshold() -> f64 { 0.9 }
     pub fn vocab_size() -> usize { 1024 }
+    pub fn max_operand() -> u64 { 99 }
+    pub fn terms() -> usize { 2 }
+    pub fn is_max_operand(value: &u64) -> bool { *value == max_operand() }
+    pub fn is_terms(value: &usize) -> bool { *value == terms() }
+    pub fn is_zero(value: &f64) -> bool { *value == 0.0 }
 }

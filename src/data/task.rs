@@ -1,7 +1,7 @@
 //! The data an experiment trains on, whichever task provides it: split into train and eval,
 //! cleaned when it comes from the user's files.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use rand::seq::SliceRandom;
@@ -15,7 +15,8 @@ use sha2::{Digest, Sha256};
 use super::chat::{parse_messages, Message, Prompt, Role};
 use super::cleaning::{clean, CleaningReport, CleaningRules, TextFields};
 use super::jsonl::{read_converted, JsonlError, TextRecord};
-use super::synthetic::{Demonstration, GoldOracle, SyntheticReviews};
+use super::synthetic::arithmetic::{expression_of, Exclusions};
+use super::synthetic::{Demonstration, GoldOracle, SyntheticArithmetic, SyntheticReviews, Verifier};
 use super::tokenizer::{TextTokenizer, TokenizerError};
 use crate::config::{TaskConfig, TaskKind};
 use crate::rng::step_seed;
@@ -48,7 +49,7 @@ impl<T> Split<T> {
 }
 
 /// How many of `records` go to eval: ⌈records · fraction⌉, at least one when there are two or more.
-fn held_out(records: usize, eval_fraction: f64) -> usize {
+pub fn held_out(records: usize, eval_fraction: f64) -> usize {
     if records >= 2 {
         ((records as f64 * eval_fraction).ceil() as usize).max(1)
     } else {
@@ -66,6 +67,8 @@ pub struct TaskData {
     pub chat_prompts: Split<Vec<Message>>,
     /// The gold oracle, on tasks that have one.
     pub oracle: Option<GoldOracle>,
+    /// The programmatic reward of a verifiable task (synthetic arithmetic).
+    pub verifier: Option<Verifier>,
     /// What cleaning dropped, per input file (JSONL task), and skipped malformed lines.
     pub cleaning: BTreeMap<String, CleaningReport>,
 }
@@ -204,12 +207,45 @@ pub fn load(config: &TaskConfig, seed: u64) -> Result<TaskData, JsonlError> {
                 demonstrations: Split { train: train.demonstrations, eval: eval.demonstrations },
                 prompts: Split { train: train.prompts, eval: eval.prompts },
                 chat_prompts: Split::default(),
-                oracle: Some(GoldOracle),
+                oracle: Some(GoldOracle::Reviews),
+                verifier: None,
                 cleaning: BTreeMap::new(),
             };
             Ok(if config.chat { as_conversations(data) } else { data })
         }
+        TaskKind::SyntheticArithmetic => Ok(load_arithmetic(config, seed)),
         TaskKind::Jsonl => load_jsonl(config),
+    }
+}
+
+/// The arithmetic task: its held-out part from the evaluation seed, every held-out
+/// demonstration and prompt a different problem; its training part from `seed`, redrawn where
+/// it would ask a held-out demonstration's or prompt's problem (in the corpus too).
+fn load_arithmetic(config: &TaskConfig, seed: u64) -> TaskData {
+    let held_out = |size: usize| held_out(size, config.eval_fraction);
+    let (corpus, demonstrations, prompts) = (config.corpus_size, config.demonstrations_size, config.prompts_size);
+    let generate = |seed: u64, sizes: [usize; 3], exclusions: &Exclusions| {
+        SyntheticArithmetic::generate(seed, config.max_operand, config.terms, sizes, exclusions)
+    };
+    let eval = generate(
+        step_seed(config.eval_seed, EVAL_SET_SEED, 0),
+        [held_out(corpus), held_out(demonstrations), held_out(prompts)],
+        &Exclusions { expressions: HashSet::new(), distinct: true },
+    );
+    let expressions = eval.prompts.iter().chain(eval.demonstrations.iter().map(|d| &d.prompt)).filter_map(|p| expression_of(p));
+    let train = generate(
+        seed,
+        [corpus - held_out(corpus), demonstrations - held_out(demonstrations), prompts - held_out(prompts)],
+        &Exclusions { expressions: expressions.map(str::to_string).collect(), distinct: false },
+    );
+    TaskData {
+        corpus: Split { train: train.corpus, eval: eval.corpus },
+        demonstrations: Split { train: train.demonstrations, eval: eval.demonstrations },
+        prompts: Split { train: train.prompts, eval: eval.prompts },
+        chat_prompts: Split::default(),
+        oracle: Some(GoldOracle::Arithmetic),
+        verifier: Some(Verifier { format_reward: config.format_reward }),
+        cleaning: BTreeMap::new(),
     }
 }
 

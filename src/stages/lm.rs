@@ -5,7 +5,6 @@
 
 use std::time::Instant;
 
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -16,7 +15,7 @@ use crate::data::chat::Message;
 use crate::data::tokenizer::{TextTokenizer, TokenizerError};
 use crate::model::generate::{generate, GenerateOptions, Sampling};
 use crate::model::{DeviceSpec, LanguageModel, Precision, Transformer};
-use crate::rng::step_seed;
+use crate::rng::{epoch_items, step_seed};
 use crate::run::metrics::SampleLog;
 use crate::run::Metrics;
 use crate::train::optimizer::{AdamW, AdamWConfig};
@@ -503,22 +502,8 @@ pub fn masked_batch(examples: &[&Example], pad_id: i64, device: tch::Device) -> 
 
 impl BatchSource for Demonstrations {
     fn train_batch(&self, step: u64, micro: usize) -> Batch {
-        // Epochs over a seeded permutation: example k of the whole run is a function of k.
-        let n = self.train.len();
         let first = ((step - 1) as usize * self.grad_accum + micro) * self.batch_size;
-        let mut permutation_epoch = usize::MAX;
-        let mut permutation: Vec<usize> = Vec::new();
-        let examples: Vec<&Example> = (first..first + self.batch_size)
-            .map(|k| {
-                let epoch = k / n;
-                if epoch != permutation_epoch {
-                    permutation = (0..n).collect();
-                    permutation.shuffle(&mut ChaCha8Rng::seed_from_u64(step_seed(self.seed, DATA_SEED, epoch as u64)));
-                    permutation_epoch = epoch;
-                }
-                &self.train[permutation[k % n]]
-            })
-            .collect();
+        let examples = epoch_items(&self.train, first, self.batch_size, self.seed, DATA_SEED);
         self.batch(&examples)
     }
 

@@ -1,10 +1,16 @@
 //! Stage kinds and how a run executes them. Each kind is one file defining its settings (the keys
 //! of its `[[stages]]` table) and how it runs, plus one line in `STAGE_KINDS`.
 
+pub mod best_of_n;
+pub mod dpo;
+pub mod grpo;
 pub mod lm;
 pub mod pipeline;
 pub mod ppo;
+pub mod preferences;
 pub mod reward;
+pub mod rl;
+pub mod rloo;
 pub mod sweep;
 
 use std::fmt::Debug;
@@ -17,8 +23,10 @@ use crate::config::{Arch, Experiment, ModelSection, ModelSource};
 use crate::data::task::TaskData;
 use crate::data::tokenizer::TextTokenizer;
 use crate::model::llama::Family;
+use crate::model::reward::RewardModel;
 use crate::model::{CheckpointError, DeviceSpec, Gpt2Config, LanguageModel, LlamaConfig, ModelConfig, Precision};
 use crate::run::{Metrics, RunDir, RunDirError};
+use crate::train::rollout::{Scorer, TextReward};
 use crate::train::stage_loop::LoopSettings;
 
 /// The validated settings of one stage kind, and what running it does.
@@ -55,15 +63,60 @@ pub struct StageKind {
     pub name: &'static str,
     pub parse: ParseSettings,
     /// The keys of its `[[stages]]` table besides `name` and `kind`.
-    pub keys: fn() -> &'static [&'static str],
+    pub keys: fn() -> Vec<&'static str>,
     pub figures: &'static StageFigures,
 }
 
 impl StageKind {
     /// The kind `name` whose settings are `T`.
     const fn of<T: StageSettings + DeserializeOwned + Serialize + 'static>(name: &'static str, figures: &'static StageFigures) -> Self {
-        StageKind { name, parse: parse_settings::<T>, keys: crate::config::keys::struct_keys::<T>, figures }
+        StageKind { name, parse: parse_settings::<T>, keys: || crate::config::keys::struct_keys::<T>().to_vec(), figures }
     }
+
+    /// The kind `name` whose settings are a group of keys shared with other kinds (`S`) and its
+    /// own keys (`O`), written in one table.
+    const fn of_composite<S, O>(name: &'static str, figures: &'static StageFigures) -> Self
+    where
+        S: DeserializeOwned + Serialize + Debug + Send + Sync + 'static,
+        O: DeserializeOwned + Serialize + Debug + Send + Sync + 'static,
+        Composite<S, O>: StageSettings,
+    {
+        StageKind { name, parse: parse_composite::<S, O>, keys: composite_keys::<S, O>, figures }
+    }
+}
+
+/// Settings made of keys shared by several kinds (`shared`: where preference pairs come from,
+/// what every RL stage takes) and the kind's own (`own`), parsed from one table: serde's
+/// `flatten` would lose both `deny_unknown_fields` and the key list of each part.
+#[derive(Debug, Clone)]
+pub struct Composite<S, O> {
+    pub shared: S,
+    pub own: O,
+}
+
+fn composite_keys<S: DeserializeOwned, O: DeserializeOwned>() -> Vec<&'static str> {
+    let mut keys = crate::config::keys::struct_keys::<S>().to_vec();
+    keys.extend(crate::config::keys::struct_keys::<O>());
+    keys
+}
+
+fn parse_composite<S, O>(table: toml::Table) -> Result<(Box<dyn StageSettings>, toml::Table), toml::de::Error>
+where
+    S: DeserializeOwned + Serialize + 'static,
+    O: DeserializeOwned + Serialize + 'static,
+    Composite<S, O>: StageSettings,
+{
+    let all = composite_keys::<S, O>();
+    if let Some(unknown) = table.keys().find(|key| !all.contains(&key.as_str())) {
+        let expected: Vec<String> = all.iter().map(|key| format!("`{key}`")).collect();
+        return Err(serde::de::Error::custom(format!("unknown field `{unknown}`, expected one of {}", expected.join(", "))));
+    }
+    let shared_keys = crate::config::keys::struct_keys::<S>();
+    let (shared, own): (toml::Table, toml::Table) = table.into_iter().partition(|(key, _)| shared_keys.contains(&key.as_str()));
+    let settings = Composite { shared: toml::Value::Table(shared).try_into::<S>()?, own: toml::Value::Table(own).try_into::<O>()? };
+    let mut resolved = toml::Table::try_from(&settings.shared).expect("stage settings serialise to a TOML table");
+    resolved.extend(toml::Table::try_from(&settings.own).expect("stage settings serialise to a TOML table"));
+    Ok((Box::new(settings), resolved))
 }
 
 /// What a stage kind's figures are for: which of its metrics reports put in their tables and
@@ -121,8 +174,12 @@ pub struct Frontier {
 pub const STAGE_KINDS: &[StageKind] = &[
     StageKind::of::<lm::LmSettings>("lm", &lm::FIGURES),
     StageKind::of::<lm::SftSettings>("sft", &lm::FIGURES),
-    StageKind::of::<reward::RewardSettings>("reward", &reward::FIGURES),
+    StageKind::of_composite::<preferences::PreferenceData, reward::RewardKeys>("reward", &reward::FIGURES),
     StageKind::of::<ppo::PpoSettings>("ppo", &ppo::FIGURES),
+    StageKind::of_composite::<preferences::PreferenceData, dpo::DpoKeys>("dpo", &dpo::FIGURES),
+    StageKind::of_composite::<rl::PolicyGradientKeys, grpo::GrpoKeys>("grpo", &grpo::FIGURES),
+    StageKind::of_composite::<rl::PolicyGradientKeys, rloo::RlooKeys>("rloo", &rloo::FIGURES),
+    StageKind::of::<best_of_n::BestOfNSettings>("best_of_n", &best_of_n::FIGURES),
 ];
 
 pub fn stage_kind(name: &str) -> Option<&'static StageKind> {
@@ -215,6 +272,16 @@ pub struct StageContext<'a> {
     pub resume: bool,
 }
 
+/// `reward = "gold"`: the task's gold oracle as the reward — the true objective, for ablations.
+pub const GOLD_REWARD: &str = "gold";
+/// `reward = "verifier"`: the task's verifier (exact match, plus any format reward).
+pub const VERIFIER_REWARD: &str = "verifier";
+
+/// Whether a `reward` key names a programmatic reward rather than a model.
+pub fn is_programmatic_reward(reference: &str) -> bool {
+    [GOLD_REWARD, VERIFIER_REWARD].contains(&reference)
+}
+
 /// Where a stage writes its final checkpoint, read by later stages.
 pub const CHECKPOINT_DIR: &str = "checkpoint";
 
@@ -259,6 +326,32 @@ impl StageContext<'_> {
             ModelSource::Run { run_dir, stage } => Some(run_dir.join(stage).join(CHECKPOINT_DIR)),
             ModelSource::Path(path) => Some(path),
         }
+    }
+
+    /// The reward an RL stage's `reward` key names: a programmatic reward (`gold`, `verifier`)
+    /// or a reward model — a reward stage, another run's, or a checkpoint directory (an HF
+    /// sequence-classification model included), frozen.
+    pub fn load_reward(&self, reference: &str, device: DeviceSpec, precision: Precision) -> Result<Box<dyn Scorer>, StageError> {
+        let judge: Box<dyn Fn(&str, &str) -> f64 + Send + Sync> = match reference {
+            GOLD_REWARD => {
+                let oracle = self.task.oracle.ok_or_else(|| self.invalid("`reward = \"gold\"` needs a task with a gold oracle"))?;
+                Box::new(move |prompt, response| oracle.score(prompt, response).total)
+            }
+            VERIFIER_REWARD => {
+                let verifier =
+                    self.task.verifier.ok_or_else(|| self.invalid("`reward = \"verifier\"` needs a task with a verifier (synthetic-arithmetic)"))?;
+                Box::new(move |prompt, response| verifier.reward(prompt, response))
+            }
+            _ => {
+                let dir = self.checkpoint_dir(reference).ok_or_else(|| {
+                    self.invalid(format!("`reward` = \"{reference}\" must be a trained checkpoint, not a fresh [models] section"))
+                })?;
+                let mut model = RewardModel::load(&dir, device.resolve()?, precision, false)?;
+                model.vs.freeze();
+                return Ok(Box::new(model));
+            }
+        };
+        Ok(Box::new(TextReward { tokenizer: self.tokenizer.clone(), judge }))
     }
 
     /// Builds the model a stage starts from: a `[models.X]` section (fresh, or its `from`

@@ -13,25 +13,25 @@
 
 use std::time::Instant;
 
-use rand::seq::{IndexedRandom, SliceRandom};
+use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use super::rl::{check_generation_lengths, check_vocabularies, draw_prompts, evaluate_policy, evaluation_prompts, model_inputs, training_prompts};
 use super::{Frontier, Reading, StageContext, StageError, StageFigures, StageSettings, CHECKPOINT_DIR};
 use crate::data::synthetic::oracle::GoldOracle;
 use crate::model::generate::Generation;
 use crate::model::reward::{RewardModel, RewardNormalization};
 use crate::model::{DeviceSpec, LanguageModel, Precision, ScalarHead};
 use crate::rng::step_seed;
-use crate::run::metrics::{evaluation_lines, write_evaluation, SampleLog};
+use crate::run::metrics::SampleLog;
 use crate::run::Metrics;
 use crate::train::optimizer::{AdamW, AdamWConfig};
 pub use crate::train::rollout::Scorer;
 use crate::train::rollout::{
-    evaluate, evaluation_figures, response_logprobs, response_states, sample_responses, Decoding, EvaluatedResponse, EvaluationSettings,
-    Judges, RolloutTokens,
+    response_logprobs, response_states, sample_and_score, sample_responses, Decoding, Judges, RolloutTokens,
 };
 use crate::train::schedule::{LrSchedule, Schedule};
 use crate::train::stage_loop::{self, Trainer};
@@ -231,7 +231,7 @@ mod defaults {
 
 impl StageSettings for PpoSettings {
     fn inputs(&self) -> Vec<(&'static str, &str)> {
-        let mut inputs = vec![("policy", self.policy.as_str()), ("reference", self.reference.as_str()), ("reward", self.reward.as_str())];
+        let mut inputs = model_inputs(&self.policy, &self.reference, &self.reward);
         inputs.extend(self.value.as_deref().map(|value| ("value", value)));
         inputs
     }
@@ -298,21 +298,7 @@ impl StageSettings for PpoSettings {
     }
 
     fn check_lengths(&self, longest_prompt: i64, context_of: &dyn Fn(&str) -> Option<i64>) -> Result<(), (&'static str, String)> {
-        let mut models = vec![("policy", self.policy.as_str()), ("reference", self.reference.as_str()), ("reward", self.reward.as_str())];
-        models.extend(self.value.as_deref().map(|value| ("value", value)));
-        let needed = longest_prompt + self.max_new_tokens;
-        for (role, reference) in models {
-            if let Some(context) = context_of(reference).filter(|&context| needed > context) {
-                return Err((
-                    "max_new_tokens",
-                    format!(
-                        "the longest prompt ({longest_prompt} tokens) + max_new_tokens ({}) = {needed} tokens exceed the context of the {role} model `{role}` = \"{reference}\" ({context} tokens)",
-                        self.max_new_tokens
-                    ),
-                ));
-            }
-        }
-        Ok(())
+        check_generation_lengths(&self.inputs(), self.max_new_tokens, longest_prompt, context_of)
     }
 
     fn devices(&self) -> Vec<(&'static str, DeviceSpec)> {
@@ -517,23 +503,6 @@ impl Models {
     }
 }
 
-/// Responses of the policy for `prompts` and how they fare: score, gold score, log-probs under
-/// the policy and the reference. Shared by rollouts and evaluation.
-struct Scored {
-    generation: Generation,
-    tokens: RolloutTokens,
-    /// The policy's hidden states at the response positions (for a shared value head).
-    policy_states: Tensor,
-    /// Scores `[B]` (CPU), before the missing-end-of-text penalty.
-    scores: Tensor,
-    /// `[B]` whether the response ended with end-of-text.
-    stopped: Vec<bool>,
-    /// Policy and reference log-probs `[B, T]` (CPU, masked to the response).
-    logprobs: Tensor,
-    reference_logprobs: Tensor,
-    gold: Option<Vec<f64>>,
-}
-
 #[derive(Debug, Default)]
 struct Timings {
     generation: f64,
@@ -642,53 +611,25 @@ impl<'a> Ppo<'a> {
         parts
     }
 
-    fn sample_and_score(&self, prompts: &[String], seed: u64, timings: &mut Timings) -> Result<Scored, StageError> {
-        let started = Instant::now();
-        let (settings, models) = (self.settings, &self.models);
-        let tokenizer = &models.policy.tokenizer;
-        let (encoded, generation) = self.generate(prompts, seed)?;
-        timings.generation += started.elapsed().as_secs_f64();
-        let _no_grad = tch::no_grad_guard();
-
-        let started = Instant::now();
-        let tokens = RolloutTokens::new(&generation);
-        let mask = &tokens.response_mask.to_kind(Kind::Float);
-        let policy_states = response_states(models.policy.transformer.as_ref(), &tokens);
-        let (logprobs, _) = response_logprobs(models.policy.transformer.as_ref(), &policy_states, &tokens, settings.temperature, false);
-        let reference_states = response_states(models.reference.transformer.as_ref(), &tokens);
-        let (reference_logprobs, _) =
-            response_logprobs(models.reference.transformer.as_ref(), &reference_states, &tokens, settings.temperature, false);
-        let completions = generation.completions();
-        let RewardNormalization { mean, std } = self.normalization;
-        let scores = (models.reward.score(&encoded, &completions) - mean) / std;
-        let responses: Vec<String> = completions.iter().map(|ids| tokenizer.decode(ids)).collect();
-        let gold = self.oracle.map(|oracle| prompts.iter().zip(&responses).map(|(p, r)| oracle.score(p, r).total).collect());
-        timings.scoring += started.elapsed().as_secs_f64();
-        Ok(Scored {
-            stopped: generation.stopped(),
-            logprobs: logprobs.to_device(Device::Cpu) * mask,
-            reference_logprobs: reference_logprobs.to_device(Device::Cpu) * mask,
-            generation,
-            tokens,
-            policy_states,
-            scores,
-            gold,
-        })
-    }
-
     /// Steps 1–4 of an iteration.
     fn rollout(&self, prompts: &[String], seed: u64, timings: &mut Timings) -> Result<Rollout, StageError> {
-        let settings = self.settings;
-        let scored = self.sample_and_score(prompts, seed, timings)?;
+        let (settings, models) = (self.settings, &self.models);
+        let judges = Judges { reward: Some(models.reward.as_ref()), reference: Some(&models.reference), oracle: self.oracle };
+        let scored = sample_and_score(&models.policy, prompts, &judges, self.decoding(), seed)?;
+        timings.generation += scored.seconds.0;
+        timings.scoring += scored.seconds.1;
         let started = Instant::now();
         let _no_grad = tch::no_grad_guard();
         let tokens = scored.tokens;
         let mask = tokens.response_mask.to_kind(Kind::Float);
-        let values = self.models.values(&tokens, &scored.policy_states).to_device(Device::Cpu) * &mask;
+        let values = models.values(&tokens, &scored.policy_states).to_device(Device::Cpu) * &mask;
 
-        let scores = final_scores(&scored.scores, &scored.stopped, settings);
+        let normalization = self.normalization;
+        let normalised = (scored.raw_scores.expect("a reward judge") - normalization.mean) / normalization.std;
+        let scores = final_scores(&normalised, &scored.stopped, settings);
+        let reference_logprobs = scored.reference_logprobs.expect("a reference judge");
         let Targets { token_kl, advantages, returns, .. } =
-            targets(&scores, &scored.logprobs, &scored.reference_logprobs, &values, &mask, settings, self.kl.coef);
+            targets(&scores, &scored.logprobs, &reference_logprobs, &values, &mask, settings, self.kl.coef);
         timings.scoring += started.elapsed().as_secs_f64();
 
         let sequence_kl = token_kl.sum_dim_intlist(1, false, Kind::Float);
@@ -836,36 +777,13 @@ impl<'a> Ppo<'a> {
         }
         Ok(metrics)
     }
-
-    /// Held-out evaluation: score, gold score and KL of samples drawn with `seed` (the stage
-    /// passes the same seed at every evaluation, so that changes come from the policy).
-    pub fn evaluate(&self, prompts: &[String], seed: u64) -> Result<(Metrics, Vec<EvaluatedResponse>), StageError> {
-        let models = &self.models;
-        let judges = Judges { reward: Some(models.reward.as_ref()), reference: Some(&models.reference), oracle: self.oracle };
-        // One batch, as rollouts generate (`rlhf eval --batch-size` matches it to reproduce).
-        let settings = EvaluationSettings { decoding: self.decoding(), seed, batch_size: prompts.len() };
-        let mut responses = evaluate(&models.policy, prompts, &judges, &settings)?;
-        let RewardNormalization { mean, std } = self.normalization;
-        for response in &mut responses {
-            // In fp32, as rollouts normalise their score tensors.
-            response.score = response.raw_score.map(|raw| f64::from((raw as f32 - mean as f32) / std as f32));
-        }
-        Ok((evaluation_figures(&responses), responses))
-    }
 }
 
 const PROMPT_SEED: u64 = 21;
 const ROLLOUT_SEED: u64 = 22;
 const SHUFFLE_SEED: u64 = 23;
 const NORMALIZATION_SEED: u64 = 24;
-const EVAL_SEED: u64 = 25;
 const ITERATION_SEED: u64 = 26;
-
-/// The sampling seed of every held-out evaluation of a policy on a task (`rlhf eval` uses it
-/// too, so that it reproduces a run's own figures).
-pub fn evaluation_sampling_seed(eval_seed: u64) -> u64 {
-    step_seed(eval_seed, EVAL_SEED, 0)
-}
 
 fn load_models(context: &StageContext, settings: &PpoSettings) -> Result<Models, StageError> {
     let (devices, dtypes) = (&settings.devices, &settings.dtypes);
@@ -877,17 +795,8 @@ fn load_models(context: &StageContext, settings: &PpoSettings) -> Result<Models,
             .checkpoint_dir(reference)
             .ok_or_else(|| context.invalid(format!("`{key}` must be a trained checkpoint, not a fresh [models] section")))
     };
-    let mut reward = RewardModel::load(&checkpoint("reward", &settings.reward)?, devices.reward.resolve()?, dtypes.reward, false)?;
-    reward.vs.freeze();
-    for (role, vocab) in [("reference", reference.transformer.config().vocab_size()), ("reward", reward.transformer.config().vocab_size())]
-    {
-        if vocab != policy.transformer.config().vocab_size() {
-            return Err(context.invalid(format!(
-                "the {role} model's vocabulary ({vocab}) differs from the policy's ({})",
-                policy.transformer.config().vocab_size()
-            )));
-        }
-    }
+    let reward = context.load_reward(&settings.reward, devices.reward, dtypes.reward)?;
+    check_vocabularies(context, &policy, &reference, reward.as_ref())?;
     // The value head's initialisation is drawn from the stage's seed.
     tch::manual_seed(step_seed(context.seed(), ROLLOUT_SEED, 0) as i64);
     let critic = match &settings.value {
@@ -896,7 +805,7 @@ fn load_models(context: &StageContext, settings: &PpoSettings) -> Result<Models,
         }
         None => Critic::SharedHead(shared_value_head(&mut policy, dtypes.policy)),
     };
-    Ok(Models { policy, reference, reward: Box::new(reward), critic })
+    Ok(Models { policy, reference, reward, critic })
 }
 
 /// Name of the value head's variables when it sits on the policy (saved beside its weights).
@@ -908,14 +817,6 @@ pub fn shared_value_head(policy: &mut LanguageModel, precision: Precision) -> Sc
     let head = ScalarHead::new(&(policy.vs.root() / VALUE_HEAD), n_embd, 1.0 / ((n_embd + 1) as f64).sqrt());
     precision.cast(&mut policy.vs);
     head
-}
-
-/// Writes the first `count` evaluated responses to samples.jsonl.
-fn log_samples(log: &mut SampleLog, iteration: u64, responses: &[EvaluatedResponse], count: usize) -> Result<(), StageError> {
-    for line in evaluation_lines(iteration, &responses[..count.min(responses.len())]) {
-        log.log_object(line)?;
-    }
-    Ok(())
 }
 
 /// What a resumed PPO stage needs besides the weights and optimizers.
@@ -941,12 +842,18 @@ struct PpoTrainer<'a> {
 
 impl PpoTrainer<'_> {
     fn evaluate_and_log(&self, step: u64, samples: &mut SampleLog) -> Result<Metrics, StageError> {
-        // The same seed at every evaluation, and in every run of the task (the evaluation seed):
-        // differences come from the policy, not the draw (common random numbers).
-        let (metrics, evaluated) =
-            self.ppo.evaluate(&self.eval_prompts, evaluation_sampling_seed(self.context.experiment.task.eval_seed))?;
-        log_samples(samples, step, &evaluated, self.settings.samples)?;
-        write_evaluation(&self.context.dir(), step, &evaluated)?;
+        let models = &self.ppo.models;
+        let judges = Judges { reward: Some(models.reward.as_ref()), reference: Some(&models.reference), oracle: self.ppo.oracle };
+        let (metrics, _) = evaluate_policy(
+            self.context,
+            &models.policy,
+            &judges,
+            &self.eval_prompts,
+            self.ppo.decoding(),
+            Some(self.ppo.normalization),
+            step,
+            (samples, self.settings.samples),
+        )?;
         Ok(metrics)
     }
 }
@@ -978,9 +885,7 @@ impl Trainer for PpoTrainer<'_> {
     fn start(&mut self, samples: &mut SampleLog) -> Result<Option<Metrics>, StageError> {
         let settings = self.settings;
         if settings.reward_normalization == NormalizationSource::Policy {
-            let mut rng = ChaCha8Rng::seed_from_u64(step_seed(self.context.seed(), NORMALIZATION_SEED, 0));
-            let prompts: Vec<String> =
-                (0..settings.normalization_samples).map(|_| self.train_prompts.choose(&mut rng).expect("non-empty").clone()).collect();
+            let prompts = draw_prompts(&self.train_prompts, settings.normalization_samples, step_seed(self.context.seed(), NORMALIZATION_SEED, 0));
             let normalization = self.ppo.measure_reward_normalization(&prompts, step_seed(self.context.seed(), NORMALIZATION_SEED, 1))?;
             tracing::info!(
                 stage = self.context.name(),
@@ -999,9 +904,7 @@ impl Trainer for PpoTrainer<'_> {
 
     fn step(&mut self, iteration: u64) -> Result<Metrics, StageError> {
         let seed = self.context.seed();
-        let mut prompt_rng = ChaCha8Rng::seed_from_u64(step_seed(seed, PROMPT_SEED, iteration));
-        let prompts: Vec<String> =
-            (0..self.settings.rollout_batch).map(|_| self.train_prompts.choose(&mut prompt_rng).expect("non-empty").clone()).collect();
+        let prompts = draw_prompts(&self.train_prompts, self.settings.rollout_batch, step_seed(seed, PROMPT_SEED, iteration));
         let lrs = (self.schedules.0.at(iteration), self.schedules.1.at(iteration));
         self.ppo.iteration(&prompts, lrs, step_seed(seed, ITERATION_SEED, iteration))
     }
@@ -1014,12 +917,7 @@ impl Trainer for PpoTrainer<'_> {
 fn train(context: &StageContext, settings: &PpoSettings) -> Result<Metrics, StageError> {
     let dir = context.dir();
     let task = context.task;
-    let train_prompts: Vec<String> =
-        task.prompts.train.iter().chain(task.demonstrations.train.iter().map(|d| &d.prompt)).cloned().collect();
-    let eval_prompts = task.evaluation_prompts(settings.eval_prompts);
-    if train_prompts.is_empty() || eval_prompts.is_empty() {
-        return Err(context.invalid("the task has no prompts to train or evaluate on"));
-    }
+    let (train_prompts, eval_prompts) = (training_prompts(context)?, evaluation_prompts(context, settings.eval_prompts)?);
     let models = load_models(context, settings)?;
     let schedule = |lr: f64| LrSchedule {
         lr,

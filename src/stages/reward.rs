@@ -5,23 +5,21 @@
 //! synthetic task's simulated annotators judging responses of the policy and of the task's
 //! generator of varied quality.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
-use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use super::{Reading, StageContext, StageError, StageFigures, StageSettings, CHECKPOINT_DIR};
-use crate::data::preferences::{read_jsonl, PreferencePair};
-use crate::data::synthetic::annotators::{sigmoid, AnnotatorPool, Preference};
-use crate::data::synthetic::{varied_response, ReviewRequest};
-use crate::model::generate::{generate, left_pad, GenerateOptions, Sampling};
+use super::preferences::{preference_pairs, PolicySampler, PreferenceData};
+use super::{Composite, Reading, StageContext, StageError, StageFigures, StageSettings, CHECKPOINT_DIR};
+use crate::data::preferences::PreferencePair;
+use crate::data::synthetic::annotators::sigmoid;
+use crate::model::generate::left_pad;
 use crate::model::reward::{RewardModel, RewardNormalization};
 use crate::model::{DeviceSpec, Precision};
-use crate::rng::step_seed;
+use crate::rng::{epoch_items, step_seed};
 use crate::run::metrics::SampleLog;
 use crate::run::Metrics;
 use crate::train::optimizer::{AdamW, AdamWConfig};
@@ -41,56 +39,14 @@ pub const FIGURES: StageFigures = StageFigures {
     step_name: "step",
 };
 
-/// Where preference pairs come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PreferenceSource {
-    /// The synthetic task's simulated annotators.
-    Synthetic,
-    /// A `{"prompt", "chosen", "rejected"}` JSONL file (`preferences`).
-    Jsonl,
-    /// The labeling server's SQLite database (`database`), read directly.
-    Labels,
-}
+/// A reward stage's settings: where its pairs come from, and its own keys.
+pub type RewardSettings = Composite<PreferenceData, RewardKeys>;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RewardSettings {
+pub struct RewardKeys {
     /// The model the backbone starts from (usually the SFT stage).
     pub init: String,
-    #[serde(default = "defaults::source")]
-    pub source: PreferenceSource,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub preferences: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub database: Option<PathBuf>,
-    /// File and database sources: fraction of pairs held out for evaluation.
-    #[serde(default = "defaults::eval_fraction")]
-    pub eval_fraction: f64,
-
-    /// Synthetic source: training and held-out pairs to label.
-    #[serde(default = "defaults::pairs")]
-    pub pairs: usize,
-    #[serde(default = "defaults::eval_pairs")]
-    pub eval_pairs: usize,
-    #[serde(default = "defaults::annotators")]
-    pub annotators: usize,
-    /// Mean probability that an annotator answers at random (spread over the pool).
-    #[serde(default = "defaults::noise")]
-    pub noise: f64,
-    /// Std of the annotators' position bias (a logit added in favour of the first response).
-    #[serde(default)]
-    pub bias_std: f64,
-    /// Bradley–Terry temperature of the annotators: lower is more decisive.
-    #[serde(default = "defaults::annotator_temperature")]
-    pub annotator_temperature: f64,
-    #[serde(default)]
-    pub tie_rate: f64,
-    /// Share of responses sampled from the policy (the rest from the task's varied generator).
-    #[serde(default = "defaults::policy_fraction")]
-    pub policy_fraction: f64,
-    #[serde(default = "defaults::sample_temperature")]
-    pub sample_temperature: f64,
 
     /// Use the pairs' `margin` in the loss when they have one.
     #[serde(default = "defaults::yes")]
@@ -132,16 +88,7 @@ pub struct RewardSettings {
 // One default a line: the table reads better than rustfmt's four lines per function.
 #[rustfmt::skip]
 mod defaults {
-    use super::{PreferenceSource, Schedule};
-    pub fn source() -> PreferenceSource { PreferenceSource::Synthetic }
-    pub fn eval_fraction() -> f64 { 0.1 }
-    pub fn pairs() -> usize { 2000 }
-    pub fn eval_pairs() -> usize { 400 }
-    pub fn annotators() -> usize { 5 }
-    pub fn noise() -> f64 { 0.1 }
-    pub fn annotator_temperature() -> f64 { 0.3 }
-    pub fn policy_fraction() -> f64 { 0.5 }
-    pub fn sample_temperature() -> f64 { 1.0 }
+    use super::Schedule;
     pub fn yes() -> bool { true }
     pub fn center_coef() -> f64 { 0.01 }
     pub fn steps() -> u64 { 300 }
@@ -156,57 +103,32 @@ mod defaults {
 
 impl StageSettings for RewardSettings {
     fn inputs(&self) -> Vec<(&'static str, &str)> {
-        vec![("init", self.init.as_str())]
+        vec![("init", self.own.init.as_str())]
     }
 
     fn base_model(&self) -> &str {
-        &self.init
+        &self.own.init
     }
 
     fn check(&self) -> Result<(), (&'static str, String)> {
-        match self.source {
-            PreferenceSource::Jsonl if self.preferences.is_none() => {
-                return Err(("preferences", "a preference JSONL file with source = \"jsonl\"".into()))
-            }
-            PreferenceSource::Labels if self.database.is_none() => {
-                return Err(("database", "the labeling database with source = \"labels\"".into()))
-            }
-            _ => {}
-        }
-        let positive = [
-            ("steps", self.steps as f64),
-            ("batch_size", self.batch_size as f64),
-            ("lr", self.lr),
-            ("eval_every", self.eval_every as f64),
-            ("annotator_temperature", self.annotator_temperature),
-            ("sample_temperature", self.sample_temperature),
-            ("annotators", self.annotators as f64),
-        ];
+        self.shared.check()?;
+        let own = &self.own;
+        let positive = [("steps", own.steps as f64), ("batch_size", own.batch_size as f64), ("lr", own.lr), ("eval_every", own.eval_every as f64)];
         if let Some((key, value)) = positive.into_iter().find(|(_, v)| !(*v > 0.0)) {
             return Err((key, format!("a value > 0, got {value}")));
         }
-        let probabilities = [
-            ("noise", self.noise),
-            ("tie_rate", self.tie_rate),
-            ("policy_fraction", self.policy_fraction),
-            ("eval_fraction", self.eval_fraction),
-            ("off_prompt_pairs", self.off_prompt_pairs),
-        ];
-        if let Some((key, value)) = probabilities.into_iter().find(|(_, v)| !(0.0..=1.0).contains(v)) {
-            return Err((key, format!("a probability in [0, 1], got {value}")));
-        }
-        if self.source == PreferenceSource::Synthetic && (self.pairs == 0 || self.eval_pairs == 0) {
-            return Err(("pairs", "pairs and eval_pairs > 0".into()));
+        if !(0.0..=1.0).contains(&own.off_prompt_pairs) {
+            return Err(("off_prompt_pairs", format!("a probability in [0, 1], got {}", own.off_prompt_pairs)));
         }
         Ok(())
     }
 
     fn devices(&self) -> Vec<(&'static str, DeviceSpec)> {
-        vec![("reward", self.device)]
+        vec![("reward", self.own.device)]
     }
 
     fn run(&self, context: &StageContext) -> Result<Metrics, StageError> {
-        train(context, self)
+        train(context, &self.shared, &self.own)
     }
 }
 
@@ -327,7 +249,9 @@ const DROPOUT_SEED: u64 = 13;
 /// evaluated on.
 struct RewardTrainer<'a> {
     context: &'a StageContext<'a>,
-    settings: &'a RewardSettings,
+    settings: &'a RewardKeys,
+    /// Where the pairs came from (the synthetic source samples the init policy at its temperature).
+    data: &'a PreferenceData,
     model: RewardModel,
     optimizer: AdamW,
     schedule: LrSchedule,
@@ -366,7 +290,7 @@ impl Trainer for RewardTrainer<'_> {
         let started = Instant::now();
         let lr = self.schedule.at(step);
         tch::manual_seed(step_seed(self.context.seed(), DROPOUT_SEED, step) as i64);
-        let batch = epoch_batch(&self.train_pairs, settings.batch_size, step, self.context.seed());
+        let batch = epoch_items(&self.train_pairs, (step - 1) as usize * settings.batch_size, settings.batch_size, self.context.seed(), DATA_SEED);
         let (chosen, rejected) = score_pairs(&self.model, &batch, true)?;
         let device = chosen.device();
         let margins: Vec<f64> = batch.iter().map(|p| if settings.use_margin { p.margin.unwrap_or(0.0) } else { 0.0 }).collect();
@@ -401,7 +325,7 @@ impl Trainer for RewardTrainer<'_> {
         let mut metrics = preference_metrics(&self.last_scores, &eval_refs, &self.flips);
         if step == self.settings.steps {
             // Scores of policy samples, stored with the checkpoint: PPO's `stored` normalisation.
-            let normalization = policy_score_statistics(self.context, self.settings, &self.model)?;
+            let normalization = policy_score_statistics(self.context, self.settings, self.data, &self.model)?;
             metrics.insert("reward/mean".into(), normalization.mean);
             metrics.insert("reward/std".into(), normalization.std);
             self.normalization = Some(normalization);
@@ -410,10 +334,10 @@ impl Trainer for RewardTrainer<'_> {
     }
 }
 
-fn train(context: &StageContext, settings: &RewardSettings) -> Result<Metrics, StageError> {
+fn train(context: &StageContext, data: &PreferenceData, settings: &RewardKeys) -> Result<Metrics, StageError> {
     let dir = context.dir();
     let seed = context.seed();
-    let (mut train_pairs, eval_pairs) = preference_pairs(context, settings)?;
+    let (mut train_pairs, eval_pairs) = preference_pairs(context, data, &sampler(settings))?;
     let labeled = train_pairs.len();
     add_off_prompt_pairs(&mut train_pairs, settings.off_prompt_pairs, &mut ChaCha8Rng::seed_from_u64(step_seed(seed, PAIRS_SEED, 5)));
     tracing::info!(train = labeled, off_prompt = train_pairs.len() - labeled, eval = eval_pairs.len(), "preference pairs");
@@ -436,6 +360,7 @@ fn train(context: &StageContext, settings: &RewardSettings) -> Result<Metrics, S
     let mut trainer = RewardTrainer {
         context,
         settings,
+        data,
         model,
         optimizer,
         schedule,
@@ -454,7 +379,7 @@ fn train(context: &StageContext, settings: &RewardSettings) -> Result<Metrics, S
     write_held_out_scores(&dir.join(HELD_OUT_FILE), &eval_pairs, &last_scores)?;
     model.normalization = Some(match normalization {
         Some(normalization) => normalization,
-        None => policy_score_statistics(context, settings, &model)?,
+        None => policy_score_statistics(context, settings, data, &model)?,
     });
     model.save(&dir.join(CHECKPOINT_DIR))?;
     Ok(outcome.last_evaluated.into_iter().filter(|(name, _)| name.starts_with("eval/") || name.starts_with("reward/")).collect())
@@ -510,23 +435,6 @@ fn eval_scores(model: &RewardModel, pairs: &[&PreferencePair]) -> Result<Vec<(f6
     Ok(scores)
 }
 
-/// Batch of step `step`: epochs over seeded permutations, as in SFT.
-fn epoch_batch(pairs: &[PreferencePair], batch_size: usize, step: u64, seed: u64) -> Vec<&PreferencePair> {
-    let n = pairs.len();
-    let first = (step - 1) as usize * batch_size;
-    let mut cached_epoch = usize::MAX;
-    let mut permutation: Vec<usize> = Vec::new();
-    (first..first + batch_size)
-        .map(|k| {
-            if k / n != cached_epoch {
-                cached_epoch = k / n;
-                permutation = (0..n).collect();
-                permutation.shuffle(&mut ChaCha8Rng::seed_from_u64(step_seed(seed, DATA_SEED, cached_epoch as u64)));
-            }
-            &pairs[permutation[k % n]]
-        })
-        .collect()
-}
 
 /// Adds `share` · len pairs (prompt, a response to it, a response to another prompt) in which the
 /// response to the prompt wins — the augmentation of Liu et al. 2024 ("RRM: Robust Reward Model
@@ -560,138 +468,16 @@ pub fn add_off_prompt_pairs(pairs: &mut Vec<PreferencePair>, share: f64, rng: &m
     }
 }
 
-/// Training and held-out pairs from the configured source.
-fn preference_pairs(context: &StageContext, settings: &RewardSettings) -> Result<(Vec<PreferencePair>, Vec<PreferencePair>), StageError> {
-    let invalid = |e: crate::data::preferences::PreferenceError| context.invalid(e.to_string());
-    let all = match settings.source {
-        PreferenceSource::Synthetic => return synthetic_pairs(context, settings),
-        PreferenceSource::Jsonl => read_jsonl(settings.preferences.as_ref().expect("checked"), context.tokenizer).map_err(invalid)?,
-        PreferenceSource::Labels => {
-            crate::label::export::read_preference_pairs(settings.database.as_ref().expect("checked"), context.tokenizer)
-                .map_err(|e| context.invalid(e.to_string()))?
-        }
-    };
-    let mut all = all;
-    // Split by the evaluation seed: every run on these pairs holds out the same ones.
-    all.shuffle(&mut ChaCha8Rng::seed_from_u64(step_seed(context.experiment.task.eval_seed, PAIRS_SEED, 0)));
-    let eval_len = ((all.len() as f64 * settings.eval_fraction).ceil() as usize).clamp(1, all.len().saturating_sub(1).max(1));
-    if all.len() < 2 {
-        return Err(context.invalid(format!("{} preference pair(s): need at least 2 (one to train, one to evaluate)", all.len())));
-    }
-    let train = all.split_off(eval_len);
-    Ok((train, all))
-}
-
-/// Pairs of responses to task prompts, labeled by simulated annotators from the gold oracle.
-fn synthetic_pairs(context: &StageContext, settings: &RewardSettings) -> Result<(Vec<PreferencePair>, Vec<PreferencePair>), StageError> {
-    let oracle =
-        context.task.oracle.ok_or_else(|| context.invalid("source = \"synthetic\" needs a task with a gold oracle (synthetic-reviews)"))?;
-    let mut rng = ChaCha8Rng::seed_from_u64(step_seed(context.seed(), PAIRS_SEED, 2));
-    let pool = AnnotatorPool::new(
-        settings.annotators,
-        settings.noise,
-        settings.bias_std,
-        settings.annotator_temperature,
-        settings.tie_rate,
-        &mut rng,
-    );
-    let prompts: Vec<&String> =
-        context.task.prompts.train.iter().chain(context.task.demonstrations.train.iter().map(|d| &d.prompt)).collect();
-    let eval_prompts: Vec<&String> =
-        context.task.prompts.eval.iter().chain(context.task.demonstrations.eval.iter().map(|d| &d.prompt)).collect();
-    if prompts.is_empty() || eval_prompts.is_empty() {
-        return Err(context.invalid("the task has no prompts to build pairs from"));
-    }
-
-    // Held-out pairs draw their prompts, responses and labels from the evaluation seed, so that
-    // runs of one task with other seeds are evaluated on the same pairs (those whose responses
-    // come from the policy differ as the policies do).
-    let mut rngs = [rng, ChaCha8Rng::seed_from_u64(step_seed(context.experiment.task.eval_seed, PAIRS_SEED, 2))];
-    let held_out = |index: usize| usize::from(index >= settings.pairs);
-    // Which responses come from the policy is drawn first, so the generation can be batched.
-    let total = settings.pairs + settings.eval_pairs;
-    let pair_prompts: Vec<&String> =
-        (0..total).map(|i| *[&prompts, &eval_prompts][held_out(i)].choose(&mut rngs[held_out(i)]).expect("non-empty")).collect();
-    let from_policy: Vec<[bool; 2]> = (0..total)
-        .map(|i| {
-            let rng = &mut rngs[held_out(i)];
-            [rng.random_bool(settings.policy_fraction), rng.random_bool(settings.policy_fraction)]
-        })
-        .collect();
-    let policy_prompts: Vec<&str> = pair_prompts
-        .iter()
-        .zip(&from_policy)
-        .flat_map(|(prompt, flags)| flags.iter().filter(|&&f| f).map(move |_| prompt.as_str()))
-        .collect();
-    let mut policy_responses = sample_policy(context, settings, &policy_prompts, step_seed(context.seed(), PAIRS_SEED, 3))?.into_iter();
-
-    let mut pairs = Vec::with_capacity(total);
-    for (index, (prompt, flags)) in pair_prompts.iter().zip(&from_policy).enumerate() {
-        let request = ReviewRequest::parse(prompt);
-        let mut respond = |from_policy: bool, rng: &mut ChaCha8Rng| match (from_policy, &request) {
-            (true, _) => policy_responses.next().expect("one policy response per flag"),
-            (false, Some(request)) => varied_response(rng, request),
-            (false, None) => String::new(),
-        };
-        let rng = &mut rngs[held_out(index)];
-        let first = respond(flags[0], rng);
-        let mut second = respond(flags[1], rng);
-        if second == first {
-            if let Some(request) = &request {
-                second = varied_response(rng, request);
-            }
-        }
-        let (gold_first, gold_second) = (oracle.score(prompt, &first).total, oracle.score(prompt, &second).total);
-        let pair = match pool.label(index, gold_first, gold_second, rng) {
-            Preference::Second => PreferencePair {
-                prompt: prompt.to_string(),
-                chosen: second,
-                rejected: first,
-                tie: false,
-                margin: None,
-                gold: Some((gold_second, gold_first)),
-            },
-            label => PreferencePair {
-                prompt: prompt.to_string(),
-                chosen: first,
-                rejected: second,
-                tie: label == Preference::Tie,
-                margin: None,
-                gold: Some((gold_first, gold_second)),
-            },
-        };
-        pairs.push(pair);
-    }
-    let eval = pairs.split_off(settings.pairs);
-    Ok((pairs, eval))
-}
-
-/// Samples one response per prompt from the stage's init policy.
-fn sample_policy(context: &StageContext, settings: &RewardSettings, prompts: &[&str], seed: u64) -> Result<Vec<String>, StageError> {
-    if prompts.is_empty() {
-        return Ok(Vec::new());
-    }
-    let policy = context.load_model(&settings.init, settings.device, settings.dtype)?;
-    let mut responses = Vec::with_capacity(prompts.len());
-    for (index, chunk) in prompts.chunks(64).enumerate() {
-        let encoded = chunk.iter().map(|p| policy.tokenizer.encode(p)).collect::<Result<Vec<_>, _>>()?;
-        let longest = encoded.iter().map(Vec::len).max().unwrap_or(0) as i64;
-        let options = GenerateOptions {
-            max_new_tokens: (policy.transformer.config().context_length() - longest).clamp(1, 64),
-            sampling: Sampling::Sample { temperature: settings.sample_temperature, top_k: None, top_p: None },
-            seed: Some(seed.wrapping_add(index as u64)),
-            use_kv_cache: true,
-        };
-        let generation = generate(policy.transformer.as_ref(), &encoded, policy.tokenizer.stop_ids(), &options)?;
-        responses.extend(generation.completions().iter().map(|ids| policy.tokenizer.decode(ids)));
-    }
-    Ok(responses)
+/// The init policy, whose samples make pairs and measure the final score statistics.
+fn sampler(settings: &RewardKeys) -> PolicySampler<'_> {
+    PolicySampler { reference: &settings.init, device: settings.device, dtype: settings.dtype }
 }
 
 /// Mean and std of the reward model's scores on policy samples for held-out prompts.
 fn policy_score_statistics(
     context: &StageContext,
-    settings: &RewardSettings,
+    settings: &RewardKeys,
+    data: &PreferenceData,
     model: &RewardModel,
 ) -> Result<RewardNormalization, StageError> {
     let prompts: Vec<&str> = context
@@ -707,7 +493,7 @@ fn policy_score_statistics(
     if prompts.is_empty() {
         return Ok(RewardNormalization { mean: 0.0, std: 1.0 });
     }
-    let responses = sample_policy(context, settings, &prompts, step_seed(context.seed(), PAIRS_SEED, 4))?;
+    let responses = sampler(settings).sample(context, &prompts, data.sample_temperature, step_seed(context.seed(), PAIRS_SEED, 4))?;
     let pairs: Vec<(&str, &str)> = prompts.iter().copied().zip(responses.iter().map(String::as_str)).collect();
     let scores = model.score_texts(&pairs, 32)?;
     Ok(RewardNormalization::of_scores(&scores))

@@ -2,6 +2,7 @@
 //! resume state, the rollout machinery.
 
 pub mod optimizer;
+pub mod policy_gradient;
 pub mod rollout;
 pub mod schedule;
 pub mod stage_loop;

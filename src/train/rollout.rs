@@ -2,12 +2,14 @@
 //! with the KV cache, the token layout of prompt and response, log-probs of the responses under
 //! a model, scorers, and the figures and per-response records of a held-out evaluation.
 
+use std::time::Instant;
+
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use crate::data::synthetic::GoldOracle;
-use crate::data::tokenizer::TokenizerError;
-use crate::model::generate::{generate, GenerateError, GenerateOptions, Generation, Sampling};
+use crate::data::tokenizer::{TextTokenizer, TokenizerError};
+use crate::model::generate::{generate, left_pad, GenerateError, GenerateOptions, Generation, Sampling};
 use crate::model::reward::{RewardModel, RewardNormalization};
 use crate::model::{LanguageModel, Transformer};
 use crate::rng::step_seed;
@@ -107,6 +109,29 @@ impl RolloutTokens {
         }
     }
 
+    /// Given prompts and responses (each response ending as it should be scored, e.g. with
+    /// end-of-text): prompts left-padded and responses right-padded with `pad_id`.
+    pub fn from_pairs(prompts: &[Vec<i64>], responses: &[Vec<i64>], pad_id: i64) -> Self {
+        let (prompt_ids, prompt_mask) = left_pad(prompts, pad_id, Device::Cpu);
+        let width = responses.iter().map(Vec::len).max().unwrap_or(0);
+        let (mut ids, mut mask) = (Vec::with_capacity(responses.len() * width), Vec::with_capacity(responses.len() * width));
+        for response in responses {
+            let padding = width - response.len();
+            ids.extend(response.iter().copied().chain(std::iter::repeat_n(pad_id, padding)));
+            mask.extend(std::iter::repeat_n(1i64, response.len()).chain(std::iter::repeat_n(0, padding)));
+        }
+        let shape = [responses.len() as i64, width as i64];
+        let (response_ids, response_mask) = (Tensor::from_slice(&ids).view(shape), Tensor::from_slice(&mask).view(shape));
+        RolloutTokens {
+            sequence: Tensor::cat(&[&prompt_ids, &response_ids], 1),
+            sequence_mask: Tensor::cat(&[&prompt_mask, &response_mask], 1),
+            prompt_width: prompt_ids.size()[1],
+            response_width: width as i64,
+            response_ids,
+            response_mask,
+        }
+    }
+
     pub fn rows(&self, index: &Tensor) -> Self {
         RolloutTokens {
             sequence: self.sequence.index_select(0, index),
@@ -130,6 +155,11 @@ pub trait Scorer {
     fn stored_normalization(&self) -> Option<RewardNormalization> {
         None
     }
+
+    /// The vocabulary its token ids index, for a model (a programmatic reward reads text).
+    fn vocab_size(&self) -> Option<i64> {
+        None
+    }
 }
 
 impl Scorer for RewardModel {
@@ -146,9 +176,31 @@ impl Scorer for RewardModel {
     fn stored_normalization(&self) -> Option<RewardNormalization> {
         self.normalization
     }
+
+    fn vocab_size(&self) -> Option<i64> {
+        Some(self.transformer.config().vocab_size())
+    }
 }
 
-/// The judges of an evaluation; each is optional.
+/// A programmatic reward read from the decoded text: the task's gold oracle (which optimises the
+/// true objective, for ablations) or its verifier.
+pub struct TextReward {
+    pub tokenizer: TextTokenizer,
+    pub judge: Box<dyn Fn(&str, &str) -> f64 + Send + Sync>,
+}
+
+impl Scorer for TextReward {
+    fn score(&self, prompts: &[Vec<i64>], responses: &[Vec<i64>]) -> Tensor {
+        let scores: Vec<f32> = prompts
+            .iter()
+            .zip(responses)
+            .map(|(prompt, response)| (self.judge)(&self.tokenizer.decode(prompt), &self.tokenizer.decode(response)) as f32)
+            .collect();
+        Tensor::from_slice(&scores)
+    }
+}
+
+/// The judges of a rollout or an evaluation; each is optional.
 pub struct Judges<'a> {
     pub reward: Option<&'a dyn Scorer>,
     pub reference: Option<&'a LanguageModel>,
@@ -168,8 +220,85 @@ pub struct EvaluationSettings {
 /// Purpose of the seeds of batches after the first.
 const BATCH_SEED: u64 = 61;
 
-/// One response per prompt from `policy` and how it fares with each judge: a PPO stage's
-/// held-out evaluation and `rlhf eval` alike.
+/// Responses of a policy to prompts and how they fare with each judge present: log-probs under
+/// the policy and the reference, the reward's raw score, the gold score. Rollouts of every RL
+/// stage and held-out evaluations are made of these.
+pub struct ScoredRollout {
+    pub generation: Generation,
+    pub tokens: RolloutTokens,
+    /// The prompts' token ids.
+    pub encoded_prompts: Vec<Vec<i64>>,
+    /// The responses as text, without end-of-text.
+    pub responses: Vec<String>,
+    /// The policy's hidden states at the response positions (on its device; a shared value
+    /// head reads them).
+    pub policy_states: Tensor,
+    /// `[B, T]` (CPU, masked to the response).
+    pub logprobs: Tensor,
+    /// `[B, T]` (CPU, masked) with a reference judge.
+    pub reference_logprobs: Option<Tensor>,
+    /// `[B]` (CPU) with a reward judge.
+    pub raw_scores: Option<Tensor>,
+    /// `[B]` whether the response ended with end-of-text.
+    pub stopped: Vec<bool>,
+    pub gold: Option<Vec<f64>>,
+    /// Seconds spent generating, then scoring.
+    pub seconds: (f64, f64),
+}
+
+impl ScoredRollout {
+    /// Σ (log π − log π_ref) of each response, with a reference judge.
+    pub fn sequence_kl(&self) -> Option<Tensor> {
+        self.reference_logprobs.as_ref().map(|reference| (&self.logprobs - reference).sum_dim_intlist(1, false, Kind::Double))
+    }
+}
+
+/// Samples one response per prompt from `policy` with `decoding` and `seed`, and scores it by
+/// each judge.
+pub fn sample_and_score(
+    policy: &LanguageModel,
+    prompts: &[String],
+    judges: &Judges,
+    decoding: Decoding,
+    seed: u64,
+) -> Result<ScoredRollout, RolloutError> {
+    let started = Instant::now();
+    let (encoded_prompts, generation) = sample_responses(policy, prompts, decoding, seed)?;
+    let generated = started.elapsed().as_secs_f64();
+    let _no_grad = tch::no_grad_guard();
+    let started = Instant::now();
+    let tokens = RolloutTokens::new(&generation);
+    let mask = tokens.response_mask.to_kind(Kind::Float);
+    let logprobs_of = |model: &dyn Transformer, states: &Tensor| {
+        response_logprobs(model, states, &tokens, decoding.temperature, false).0.to_device(Device::Cpu) * &mask
+    };
+    let policy_states = response_states(policy.transformer.as_ref(), &tokens);
+    let logprobs = logprobs_of(policy.transformer.as_ref(), &policy_states);
+    let reference_logprobs = judges.reference.map(|reference| {
+        let transformer = reference.transformer.as_ref();
+        logprobs_of(transformer, &response_states(transformer, &tokens))
+    });
+    let completions = generation.completions();
+    let raw_scores = judges.reward.map(|reward| reward.score(&encoded_prompts, &completions));
+    let responses: Vec<String> = completions.iter().map(|ids| policy.tokenizer.decode(ids)).collect();
+    let gold = judges.oracle.map(|oracle| prompts.iter().zip(&responses).map(|(p, r)| oracle.score(p, r).total).collect());
+    Ok(ScoredRollout {
+        stopped: generation.stopped(),
+        generation,
+        tokens,
+        encoded_prompts,
+        responses,
+        policy_states,
+        logprobs,
+        reference_logprobs,
+        raw_scores,
+        gold,
+        seconds: (generated, started.elapsed().as_secs_f64()),
+    })
+}
+
+/// One response per prompt from `policy` and how it fares with each judge: the held-out
+/// evaluation of every RL stage and of `rlhf eval`.
 pub fn evaluate(
     policy: &LanguageModel,
     prompts: &[String],
@@ -179,36 +308,19 @@ pub fn evaluate(
     let mut evaluated = Vec::with_capacity(prompts.len());
     for (index, batch) in prompts.chunks(settings.batch_size.max(1)).enumerate() {
         let seed = if index == 0 { settings.seed } else { step_seed(settings.seed, BATCH_SEED, index as u64) };
-        let (encoded, generation) = sample_responses(policy, batch, settings.decoding, seed)?;
-        let _no_grad = tch::no_grad_guard();
-        let tokens = RolloutTokens::new(&generation);
-        let mask = tokens.response_mask.to_kind(Kind::Float);
-        let temperature = settings.decoding.temperature;
-        let logprobs = |model: &dyn Transformer| {
-            let states = response_states(model, &tokens);
-            response_logprobs(model, &states, &tokens, temperature, false).0.to_device(Device::Cpu) * &mask
-        };
+        let scored = sample_and_score(policy, batch, judges, settings.decoding, seed)?;
         let column = |values: Tensor| Vec::<f64>::try_from(values.to_kind(Kind::Double)).expect("1-D");
-        let kl = judges.reference.map(|reference| {
-            column((logprobs(policy.transformer.as_ref()) - logprobs(reference.transformer.as_ref())).sum_dim_intlist(
-                1,
-                false,
-                Kind::Double,
-            ))
-        });
-        let completions = generation.completions();
-        let raw_scores = judges.reward.map(|reward| column(reward.score(&encoded, &completions)));
-        let stopped = generation.stopped();
-        for (row, (prompt, ids)) in batch.iter().zip(&completions).enumerate() {
-            let completion = policy.tokenizer.decode(ids);
+        let kl = scored.sequence_kl().map(column);
+        let raw_scores = scored.raw_scores.map(column);
+        for (row, (prompt, completion)) in batch.iter().zip(scored.responses).enumerate() {
             evaluated.push(EvaluatedResponse {
-                gold_score: judges.oracle.map(|oracle| oracle.score(prompt, &completion).total),
+                gold_score: scored.gold.as_ref().map(|gold| gold[row]),
                 prompt: prompt.clone(),
                 completion,
                 score: None,
                 raw_score: raw_scores.as_ref().map(|s| s[row]),
                 kl: kl.as_ref().map(|k| k[row]),
-                stopped: stopped[row],
+                stopped: scored.stopped[row],
             });
         }
     }

@@ -160,6 +160,7 @@ eval_every = 3
 eval_prompts = 8
 samples = 2
 devices = { policy = "cpu", reference = "cpu", reward = "cpu", value = "cpu" }
+
 "#;
 
 /// Every stage kind — lm → sft → reward → ppo — each a few steps long and evaluated twice or
@@ -239,4 +240,63 @@ eval_every = 3
 eval_prompts = 4
 samples = 2
 devices = { policy = "cpu", reference = "cpu", reward = "cpu", value = "cpu" }
+[[stages]]
+name = "dpo"
+kind = "dpo"
+policy = "sft"
+reward = "rm"
+pairs = 16
+eval_pairs = 8
+steps = 4
+batch_size = 4
+lr = 1e-4
+eval_every = 2
+eval_prompts = 4
+max_new_tokens = 8
+samples = 2
+device = "cpu"
+
+[[stages]]
+name = "grpo"
+kind = "grpo"
+policy = "sft"
+reference = "sft"
+reward = "rm"
+iterations = 4
+rollout_batch = 8
+group_size = 4
+minibatch_size = 4
+updates_per_rollout = 2
+max_new_tokens = 8
+policy_lr = 1e-4
+eval_every = 2
+eval_prompts = 4
+samples = 2
+
+[[stages]]
+name = "rloo"
+kind = "rloo"
+policy = "sft"
+reference = "sft"
+reward = "gold"
+iterations = 4
+rollout_batch = 8
+k = 2
+minibatch_size = 8
+max_new_tokens = 8
+policy_lr = 1e-4
+eval_every = 2
+eval_prompts = 4
+samples = 2
+
+[[stages]]
+name = "bon"
+kind = "best_of_n"
+policy = "sft"
+reward = "rm"
+n = 4
+eval_prompts = 4
+max_new_tokens = 8
+samples = 2
+demonstrations = 3
 "#;

@@ -7,8 +7,12 @@
 //! `Write a positive review of the phone about its battery.\nReview:`. The oracle
 //! (`oracle.rs`) rewards the requested sentiment, staying on the product and aspect, fluent
 //! non-repetitive text and a moderate length.
+//!
+//! The second embedded task, "synthetic arithmetic" (`arithmetic.rs`), is verifiable: addition
+//! and subtraction problems whose answers are checked exactly.
 
 pub mod annotators;
+pub mod arithmetic;
 pub mod oracle;
 mod vocabulary;
 
@@ -19,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::chat::Message;
 
+pub use arithmetic::{SyntheticArithmetic, Verifier};
 pub use oracle::GoldOracle;
 use vocabulary::{Product, CONNECTORS, NEGATIVE, NEUTRAL_OPENERS, POSITIVE, PRODUCTS};
 
