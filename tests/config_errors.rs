@@ -124,8 +124,8 @@ fn stage_references_must_exist_and_come_earlier() {
     assert_error(&both, &[], &["either `model` or `init`, not both"]);
     let duplicate = VALID.replace("name = \"sft\"", "name = \"pretrain\"");
     assert_error(&duplicate, &[], &["a second stage named `pretrain`"]);
-    let kind = VALID.replace("kind = \"sft\"", "kind = \"dpo\"");
-    assert_error(&kind, &[], &["unknown kind `dpo`, expected one of lm, sft"]);
+    let kind = VALID.replace("kind = \"sft\"", "kind = \"kto\"");
+    assert_error(&kind, &[], &["unknown kind `kto`, expected one of lm, sft, reward, ppo, dpo, grpo, rloo, best_of_n"]);
     assert_error("name = \"x\"\n[task]\nkind = \"synthetic-reviews\"\n", &[], &["no `[[stages]]`"]);
 }
 

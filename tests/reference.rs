@@ -38,7 +38,7 @@ fn every_metric_a_stage_writes_is_in_the_reference() {
     let run = work.path().join(stdout.trim());
 
     let mut written: BTreeSet<String> = BTreeSet::new();
-    for stage in ["pretrain", "sft", "rm", "ppo"] {
+    for stage in ["pretrain", "sft", "rm", "ppo", "dpo", "grpo", "rloo", "bon"] {
         for line in json_lines(&run.join(stage).join("metrics.jsonl")) {
             written.extend(line.as_object().unwrap().keys().filter(|name| *name != "step").cloned());
         }
@@ -48,6 +48,7 @@ fn every_metric_a_stage_writes_is_in_the_reference() {
         written.extend(figures.as_object().unwrap().keys().cloned());
     }
     assert!(written.contains("policy/approxkl_avg") && written.contains("eval/noise_ceiling") && written.contains("start/kl"));
+    assert!(written.contains("rewards/margins") && written.contains("policy/kl_k3_avg") && written.contains("eval/kl_bound"));
     let text = reference();
     let missing: Vec<&String> = written.iter().filter(|name| !text.contains(&format!("`{name}`"))).collect();
     assert!(missing.is_empty(), "metrics the stages write that docs/reference.md does not name: {missing:?}");

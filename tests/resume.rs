@@ -65,11 +65,13 @@ fn summary(run: &Path) -> Value {
 /// The resumed run `cut` ended as the uninterrupted `whole`: summary, metrics and samples.
 fn assert_same_run(cut: &Path, whole: &Path, case: &str) {
     assert_eq!(summary(cut), summary(whole), "{case}: summary.json differs from the uninterrupted run");
-    for stage in ["pretrain", "sft", "rm", "ppo"] {
+    for stage in ["pretrain", "sft", "rm", "ppo", "dpo", "grpo", "rloo", "bon"] {
         let (expected, got) = (whole.join(stage), cut.join(stage));
         let metrics = |dir: &Path| deterministic(lines(&dir.join("metrics.jsonl")));
         assert_eq!(metrics(&got), metrics(&expected), "{case}: {stage}/metrics.jsonl differs");
-        assert_eq!(lines(&got.join("samples.jsonl")), lines(&expected.join("samples.jsonl")), "{case}: {stage}/samples.jsonl differs");
+        for file in ["samples.jsonl", "eval_final.jsonl"] {
+            assert_eq!(lines(&got.join(file)), lines(&expected.join(file)), "{case}: {stage}/{file} differs");
+        }
     }
 }
 
@@ -136,6 +138,11 @@ fn reward_resumes_mid_stage_and_after_its_last_save() {
 #[test]
 fn ppo_resumes_mid_stage_and_after_its_last_save() {
     assert_resumes_identically(&[], &["ppo:3:saved", "ppo:6:saved"]);
+}
+
+#[test]
+fn dpo_grpo_and_rloo_resume_mid_stage_and_after_their_last_save() {
+    assert_resumes_identically(&[], &["dpo:2:saved", "dpo:4:saved", "grpo:2:saved", "grpo:4:saved", "rloo:2:saved", "rloo:4:saved"]);
 }
 
 #[test]

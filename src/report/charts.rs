@@ -1,5 +1,6 @@
-//! Which charts a report holds: per stage, the training curves of every run overlaid; for PPO
-//! stages, the reward–KL frontier and (with a gold oracle) gold and proxy score against √KL.
+//! Which charts a report holds: per stage, the training curves of every run overlaid; for RL
+//! stages, the reward–KL frontier and (with a gold oracle) gold and proxy score against √KL; and
+//! every RL stage of every run on one gold-score–KL plane.
 
 use super::figures_of;
 use super::load::Run;
@@ -101,6 +102,38 @@ pub fn stage_charts(runs: &[Run]) -> Vec<StageCharts> {
         }
     }
     all
+}
+
+/// Every RL stage of every run on one gold-score–KL plane, one line per stage through its
+/// evaluations (best-of-n: one point per n), so that methods and their KL knobs compare where
+/// they matter: the true score bought at each KL. Drawn when at least two stages have one.
+pub fn methods_frontier(runs: &[Run]) -> Option<StageCharts> {
+    let one_run = runs.len() == 1;
+    let mut lines = Vec::new();
+    for run in runs {
+        for stage in &run.stages {
+            let Some(names) = stage.kind.as_deref().and_then(figures_of).and_then(|figures| figures.frontier.as_ref()) else {
+                continue;
+            };
+            let points: Vec<(f64, f64)> =
+                eval_points(run, &stage.name, names).into_iter().filter_map(|(kl, _, gold)| Some((kl, gold?))).collect();
+            if points.is_empty() {
+                continue;
+            }
+            let label = if one_run { stage.name.clone() } else { format!("{} · {}", run.label, stage.name) };
+            lines.push(Line { label, color: lines.len(), points, dashed: false, markers: true, smooth: false, in_legend: true });
+        }
+    }
+    (lines.len() >= 2).then(|| StageCharts {
+        stage: "RL stages compared".into(),
+        charts: vec![Chart {
+            stem: "methods-gold-vs-kl".into(),
+            title: "gold score against KL, every RL stage".into(),
+            x_label: "KL to reference (eval/kl)".into(),
+            y_label: "gold score (eval/gold_score)".into(),
+            lines,
+        }],
+    })
 }
 
 /// `(KL, proxy score, gold score)` of each evaluation of a stage.

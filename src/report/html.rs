@@ -135,6 +135,10 @@ pub fn render(report: &Report) -> String {
         );
         table(&mut out, rates);
     }
+    if let Some(costs) = &report.costs {
+        out.push_str("<h2 id=\"costs\">RL stages: where they ended and what it cost</h2>\n<p>The last evaluation's KL, gold and proxy scores, and the training's cost summed over its steps (evaluations not counted): wall time, tokens sampled, and sequences passed forward and backward through a model outside generation. Best-of-n trains nothing: its cost is drawing and scoring all its samples.</p>\n");
+        table(&mut out, costs);
+    }
     if let Some(sweep) = &report.sweep {
         out.push_str("<h2 id=\"sweep\">Sweep: mean ± std over seeds</h2>\n");
         table(&mut out, sweep);

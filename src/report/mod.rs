@@ -8,6 +8,7 @@
 pub mod charts;
 pub mod comparison;
 pub mod config_diff;
+pub mod costs;
 pub mod figures;
 pub mod html;
 pub mod judge;
@@ -85,6 +86,8 @@ pub struct Report {
     pub win_rates: Option<(WinRates, Table)>,
     pub sweep: Option<Table>,
     pub config_diff: Option<Table>,
+    /// The RL stages' final KL, scores and costs.
+    pub costs: Option<Table>,
     pub charts: Vec<(String, Vec<Rendered>)>,
     pub samples: Option<SideBySide>,
 }
@@ -114,7 +117,7 @@ pub fn write(inputs: &[PathBuf], out: &Path, options: &Options) -> Result<Report
     let plots_dir = out.join(PLOTS_DIR);
     std::fs::create_dir_all(&plots_dir).map_err(|source| ReportError::Write { path: plots_dir.clone(), source })?;
     let mut charts = Vec::new();
-    for group in charts::stage_charts(&runs) {
+    for group in charts::methods_frontier(&runs).into_iter().chain(charts::stage_charts(&runs)) {
         let rendered = group
             .charts
             .iter()
@@ -136,6 +139,7 @@ pub fn write(inputs: &[PathBuf], out: &Path, options: &Options) -> Result<Report
         }),
         sweep,
         config_diff,
+        costs: costs::table(&runs),
         charts,
         samples,
     };

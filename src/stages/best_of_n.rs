@@ -164,19 +164,31 @@ pub fn best_of_n_kl(scores: &[f64], n: usize) -> f64 {
 struct Samples {
     /// Per prompt, its `n` responses as evaluated.
     responses: Vec<Vec<EvaluatedResponse>>,
+    /// What drawing and scoring them cost: `cost/generated_tokens`, `cost/forward_passes`,
+    /// `time/step_s`.
+    cost: Metrics,
 }
 
 /// Purpose of the sampling seeds of the held-out draw (per batch) and of the demonstrations'.
 const EVAL_BATCH_SEED: u64 = 81;
 const DEMONSTRATION_SEED: u64 = 82;
 
-fn sample(context: &StageContext, settings: &BestOfNSettings, models: &RlModels, prompts: &[String], seed: u64) -> Result<Samples, StageError> {
+fn sample(
+    context: &StageContext,
+    settings: &BestOfNSettings,
+    models: &RlModels,
+    prompts: &[String],
+    seed: u64,
+) -> Result<Samples, StageError> {
     let repeated: Vec<String> = prompts.iter().flat_map(|p| std::iter::repeat_n(p.clone(), settings.n)).collect();
     let judges = models.judges(context);
     let decoding = Decoding { temperature: settings.temperature, max_new_tokens: settings.max_new_tokens };
     let mut flat: Vec<EvaluatedResponse> = Vec::with_capacity(repeated.len());
+    let started = std::time::Instant::now();
+    let mut generated_tokens = 0.0;
     for (index, batch) in repeated.chunks(settings.batch_size).enumerate() {
         let scored = sample_and_score(&models.policy, batch, &judges, decoding, step_seed(seed, EVAL_BATCH_SEED, index as u64))?;
+        generated_tokens += scored.tokens.response_mask.sum(Kind::Float).double_value(&[]);
         let column = |t: tch::Tensor| Vec::<f64>::try_from(t.to_kind(Kind::Double)).expect("1-D");
         let kl = scored.sequence_kl().map(column);
         let raw = scored.raw_scores.map(column);
@@ -192,7 +204,14 @@ fn sample(context: &StageContext, settings: &BestOfNSettings, models: &RlModels,
             });
         }
     }
-    Ok(Samples { responses: flat.chunks(settings.n).map(<[EvaluatedResponse]>::to_vec).collect() })
+    // Each response is read by the policy, the reference and a reward model.
+    let models = 2 + usize::from(models.reward.vocab_size().is_some());
+    let cost = Metrics::from([
+        ("cost/generated_tokens".to_string(), generated_tokens),
+        ("cost/forward_passes".to_string(), (models * repeated.len()) as f64),
+        ("time/step_s".to_string(), started.elapsed().as_secs_f64()),
+    ]);
+    Ok(Samples { responses: flat.chunks(settings.n).map(<[EvaluatedResponse]>::to_vec).collect(), cost })
 }
 
 /// The best of the first `n` responses by the reward's score (the first of equals).
@@ -220,7 +239,8 @@ fn run(context: &StageContext, settings: &BestOfNSettings) -> Result<Metrics, St
     let mut metrics_log = MetricsWriter::open(&dir.join(METRICS_FILE), None)?;
     let mut last = Metrics::new();
     let mut chosen: Vec<EvaluatedResponse> = Vec::new();
-    for n in evaluated_sizes(settings.n) {
+    let sizes = evaluated_sizes(settings.n);
+    for &n in &sizes {
         chosen = samples.responses.iter().map(|responses| best_of(responses, n).clone()).collect();
         let mut figures = evaluation_figures(&chosen);
         // KL(best-of-n ‖ π_ref) = KL(best-of-n ‖ π) + E_best-of-n[log π/π_ref]: the second term
@@ -235,6 +255,10 @@ fn run(context: &StageContext, settings: &BestOfNSettings) -> Result<Metrics, St
         figures.insert("eval/kl".into(), estimate + own_kl);
         figures.insert("eval/kl_bound".into(), analytic_kl(n) + own_kl);
         tracing::info!(stage = context.name(), n, "evaluated {}", crate::train::stage_loop::describe(&figures, FIGURES.logged));
+        if Some(&n) == sizes.last() {
+            // What drawing all `n` responses cost, once, on the line of the largest n.
+            figures.extend(samples.cost.clone());
+        }
         metrics_log.log(n as u64, &figures)?;
         last = figures;
     }
@@ -252,13 +276,14 @@ fn run(context: &StageContext, settings: &BestOfNSettings) -> Result<Metrics, St
                 let best = best_of(responses, settings.n);
                 // A demonstration file's response follows its prompt after one space (see the
                 // task's JSONL format); the decoded completion carries it already.
-                let line = DemonstrationLine { prompt: &best.prompt, response: best.completion.strip_prefix(' ').unwrap_or(&best.completion) };
+                let line =
+                    DemonstrationLine { prompt: &best.prompt, response: best.completion.strip_prefix(' ').unwrap_or(&best.completion) };
                 serde_json::to_string(&line).expect("serialises") + "\n"
             })
             .collect();
         crate::run::write_atomic(&dir.join(DEMONSTRATIONS_FILE), &lines)?;
     }
-    let mut summary: Metrics = last.into_iter().collect();
+    let mut summary: Metrics = last.into_iter().filter(|(name, _)| name.starts_with("eval/")).collect();
     summary.insert("n".into(), settings.n as f64);
     Ok(summary)
 }

@@ -241,6 +241,8 @@ struct DpoTrainer<'a> {
     eval_pairs: Vec<(EncodedPair, (f64, f64))>,
     eval_prompts: Vec<String>,
     start: Metrics,
+    /// Seconds spent on the reference's log-probs before training.
+    reference_seconds: f64,
 }
 
 impl DpoTrainer<'_> {
@@ -250,11 +252,16 @@ impl DpoTrainer<'_> {
         let device = self.policy.device();
         let pairs: Vec<&EncodedPair> = batch.iter().map(|(pair, _)| pair).collect();
         let (chosen, rejected, (chosen_tokens, chosen_mask)) = pair_logprobs(&self.policy, &pairs);
-        let reference = |pick: fn(&(f64, f64)) -> f64| {
-            Tensor::from_slice(&batch.iter().map(|(_, r)| pick(r) as f32).collect::<Vec<_>>()).to(device)
-        };
+        let reference =
+            |pick: fn(&(f64, f64)) -> f64| Tensor::from_slice(&batch.iter().map(|(_, r)| pick(r) as f32).collect::<Vec<_>>()).to(device);
         let (reference_chosen, reference_rejected) = (reference(|r| r.0), reference(|r| r.1));
-        let per_pair = dpo_loss((&chosen, &rejected), (&reference_chosen, &reference_rejected), settings.beta, settings.loss, settings.label_smoothing);
+        let per_pair = dpo_loss(
+            (&chosen, &rejected),
+            (&reference_chosen, &reference_rejected),
+            settings.beta,
+            settings.loss,
+            settings.label_smoothing,
+        );
         let mut loss = per_pair.mean(Kind::Float);
         let mut metrics = Metrics::new();
         if let Some(alpha) = settings.rpo_alpha {
@@ -295,8 +302,16 @@ impl DpoTrainer<'_> {
         let mut metrics: Metrics = sums.into_iter().map(|(name, sum)| (format!("eval/{name}"), sum / batches.max(1.0))).collect();
         let judges = Judges { reward: self.reward.as_deref(), reference: Some(&self.reference), oracle: self.context.task.oracle };
         let decoding = Decoding { temperature: self.settings.temperature, max_new_tokens: self.settings.max_new_tokens };
-        let (generated, _) =
-            evaluate_policy(self.context, &self.policy, &judges, &self.eval_prompts, decoding, None, step, (samples, self.settings.samples))?;
+        let (generated, _) = evaluate_policy(
+            self.context,
+            &self.policy,
+            &judges,
+            &self.eval_prompts,
+            decoding,
+            None,
+            step,
+            (samples, self.settings.samples),
+        )?;
         metrics.extend(generated);
         Ok(metrics)
     }
@@ -322,9 +337,14 @@ impl Trainer for DpoTrainer<'_> {
         self.start = state.start;
     }
 
+    /// The starting policy's evaluation, and the cost of the reference's log-probs, computed
+    /// before the first step: both responses of every pair.
     fn start(&mut self, samples: &mut SampleLog) -> Result<Option<Metrics>, StageError> {
         self.start = self.evaluate_and_log(0, samples)?;
-        Ok(Some(self.start.clone()))
+        let mut start = self.start.clone();
+        start.insert("cost/forward_passes".into(), 2.0 * (self.train_pairs.len() + self.eval_pairs.len()) as f64);
+        start.insert("time/step_s".into(), self.reference_seconds);
+        Ok(Some(start))
     }
 
     fn step(&mut self, step: u64) -> Result<Metrics, StageError> {
@@ -337,11 +357,16 @@ impl Trainer for DpoTrainer<'_> {
         let lr = self.schedule.at(step);
         self.optimizer.step(lr);
         self.optimizer.zero_grad();
+        let seconds = started.elapsed().as_secs_f64();
         metrics.extend([
             ("train/loss".to_string(), loss.double_value(&[])),
             ("grad_norm".to_string(), grad_norm),
             ("lr".to_string(), lr),
-            ("pairs_per_s".to_string(), size as f64 / started.elapsed().as_secs_f64()),
+            ("pairs_per_s".to_string(), size as f64 / seconds),
+            ("time/step_s".to_string(), seconds),
+            // The policy reads both responses of each pair, forward and backward.
+            ("cost/forward_passes".to_string(), 2.0 * size as f64),
+            ("cost/backward_passes".to_string(), 2.0 * size as f64),
         ]);
         Ok(metrics)
     }
@@ -383,16 +408,19 @@ fn train(context: &StageContext, data: &PreferenceData, settings: &DpoKeys) -> R
     let mut reference = context.load_model(settings.reference(), settings.device, settings.dtype)?;
     reference.vs.freeze();
     let context_length = policy.transformer.config().context_length();
-    let (train_pairs, eval_pairs) = (encode_pairs(context, train_pairs, context_length)?, encode_pairs(context, eval_pairs, context_length)?);
+    let (train_pairs, eval_pairs) =
+        (encode_pairs(context, train_pairs, context_length)?, encode_pairs(context, eval_pairs, context_length)?);
     if train_pairs.is_empty() || eval_pairs.is_empty() {
         return Err(context.invalid("no preference pairs to train or evaluate on (ties carry no preference and are left out)"));
     }
     tracing::info!(train = train_pairs.len(), eval = eval_pairs.len(), "preference pairs");
+    let started = std::time::Instant::now();
     let with_reference = |pairs: Vec<EncodedPair>| {
         let sums = reference_logprobs(&reference, &pairs, settings.batch_size);
         pairs.into_iter().zip(sums).collect::<Vec<_>>()
     };
     let (train_pairs, eval_pairs) = (with_reference(train_pairs), with_reference(eval_pairs));
+    let reference_seconds = started.elapsed().as_secs_f64();
     let reward = settings.reward.as_deref().map(|reward| context.load_reward(reward, settings.device, settings.dtype)).transpose()?;
     let adam = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
     let mut trainer = DpoTrainer {
@@ -413,6 +441,7 @@ fn train(context: &StageContext, data: &PreferenceData, settings: &DpoKeys) -> R
         eval_pairs,
         eval_prompts: evaluation_prompts(context, settings.eval_prompts)?,
         start: Metrics::new(),
+        reference_seconds,
     };
     let outcome = stage_loop::run(&mut trainer, &context.loop_settings(settings.steps, settings.eval_every, &FIGURES))?;
     trainer.policy.save(&context.dir().join(CHECKPOINT_DIR))?;

@@ -12,13 +12,21 @@ use tch::{Kind, Tensor};
 use super::rl::{GroupAlgorithm, GroupKeys, PolicyGradientKeys};
 use super::{Frontier, Reading, StageFigures};
 use crate::run::Metrics;
-use crate::train::policy_gradient::{grpo_token_loss, group_advantages, k3_kl, MicroBatch, Normaliser, ScaleRewards};
+use crate::train::policy_gradient::{group_advantages, grpo_token_loss, k3_kl, MicroBatch, Normaliser, ScaleRewards};
 use crate::train::rollout::ScoredRollout;
 
 /// What reports and logs show of the RL stages without a critic.
 pub const FIGURES: StageFigures = StageFigures {
     headline: &["eval/rm_score", "eval/gold_score", "eval/kl"],
-    curves: &["objective/scores", "objective/kl", "objective/entropy", "policy/clipfrac_avg", "eval/rm_score", "eval/gold_score", "eval/kl"],
+    curves: &[
+        "objective/scores",
+        "objective/kl",
+        "objective/entropy",
+        "policy/clipfrac_avg",
+        "eval/rm_score",
+        "eval/gold_score",
+        "eval/kl",
+    ],
     primary: &["eval/gold_score", "eval/rm_score"],
     readings: &[
         ("eval/gold_score", Reading::Higher),

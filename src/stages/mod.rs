@@ -338,8 +338,10 @@ impl StageContext<'_> {
                 Box::new(move |prompt, response| oracle.score(prompt, response).total)
             }
             VERIFIER_REWARD => {
-                let verifier =
-                    self.task.verifier.ok_or_else(|| self.invalid("`reward = \"verifier\"` needs a task with a verifier (synthetic-arithmetic)"))?;
+                let verifier = self
+                    .task
+                    .verifier
+                    .ok_or_else(|| self.invalid("`reward = \"verifier\"` needs a task with a verifier (synthetic-arithmetic)"))?;
                 Box::new(move |prompt, response| verifier.reward(prompt, response))
             }
             _ => {

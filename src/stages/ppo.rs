@@ -19,7 +19,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::rl::{check_generation_lengths, check_vocabularies, draw_prompts, evaluate_policy, evaluation_prompts, model_inputs, training_prompts};
+use super::rl::{
+    check_generation_lengths, check_vocabularies, draw_prompts, evaluate_policy, evaluation_prompts, model_inputs, training_prompts,
+};
 use super::{Frontier, Reading, StageContext, StageError, StageFigures, StageSettings, CHECKPOINT_DIR};
 use crate::data::synthetic::oracle::GoldOracle;
 use crate::model::generate::Generation;
@@ -30,9 +32,7 @@ use crate::run::metrics::SampleLog;
 use crate::run::Metrics;
 use crate::train::optimizer::{AdamW, AdamWConfig};
 pub use crate::train::rollout::Scorer;
-use crate::train::rollout::{
-    response_logprobs, response_states, sample_and_score, sample_responses, Decoding, Judges, RolloutTokens,
-};
+use crate::train::rollout::{response_logprobs, response_states, sample_and_score, sample_responses, Decoding, Judges, RolloutTokens};
 use crate::train::schedule::{LrSchedule, Schedule};
 use crate::train::stage_loop::{self, Trainer};
 use crate::train::state::{Part, PartMut};
@@ -660,6 +660,7 @@ impl<'a> Ppo<'a> {
         let mut sums: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
         let mut stopped_early = false;
         let mut order: Vec<i64> = (0..rollout.tokens.sequence.size()[0]).collect();
+        let mut trained_sequences = 0usize;
         'epochs: for epoch in 0..settings.ppo_epochs {
             order.shuffle(&mut ChaCha8Rng::seed_from_u64(step_seed(seed, SHUFFLE_SEED, epoch as u64)));
             for minibatch in order.chunks(settings.minibatch_size) {
@@ -667,6 +668,7 @@ impl<'a> Ppo<'a> {
                 let policy_scale = self.policy_optimizer.loss_scale();
                 let minibatch_tokens = token_count(&rollout.tokens.response_mask.index_select(0, &Tensor::from_slice(minibatch)));
                 for micro in minibatch.chunks(micro_size) {
+                    trained_sequences += micro.len();
                     let index = Tensor::from_slice(micro);
                     let tokens = rollout.tokens.rows(&index);
                     let mask = tokens.response_mask.to_kind(Kind::Float);
@@ -743,6 +745,11 @@ impl<'a> Ppo<'a> {
         }
         let mut metrics: Metrics = sums.into_iter().map(|(name, values)| (name.to_string(), mean(&values))).collect();
         metrics.insert("policy/early_stop".into(), f64::from(u8::from(stopped_early)));
+        // The policy (and a separate value model) each take a forward and a backward pass per
+        // trained sequence.
+        let models = if self.value_optimizer.is_some() { 2.0 } else { 1.0 };
+        metrics.insert("cost/forward_passes".into(), models * trained_sequences as f64);
+        metrics.insert("cost/backward_passes".into(), models * trained_sequences as f64);
         metrics
     }
 
@@ -762,7 +769,13 @@ impl<'a> Ppo<'a> {
         let generated_tokens = rollout.metrics["objective/response_length"] * prompts.len() as f64;
         let step_seconds = started.elapsed().as_secs_f64();
         let mut metrics = rollout.metrics;
+        // Scoring read every response with the policy, the reference, a reward model and a
+        // separate value model.
+        let scoring_models = 2 + usize::from(self.models.reward.vocab_size().is_some()) + usize::from(self.value_optimizer.is_some());
+        let scoring_passes = (scoring_models * prompts.len()) as f64;
         metrics.extend(optimisation);
+        *metrics.entry("cost/forward_passes".into()).or_default() += scoring_passes;
+        metrics.insert("cost/generated_tokens".into(), generated_tokens);
         metrics.extend([
             ("kl_coef".to_string(), kl_coef),
             ("lr".to_string(), lrs.0),
@@ -885,7 +898,8 @@ impl Trainer for PpoTrainer<'_> {
     fn start(&mut self, samples: &mut SampleLog) -> Result<Option<Metrics>, StageError> {
         let settings = self.settings;
         if settings.reward_normalization == NormalizationSource::Policy {
-            let prompts = draw_prompts(&self.train_prompts, settings.normalization_samples, step_seed(self.context.seed(), NORMALIZATION_SEED, 0));
+            let prompts =
+                draw_prompts(&self.train_prompts, settings.normalization_samples, step_seed(self.context.seed(), NORMALIZATION_SEED, 0));
             let normalization = self.ppo.measure_reward_normalization(&prompts, step_seed(self.context.seed(), NORMALIZATION_SEED, 1))?;
             tracing::info!(
                 stage = self.context.name(),

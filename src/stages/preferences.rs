@@ -199,7 +199,8 @@ fn synthetic_pairs(
         .zip(&from_policy)
         .flat_map(|(prompt, flags)| flags.iter().filter(|&&f| f).map(move |_| prompt.as_str()))
         .collect();
-    let mut policy_responses = policy.sample(context, &policy_prompts, settings.sample_temperature, step_seed(context.seed(), PAIRS_SEED, 3))?.into_iter();
+    let mut policy_responses =
+        policy.sample(context, &policy_prompts, settings.sample_temperature, step_seed(context.seed(), PAIRS_SEED, 3))?.into_iter();
 
     let mut pairs = Vec::with_capacity(total);
     for (index, (prompt, flags)) in pair_prompts.iter().zip(&from_policy).enumerate() {

@@ -113,7 +113,8 @@ impl StageSettings for RewardSettings {
     fn check(&self) -> Result<(), (&'static str, String)> {
         self.shared.check()?;
         let own = &self.own;
-        let positive = [("steps", own.steps as f64), ("batch_size", own.batch_size as f64), ("lr", own.lr), ("eval_every", own.eval_every as f64)];
+        let positive =
+            [("steps", own.steps as f64), ("batch_size", own.batch_size as f64), ("lr", own.lr), ("eval_every", own.eval_every as f64)];
         if let Some((key, value)) = positive.into_iter().find(|(_, v)| !(*v > 0.0)) {
             return Err((key, format!("a value > 0, got {value}")));
         }
@@ -290,7 +291,8 @@ impl Trainer for RewardTrainer<'_> {
         let started = Instant::now();
         let lr = self.schedule.at(step);
         tch::manual_seed(step_seed(self.context.seed(), DROPOUT_SEED, step) as i64);
-        let batch = epoch_items(&self.train_pairs, (step - 1) as usize * settings.batch_size, settings.batch_size, self.context.seed(), DATA_SEED);
+        let batch =
+            epoch_items(&self.train_pairs, (step - 1) as usize * settings.batch_size, settings.batch_size, self.context.seed(), DATA_SEED);
         let (chosen, rejected) = score_pairs(&self.model, &batch, true)?;
         let device = chosen.device();
         let margins: Vec<f64> = batch.iter().map(|p| if settings.use_margin { p.margin.unwrap_or(0.0) } else { 0.0 }).collect();
@@ -434,7 +436,6 @@ fn eval_scores(model: &RewardModel, pairs: &[&PreferencePair]) -> Result<Vec<(f6
     }
     Ok(scores)
 }
-
 
 /// Adds `share` · len pairs (prompt, a response to it, a response to another prompt) in which the
 /// response to the prompt wins — the augmentation of Liu et al. 2024 ("RRM: Robust Reward Model

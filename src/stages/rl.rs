@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::{is_programmatic_reward, Composite, StageContext, StageError, StageFigures, StageSettings, CHECKPOINT_DIR};
+use crate::data::synthetic::GoldOracle;
 use crate::data::task::TaskData;
 use crate::model::reward::RewardNormalization;
 use crate::model::{DeviceSpec, LanguageModel, Precision};
@@ -268,7 +269,12 @@ impl RlModels {
 }
 
 /// The reference's and a reward model's vocabularies must be the policy's: they read its tokens.
-pub fn check_vocabularies(context: &StageContext, policy: &LanguageModel, reference: &LanguageModel, reward: &dyn Scorer) -> Result<(), StageError> {
+pub fn check_vocabularies(
+    context: &StageContext,
+    policy: &LanguageModel,
+    reference: &LanguageModel,
+    reward: &dyn Scorer,
+) -> Result<(), StageError> {
     let vocab = policy.transformer.config().vocab_size();
     for (role, other) in [("reference", Some(reference.transformer.config().vocab_size())), ("reward", reward.vocab_size())] {
         if let Some(other) = other.filter(|&other| other != vocab) {
@@ -328,7 +334,8 @@ pub fn evaluate_policy(
     step: u64,
     samples: (&mut SampleLog, usize),
 ) -> Result<(Metrics, Vec<EvaluatedResponse>), StageError> {
-    let settings = EvaluationSettings { decoding, seed: evaluation_sampling_seed(context.experiment.task.eval_seed), batch_size: prompts.len() };
+    let settings =
+        EvaluationSettings { decoding, seed: evaluation_sampling_seed(context.experiment.task.eval_seed), batch_size: prompts.len() };
     let mut responses = evaluate(policy, prompts, judges, &settings)?;
     for response in &mut responses {
         response.score = match normalization {
@@ -389,81 +396,41 @@ const PROMPT_SEED: u64 = 21;
 const ROLLOUT_SEED: u64 = 22;
 const SHUFFLE_SEED: u64 = 23;
 
-struct GroupTrainer<'a> {
-    context: &'a StageContext<'a>,
+/// A group method in training, apart from any stage: the models, the optimizer and one
+/// iteration at a time.
+pub struct GroupLearner<'a> {
     keys: &'a PolicyGradientKeys,
     algorithm: &'a dyn GroupAlgorithm,
-    models: RlModels,
+    pub models: RlModels,
     optimizer: AdamW,
-    schedule: LrSchedule,
-    train_prompts: Vec<String>,
-    eval_prompts: Vec<String>,
-    start: Metrics,
+    oracle: Option<GoldOracle>,
 }
 
-impl GroupTrainer<'_> {
-    fn evaluate_and_log(&self, step: u64, samples: &mut SampleLog) -> Result<Metrics, StageError> {
-        let judges = self.models.judges(self.context);
-        let (metrics, _) = evaluate_policy(
-            self.context,
-            &self.models.policy,
-            &judges,
-            &self.eval_prompts,
-            self.keys.decoding(),
-            None,
-            step,
-            (samples, self.keys.samples),
-        )?;
-        Ok(metrics)
-    }
-}
-
-impl Trainer for GroupTrainer<'_> {
-    type State = StartState;
-    type Error = StageError;
-
-    fn parts(&self) -> Vec<Part<'_>> {
-        vec![Part { name: "policy", vs: &self.models.policy.vs, optimizer: &self.optimizer }]
+impl<'a> GroupLearner<'a> {
+    pub fn new(keys: &'a PolicyGradientKeys, algorithm: &'a dyn GroupAlgorithm, models: RlModels, oracle: Option<GoldOracle>) -> Self {
+        let adam = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        GroupLearner { keys, algorithm, optimizer: AdamW::new(&models.policy.vs, adam), models, oracle }
     }
 
-    fn parts_mut(&mut self) -> Vec<PartMut<'_>> {
-        vec![PartMut { name: "policy", vs: &mut self.models.policy.vs, optimizer: &mut self.optimizer }]
+    pub fn judges(&self) -> Judges<'_> {
+        Judges { reward: Some(self.models.reward.as_ref()), reference: Some(&self.models.reference), oracle: self.oracle }
     }
 
-    fn state(&self) -> StartState {
-        StartState { start: self.start.clone() }
-    }
-
-    fn restore(&mut self, state: StartState) {
-        self.start = state.start;
-    }
-
-    fn start(&mut self, samples: &mut SampleLog) -> Result<Option<Metrics>, StageError> {
-        self.start = self.evaluate_and_log(0, samples)?;
-        Ok(Some(self.start.clone()))
-    }
-
-    /// Samples `rollout_batch / group_size` prompts, `group_size` responses to each (in
-    /// consecutive rows), scores them, and optimises on the method's advantages.
-    fn step(&mut self, iteration: u64) -> Result<Metrics, StageError> {
+    /// One iteration: `group_size` responses to each of `prompts` (in consecutive rows),
+    /// scored, then the method's advantages and `updates_per_rollout` passes at learning rate
+    /// `lr`. Everything random is drawn from `seed`.
+    pub fn iteration(&mut self, prompts: &[String], lr: f64, seed: u64) -> Result<Metrics, StageError> {
         let started = std::time::Instant::now();
         let (keys, algorithm) = (self.keys, self.algorithm);
-        let seed = step_seed(self.context.seed(), PROMPT_SEED, iteration);
         let group_size = algorithm.group_size();
-        let prompts: Vec<String> = draw_prompts(&self.train_prompts, keys.rollout_batch / group_size, seed)
-            .into_iter()
-            .flat_map(|prompt| std::iter::repeat_n(prompt, group_size))
-            .collect();
-        let judges = self.models.judges(self.context);
-        let rollout_seed = step_seed(self.context.seed(), ROLLOUT_SEED, iteration);
-        let scored = sample_and_score(&self.models.policy, &prompts, &judges, keys.decoding(), rollout_seed)?;
+        let prompts: Vec<String> = prompts.iter().flat_map(|prompt| std::iter::repeat_n(prompt.clone(), group_size)).collect();
+        let scored = sample_and_score(&self.models.policy, &prompts, &self.judges(), keys.decoding(), step_seed(seed, ROLLOUT_SEED, 0))?;
         let scores = scored.raw_scores.as_ref().expect("a reward judge").to_kind(Kind::Float);
         let reference_logprobs = scored.reference_logprobs.as_ref().expect("a reference judge");
         let (advantages, loss_mask, mut metrics) = algorithm.advantages(&scored, &scores, reference_logprobs);
         metrics.extend(rollout_figures(&scored, &scores));
 
         let training_started = std::time::Instant::now();
-        let lr = self.schedule.at(iteration);
         let rollout = PolicyRollout {
             old_logprobs: scored.logprobs.shallow_clone(),
             reference_logprobs: reference_logprobs.shallow_clone(),
@@ -479,11 +446,19 @@ impl Trainer for GroupTrainer<'_> {
             grad_clip: keys.grad_clip,
             normaliser: algorithm.normaliser(),
         };
-        let shuffle_seed = step_seed(self.context.seed(), SHUFFLE_SEED, iteration);
-        metrics.extend(optimise(&self.models.policy, &mut self.optimizer, &rollout, passes, lr, shuffle_seed, &|batch| algorithm.loss(batch)));
+        let shuffle_seed = step_seed(seed, SHUFFLE_SEED, 0);
+        metrics
+            .extend(optimise(&self.models.policy, &mut self.optimizer, &rollout, passes, lr, shuffle_seed, &|batch| algorithm.loss(batch)));
         let generated_tokens = metrics["objective/response_length"] * prompts.len() as f64;
         let step_seconds = started.elapsed().as_secs_f64();
+        // Scoring reads every response with the policy, the reference and a reward model; each
+        // pass of the optimisation once more with the policy, forward and backward.
+        let scoring_models = 2 + usize::from(self.models.reward.vocab_size().is_some());
+        let trained = (keys.updates_per_rollout * prompts.len()) as f64;
         metrics.extend([
+            ("cost/generated_tokens".to_string(), generated_tokens),
+            ("cost/forward_passes".to_string(), (scoring_models * prompts.len()) as f64 + trained),
+            ("cost/backward_passes".to_string(), trained),
             ("lr".to_string(), lr),
             ("time/step_s".to_string(), step_seconds),
             ("time/generation_s".to_string(), scored.seconds.0),
@@ -492,6 +467,72 @@ impl Trainer for GroupTrainer<'_> {
             ("tokens_per_s".to_string(), generated_tokens / step_seconds),
         ]);
         Ok(metrics)
+    }
+}
+
+/// A group method's stage on the shared stage loop.
+struct GroupTrainer<'a> {
+    context: &'a StageContext<'a>,
+    learner: GroupLearner<'a>,
+    schedule: LrSchedule,
+    train_prompts: Vec<String>,
+    eval_prompts: Vec<String>,
+    start: Metrics,
+}
+
+impl GroupTrainer<'_> {
+    fn evaluate_and_log(&self, step: u64, samples: &mut SampleLog) -> Result<Metrics, StageError> {
+        let keys = self.learner.keys;
+        let (metrics, _) = evaluate_policy(
+            self.context,
+            &self.learner.models.policy,
+            &self.learner.judges(),
+            &self.eval_prompts,
+            keys.decoding(),
+            None,
+            step,
+            (samples, keys.samples),
+        )?;
+        Ok(metrics)
+    }
+}
+
+impl Trainer for GroupTrainer<'_> {
+    type State = StartState;
+    type Error = StageError;
+
+    fn parts(&self) -> Vec<Part<'_>> {
+        vec![Part { name: "policy", vs: &self.learner.models.policy.vs, optimizer: &self.learner.optimizer }]
+    }
+
+    fn parts_mut(&mut self) -> Vec<PartMut<'_>> {
+        let learner = &mut self.learner;
+        vec![PartMut { name: "policy", vs: &mut learner.models.policy.vs, optimizer: &mut learner.optimizer }]
+    }
+
+    fn state(&self) -> StartState {
+        StartState { start: self.start.clone() }
+    }
+
+    fn restore(&mut self, state: StartState) {
+        self.start = state.start;
+    }
+
+    fn start(&mut self, samples: &mut SampleLog) -> Result<Option<Metrics>, StageError> {
+        self.start = self.evaluate_and_log(0, samples)?;
+        Ok(Some(self.start.clone()))
+    }
+
+    /// Draws `rollout_batch / group_size` training prompts and runs one iteration on them.
+    fn step(&mut self, iteration: u64) -> Result<Metrics, StageError> {
+        let seed = self.context.seed();
+        let keys = self.learner.keys;
+        let prompts = draw_prompts(
+            &self.train_prompts,
+            keys.rollout_batch / self.learner.algorithm.group_size(),
+            step_seed(seed, PROMPT_SEED, iteration),
+        );
+        self.learner.iteration(&prompts, self.schedule.at(iteration), step_seed(seed, ROLLOUT_SEED, iteration))
     }
 
     fn evaluate(&mut self, step: u64, samples: &mut SampleLog) -> Result<Metrics, StageError> {
@@ -510,13 +551,9 @@ fn train_group(
     let train_prompts = training_prompts(context)?;
     let eval_prompts = evaluation_prompts(context, keys.eval_prompts)?;
     let models = RlModels::load(context, [&keys.policy, &keys.reference, &keys.reward], &keys.devices, &keys.dtypes)?;
-    let adam = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
     let mut trainer = GroupTrainer {
         context,
-        keys,
-        algorithm,
-        optimizer: AdamW::new(&models.policy.vs, adam),
-        models,
+        learner: GroupLearner::new(keys, algorithm, models, context.task.oracle),
         schedule: LrSchedule {
             lr: keys.policy_lr,
             min_lr_ratio: 0.0,
@@ -529,7 +566,7 @@ fn train_group(
         start: Metrics::new(),
     };
     let outcome = stage_loop::run(&mut trainer, &context.loop_settings(keys.iterations, keys.eval_every, figures))?;
-    trainer.models.policy.save(&context.dir().join(CHECKPOINT_DIR))?;
+    trainer.learner.models.policy.save(&context.dir().join(CHECKPOINT_DIR))?;
     Ok(final_summary(&outcome.last_evaluated, &trainer.start, outcome.steps))
 }
 

@@ -78,7 +78,8 @@ impl GroupAlgorithm for RlooKeys {
     }
 
     fn loss(&self, batch: &MicroBatch) -> (Tensor, Vec<(&'static str, Tensor)>) {
-        let (per_response, clipped) = rloo_sequence_loss(&batch.logprobs, &batch.old_logprobs, &batch.advantages, &batch.mask, self.cliprange);
+        let (per_response, clipped) =
+            rloo_sequence_loss(&batch.logprobs, &batch.old_logprobs, &batch.advantages, &batch.mask, self.cliprange);
         (per_response.sum(Kind::Float), vec![("policy/clipfrac_avg", clipped.mean(Kind::Float))])
     }
 }

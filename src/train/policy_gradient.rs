@@ -83,9 +83,9 @@ impl Normaliser {
     pub fn sum(self, per_token: &Tensor, mask: &Tensor) -> Tensor {
         let masked = per_token * mask;
         match self {
-            Normaliser::Sequences => {
-                (masked.sum_dim_intlist(1, false, Kind::Float) / mask.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0)).sum(Kind::Float)
-            }
+            Normaliser::Sequences => (masked.sum_dim_intlist(1, false, Kind::Float)
+                / mask.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0))
+            .sum(Kind::Float),
             Normaliser::Tokens | Normaliser::Constant(_) => masked.sum(Kind::Float),
         }
     }
