@@ -193,6 +193,12 @@ pub fn dpo_loss(policy: (&Tensor, &Tensor), reference: (&Tensor, &Tensor), beta:
     }
 }
 
+/// RPO's term (Pang et al. 2024): the mean negative log-likelihood per token of the chosen
+/// responses, from their per-token log-probs `[B, T]` and mask.
+pub fn chosen_nll(token_logprobs: &Tensor, mask: &Tensor) -> Tensor {
+    -(token_logprobs * mask).sum(Kind::Float) / mask.sum(Kind::Float).clamp_min(1.0)
+}
+
 /// A pair tokenised for scoring: the prompt, and each response followed by end-of-text.
 struct EncodedPair {
     prompt: Vec<i64>,
@@ -265,9 +271,9 @@ impl DpoTrainer<'_> {
         let mut loss = per_pair.mean(Kind::Float);
         let mut metrics = Metrics::new();
         if let Some(alpha) = settings.rpo_alpha {
-            let nll = -(&chosen_tokens * &chosen_mask).sum(Kind::Float) / chosen_mask.sum(Kind::Float).clamp_min(1.0);
+            let nll = chosen_nll(&chosen_tokens, &chosen_mask);
             metrics.insert("nll_loss".into(), nll.double_value(&[]));
-            loss = loss + alpha * nll;
+            loss += alpha * nll;
         }
         let chosen_rewards = (chosen.detach() - &reference_chosen) * settings.beta;
         let rejected_rewards = (rejected.detach() - &reference_rejected) * settings.beta;
@@ -493,5 +499,13 @@ mod tests {
         // IPO: (h − 1/(2β))² = (1 − 1)², (−1 − 1)²
         let ipo = dpo_loss((&policy.0, &policy.1), (&reference.0, &reference.1), beta, DpoLoss::Ipo, 0.0);
         assert_close(&values(&ipo), &[0.0, 4.0]);
+    }
+
+    #[test]
+    fn the_rpo_term_is_the_chosen_tokens_mean_nll() {
+        // 3 real tokens (−1, −2, −0.5) and 1 (−3); the padding's −9 does not count: 6.5 / 4
+        let logprobs = Tensor::from_slice(&[-1.0f32, -2.0, -0.5, -3.0, -9.0, -9.0]).view([2, 3]);
+        let mask = Tensor::from_slice(&[1.0f32, 1.0, 1.0, 1.0, 0.0, 0.0]).view([2, 3]);
+        assert_close(&[chosen_nll(&logprobs, &mask).double_value(&[])], &[6.5 / 4.0]);
     }
 }

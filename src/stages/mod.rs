@@ -26,7 +26,7 @@ use crate::model::llama::Family;
 use crate::model::reward::RewardModel;
 use crate::model::{CheckpointError, DeviceSpec, Gpt2Config, LanguageModel, LlamaConfig, ModelConfig, Precision};
 use crate::run::{Metrics, RunDir, RunDirError};
-use crate::train::rollout::{Scorer, TextReward};
+use crate::train::rollout::{Scorer, TextJudge, TextReward};
 use crate::train::stage_loop::LoopSettings;
 
 /// The validated settings of one stage kind, and what running it does.
@@ -332,7 +332,7 @@ impl StageContext<'_> {
     /// or a reward model — a reward stage, another run's, or a checkpoint directory (an HF
     /// sequence-classification model included), frozen.
     pub fn load_reward(&self, reference: &str, device: DeviceSpec, precision: Precision) -> Result<Box<dyn Scorer>, StageError> {
-        let judge: Box<dyn Fn(&str, &str) -> f64 + Send + Sync> = match reference {
+        let judge: TextJudge = match reference {
             GOLD_REWARD => {
                 let oracle = self.task.oracle.ok_or_else(|| self.invalid("`reward = \"gold\"` needs a task with a gold oracle"))?;
                 Box::new(move |prompt, response| oracle.score(prompt, response).total)

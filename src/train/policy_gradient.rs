@@ -163,6 +163,9 @@ pub struct Passes {
     pub normaliser: Normaliser,
 }
 
+/// A micro-batch's loss, summed as the passes' normaliser weighs it, and figures to average.
+pub type MicroBatchLoss<'a> = &'a dyn Fn(&MicroBatch) -> (Tensor, Vec<(&'static str, Tensor)>);
+
 /// `updates_per_rollout` passes over shuffled minibatches of `rollout`; `loss` returns a
 /// micro-batch's loss *summed* as `passes.normaliser` weighs it, and figures to average. Each
 /// minibatch's summed loss is divided by its normaliser's denominator, so that the accumulated
@@ -174,7 +177,7 @@ pub fn optimise(
     passes: Passes,
     lr: f64,
     seed: u64,
-    loss: &dyn Fn(&MicroBatch) -> (Tensor, Vec<(&'static str, Tensor)>),
+    loss: MicroBatchLoss,
 ) -> Metrics {
     let device = policy.device();
     let micro_size = (passes.minibatch_size / passes.grad_accum).max(1);

@@ -182,11 +182,14 @@ impl Scorer for RewardModel {
     }
 }
 
+/// A judge of a prompt and a response, as text.
+pub type TextJudge = Box<dyn Fn(&str, &str) -> f64 + Send + Sync>;
+
 /// A programmatic reward read from the decoded text: the task's gold oracle (which optimises the
 /// true objective, for ablations) or its verifier.
 pub struct TextReward {
     pub tokenizer: TextTokenizer,
-    pub judge: Box<dyn Fn(&str, &str) -> f64 + Send + Sync>,
+    pub judge: TextJudge,
 }
 
 impl Scorer for TextReward {
