@@ -41,27 +41,33 @@ fn tiny_models(dir: &Path) -> RlModels {
     RlModels { policy: load(), reference, reward: Box::new(LikedTokenShare) }
 }
 
-fn shared_keys() -> PolicyGradientKeys {
-    toml::from_str(
+/// Two passes over minibatches of half the rollout, unless `on_policy`: one step on the whole
+/// rollout, whose old log-probs are then the sampler's.
+fn shared_keys(on_policy: bool) -> PolicyGradientKeys {
+    let passes = if on_policy { "minibatch_size = 32\nupdates_per_rollout = 1" } else { "minibatch_size = 16\nupdates_per_rollout = 2" };
+    toml::from_str(&format!(
         r#"policy = "p"
 reference = "p"
 reward = "r"
 rollout_batch = 32
-minibatch_size = 16
-updates_per_rollout = 2
+{passes}
 max_new_tokens = 8
 policy_lr = 3e-3
-"#,
-    )
+"#
+    ))
     .unwrap()
 }
 
 /// Mean score and KL per iteration of a short run of the group method `own` with a fixed seed.
 fn train(own: &dyn GroupKeys, iterations: u64) -> Vec<(f64, f64)> {
+    train_with(own, iterations, false)
+}
+
+fn train_with(own: &dyn GroupKeys, iterations: u64, on_policy: bool) -> Vec<(f64, f64)> {
     // One thread: the test runner already runs tests side by side on the machine's cores.
     tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
-    let keys = shared_keys();
+    let keys = shared_keys(on_policy);
     own.check().unwrap();
     keys.check(own.group()).unwrap();
     let algorithm = own.algorithm(&keys);
@@ -95,6 +101,8 @@ fn grpo_raises_a_planted_reward_with_each_loss_type() {
     assert_eq!(train(&grpo("beta = 0.04"), 3), history[..3].to_vec(), "the same seed gives the same run");
     assert_learns(&train(&grpo("loss_type = \"dr_grpo\""), 20), "dr_grpo");
     assert_learns(&train(&grpo("loss_type = \"dapo\""), 20), "dapo");
+    // One step per rollout instead of four: more iterations for as many updates.
+    assert_learns(&train_with(&grpo("beta = 0.04"), 50, true), "grpo, one on-policy step per rollout");
     // A heavy KL term holds the policy nearer the reference.
     let held = train(&grpo("beta = 2.0"), 20);
     assert!(held.last().unwrap().1 < history.last().unwrap().1, "β = 2 ended at KL {:?}, β = 0.04 at {:?}", held.last(), history.last());

@@ -12,14 +12,14 @@ use tch::Kind;
 
 use super::rl::{
     check_generation_lengths, check_positive, draw_prompts, evaluation_prompts, evaluation_sampling_seed, log_evaluation, model_inputs,
-    training_prompts, PolicyRoles, RlModels,
+    training_prompts, PolicyRoles, RlModels, POLICY_READINGS,
 };
-use super::{Frontier, Reading, StageContext, StageError, StageFigures, StageSettings};
+use super::{Frontier, StageContext, StageError, StageFigures, StageSettings};
 use crate::model::{DeviceSpec, Precision};
 use crate::rng::step_seed;
 use crate::run::metrics::SampleLog;
 use crate::run::{Metrics, MetricsWriter};
-use crate::train::rollout::{evaluation_figures, sample_and_score, Decoding, EvaluatedResponse};
+use crate::train::rollout::{evaluation_figures, sample_and_score, Decoding, EvaluatedResponse, PolicyLogprobs};
 use crate::train::stage_loop::{METRICS_FILE, SAMPLES_FILE};
 
 /// What reports and logs show of `best_of_n` stages.
@@ -27,11 +27,7 @@ pub const FIGURES: StageFigures = StageFigures {
     headline: &["eval/rm_score", "eval/gold_score", "eval/kl", "eval/kl_bound"],
     curves: &["eval/rm_score", "eval/gold_score", "eval/kl", "eval/kl_bound"],
     primary: &["eval/gold_score", "eval/rm_score"],
-    readings: &[
-        ("eval/gold_score", Reading::Higher),
-        ("eval/rm_score", Reading::HigherOnSameModel("reward")),
-        ("eval/raw_rm_score", Reading::HigherOnSameModel("reward")),
-    ],
+    readings: &POLICY_READINGS,
     frontier: Some(Frontier { kl: "eval/kl", proxy: "eval/rm_score", gold: "eval/gold_score" }),
     shown: &[],
     logged: &["eval/rm_score", "eval/gold_score", "eval/kl", "eval/kl_bound"],
@@ -187,7 +183,8 @@ fn sample(
     let started = std::time::Instant::now();
     let mut generated_tokens = 0.0;
     for (index, batch) in repeated.chunks(settings.batch_size).enumerate() {
-        let scored = sample_and_score(&models.policy, batch, &judges, decoding, step_seed(seed, EVAL_BATCH_SEED, index as u64))?;
+        let seed = step_seed(seed, EVAL_BATCH_SEED, index as u64);
+        let scored = sample_and_score(&models.policy, batch, &judges, decoding, seed, PolicyLogprobs::Recomputed)?;
         generated_tokens += scored.tokens.response_mask.sum(Kind::Float).double_value(&[]);
         let column = |t: tch::Tensor| Vec::<f64>::try_from(t.to_kind(Kind::Double)).expect("1-D");
         let kl = scored.sequence_kl().map(column);

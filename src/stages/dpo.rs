@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::preferences::{preference_pairs, PolicySampler, PreferenceData};
-use super::rl::{check_generation_lengths, check_positive, evaluate_policy, evaluation_prompts, final_summary, StartState};
+use super::rl::{
+    check_generation_lengths, check_positive, evaluate_policy, evaluation_prompts, final_summary, StartState, POLICY_READINGS,
+};
 use super::{Composite, Frontier, Reading, StageContext, StageError, StageFigures, StageSettings, CHECKPOINT_DIR};
 use crate::data::preferences::PreferencePair;
 use crate::model::{DeviceSpec, LanguageModel, Precision};
@@ -28,12 +30,7 @@ pub const FIGURES: StageFigures = StageFigures {
     headline: &["eval/rewards/accuracies", "eval/rewards/margins", "eval/gold_score", "eval/kl"],
     curves: &["train/loss", "rewards/margins", "rewards/accuracies", "eval/rewards/accuracies", "eval/gold_score", "eval/kl"],
     primary: &["eval/gold_score", "eval/rewards/accuracies"],
-    readings: &[
-        ("eval/gold_score", Reading::Higher),
-        ("eval/rewards/accuracies", Reading::Higher),
-        ("eval/rm_score", Reading::HigherOnSameModel("reward")),
-        ("eval/raw_rm_score", Reading::HigherOnSameModel("reward")),
-    ],
+    readings: &[POLICY_READINGS[0], POLICY_READINGS[1], POLICY_READINGS[2], ("eval/rewards/accuracies", Reading::Higher)],
     frontier: Some(Frontier { kl: "eval/kl", proxy: "eval/rm_score", gold: "eval/gold_score" }),
     shown: &["train/loss", "rewards/accuracies"],
     logged: &["eval/rewards/accuracies", "eval/gold_score", "eval/kl"],
@@ -460,19 +457,10 @@ fn train(context: &StageContext, data: &PreferenceData, settings: &DpoKeys) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::tensor_testing::{assert_close, values};
 
     fn scalars(values: &[f32]) -> Tensor {
         Tensor::from_slice(values)
-    }
-
-    fn values(t: &Tensor) -> Vec<f64> {
-        Vec::try_from(t.to_kind(Kind::Double)).unwrap()
-    }
-
-    fn assert_close(actual: &[f64], expected: &[f64]) {
-        for (a, e) in actual.iter().zip(expected) {
-            assert!((a - e).abs() < 1e-5, "{actual:?} vs {expected:?}");
-        }
     }
 
     fn log_sigmoid(x: f64) -> f64 {

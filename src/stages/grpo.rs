@@ -9,8 +9,8 @@
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use super::rl::{GroupAlgorithm, GroupKeys, PolicyGradientKeys};
-use super::{Frontier, Reading, StageFigures};
+use super::rl::{GroupAlgorithm, GroupKeys, PolicyGradientKeys, POLICY_READINGS};
+use super::{Frontier, StageFigures};
 use crate::run::Metrics;
 use crate::train::policy_gradient::{group_advantages, grpo_token_loss, k3_kl, MicroBatch, Normaliser, ScaleRewards};
 use crate::train::rollout::ScoredRollout;
@@ -28,11 +28,7 @@ pub const FIGURES: StageFigures = StageFigures {
         "eval/kl",
     ],
     primary: &["eval/gold_score", "eval/rm_score"],
-    readings: &[
-        ("eval/gold_score", Reading::Higher),
-        ("eval/rm_score", Reading::HigherOnSameModel("reward")),
-        ("eval/raw_rm_score", Reading::HigherOnSameModel("reward")),
-    ],
+    readings: &POLICY_READINGS,
     frontier: Some(Frontier { kl: "eval/kl", proxy: "eval/rm_score", gold: "eval/gold_score" }),
     shown: &["objective/scores", "objective/kl"],
     logged: &["eval/rm_score", "eval/gold_score", "eval/kl"],

@@ -21,8 +21,9 @@ use tch::{Device, Kind, Tensor};
 
 use super::rl::{
     check_generation_lengths, check_vocabularies, draw_prompts, evaluate_policy, evaluation_prompts, model_inputs, training_prompts,
+    POLICY_READINGS,
 };
-use super::{Frontier, Reading, StageContext, StageError, StageFigures, StageSettings, CHECKPOINT_DIR};
+use super::{Frontier, StageContext, StageError, StageFigures, StageSettings, CHECKPOINT_DIR};
 use crate::data::synthetic::oracle::GoldOracle;
 use crate::model::generate::Generation;
 use crate::model::reward::{RewardModel, RewardNormalization};
@@ -32,7 +33,9 @@ use crate::run::metrics::SampleLog;
 use crate::run::Metrics;
 use crate::train::optimizer::{AdamW, AdamWConfig};
 pub use crate::train::rollout::Scorer;
-use crate::train::rollout::{response_logprobs, response_states, sample_and_score, sample_responses, Decoding, Judges, RolloutTokens};
+use crate::train::rollout::{
+    response_logprobs, response_states, sample_and_score, sample_responses, Decoding, Judges, PolicyLogprobs, RolloutTokens,
+};
 use crate::train::schedule::{LrSchedule, Schedule};
 use crate::train::stage_loop::{self, Trainer};
 use crate::train::state::{Part, PartMut};
@@ -52,11 +55,7 @@ pub const FIGURES: StageFigures = StageFigures {
         "eval/kl",
     ],
     primary: &["eval/gold_score", "eval/rm_score"],
-    readings: &[
-        ("eval/gold_score", Reading::Higher),
-        ("eval/rm_score", Reading::HigherOnSameModel("reward")),
-        ("eval/raw_rm_score", Reading::HigherOnSameModel("reward")),
-    ],
+    readings: &POLICY_READINGS,
     frontier: Some(Frontier { kl: "eval/kl", proxy: "eval/rm_score", gold: "eval/gold_score" }),
     shown: &["objective/scores", "objective/kl"],
     logged: &["eval/rm_score", "eval/gold_score", "eval/kl"],
@@ -615,14 +614,15 @@ impl<'a> Ppo<'a> {
     fn rollout(&self, prompts: &[String], seed: u64, timings: &mut Timings) -> Result<Rollout, StageError> {
         let (settings, models) = (self.settings, &self.models);
         let judges = Judges { reward: Some(models.reward.as_ref()), reference: Some(&models.reference), oracle: self.oracle };
-        let scored = sample_and_score(&models.policy, prompts, &judges, self.decoding(), seed)?;
+        let scored = sample_and_score(&models.policy, prompts, &judges, self.decoding(), seed, PolicyLogprobs::Recomputed)?;
         timings.generation += scored.seconds.0;
         timings.scoring += scored.seconds.1;
         let started = Instant::now();
         let _no_grad = tch::no_grad_guard();
         let tokens = scored.tokens;
         let mask = tokens.response_mask.to_kind(Kind::Float);
-        let values = models.values(&tokens, &scored.policy_states).to_device(Device::Cpu) * &mask;
+        let policy_states = scored.policy_states.as_ref().expect("recomputed");
+        let values = models.values(&tokens, policy_states).to_device(Device::Cpu) * &mask;
 
         let normalization = self.normalization;
         let normalised = (scored.raw_scores.expect("a reward judge") - normalization.mean) / normalization.std;
@@ -963,23 +963,7 @@ fn train(context: &StageContext, settings: &PpoSettings) -> Result<Metrics, Stag
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn t(rows: &[&[f32]]) -> Tensor {
-        let width = rows[0].len() as i64;
-        let flat: Vec<f32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
-        Tensor::from_slice(&flat).view([rows.len() as i64, width])
-    }
-
-    fn values(t: &Tensor) -> Vec<f64> {
-        Vec::try_from(t.to_kind(Kind::Double).view([-1])).unwrap()
-    }
-
-    fn assert_close(actual: &[f64], expected: &[f64]) {
-        assert_eq!(actual.len(), expected.len());
-        for (a, e) in actual.iter().zip(expected) {
-            assert!((a - e).abs() < 1e-5, "{actual:?} vs {expected:?}");
-        }
-    }
+    use crate::train::tensor_testing::{assert_close, t, values};
 
     #[test]
     fn gae_and_returns_match_hand_computation() {

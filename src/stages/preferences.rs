@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{StageContext, StageError};
 use crate::data::preferences::{read_jsonl, PreferencePair};
 use crate::data::synthetic::annotators::{AnnotatorPool, Preference};
-use crate::data::synthetic::{varied_response, ReviewRequest};
+use crate::data::synthetic::{varied_response, GoldOracle, ReviewRequest};
 use crate::model::generate::{generate, GenerateOptions, Sampling};
 use crate::model::{DeviceSpec, Precision};
 use crate::rng::step_seed;
@@ -160,8 +160,13 @@ fn synthetic_pairs(
     settings: &PreferenceData,
     policy: &PolicySampler,
 ) -> Result<(Vec<PreferencePair>, Vec<PreferencePair>), StageError> {
-    let oracle =
-        context.task.oracle.ok_or_else(|| context.invalid("source = \"synthetic\" needs a task with a gold oracle (synthetic-reviews)"))?;
+    // The simulated annotators judge reviews: the arithmetic task's verifier has nothing to rank
+    // between two wrong answers.
+    let oracle = context
+        .task
+        .oracle
+        .filter(|oracle| *oracle == GoldOracle::Reviews)
+        .ok_or_else(|| context.invalid("source = \"synthetic\" needs the synthetic-reviews task (its gold oracle labels the pairs)"))?;
     let mut rng = ChaCha8Rng::seed_from_u64(step_seed(context.seed(), PAIRS_SEED, 2));
     let pool = AnnotatorPool::new(
         settings.annotators,

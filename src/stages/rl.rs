@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use super::{is_programmatic_reward, Composite, StageContext, StageError, StageFigures, StageSettings, CHECKPOINT_DIR};
+use super::{is_programmatic_reward, Composite, Reading, StageContext, StageError, StageFigures, StageSettings, CHECKPOINT_DIR};
 use crate::data::synthetic::GoldOracle;
 use crate::data::task::TaskData;
 use crate::model::reward::RewardNormalization;
@@ -21,11 +21,20 @@ use crate::run::Metrics;
 use crate::train::optimizer::{AdamW, AdamWConfig};
 use crate::train::policy_gradient::{optimise, MicroBatch, Normaliser, Passes, PolicyRollout};
 use crate::train::rollout::{
-    evaluate, evaluation_figures, sample_and_score, Decoding, EvaluatedResponse, EvaluationSettings, Judges, ScoredRollout, Scorer,
+    evaluate, evaluation_figures, sample_and_score, Decoding, EvaluatedResponse, EvaluationSettings, Judges, PolicyLogprobs, ScoredRollout,
+    Scorer,
 };
 use crate::train::schedule::{LrSchedule, Schedule};
 use crate::train::stage_loop::{self, Trainer};
 use crate::train::state::{Part, PartMut};
+
+/// How reports read an RL stage's evaluation: gold is the truth; a reward model's score
+/// compares only between stages scored by the same one.
+pub const POLICY_READINGS: [(&str, Reading); 3] = [
+    ("eval/gold_score", Reading::Higher),
+    ("eval/rm_score", Reading::HigherOnSameModel("reward")),
+    ("eval/raw_rm_score", Reading::HigherOnSameModel("reward")),
+];
 
 /// A setting per model of an RL stage without a critic.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -424,7 +433,12 @@ impl<'a> GroupLearner<'a> {
         let (keys, algorithm) = (self.keys, self.algorithm);
         let group_size = algorithm.group_size();
         let prompts: Vec<String> = prompts.iter().flat_map(|prompt| std::iter::repeat_n(prompt.clone(), group_size)).collect();
-        let scored = sample_and_score(&self.models.policy, &prompts, &self.judges(), keys.decoding(), step_seed(seed, ROLLOUT_SEED, 0))?;
+        // One optimizer step on the rollout just drawn: the sampler's log-probs serve as the old
+        // ones, and the policy's scoring pass is saved.
+        let on_policy = keys.updates_per_rollout == 1 && keys.minibatch_size == keys.rollout_batch;
+        let policy_logprobs = if on_policy { PolicyLogprobs::Sampled } else { PolicyLogprobs::Recomputed };
+        let rollout_seed = step_seed(seed, ROLLOUT_SEED, 0);
+        let scored = sample_and_score(&self.models.policy, &prompts, &self.judges(), keys.decoding(), rollout_seed, policy_logprobs)?;
         let scores = scored.raw_scores.as_ref().expect("a reward judge").to_kind(Kind::Float);
         let reference_logprobs = scored.reference_logprobs.as_ref().expect("a reference judge");
         let (advantages, loss_mask, mut metrics) = algorithm.advantages(&scored, &scores, reference_logprobs);
@@ -451,9 +465,10 @@ impl<'a> GroupLearner<'a> {
             .extend(optimise(&self.models.policy, &mut self.optimizer, &rollout, passes, lr, shuffle_seed, &|batch| algorithm.loss(batch)));
         let generated_tokens = metrics["objective/response_length"] * prompts.len() as f64;
         let step_seconds = started.elapsed().as_secs_f64();
-        // Scoring reads every response with the policy, the reference and a reward model; each
-        // pass of the optimisation once more with the policy, forward and backward.
-        let scoring_models = 2 + usize::from(self.models.reward.vocab_size().is_some());
+        // Scoring reads every response with the reference, a reward model and (unless on
+        // policy) the policy; each pass of the optimisation once more with the policy, forward
+        // and backward.
+        let scoring_models = usize::from(!on_policy) + 1 + usize::from(self.models.reward.vocab_size().is_some());
         let trained = (keys.updates_per_rollout * prompts.len()) as f64;
         metrics.extend([
             ("cost/generated_tokens".to_string(), generated_tokens),

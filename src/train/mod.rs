@@ -7,3 +7,5 @@ pub mod rollout;
 pub mod schedule;
 pub mod stage_loop;
 pub mod state;
+#[cfg(test)]
+pub mod tensor_testing;

@@ -222,23 +222,7 @@ const SHUFFLE_SEED: u64 = 71;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn t(rows: &[&[f32]]) -> Tensor {
-        let width = rows[0].len() as i64;
-        let flat: Vec<f32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
-        Tensor::from_slice(&flat).view([rows.len() as i64, width])
-    }
-
-    fn values(t: &Tensor) -> Vec<f64> {
-        Vec::try_from(t.to_kind(Kind::Double).view([-1])).unwrap()
-    }
-
-    fn assert_close(actual: &[f64], expected: &[f64]) {
-        assert_eq!(actual.len(), expected.len(), "{actual:?} vs {expected:?}");
-        for (a, e) in actual.iter().zip(expected) {
-            assert!((a - e).abs() < 1e-5, "{actual:?} vs {expected:?}");
-        }
-    }
+    use crate::train::tensor_testing::{assert_close, t, values};
 
     #[test]
     fn group_advantages_under_each_scaling() {

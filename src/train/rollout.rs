@@ -234,9 +234,9 @@ pub struct ScoredRollout {
     /// The responses as text, without end-of-text.
     pub responses: Vec<String>,
     /// The policy's hidden states at the response positions (on its device; a shared value
-    /// head reads them).
-    pub policy_states: Tensor,
-    /// `[B, T]` (CPU, masked to the response).
+    /// head reads them), when its log-probs were recomputed.
+    pub policy_states: Option<Tensor>,
+    /// `[B, T]` the policy's log-probs (CPU, masked to the response).
     pub logprobs: Tensor,
     /// `[B, T]` (CPU, masked) with a reference judge.
     pub reference_logprobs: Option<Tensor>,
@@ -256,6 +256,18 @@ impl ScoredRollout {
     }
 }
 
+/// Where a rollout's policy log-probs come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyLogprobs {
+    /// A forward pass over prompt and response after generation (Huang et al. 2024, detail 6):
+    /// the log-probs the optimisation's ratios are taken against, exactly as it computes them.
+    Recomputed,
+    /// Those the sampler computed as it drew each token (from the KV cache; they differ from a
+    /// fresh pass by rounding only, `rollout/sampling_logprob_gap`): a forward pass fewer, where
+    /// the optimisation needs no separate old log-probs (one on-policy step, as TRL skips it).
+    Sampled,
+}
+
 /// Samples one response per prompt from `policy` with `decoding` and `seed`, and scores it by
 /// each judge.
 pub fn sample_and_score(
@@ -264,6 +276,7 @@ pub fn sample_and_score(
     judges: &Judges,
     decoding: Decoding,
     seed: u64,
+    policy_logprobs: PolicyLogprobs,
 ) -> Result<ScoredRollout, RolloutError> {
     let started = Instant::now();
     let (encoded_prompts, generation) = sample_responses(policy, prompts, decoding, seed)?;
@@ -275,8 +288,14 @@ pub fn sample_and_score(
     let logprobs_of = |model: &dyn Transformer, states: &Tensor| {
         response_logprobs(model, states, &tokens, decoding.temperature, false).0.to_device(Device::Cpu) * &mask
     };
-    let policy_states = response_states(policy.transformer.as_ref(), &tokens);
-    let logprobs = logprobs_of(policy.transformer.as_ref(), &policy_states);
+    let (policy_states, logprobs) = match policy_logprobs {
+        PolicyLogprobs::Recomputed => {
+            let states = response_states(policy.transformer.as_ref(), &tokens);
+            let logprobs = logprobs_of(policy.transformer.as_ref(), &states);
+            (Some(states), logprobs)
+        }
+        PolicyLogprobs::Sampled => (None, generation.logprobs.to_device(Device::Cpu).to_kind(Kind::Float) * &mask),
+    };
     let reference_logprobs = judges.reference.map(|reference| {
         let transformer = reference.transformer.as_ref();
         logprobs_of(transformer, &response_states(transformer, &tokens))
@@ -311,7 +330,7 @@ pub fn evaluate(
     let mut evaluated = Vec::with_capacity(prompts.len());
     for (index, batch) in prompts.chunks(settings.batch_size.max(1)).enumerate() {
         let seed = if index == 0 { settings.seed } else { step_seed(settings.seed, BATCH_SEED, index as u64) };
-        let scored = sample_and_score(policy, batch, judges, settings.decoding, seed)?;
+        let scored = sample_and_score(policy, batch, judges, settings.decoding, seed, PolicyLogprobs::Recomputed)?;
         let column = |values: Tensor| Vec::<f64>::try_from(values.to_kind(Kind::Double)).expect("1-D");
         let kl = scored.sequence_kl().map(column);
         let raw_scores = scored.raw_scores.map(column);
