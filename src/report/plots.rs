@@ -151,6 +151,12 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, chart: &Chart, smoothi
             context.draw_series(LineSeries::new(ema(&line.points, smoothing), color.stroke_width(2))).map_err(error)?;
         } else if line.dashed {
             context.draw_series(DashedLineSeries::new(line.points.iter().copied(), 7, 5, color.stroke_width(2))).map_err(error)?;
+        } else if line.markers {
+            // A trajectory (a frontier) may turn back on itself; drawn as one path, the bitmap
+            // backend's miter join at such a turn shoots a spike far past the points. Segment by
+            // segment there is no join.
+            let segments = line.points.windows(2).map(|pair| PathElement::new(pair.to_vec(), color.stroke_width(2)));
+            context.draw_series(segments).map_err(error)?;
         } else {
             context.draw_series(LineSeries::new(line.points.iter().copied(), color.stroke_width(2))).map_err(error)?;
         }
