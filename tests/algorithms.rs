@@ -287,3 +287,30 @@ demonstrations = 5
     assert_eq!(demonstrations.len(), 5);
     assert!(demonstrations.iter().all(|d| d["prompt"].is_string() && d["response"].is_string()));
 }
+
+#[test]
+fn the_report_puts_every_rl_stage_on_one_frontier_with_its_costs() {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("all.toml"), common::ALL_KINDS_EXPERIMENT).unwrap();
+    let (ok, stdout, stderr) = common::rlhf(&["run", "all.toml", "--out", "out"], work.path());
+    assert!(ok, "{stderr}");
+    let run = work.path().join(stdout.trim());
+    let (ok, _, stderr) = common::rlhf(&["report", run.to_str().unwrap(), "-o", "report"], work.path());
+    assert!(ok, "{stderr}");
+    let report = work.path().join("report");
+    assert!(report.join("plots/methods-gold-vs-kl.png").is_file());
+    let summary = std::fs::read_to_string(report.join("summary.md")).unwrap();
+    let costs = &summary[summary.find("## RL stages: where they ended and what it cost").expect("a cost table")..];
+    let rows: Vec<&str> = costs.lines().filter(|line| line.starts_with("| ") && !line.starts_with("| run")).collect();
+    let kinds: Vec<&str> = rows.iter().map(|row| row.split('|').nth(2).unwrap().trim()).collect();
+    assert_eq!(kinds, ["ppo", "dpo", "grpo", "rloo", "best_of_n"], "{costs}");
+    // The summed costs match the metrics the stages wrote: GRPO sampled 4 iterations × 8
+    // responses, each read by the policy, the reference and the reward model, then trained on
+    // in two passes (forward and backward).
+    let grpo = rows[2].split('|').map(str::trim).collect::<Vec<_>>();
+    let number = rlhf_lab::report::table::format_number;
+    assert_eq!(grpo[8], number((4 * 8 * 3 + 4 * 8 * 2) as f64), "{}", rows[2]);
+    assert_eq!(grpo[9], number((4 * 8 * 2) as f64), "{}", rows[2]);
+    let tokens: f64 = metric_lines(&run.join("grpo/metrics.jsonl")).iter().filter_map(|l| l["cost/generated_tokens"].as_f64()).sum();
+    assert_eq!(grpo[7], number(tokens));
+}

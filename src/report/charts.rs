@@ -106,10 +106,12 @@ pub fn stage_charts(runs: &[Run]) -> Vec<StageCharts> {
 
 /// Every RL stage of every run on one gold-score–KL plane, one line per stage through its
 /// evaluations (best-of-n: one point per n), so that methods and their KL knobs compare where
-/// they matter: the true score bought at each KL. Drawn when at least two stages have one.
+/// they matter: the true score bought at each KL. Drawn when at least two RL stages (by name)
+/// have one: one stage across runs already has its own frontier chart.
 pub fn methods_frontier(runs: &[Run]) -> Option<StageCharts> {
     let one_run = runs.len() == 1;
     let mut lines = Vec::new();
+    let mut stages: Vec<&str> = Vec::new();
     for run in runs {
         for stage in &run.stages {
             let Some(names) = stage.kind.as_deref().and_then(figures_of).and_then(|figures| figures.frontier.as_ref()) else {
@@ -120,11 +122,14 @@ pub fn methods_frontier(runs: &[Run]) -> Option<StageCharts> {
             if points.is_empty() {
                 continue;
             }
+            if !stages.contains(&stage.name.as_str()) {
+                stages.push(&stage.name);
+            }
             let label = if one_run { stage.name.clone() } else { format!("{} · {}", run.label, stage.name) };
             lines.push(Line { label, color: lines.len(), points, dashed: false, markers: true, smooth: false, in_legend: true });
         }
     }
-    (lines.len() >= 2).then(|| StageCharts {
+    (stages.len() >= 2).then(|| StageCharts {
         stage: "RL stages compared".into(),
         charts: vec![Chart {
             stem: "methods-gold-vs-kl".into(),
