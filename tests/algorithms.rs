@@ -6,29 +6,15 @@ mod common;
 
 use std::path::Path;
 
+use common::LikedTokenShare;
 use rlhf_lab::model::{LanguageModel, Precision};
 use rlhf_lab::stages::grpo::GrpoKeys;
 use rlhf_lab::stages::rl::{GroupKeys, GroupLearner, PolicyGradientKeys, RlModels};
 use rlhf_lab::stages::rloo::RlooKeys;
-use rlhf_lab::train::rollout::Scorer;
 use serde_json::Value;
-use tch::{Device, Tensor};
+use tch::Device;
 
 const VOCAB: i64 = 300;
-const LIKED_BELOW: i64 = 30;
-
-/// The share of response tokens whose id is below `LIKED_BELOW` (a tenth of the vocabulary).
-struct LikedTokenShare;
-
-impl Scorer for LikedTokenShare {
-    fn score(&self, _prompts: &[Vec<i64>], responses: &[Vec<i64>]) -> Tensor {
-        let shares: Vec<f32> = responses
-            .iter()
-            .map(|r| r.iter().filter(|&&id| (1..LIKED_BELOW).contains(&id)).count() as f32 / r.len().max(1) as f32)
-            .collect();
-        Tensor::from_slice(&shares)
-    }
-}
 
 fn tiny_models(dir: &Path) -> RlModels {
     tch::manual_seed(3);

@@ -9,6 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::{LikedTokenShare, LIKED_BELOW};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -21,21 +22,7 @@ use rlhf_lab::train::optimizer::{AdamW, AdamWConfig};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
-/// The share of response tokens whose id is below `LIKED_BELOW` (a tenth of the vocabulary).
-struct LikedTokenShare;
-
 const VOCAB: i64 = 300;
-const LIKED_BELOW: i64 = 30;
-
-impl Scorer for LikedTokenShare {
-    fn score(&self, _prompts: &[Vec<i64>], responses: &[Vec<i64>]) -> Tensor {
-        let shares: Vec<f32> = responses
-            .iter()
-            .map(|r| r.iter().filter(|&&id| (1..LIKED_BELOW).contains(&id)).count() as f32 / r.len().max(1) as f32)
-            .collect();
-        Tensor::from_slice(&shares)
-    }
-}
 
 fn tiny_models(dir: &Path, shared_backbone: bool) -> Models {
     tiny_models_with_dropout(dir, shared_backbone, 0.0)

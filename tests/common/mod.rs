@@ -9,6 +9,23 @@ use std::time::{Duration, Instant};
 use rlhf_lab::data::tokenizer::TextTokenizer;
 use rlhf_lab::model::Gpt2Config;
 
+/// Token ids below this (a tenth of the tiny models' vocabulary of 300), end-of-text (0) aside,
+/// are the ones a planted programmatic reward likes.
+pub const LIKED_BELOW: i64 = 30;
+
+/// A planted programmatic reward: the share of response tokens whose id is in 1..`LIKED_BELOW`.
+pub struct LikedTokenShare;
+
+impl rlhf_lab::train::rollout::Scorer for LikedTokenShare {
+    fn score(&self, _prompts: &[Vec<i64>], responses: &[Vec<i64>]) -> tch::Tensor {
+        let shares: Vec<f32> = responses
+            .iter()
+            .map(|r| r.iter().filter(|&&id| (1..LIKED_BELOW).contains(&id)).count() as f32 / r.len().max(1) as f32)
+            .collect();
+        tch::Tensor::from_slice(&shares)
+    }
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
