@@ -240,6 +240,19 @@ eval_prompts = 6
 max_new_tokens = 6
 batch_size = 16
 demonstrations = 5
+
+# Rejection-sampling fine-tuning: SFT on best-of-n's winners.
+[[stages]]
+name = "expert"
+kind = "sft"
+model = "base"
+demonstrations = "bon"
+steps = 3
+batch_size = 2
+seq_len = 48
+eval_every = 3
+eval_batches = 1
+samples = 1
 "#;
     // The JSONL task has no gold oracle; run best-of-n on the synthetic task instead.
     let path = preference_experiment(work.path(), stage);
@@ -272,6 +285,19 @@ demonstrations = 5
     let demonstrations = metric_lines(&run.join("bon/demonstrations.jsonl"));
     assert_eq!(demonstrations.len(), 5);
     assert!(demonstrations.iter().all(|d| d["prompt"].is_string() && d["response"].is_string()));
+    // The SFT stage trained on them and was evaluated on the task's held-out demonstrations.
+    let expert = metric_lines(&run.join("expert/metrics.jsonl"));
+    assert_eq!(expert.last().unwrap()["step"], 3);
+    assert!(expert.last().unwrap()["eval/loss"].as_f64().unwrap().is_finite());
+
+    // Demonstrations that are not there, or in an lm stage, are refused naming the key.
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("demonstrations = \"bon\"", "demonstrations = \"missing.jsonl\"")).unwrap();
+    let (ok, _, stderr) = common::rlhf(&["run", path.to_str().unwrap(), "--out", "again"], work.path());
+    assert!(!ok && stderr.contains("`demonstrations`: no file `missing.jsonl`"), "{stderr}");
+    std::fs::write(&path, text.replace("kind = \"sft\"", "kind = \"lm\"")).unwrap();
+    let (ok, _, stderr) = common::rlhf(&["validate", path.to_str().unwrap()], work.path());
+    assert!(!ok && stderr.contains("`demonstrations`"), "{stderr}");
 }
 
 #[test]

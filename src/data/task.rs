@@ -151,7 +151,7 @@ impl TextFields for TextRecord {
 
 /// A demonstration line: `{"prompt", "response"}` — the prompt as text, or as the conversation
 /// the response answers — or `{"messages"}`, a conversation with at least one assistant turn.
-fn demonstration_from(record: Map<String, Value>) -> Result<Demonstration, String> {
+pub fn demonstration_from(record: Map<String, Value>) -> Result<Demonstration, String> {
     if let Some(messages) = record.get("messages") {
         if record.contains_key("prompt") || record.contains_key("response") {
             return Err("a demonstration has either `messages` or `prompt` and `response`, not both".into());

@@ -86,6 +86,11 @@ pub struct TrainSettings {
     /// Generations written to samples.jsonl at each evaluation.
     #[serde(default = "defaults::samples")]
     pub samples: usize,
+    /// sft only: train on these demonstrations instead of the task's — an earlier `best_of_n`
+    /// stage's `demonstrations.jsonl` (by the stage's name) or a JSONL file of the task's
+    /// demonstration format; evaluation stays on the task's held-out demonstrations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demonstrations: Option<String>,
     #[serde(default)]
     pub device: DeviceSpec,
     #[serde(default)]
@@ -202,6 +207,9 @@ impl StageSettings for LmSettings {
         self.0.check_lengths(context_of)
     }
     fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.0.demonstrations.is_some() {
+            return Err(("demonstrations", "no `demonstrations` in an lm stage (it trains on the corpus; sft stages take it)".into()));
+        }
         self.0.check()
     }
     fn devices(&self) -> Vec<(&'static str, DeviceSpec)> {
@@ -426,6 +434,23 @@ impl Example {
     }
 }
 
+/// The demonstrations an sft stage's `demonstrations` names: an earlier stage's
+/// `demonstrations.jsonl` (a `best_of_n` stage's best responses), or a JSONL file.
+fn given_demonstrations(context: &StageContext, source: &str) -> Result<Vec<crate::data::synthetic::Demonstration>, StageError> {
+    let earlier = context.experiment.stages[..context.stage_index].iter().any(|stage| stage.name == source);
+    let path =
+        if earlier { context.run.stage_dir(source).join(super::best_of_n::DEMONSTRATIONS_FILE) } else { std::path::PathBuf::from(source) };
+    if !path.is_file() {
+        return Err(context.invalid(format!(
+            "`demonstrations`: no file `{}` (an earlier best_of_n stage with `demonstrations` > 0, or a JSONL file of demonstrations)",
+            path.display()
+        )));
+    }
+    let (records, _) = crate::data::jsonl::read_converted(&path, false, crate::data::task::demonstration_from)
+        .map_err(|error| context.invalid(format!("`demonstrations`: {error}")))?;
+    Ok(records)
+}
+
 impl Demonstrations {
     fn new(context: &StageContext, settings: &TrainSettings, device: tch::Device) -> Result<Self, StageError> {
         let demonstrations = &context.task.demonstrations;
@@ -446,7 +471,8 @@ impl Demonstrations {
             }
             Ok((examples, too_long))
         };
-        let (train, dropped_train) = encode(&demonstrations.train)?;
+        let given = settings.demonstrations.as_deref().map(|source| given_demonstrations(context, source)).transpose()?;
+        let (train, dropped_train) = encode(given.as_deref().unwrap_or(&demonstrations.train))?;
         let (eval, dropped_eval) = encode(&demonstrations.eval)?;
         if dropped_train + dropped_eval > 0 {
             tracing::warn!(dropped = dropped_train + dropped_eval, "demonstrations with no response token within seq_len were skipped");
