@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::rl::{
-    check_generation_lengths, check_vocabularies, draw_prompts, evaluate_policy, evaluation_prompts, model_inputs, training_prompts,
-    POLICY_READINGS,
+    check_generation_lengths, check_positive, check_vocabularies, draw_prompts, evaluate_policy, evaluation_prompts, model_inputs,
+    training_prompts, POLICY_READINGS,
 };
 use super::{Frontier, StageContext, StageError, StageFigures, StageSettings, CHECKPOINT_DIR};
 use crate::data::synthetic::oracle::GoldOracle;
@@ -236,7 +236,7 @@ impl StageSettings for PpoSettings {
     }
 
     fn check(&self) -> Result<(), (&'static str, String)> {
-        let positive = [
+        check_positive(&[
             ("iterations", self.iterations as f64),
             ("rollout_batch", self.rollout_batch as f64),
             ("minibatch_size", self.minibatch_size as f64),
@@ -254,10 +254,7 @@ impl StageSettings for PpoSettings {
             ("eval_every", self.eval_every as f64),
             ("eval_prompts", self.eval_prompts as f64),
             ("normalization_samples", self.normalization_samples as f64),
-        ];
-        if let Some((key, value)) = positive.into_iter().find(|(_, v)| !(*v > 0.0 && v.is_finite())) {
-            return Err((key, format!("a value > 0, got {value}")));
-        }
+        ])?;
         let non_negative = [
             ("vf_coef", self.vf_coef),
             ("kl_coef", self.kl_coef),
