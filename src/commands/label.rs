@@ -97,6 +97,24 @@ pub struct ServeArgs {
     /// Seconds during which an annotator may undo their last label.
     #[arg(long, default_value_t = 30)]
     pub undo_secs: u64,
+    /// Seconds a client has to send a request's headers, from connecting or from the end of its
+    /// last answer (so also how long a kept-alive connection may wait for its next request).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=crate::label::connections::MAX_TIMEOUT_SECS))]
+    pub header_timeout_secs: u64,
+    /// Seconds to receive a request's body and answer it; past them the answer is 408.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=crate::label::connections::MAX_TIMEOUT_SECS))]
+    pub request_timeout_secs: u64,
+    /// Seconds a connection may go with no byte moving and no request being handled before it is closed.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=crate::label::connections::MAX_TIMEOUT_SECS))]
+    pub idle_timeout_secs: u64,
+    /// Most connections served at once, lowered to the open-file limit less 32; at the cap a new
+    /// connection closes the longest-idle one.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Seconds after Ctrl-C or SIGTERM for requests in flight to finish; connections still open
+    /// then are dropped.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=crate::label::connections::MAX_TIMEOUT_SECS))]
+    pub shutdown_grace_secs: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -143,7 +161,14 @@ pub fn run(args: &LabelArgs) -> Result<()> {
                     lease: Duration::from_secs(args.lease_secs),
                     undo_window: Duration::from_secs(args.undo_secs),
                 };
-                Ok(server::serve(store, args.bind, policy).await?)
+                let limits = crate::label::connections::ConnectionLimits {
+                    header_timeout: Duration::from_secs(args.header_timeout_secs),
+                    request_timeout: Duration::from_secs(args.request_timeout_secs),
+                    idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+                    max_connections: args.max_connections as usize,
+                    shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+                };
+                Ok(server::serve(store, args.bind, policy, limits).await?)
             }
             LabelCommand::Export(args) => {
                 let store = Store::open(&args.db).await?;

@@ -5,6 +5,7 @@
 //! measures agreement; `export` reads the preferences back as records.
 
 pub mod assign;
+pub mod connections;
 pub mod export;
 pub mod import;
 pub mod server;

@@ -86,9 +86,10 @@ pub fn router(store: Store, policy: Policy) -> Router {
         .with_state(app)
 }
 
-/// Serves on `bind` until Ctrl-C or SIGTERM, then lets requests in flight finish. Prints
-/// `listening on http://ADDR` on stderr once the socket is bound.
-pub async fn serve(store: Store, bind: SocketAddr, policy: Policy) -> Result<(), LabelError> {
+/// Serves on `bind` until Ctrl-C or SIGTERM under `limits` (timeouts, a connection cap; see
+/// `connections`), then lets requests in flight finish for at most `limits.shutdown_grace`.
+/// Prints `listening on http://ADDR` on stderr once the socket is bound.
+pub async fn serve(store: Store, bind: SocketAddr, policy: Policy, limits: super::connections::ConnectionLimits) -> Result<(), LabelError> {
     let listener = tokio::net::TcpListener::bind(bind).await.map_err(|source| LabelError::Bind { addr: bind, source })?;
     let addr = listener.local_addr().map_err(|source| LabelError::Bind { addr: bind, source })?;
     if !addr.ip().is_loopback() {
@@ -97,9 +98,8 @@ pub async fn serve(store: Store, bind: SocketAddr, policy: Policy) -> Result<(),
     let shutdown = shutdown_signal();
     eprintln!("listening on http://{addr}");
     let app = router(store.clone(), policy);
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    super::connections::serve(listener, app, limits, shutdown).await;
     store.close().await;
-    served.map_err(LabelError::Serve)?;
     tracing::info!("server stopped");
     Ok(())
 }

@@ -99,7 +99,12 @@ impl TestClock {
 
 impl Server {
     pub fn start(db: &Path, extra_args: &[&str]) -> Server {
-        Self::spawn(db, extra_args, None)
+        Self::spawn(db, extra_args, None, None)
+    }
+
+    /// A server that may hold at most `limit` open files, sockets included (`ulimit -n`).
+    pub fn start_with_fd_limit(db: &Path, limit: u32, extra_args: &[&str]) -> Server {
+        Self::spawn(db, extra_args, None, Some(limit))
     }
 
     /// A server whose clock only moves when the test advances it (beside the real one, whose
@@ -108,11 +113,19 @@ impl Server {
         let file = db.with_extension("clock");
         let clock = TestClock { file, shift_ms: std::cell::Cell::new(0) };
         clock.advance(Duration::ZERO);
-        (Self::spawn(db, extra_args, Some(&clock.file)), clock)
+        (Self::spawn(db, extra_args, Some(&clock.file), None), clock)
     }
 
-    fn spawn(db: &Path, extra_args: &[&str], clock_file: Option<&Path>) -> Server {
-        let mut command = Command::new(RLHF);
+    fn spawn(db: &Path, extra_args: &[&str], clock_file: Option<&Path>, fd_limit: Option<u32>) -> Server {
+        let mut command = match fd_limit {
+            // `exec` keeps the pid: `terminate` signals the server itself, not the shell.
+            Some(limit) => {
+                let mut shell = Command::new("sh");
+                shell.args(["-c", &format!("ulimit -n {limit} && exec \"$0\" \"$@\""), RLHF]);
+                shell
+            }
+            None => Command::new(RLHF),
+        };
         if let Some(file) = clock_file {
             command.env("RLHF_TEST_CLOCK_SHIFT", file);
         }
