@@ -463,6 +463,70 @@ fn a_reward_model_given_with_judge_scores_the_samples_instead_of_gold() {
     assert_eq!((result.rate, result.prompts), (expected, 24));
 }
 
+/// A labeling database of the two runs' PPO answers, imported with two `--from-run`: its pairs
+/// are p1, p3 and p4 (both runs answer p2 alike).
+fn labels_of_both_runs(dir: &Path, baseline: &Path, other: &Path) -> PathBuf {
+    let db = dir.join("labels.db");
+    let (ppo_a, ppo_b) = (baseline.join("ppo"), other.join("ppo"));
+    let args =
+        ["label", "import", "--db", db.to_str().unwrap(), "--from-run", ppo_a.to_str().unwrap(), "--from-run", ppo_b.to_str().unwrap()];
+    let (ok, stdout, stderr) = common::rlhf(&args, dir);
+    assert!(ok && stdout.starts_with("imported 3 new pairs"), "{stdout}{stderr}");
+    db
+}
+
+/// `--labels DB`: the human preference leaderboard rates the runs' checkpoints by the labels.
+#[test]
+fn a_labeling_database_adds_a_human_preference_leaderboard() {
+    use rlhf_lab::label::{Policy, Preferred, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_complete_runs(dir.path());
+    let db = labels_of_both_runs(dir.path(), &a, &b);
+    let with_labels = Options { labels: Some(db.clone()), ..Options::default() };
+    let unjudged = report::write(&[a.clone(), b.clone()], &dir.path().join("unjudged"), &with_labels).unwrap();
+    let section = unjudged.leaderboard.expect("a section that says why it is empty");
+    assert!(section.table.is_none() && section.summary.contains("none of the 3 pairs between models has a judgement yet"), "{section:?}");
+
+    // The annotator prefers the answer worth more gold: beta-0.05 wins p1 and p4, loses p3, so
+    // it is ln 2 stronger: 1000 ± 200 · log10(2) ≈ 1060 and 940.
+    let (ok, token, stderr) = common::rlhf(&["label", "annotator", "add", "--db", db.to_str().unwrap(), "alice"], dir.path());
+    assert!(ok, "{stderr}");
+    let worth = |text: &str| -> f64 { text.rsplit(' ').next().unwrap().parse().unwrap() };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let store = Store::open(&db).await.unwrap();
+        let alice = store.annotator_by_token(token.trim()).await.unwrap().unwrap();
+        while let Some(pair) = store.next_pair(alice.id, &Policy::default()).await.unwrap() {
+            let preferred = if worth(&pair.left) > worth(&pair.right) { Preferred::Left } else { Preferred::Right };
+            store.record_label(alice.id, pair.pair_id, preferred, &Policy::default()).await.unwrap();
+        }
+        store.close().await;
+    });
+    let out = dir.path().join("report");
+    let report = report::write(&[a.clone(), b.clone()], &out, &with_labels).unwrap();
+    let section = report.leaderboard.expect("--labels given");
+    assert!(section.summary.starts_with("2 checkpoints rated from 3 human judgements"), "{}", section.summary);
+    let table = section.table.expect("judged pairs");
+    assert_eq!(table.headers, ["rank", "checkpoint", "rating", "95 % interval", "wins", "losses", "ties", "comparisons"]);
+    let rows: Vec<Vec<&str>> = table.rows.iter().map(|row| cells(row)).collect();
+    assert_eq!((rows[0][..3].to_vec(), rows[0][4..].to_vec()), (vec!["1", "beta-0.05/ppo", "1060"], vec!["2", "1", "0", "3"]));
+    assert_eq!((rows[1][..3].to_vec(), rows[1][4..].to_vec()), (vec!["2", "beta-0.1/ppo", "940"], vec!["1", "2", "0", "3"]));
+    assert!(table.rows[0][2].best && !table.rows[1][2].best);
+
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(summary.contains("## Human preference leaderboard") && summary.contains("| 1 | beta-0.05/ppo | **1060** | ["), "{summary}");
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    assert!(html.contains("<h2 id=\"leaderboard\">Human preference leaderboard</h2>"), "{html}");
+    assert!(html.contains("<td>beta-0.05/ppo</td><td class=\"best\">1060</td>"), "{html}");
+    // Without --labels there is no such section; a missing database is an error naming it.
+    let plain = std::fs::read_to_string(dir.path().join("unjudged/summary.md")).unwrap();
+    assert!(plain.contains("No leaderboard"), "{plain}");
+    assert!(write_report(&[a.clone(), b.clone()], &dir.path().join("plain")).leaderboard.is_none());
+    let missing = Options { labels: Some(dir.path().join("missing.db")), ..Options::default() };
+    let error = report::write(&[a, b], &dir.path().join("missing"), &missing).unwrap_err().to_string();
+    assert!(error.contains("--labels") && error.contains("missing.db"), "{error}");
+}
+
 #[test]
 fn damaged_and_partial_runs_become_notes_not_failures() {
     let dir = tempfile::tempdir().unwrap();

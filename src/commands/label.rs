@@ -1,5 +1,6 @@
 //! `rlhf label …`: import pairs, add annotators, serve the labeling page, export preferences,
-//! show statistics. The work is in `crate::label`; this file parses arguments and reports.
+//! show statistics, rate the models behind the pairs. The work is in `crate::label`; this file
+//! parses arguments and reports.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::label::import::PairSampling;
-use crate::label::{export, import, server, ExportFilter, Policy, Store};
+use crate::label::{export, import, leaderboard, server, ExportFilter, Policy, Store};
 use crate::model::DeviceSpec;
 
 #[derive(Debug, clap::Args)]
@@ -30,6 +31,9 @@ pub enum LabelCommand {
     Export(ExportArgs),
     /// Show counts, annotator throughput and agreement.
     Stats(StatsArgs),
+    /// Rate the models behind the pairs (`model_a`/`model_b` metadata) from the judgements:
+    /// Bradley–Terry, with bootstrap intervals.
+    Leaderboard(LeaderboardArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -41,9 +45,11 @@ pub struct ImportArgs {
     /// Pairs, one `{"prompt", "response_a", "response_b"}` object a line; other fields are kept as metadata.
     #[arg(value_name = "PAIRS.jsonl")]
     pub pairs: Option<PathBuf>,
-    /// Build pairs from RUN_DIR/STAGE/samples.jsonl: two different completions of a prompt make a pair.
+    /// Build pairs from RUN_DIR/STAGE/samples.jsonl: two different completions of a prompt make a
+    /// pair. Given several times, pairs compare the stages: each pair holds one response of each of
+    /// two stages to the same prompt, with `model_a`/`model_b` metadata (see `label leaderboard`).
     #[arg(long, value_name = "RUN_DIR/STAGE")]
-    pub from_run: Option<PathBuf>,
+    pub from_run: Vec<PathBuf>,
     /// Generate pairs with this checkpoint: two sampled responses for each prompt of --prompts.
     #[arg(long, value_name = "CHECKPOINT_DIR", requires = "prompts")]
     pub model: Option<PathBuf>,
@@ -143,6 +149,22 @@ pub struct StatsArgs {
     pub json: bool,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct LeaderboardArgs {
+    /// The labeling database.
+    #[arg(long, value_name = "FILE")]
+    pub db: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Bootstrap resamples of the judgements behind the intervals.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rounds: u64,
+    /// Seed of the bootstrap.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
 pub fn run(args: &LabelArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(async {
@@ -190,18 +212,33 @@ pub fn run(args: &LabelArgs) -> Result<()> {
                     print_out(&stats.to_string())
                 }
             }
+            LabelCommand::Leaderboard(args) => {
+                let store = Store::open(&args.db).await?;
+                let board = store.leaderboard(leaderboard::Settings { rounds: args.rounds as usize, seed: args.seed }).await;
+                store.close().await;
+                let board = board?;
+                if args.json {
+                    print_out(&format!("{}\n", serde_json::to_string_pretty(&board)?))
+                } else {
+                    print_out(&board.to_string())
+                }
+            }
         }
     })
 }
 
 async fn import(args: &ImportArgs) -> Result<()> {
-    let (pairs, source) = match (&args.pairs, &args.from_run, &args.model, &args.prompts) {
-        (Some(path), ..) => (import::read_pairs(path)?, path.clone()),
-        (None, Some(stage_dir), ..) => (import::pairs_from_samples(stage_dir)?, import::samples_path(stage_dir)),
-        (None, None, Some(model), Some(prompts)) => {
+    let (pairs, source) = match (&args.pairs, args.from_run.as_slice(), &args.model, &args.prompts) {
+        (Some(path), ..) => (import::read_pairs(path)?, path.display().to_string()),
+        (None, [stage_dir], ..) => (import::pairs_from_samples(stage_dir)?, import::samples_path(stage_dir).display().to_string()),
+        (None, stage_dirs @ [_, _, ..], ..) => {
+            let files: Vec<String> = stage_dirs.iter().map(|dir| import::samples_path(dir).display().to_string()).collect();
+            (import::pairs_across_stages(stage_dirs)?, files.join(", "))
+        }
+        (None, [], Some(model), Some(prompts)) => {
             let sampling =
                 PairSampling { temperature: args.temperature, max_new_tokens: args.max_new_tokens, seed: args.seed, device: args.device };
-            (import::pairs_from_model(model, prompts, sampling)?, model.clone())
+            (import::pairs_from_model(model, prompts, sampling)?, model.display().to_string())
         }
         _ => anyhow::bail!("give a PAIRS.jsonl file, --from-run RUN_DIR/STAGE, or --model CHECKPOINT_DIR --prompts PROMPTS.jsonl"),
     };
@@ -212,7 +249,7 @@ async fn import(args: &ImportArgs) -> Result<()> {
     print_out(&format!(
         "imported {} new pairs from {} into {} ({} already present)\n",
         summary.added,
-        source.display(),
+        source,
         args.db.display(),
         summary.already_present
     ))

@@ -22,6 +22,10 @@ pub struct ReportArgs {
     /// instead of the gold scores recorded with the samples.
     #[arg(long, value_name = "RM_DIR")]
     pub judge: Option<PathBuf>,
+    /// A labeling database: adds a leaderboard of the checkpoints rated by its judgements (pairs
+    /// imported with several --from-run; see `rlhf label leaderboard`).
+    #[arg(long, value_name = "DB")]
+    pub labels: Option<PathBuf>,
     /// Seed of the bootstrap confidence intervals.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -37,6 +41,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     let options = Options {
         baseline: args.baseline.clone(),
         judge: args.judge.clone(),
+        labels: args.labels.clone(),
         seed: args.seed,
         resamples: args.bootstrap,
         smoothing: args.smoothing,

@@ -60,6 +60,25 @@ impl Preferred {
             other => Err(LabelError::Database(sqlx::Error::Decode(format!("unknown label `{other}`").into()))),
         }
     }
+
+    /// What the label says about the stored responses, given the order the annotator saw them
+    /// in (`swapped`: left showed response B); `None` for a skip, which judges nothing.
+    pub fn outcome(self, swapped: bool) -> Option<Outcome> {
+        match (self, swapped) {
+            (Self::Left, false) | (Self::Right, true) => Some(Outcome::A),
+            (Self::Left, true) | (Self::Right, false) => Some(Outcome::B),
+            (Self::Tie, _) => Some(Outcome::Tie),
+            (Self::Skip, _) => None,
+        }
+    }
+}
+
+/// A judgement in terms of the stored responses: A (`response_a`) or B preferred, or a tie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    A,
+    B,
+    Tie,
 }
 
 /// A pair as one annotator sees it; a conversational prompt comes with its `messages`, which the

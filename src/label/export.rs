@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use super::assign::Preferred;
+use super::assign::{Outcome, Preferred};
 use super::store::{rfc3339_sql, Store};
 use super::LabelError;
 use crate::data::chat::{Message, Prompt};
@@ -85,11 +85,11 @@ impl Store {
         .await?;
         let mut records = Vec::with_capacity(rows.len());
         for (pair_id, prompt, messages, response_a, response_b, metadata, swapped, preferred, annotator, labeled_at) in rows {
-            let (judgement, a_wins) = match (Preferred::from_db(&preferred)?, swapped) {
-                (Preferred::Left, false) | (Preferred::Right, true) => (Judgement::Preference, true),
-                (Preferred::Left, true) | (Preferred::Right, false) => (Judgement::Preference, false),
-                (Preferred::Tie, _) => (Judgement::Tie, true),
-                (Preferred::Skip, _) => (Judgement::Skip, true),
+            let (judgement, a_wins) = match Preferred::from_db(&preferred)?.outcome(swapped) {
+                Some(Outcome::A) => (Judgement::Preference, true),
+                Some(Outcome::B) => (Judgement::Preference, false),
+                Some(Outcome::Tie) => (Judgement::Tie, true),
+                None => (Judgement::Skip, true),
             };
             let wanted = match judgement {
                 Judgement::Preference => true,
@@ -133,19 +133,7 @@ pub fn write_jsonl(path: &Path, records: &[PreferenceRecord]) -> Result<usize, L
 /// JSONL line with `"judgement": "tie"` is read; skips say nothing about the pair and are left out.
 /// Conversational prompts are rendered with `tokenizer`'s chat template, as in a JSONL file.
 pub fn read_preference_pairs(db: &Path, tokenizer: &TextTokenizer) -> Result<Vec<PreferencePair>, LabelError> {
-    if !db.is_file() {
-        return Err(LabelError::NoDatabase(db.to_path_buf()));
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| LabelError::Open { path: db.into(), source: sqlx::Error::Io(source) })?;
-    let records = runtime.block_on(async {
-        let store = Store::open(db).await?;
-        let records = store.preferences(ExportFilter { ties: true, skips: false }).await;
-        store.close().await;
-        records
-    })?;
+    let records = Store::read_blocking(db, async |store| store.preferences(ExportFilter { ties: true, skips: false }).await)?;
     records
         .into_iter()
         .map(|record| {

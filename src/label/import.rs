@@ -4,7 +4,7 @@
 //! stored idempotently (by content hash) in one transaction.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use serde_json::{Map, Value};
 
@@ -57,7 +57,7 @@ pub fn transcript(messages: &[Message]) -> String {
 }
 
 /// A line of a stage's `samples.jsonl`: a generation and whatever the stage recorded with it.
-#[derive(serde::Deserialize)]
+#[derive(Clone, serde::Deserialize)]
 struct SampleLine {
     prompt: String,
     completion: String,
@@ -83,7 +83,74 @@ pub fn read_pairs(path: &Path) -> Result<Vec<NewPair>, LabelError> {
 /// Prompts with a single distinct completion make none.
 pub fn pairs_from_samples(stage_dir: &Path) -> Result<Vec<NewPair>, LabelError> {
     let path = samples_path(stage_dir);
-    let samples: Vec<SampleLine> = jsonl::read_records(&path)?;
+    let source = Value::String(path.display().to_string());
+    let mut pairs = Vec::new();
+    for (prompt, completions) in by_prompt(jsonl::read_records(&path)?) {
+        let mut completions = completions.into_iter();
+        while let (Some(a), Some(b)) = (completions.next(), completions.next()) {
+            pairs.push(sample_pair(&prompt, a, b, Map::from_iter([("source".to_string(), source.clone())])));
+        }
+    }
+    if pairs.is_empty() {
+        return Err(LabelError::NoPairs { path });
+    }
+    Ok(pairs)
+}
+
+/// Builds pairs across the `samples.jsonl` of several stages (typically one stage of each of
+/// several runs), to compare the checkpoints that wrote them. Each stage's latest evaluation is
+/// used (its lines with the largest `step`; earlier ones are other checkpoints). For each prompt,
+/// each two stages that answered it make one pair, response A from the stage given first; a
+/// stage's distinct completions of the prompt are taken in turn, so that with several stages its
+/// answers are spread over its opponents. Identical texts make no pair. Metadata: `model_a` and
+/// `model_b` (the stages' names, see `stage_names`), `source` (the two samples files),
+/// `sample_a` and `sample_b`.
+pub fn pairs_across_stages(stage_dirs: &[PathBuf]) -> Result<Vec<NewPair>, LabelError> {
+    let names = stage_names(stage_dirs);
+    let paths: Vec<PathBuf> = stage_dirs.iter().map(|dir| samples_path(dir)).collect();
+    // Prompts in the order they first appear, stage by stage.
+    let mut prompts: Vec<String> = Vec::new();
+    let mut answers: Vec<HashMap<String, Vec<SampleLine>>> = Vec::with_capacity(paths.len());
+    for path in &paths {
+        let mut samples: Vec<SampleLine> = jsonl::read_records(path)?;
+        let step = |sample: &SampleLine| sample.extra.get("step").and_then(Value::as_u64);
+        let latest = samples.iter().filter_map(step).max();
+        samples.retain(|sample| step(sample) == latest);
+        let grouped = by_prompt(samples);
+        prompts.extend(grouped.iter().map(|(prompt, _)| prompt.clone()).filter(|prompt| !answers.iter().any(|a| a.contains_key(prompt))));
+        answers.push(grouped.into_iter().collect());
+    }
+    let mut pairs = Vec::new();
+    for prompt in &prompts {
+        // How many of each stage's completions of this prompt were taken so far.
+        let mut taken = vec![0; paths.len()];
+        for a in 0..paths.len() {
+            for b in a + 1..paths.len() {
+                let (Some(answers_a), Some(answers_b)) = (answers[a].get(prompt), answers[b].get(prompt)) else { continue };
+                let (sample_a, sample_b) = (&answers_a[taken[a] % answers_a.len()], &answers_b[taken[b] % answers_b.len()]);
+                taken[a] += 1;
+                taken[b] += 1;
+                if sample_a.completion == sample_b.completion {
+                    continue;
+                }
+                let metadata = Map::from_iter([
+                    ("model_a".to_string(), Value::String(names[a].clone())),
+                    ("model_b".to_string(), Value::String(names[b].clone())),
+                    ("source".to_string(), Value::from(vec![paths[a].display().to_string(), paths[b].display().to_string()])),
+                ]);
+                pairs.push(sample_pair(prompt, sample_a.clone(), sample_b.clone(), metadata));
+            }
+        }
+    }
+    if pairs.is_empty() {
+        let sources = paths.iter().map(|path| format!("`{}`", path.display())).collect::<Vec<_>>().join(", ");
+        return Err(LabelError::NoPairsAcross { sources });
+    }
+    Ok(pairs)
+}
+
+/// The distinct completions of each prompt, prompts in the order they first appear.
+fn by_prompt(samples: Vec<SampleLine>) -> Vec<(String, Vec<SampleLine>)> {
     let mut by_prompt: Vec<(String, Vec<SampleLine>)> = Vec::new();
     let mut index_of: HashMap<String, usize> = HashMap::new();
     for sample in samples {
@@ -96,23 +163,51 @@ pub fn pairs_from_samples(stage_dir: &Path) -> Result<Vec<NewPair>, LabelError> 
             completions.push(sample);
         }
     }
-    let source = Value::String(path.display().to_string());
-    let mut pairs = Vec::new();
-    for (prompt, completions) in by_prompt {
-        let mut completions = completions.into_iter();
-        while let (Some(a), Some(b)) = (completions.next(), completions.next()) {
-            let metadata = Map::from_iter([
-                ("source".to_string(), source.clone()),
-                ("sample_a".to_string(), Value::Object(a.extra)),
-                ("sample_b".to_string(), Value::Object(b.extra)),
-            ]);
-            pairs.push(NewPair { prompt: prompt.clone(), messages: None, response_a: a.completion, response_b: b.completion, metadata });
-        }
-    }
-    if pairs.is_empty() {
-        return Err(LabelError::NoPairs { path });
-    }
-    Ok(pairs)
+    by_prompt
+}
+
+/// Two samples of `prompt` as a pair; each sample's other fields go to the metadata as
+/// `sample_a` / `sample_b`.
+fn sample_pair(prompt: &str, a: SampleLine, b: SampleLine, mut metadata: Map<String, Value>) -> NewPair {
+    metadata.insert("sample_a".into(), Value::Object(a.extra));
+    metadata.insert("sample_b".into(), Value::Object(b.extra));
+    NewPair { prompt: prompt.to_string(), messages: None, response_a: a.completion, response_b: b.completion, metadata }
+}
+
+/// A name for each stage directory, as the leaderboard shows it: its last two path components
+/// (`RUN/STAGE`, the path resolved first), more of them where another directory's would be the
+/// same; a directory given twice is numbered (`RUN/STAGE#2`).
+fn stage_names(stage_dirs: &[PathBuf]) -> Vec<String> {
+    let parts: Vec<Vec<String>> = stage_dirs
+        .iter()
+        .map(|dir| {
+            let resolved = dir.canonicalize().unwrap_or_else(|_| dir.clone());
+            let normal = |c: Component| match c {
+                Component::Normal(part) => Some(part.to_string_lossy().into_owned()),
+                _ => None,
+            };
+            resolved.components().filter_map(normal).collect()
+        })
+        .collect();
+    let last = |p: &[String], k: usize| p[p.len().saturating_sub(k)..].join("/");
+    // Names with different numbers of components differ, so each name may stop at its own length.
+    let names: Vec<String> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            // A directory given twice is told apart by its number below, not by a longer name.
+            let distinct = |k: &usize| parts.iter().enumerate().all(|(j, q)| j == i || q == p || last(q, *k) != last(p, *k));
+            last(p, (2..p.len()).find(distinct).unwrap_or(p.len()))
+        })
+        .collect();
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| match names[..i].iter().filter(|earlier| *earlier == name).count() {
+            0 => name.clone(),
+            earlier => format!("{name}#{}", earlier + 1),
+        })
+        .collect()
 }
 
 /// How `pairs_from_model` samples.
@@ -243,5 +338,53 @@ mod tests {
         assert_eq!((pairs[0].response_a.as_str(), pairs[0].response_b.as_str()), ("a", "b"));
         assert_eq!(pairs[0].metadata["sample_a"]["score"], 1.0);
         assert_eq!(pairs[0].metadata["sample_b"]["score"], 2.0);
+    }
+
+    #[test]
+    fn stage_names_are_run_and_stage_made_unique() {
+        let dirs = |paths: &[&str]| paths.iter().map(PathBuf::from).collect::<Vec<_>>();
+        assert_eq!(stage_names(&dirs(&["/r/run-a/ppo", "/r/run-b/ppo"])), ["run-a/ppo", "run-b/ppo"]);
+        assert_eq!(stage_names(&dirs(&["/x/run/ppo", "/y/run/ppo", "/y/run/sft"])), ["x/run/ppo", "y/run/ppo", "run/sft"]);
+        assert_eq!(stage_names(&dirs(&["/r/run-a/ppo", "/r/run-a/ppo"])), ["run-a/ppo", "run-a/ppo#2"]);
+    }
+
+    #[test]
+    fn pairs_across_stages_pair_each_two_stages_once_per_prompt_at_their_latest_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let stage = |name: &str, lines: &[&str]| {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(&path).unwrap();
+            std::fs::write(path.join("samples.jsonl"), lines.join("\n")).unwrap();
+            path
+        };
+        let a = stage(
+            "a/ppo",
+            &[
+                r#"{"step": 0, "prompt": "p", "completion": "start"}"#,
+                r#"{"step": 9, "prompt": "p", "completion": "a1"}"#,
+                r#"{"step": 9, "prompt": "p", "completion": "a2"}"#,
+                r#"{"step": 9, "prompt": "q", "completion": "same"}"#,
+            ],
+        );
+        let b =
+            stage("b/ppo", &[r#"{"step": 3, "prompt": "p", "completion": "b1"}"#, r#"{"step": 3, "prompt": "q", "completion": "same"}"#]);
+        let c = stage("c/ppo", &[r#"{"prompt": "p", "completion": "c1"}"#, r#"{"prompt": "r", "completion": "c2"}"#]);
+        let pairs = pairs_across_stages(&[a, b, c]).unwrap();
+        let seen: Vec<(&str, &str, &str, &str)> = pairs
+            .iter()
+            .map(|p| {
+                (
+                    p.metadata["model_a"].as_str().unwrap(),
+                    p.metadata["model_b"].as_str().unwrap(),
+                    p.response_a.as_str(),
+                    p.response_b.as_str(),
+                )
+            })
+            .collect();
+        // p: a's two answers of its last step go to its two opponents; q's texts are the same
+        // (no pair); r has one stage.
+        assert_eq!(seen, [("a/ppo", "b/ppo", "a1", "b1"), ("a/ppo", "c/ppo", "a2", "c1"), ("b/ppo", "c/ppo", "b1", "c1")]);
+        assert_eq!(pairs[0].metadata["sample_a"], serde_json::json!({"step": 9}));
+        assert!(pairs[0].metadata["source"][1].as_str().unwrap().ends_with("b/ppo/samples.jsonl"));
     }
 }

@@ -2,19 +2,21 @@
 //! SQLite. `store` opens the database (migrations, WAL, foreign keys) and keeps annotators;
 //! `import` turns JSONL files and run samples into pairs; `assign` hands pairs out under leases
 //! and records labels; `server` is the HTTP API and the embedded page; `stats` counts and
-//! measures agreement; `export` reads the preferences back as records.
+//! measures agreement; `export` reads the preferences back as records; `leaderboard` rates the
+//! models behind the responses from the judgements (Bradley–Terry).
 
 pub mod assign;
 pub mod connections;
 pub mod export;
 pub mod import;
+pub mod leaderboard;
 pub mod server;
 pub mod stats;
 pub mod store;
 
 use std::path::PathBuf;
 
-pub use assign::{Policy, Preferred};
+pub use assign::{Outcome, Policy, Preferred};
 pub use export::{read_preference_pairs, ExportFilter, Judgement, PreferenceRecord};
 pub use store::Store;
 
@@ -32,6 +34,12 @@ pub enum LabelError {
     Jsonl(#[from] crate::data::jsonl::JsonlError),
     #[error("`{path}` yields no pair: no prompt has two different completions")]
     NoPairs { path: PathBuf },
+    #[error("{sources} yield no pair: no prompt has different completions in two of them")]
+    NoPairsAcross { sources: String },
+    #[error("no pair names the models behind its responses (metadata `model_a`, `model_b`): import the stages to compare with several `--from-run RUN_DIR/STAGE`")]
+    NoModelPairs,
+    #[error("none of the {0} pairs between models has a judgement yet")]
+    NothingJudged(i64),
     #[error("loading the model to generate pairs: {0}")]
     Model(#[from] crate::model::CheckpointError),
     #[error("generating pairs: {0}")]

@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
+use super::assign::{Outcome, Preferred};
 use super::store::{now_ms, rfc3339_sql, Store};
 use super::LabelError;
 
@@ -70,14 +71,6 @@ pub struct Progress {
 
 /// Name, labels, ties, skips, first and last label time, span in ms, mean seconds per label.
 type AnnotatorRow = (String, i64, i64, i64, Option<String>, Option<String>, Option<i64>, Option<f64>);
-
-/// The judgement in terms of the stored responses (left/right mapped back through the order).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Outcome {
-    A,
-    B,
-    Tie,
-}
 
 impl Store {
     pub async fn stats(&self) -> Result<Stats, LabelError> {
@@ -154,17 +147,13 @@ impl Store {
         )
         .fetch_all(self.reader())
         .await?;
-        let judgements: Vec<(i64, i64, Outcome)> = rows
-            .into_iter()
-            .map(|(pair_id, annotator_id, preferred, swapped)| {
-                let outcome = match (preferred.as_str(), swapped) {
-                    ("left", false) | ("right", true) => Outcome::A,
-                    ("right", false) | ("left", true) => Outcome::B,
-                    _ => Outcome::Tie,
-                };
-                (pair_id, annotator_id, outcome)
-            })
-            .collect();
+        let mut judgements: Vec<(i64, i64, Outcome)> = Vec::with_capacity(rows.len());
+        for (pair_id, annotator_id, preferred, swapped) in rows {
+            // Judged assignments hold no skips.
+            if let Some(outcome) = Preferred::from_db(&preferred)?.outcome(swapped) {
+                judgements.push((pair_id, annotator_id, outcome));
+            }
+        }
         Ok(agreement(&judgements))
     }
 

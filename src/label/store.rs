@@ -84,6 +84,24 @@ impl Store {
         Ok(Self { writer, reader, path: path.into(), lease_swept_at: Arc::new(AtomicI64::new(0)) })
     }
 
+    /// Runs `work` on the existing database at `db` for callers outside an async runtime (the
+    /// reward stage, reports): a runtime of its own, the store closed afterwards.
+    pub(crate) fn read_blocking<T>(db: &Path, work: impl AsyncFnOnce(&Store) -> Result<T, LabelError>) -> Result<T, LabelError> {
+        if !db.is_file() {
+            return Err(LabelError::NoDatabase(db.to_path_buf()));
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| LabelError::Open { path: db.into(), source: sqlx::Error::Io(source) })?;
+        runtime.block_on(async {
+            let store = Store::open(db).await?;
+            let result = work(&store).await;
+            store.close().await;
+            result
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -135,6 +135,17 @@ pub fn render(report: &Report) -> String {
         );
         table(&mut out, rates);
     }
+    if let Some(leaderboard) = &report.leaderboard {
+        let _ = writeln!(
+            out,
+            "<h2 id=\"leaderboard\">Human preference leaderboard</h2>\n<p>From <code>{}</code>. {}</p>",
+            escape(&leaderboard.db.display().to_string()),
+            escape(&leaderboard.summary)
+        );
+        if let Some(ratings) = &leaderboard.table {
+            table(&mut out, ratings);
+        }
+    }
     if let Some(costs) = &report.costs {
         out.push_str("<h2 id=\"costs\">RL stages: where they ended and what it cost</h2>\n<p>The last evaluation's KL, gold and proxy scores, and the training's cost summed over its steps (evaluations not counted): wall time, tokens sampled, and sequences passed forward and backward through a model outside generation. Best-of-n trains nothing: its cost is drawing and scoring all its samples.</p>\n");
         table(&mut out, costs);

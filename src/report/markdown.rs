@@ -47,6 +47,12 @@ pub fn render(report: &Report) -> String {
         let _ = writeln!(out, "## Win rate against the baseline\n\nJudged by the {} on the responses of stage `{}`'s final evaluation, prompt by prompt, where two runs share at least {} prompts; a tie counts ½; seeded percentile bootstrap.\n", win_rates.judge, win_rates.stage, super::winrate::MIN_SHARED_PROMPTS);
         table(&mut out, rates);
     }
+    if let Some(leaderboard) = &report.leaderboard {
+        let _ = writeln!(out, "## Human preference leaderboard\n\nFrom `{}`. {}\n", leaderboard.db.display(), leaderboard.summary);
+        if let Some(ratings) = &leaderboard.table {
+            table(&mut out, ratings);
+        }
+    }
     if let Some(costs) = &report.costs {
         out.push_str("## RL stages: where they ended and what it cost\n\nThe last evaluation's KL, gold and proxy scores, and the training's cost summed over its steps (evaluations not counted). Best-of-n trains nothing: its cost is drawing and scoring all its samples.\n\n");
         table(&mut out, costs);

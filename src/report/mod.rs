@@ -2,7 +2,8 @@
 //! PNG/SVG charts, and the same tables in summary.md.
 //!
 //! The flow: `load` reads the run directories (damage becomes notes) → `figures`,
-//! `config_diff`, `comparison` (win rates, samples), `sweep_groups` build tables → `charts`
+//! `config_diff`, `comparison` (win rates, samples), `sweep_groups`, `leaderboard` (checkpoints
+//! rated by the judgements of a labeling database) build tables → `charts`
 //! picks and `plots` draws the charts → `html` and `markdown` write the two documents.
 
 pub mod charts;
@@ -12,6 +13,7 @@ pub mod costs;
 pub mod figures;
 pub mod html;
 pub mod judge;
+pub mod leaderboard;
 pub mod load;
 pub mod markdown;
 pub mod plots;
@@ -46,6 +48,8 @@ pub enum ReportError {
     Baseline { given: String, known: String },
     #[error("--judge `{path}`: {message}")]
     Judge { path: PathBuf, message: String },
+    #[error("--labels `{path}`: {message}")]
+    Labels { path: PathBuf, message: String },
     #[error("cannot write `{path}`: {source}")]
     Write { path: PathBuf, source: std::io::Error },
     #[error("--smoothing must be in [0, 1), got {0}")]
@@ -60,6 +64,8 @@ pub struct Options {
     pub baseline: Option<String>,
     /// A reward model that judges the samples instead of the gold oracle.
     pub judge: Option<PathBuf>,
+    /// A labeling database whose judgements rate the checkpoints (the leaderboard section).
+    pub labels: Option<PathBuf>,
     /// Seed of the bootstrap.
     pub seed: u64,
     /// Bootstrap resamples.
@@ -70,7 +76,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { baseline: None, judge: None, seed: 0, resamples: 2000, smoothing: 0.6 }
+        Options { baseline: None, judge: None, labels: None, seed: 0, resamples: 2000, smoothing: 0.6 }
     }
 }
 
@@ -84,6 +90,8 @@ pub struct Report {
     pub notes: Vec<Note>,
     pub figures: Table,
     pub win_rates: Option<(WinRates, Table)>,
+    /// The checkpoints rated by human judgements (`--labels`).
+    pub leaderboard: Option<leaderboard::Section>,
     pub sweep: Option<Table>,
     pub config_diff: Option<Table>,
     /// The RL stages' final KL, scores and costs.
@@ -101,6 +109,8 @@ pub fn write(inputs: &[PathBuf], out: &Path, options: &Options) -> Result<Report
         Some(dir) => judge::Judge::reward_model(dir)?,
         None => judge::Judge::Gold,
     };
+    let ratings = crate::label::leaderboard::Settings { rounds: options.resamples, seed: options.seed };
+    let leaderboard = options.labels.as_deref().map(|db| leaderboard::section(db, ratings)).transpose()?;
     let sources = load::discover(inputs)?;
     let mut notes = Vec::new();
     let runs = load::load_runs(&sources, &mut notes);
@@ -137,6 +147,7 @@ pub fn write(inputs: &[PathBuf], out: &Path, options: &Options) -> Result<Report
             let table = comparison::win_rate_table(&w);
             (w, table)
         }),
+        leaderboard,
         sweep,
         config_diff,
         costs: costs::table(&runs),

@@ -63,8 +63,8 @@ pub fn paired(run: &[f64], baseline: &[f64], resamples: usize, seed: u64) -> Opt
     Some(WinRate { wins, ties, losses: n as f64 - wins - ties, rate: outcomes.iter().sum::<f64>() / n as f64, low, high, prompts: n })
 }
 
-/// Percentile interval of bootstrap rates at `CONFIDENCE` (the nearest-rank percentiles).
-fn interval(mut rates: Vec<f64>) -> (f64, f64) {
+/// Percentile interval of bootstrap estimates at `CONFIDENCE` (the nearest-rank percentiles).
+pub fn interval(mut rates: Vec<f64>) -> (f64, f64) {
     if rates.is_empty() {
         return (f64::NAN, f64::NAN);
     }
