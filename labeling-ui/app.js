@@ -13,6 +13,7 @@ const state = {
   undoUntil: 0, // until when (ms) the last label can still be taken back
   undoTimer: null,
   shown: 0, // counts pairs shown, so that tests can wait for the next one
+  progress: null, // {labels, remaining} as last read from /api/stats, kept up locally
 };
 
 class ApiError extends Error {
@@ -94,16 +95,32 @@ function fail(error) {
   }
 }
 
+// Reads the annotator's progress from the server. It counts over every pair, so the page asks
+// only on sign-in, after an undo and when nothing is left; a label updates it locally.
 async function refreshProgress() {
   try {
     const stats = await api('GET', '/api/stats');
     state.undoSecs = stats.undo_secs;
     $('undo-secs').textContent = String(stats.undo_secs);
     $('who').textContent = `Signed in as ${stats.you.name}`;
-    $('progress').textContent = `${stats.you.labels} done · ${stats.you.remaining} remaining`;
+    state.progress = { labels: stats.you.labels, remaining: stats.you.remaining };
+    showProgress();
   } catch (error) {
     fail(error);
   }
+}
+
+function showProgress() {
+  const { labels, remaining } = state.progress;
+  $('progress').textContent = `${labels} done · ${remaining} remaining`;
+}
+
+// One more label of ours: one fewer pair left for us (others' labels show at the next refresh).
+function countLabel() {
+  if (!state.progress) return;
+  state.progress.labels += 1;
+  state.progress.remaining = Math.max(0, state.progress.remaining - 1);
+  showProgress();
 }
 
 // A conversational prompt, turn by turn: each message a list item with its role and its text,
@@ -148,6 +165,7 @@ async function loadNext() {
   } else {
     state.pair = null;
     showView('done');
+    refreshProgress();
   }
 }
 
@@ -178,13 +196,13 @@ function answer(preferred) {
       clearError();
       notify(`Saved pair ${pairId}: ${ANSWER_WORDS[preferred]}.`);
       armUndo();
+      countLabel();
     } catch (error) {
       // 409: labeled already or given to someone else; either way this pair is settled.
       if (error.status !== 409) throw error;
       showError(error.message);
     }
     await loadNext();
-    refreshProgress();
   });
 }
 
@@ -199,7 +217,7 @@ function undo() {
     clearError();
     notify(`Undid your label of pair ${label.pair_id}; label it again.`);
     await loadNext();
-    refreshProgress();
+    await refreshProgress();
   });
 }
 

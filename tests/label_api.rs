@@ -10,7 +10,9 @@ use serde_json::{json, Value};
 
 const NASTY_PROMPT: &str = "<b>not bold</b> & <script>alert('x')</script> \"quoted\" 'single'";
 const NASTY_A: &str = "Robert'); DROP TABLE labels; -- \u{1F600} \\n \u{0} tab\there";
+/// Ends in "é" decomposed (e + U+0301), which import stores composed (NFC), as training data is.
 const NASTY_B: &str = "<img src=x onerror=alert(1)> &amp; &lt;/textarea&gt; 👍🏽 e\u{301}";
+const NASTY_B_NFC: &str = "<img src=x onerror=alert(1)> &amp; &lt;/textarea&gt; 👍🏽 \u{e9}";
 
 #[test]
 fn page_files_are_served_and_nothing_else() {
@@ -74,6 +76,83 @@ fn every_api_route_needs_a_valid_token() {
     let alice = server.client(&token);
     assert_eq!(alice.get("/api/pairs/next").status, 200);
     assert_eq!(alice.get("/api/nope").status, 404);
+    // The scheme name is case-insensitive (RFC 7235 §2.1); the token is not.
+    for scheme in ["bearer", "BEARER", "BeArEr"] {
+        let request = format!("GET /api/stats HTTP/1.1\r\nHost: x\r\nAuthorization: {scheme} {token}\r\nConnection: close\r\n\r\n");
+        assert_eq!(raw_status(&server.addr, &request), 200, "{scheme}");
+    }
+    let request =
+        format!("GET /api/stats HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n", token.to_uppercase());
+    assert_eq!(raw_status(&server.addr, &request), 401);
+}
+
+#[test]
+fn annotators_see_only_their_own_progress_and_admins_see_the_rest_without_labeling() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = database_with(dir.path(), &numbered_pairs(2));
+    let (alice_token, bob_token) = (add_annotator(&db, "alice"), add_annotator(&db, "bob"));
+    let admin_token = rlhf_ok(&["label", "annotator", "add", "--db", path_str(&db), "--admin", "lead"]).trim().to_string();
+    let server = Server::start(&db, &["--labels-per-pair", "2"]);
+    let (alice, bob, admin) = (server.client(&alice_token), server.client(&bob_token), server.client(&admin_token));
+    for (client, side) in [(&alice, "left"), (&bob, "right")] {
+        let id = client.next().unwrap()["pair_id"].as_i64().unwrap();
+        assert_eq!(client.label(id, side).status, 201);
+    }
+    // With two labels per pair, bob could otherwise read whether alice agreed, undo and flip.
+    let stats = bob.get("/api/stats").json();
+    assert_eq!(stats, json!({"labels_per_pair": 2, "undo_secs": 30, "you": {"name": "bob", "labels": 1, "remaining": 1}}));
+    assert_eq!(bob.get("/api/admin/stats").status, 403, "annotators do not see the figures");
+    let everything = admin.get("/api/admin/stats").json();
+    let names: Vec<&str> = everything["annotators"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["alice", "bob"], "the admin is not an annotator");
+    assert_eq!(everything["agreement"]["items"], 1);
+    assert_eq!(everything["labels"], 2);
+    // The admin reads but does not judge.
+    assert_eq!(admin.try_get("/api/pairs/next").unwrap().status, 403);
+    assert_eq!(admin.label(1, "left").status, 403);
+}
+
+#[test]
+fn removed_and_rotated_tokens_stop_working_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = database_with(dir.path(), &numbered_pairs(3));
+    let (alice_token, bob_token) = (add_annotator(&db, "alice"), add_annotator(&db, "bob"));
+    let server = Server::start(&db, &[]);
+    let (alice, bob) = (server.client(&alice_token), server.client(&bob_token));
+    let first = alice.next().unwrap()["pair_id"].as_i64().unwrap();
+    assert_eq!(alice.label(first, "left").status, 201);
+    let held = alice.next().unwrap()["pair_id"].as_i64().unwrap();
+    assert_eq!(bob.get("/api/stats").status, 200);
+
+    let removed = rlhf(&["label", "annotator", "remove", "--db", path_str(&db), "alice"]);
+    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+    let refused = alice.try_get("/api/pairs/next").unwrap();
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    assert_eq!(alice.label(held, "left").status, 401);
+    // The pair she held goes to someone else at once; her label stays.
+    let ids: Vec<i64> = std::iter::from_fn(|| {
+        bob.next().map(|p| p["pair_id"].as_i64().unwrap()).inspect(|&id| {
+            assert_eq!(bob.label(id, "right").status, 201);
+        })
+    })
+    .collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&held), "{ids:?}");
+    assert_eq!(export(&db, dir.path(), &[]).iter().filter(|r| r["annotator"] == "alice").count(), 1);
+
+    let new_token = rlhf_ok(&["label", "annotator", "rotate", "--db", path_str(&db), "bob"]).trim().to_string();
+    assert_eq!(new_token.len(), 64);
+    assert_eq!(bob.try_get("/api/stats").unwrap().status, 401, "the old token is dead");
+    let stats = server.client(&new_token).get("/api/stats").json();
+    assert_eq!(stats["you"]["name"], "bob");
+    assert_eq!(stats["you"]["labels"], 2, "same annotator, same labels");
+
+    // Errors name the annotator; a removed name is not reused.
+    assert!(rlhf_err(&["label", "annotator", "remove", "--db", path_str(&db), "carol"]).contains("no annotator named `carol`"));
+    assert!(rlhf_err(&["label", "annotator", "rotate", "--db", path_str(&db), "alice"]).contains("`alice` was removed"));
+    assert!(rlhf_err(&["label", "annotator", "add", "--db", path_str(&db), "alice"]).contains("`alice` was removed"));
+    let text = rlhf_ok(&["label", "stats", "--db", path_str(&db)]);
+    assert!(text.lines().any(|line| line.contains("alice") && line.contains("(removed)")), "{text}");
 }
 
 #[test]
@@ -170,14 +249,68 @@ fn a_pair_is_leased_to_one_annotator_until_the_lease_runs_out() {
     assert_eq!(reassigned["pair_id"], held["pair_id"]);
     assert_eq!(alice.next(), None, "now bob holds it");
 
-    // Alice's late label still counts (the pair had none); bob's then finds the pair full.
+    // Alice's late label would take the slot bob is labeling under a live lease: refused, and
+    // alice is not handed the pair again; bob's label is taken.
     let id = held["pair_id"].as_i64().unwrap();
-    assert_eq!(alice.label(id, "left").status, 201);
-    let reply = bob.label(id, "left");
-    assert_eq!(reply.status, 409);
-    assert!(reply.error().contains("already has all its labels"), "{}", reply.error());
-    let labels: Vec<(i64,)> = db_rows(&db, "SELECT count(*) FROM labels");
-    assert_eq!(labels, [(1,)]);
+    let late = alice.label(id, "left");
+    assert_eq!(late.status, 409, "{}", late.body);
+    assert!(late.error().contains("your lease on it had run out"), "{}", late.error());
+    assert_eq!(alice.next(), None, "after a 409 the next pair is another one or none");
+    assert_eq!(bob.label(id, "right").status, 201, "the live lease-holder is never stuck");
+    let labels: Vec<(String,)> =
+        db_rows(&db, "SELECT n.name FROM labels l JOIN assignments a ON a.id = l.assignment_id JOIN annotators n ON n.id = a.annotator_id");
+    assert_eq!(labels, [("bob".to_string(),)]);
+}
+
+#[test]
+fn a_late_label_counts_while_nobody_holds_the_pair_and_never_leaves_anyone_stuck() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = database_with(dir.path(), &numbered_pairs(2));
+    let (alice_token, bob_token) = (add_annotator(&db, "alice"), add_annotator(&db, "bob"));
+    let (server, clock) = Server::start_with_clock(&db, &["--lease-secs", "60"]);
+    let (alice, bob) = (server.client(&alice_token), server.client(&bob_token));
+
+    // Alice's lease runs out and nobody took the pair: her late label counts.
+    let first = alice.next().unwrap()["pair_id"].as_i64().unwrap();
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(alice.label(first, "left").status, 201);
+
+    // Bob's lease on the second pair runs out; alice takes it and labels it; bob's late label
+    // then finds it full (409), and his next request offers no pair rather than that one.
+    let second = bob.next().unwrap()["pair_id"].as_i64().unwrap();
+    assert_ne!(second, first);
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(alice.next().unwrap()["pair_id"].as_i64(), Some(second));
+    assert_eq!(alice.label(second, "tie").status, 201);
+    assert_eq!(bob.label(second, "left").status, 409);
+    assert_eq!(bob.next(), None);
+
+    // Undoing a skip after someone else labeled the pair: refused, not a pair that comes back
+    // unlabelable (the loop the review found).
+    let dir = tempfile::tempdir().unwrap();
+    let db = database_with(dir.path(), &numbered_pairs(1));
+    let (carol_token, dave_token) = (add_annotator(&db, "carol"), add_annotator(&db, "dave"));
+    let server = Server::start(&db, &["--undo-secs", "600"]);
+    let (carol, dave) = (server.client(&carol_token), server.client(&dave_token));
+    let id = carol.next().unwrap()["pair_id"].as_i64().unwrap();
+    assert_eq!(carol.label(id, "skip").status, 201);
+    assert_eq!(dave.next().unwrap()["pair_id"].as_i64(), Some(id));
+    assert_eq!(dave.label(id, "left").status, 201);
+    let undo = carol.delete("/api/labels/last");
+    assert_eq!(undo.status, 409, "{}", undo.body);
+    assert!(undo.error().contains("cannot be undone"), "{}", undo.error());
+    assert_eq!(carol.next(), None);
+    // While dave merely holds it, the same undo is refused too: his lease is live.
+    let dir = tempfile::tempdir().unwrap();
+    let db = database_with(dir.path(), &numbered_pairs(1));
+    let (erin_token, frank_token) = (add_annotator(&db, "erin"), add_annotator(&db, "frank"));
+    let server = Server::start(&db, &["--undo-secs", "600"]);
+    let (erin, frank) = (server.client(&erin_token), server.client(&frank_token));
+    let id = erin.next().unwrap()["pair_id"].as_i64().unwrap();
+    assert_eq!(erin.label(id, "skip").status, 201);
+    assert_eq!(frank.next().unwrap()["pair_id"].as_i64(), Some(id));
+    assert_eq!(erin.delete("/api/labels/last").status, 409);
+    assert_eq!(frank.label(id, "right").status, 201, "frank labels the pair he holds");
 }
 
 #[test]
@@ -216,10 +349,11 @@ fn each_pair_gets_k_labels_from_different_annotators_and_agreement_is_measured()
     }
     assert_eq!(carol.next(), None, "every pair has its two labels");
 
-    let stats = alice.get("/api/stats").json();
+    assert_eq!(alice.get("/api/stats").json()["you"], json!({"name": "alice", "labels": 3, "remaining": 0}));
+    let admin_token = rlhf_ok(&["label", "annotator", "add", "--db", path_str(&db), "--admin", "lead"]).trim().to_string();
+    let stats = server.client(&admin_token).get("/api/admin/stats").json();
     assert_eq!((stats["pairs"].as_i64(), stats["labels"].as_i64()), (Some(3), Some(7)));
     assert_eq!((stats["preferences"].as_i64(), stats["skips"].as_i64(), stats["ties"].as_i64()), (Some(6), Some(1), Some(0)));
-    assert_eq!(stats["you"], json!({"name": "alice", "labels": 3, "remaining": 0}));
     let annotators: Vec<(&str, i64)> =
         stats["annotators"].as_array().unwrap().iter().map(|a| (a["name"].as_str().unwrap(), a["labels"].as_i64().unwrap())).collect();
     assert_eq!(annotators, [("alice", 3), ("bob", 3), ("carol", 1)]);
@@ -266,7 +400,7 @@ fn undo_takes_back_the_last_label_within_the_window() {
 }
 
 #[test]
-fn markup_quotes_sql_and_emoji_are_stored_and_returned_verbatim() {
+fn markup_quotes_sql_and_emoji_are_stored_and_returned_verbatim_in_nfc() {
     let dir = tempfile::tempdir().unwrap();
     let pair = json!({"prompt": NASTY_PROMPT, "response_a": NASTY_A, "response_b": NASTY_B, "note": "<i>meta</i>"});
     let db = database_with(dir.path(), &[pair]);
@@ -278,7 +412,7 @@ fn markup_quotes_sql_and_emoji_are_stored_and_returned_verbatim() {
     assert_eq!(shown["prompt"], NASTY_PROMPT);
     let mut responses = [shown["left"].as_str().unwrap(), shown["right"].as_str().unwrap()];
     responses.sort();
-    let mut expected = [NASTY_A, NASTY_B];
+    let mut expected = [NASTY_A, NASTY_B_NFC];
     expected.sort();
     assert_eq!(responses, expected);
     let chosen = shown["left"].clone();

@@ -56,6 +56,12 @@ fn a_bad_line_is_named_and_nothing_is_imported() {
             "bad.jsonl:3: `response_a` and `response_b` are identical",
         ),
         ("[\"p\", \"x\", \"y\"]", "bad.jsonl:3: invalid type: sequence"),
+        ("{\"prompt\": \"p\", \"response_a\": \"x\", \"response_b\": \"\"}", "bad.jsonl:3: `response_b` is empty"),
+        ("{\"prompt\": \"p\", \"response_a\": \" \\n\\t \", \"response_b\": \"y\"}", "bad.jsonl:3: `response_a` is empty"),
+        (
+            "{\"prompt\": \"p\", \"response_a\": \"caf\\u00e9\", \"response_b\": \"cafe\\u0301\"}",
+            "bad.jsonl:3: `response_a` and `response_b` are identical",
+        ),
     ] {
         std::fs::write(&bad, format!("{}\n\n{broken_line}\n{}\n", good(1), good(2))).unwrap();
         let error = rlhf_err(&["label", "import", "--db", path_str(&db), path_str(&bad)]);
@@ -63,11 +69,36 @@ fn a_bad_line_is_named_and_nothing_is_imported() {
         assert!(!error.contains("panicked"), "{error}");
         assert_eq!(pair_count(&db), 2, "the good lines of a bad file are not imported either");
     }
+    // Invalid UTF-8 is named by its line; a text over the cap is refused, naming line and field.
+    std::fs::write(&bad, [good(1).as_bytes(), b"\n{\"prompt\": \"p\xff\", \"response_a\": \"x\", \"response_b\": \"y\"}\n"].concat())
+        .unwrap();
+    let error = rlhf_err(&["label", "import", "--db", path_str(&db), path_str(&bad)]);
+    assert!(error.contains("bad.jsonl:2: not valid UTF-8 (byte 14 of the line)"), "{error}");
+    let huge = "z".repeat(30 << 20);
+    std::fs::write(&bad, format!("{}\n{}\n", good(1), json!({"prompt": "p", "response_a": "x", "response_b": huge}))).unwrap();
+    let error = rlhf_err(&["label", "import", "--db", path_str(&db), path_str(&bad)]);
+    assert!(error.contains("bad.jsonl:2: `response_b` holds 31457280 bytes; a pair's texts are limited to 100000 bytes each"), "{error}");
+    assert_eq!(pair_count(&db), 2);
     let fresh = dir.path().join("fresh.db");
     rlhf_err(&["label", "import", "--db", path_str(&fresh), path_str(&bad)]);
     assert!(!fresh.exists(), "a bad file does not even create the database");
     let error = rlhf_err(&["label", "import", "--db", path_str(&db), path_str(&dir.path().join("absent.jsonl"))]);
     assert!(error.contains("absent.jsonl"), "{error}");
+}
+
+#[test]
+fn import_reads_a_byte_order_mark_and_stores_one_pair_per_text_whatever_its_unicode_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("labels.db");
+    let file = dir.path().join("pairs.jsonl");
+    // "café" composed (U+00E9) in the first line, decomposed (e + U+0301) in the second.
+    let composed = json!({"prompt": "Caf\u{e9}?", "response_a": "caf\u{e9} au lait", "response_b": "no"});
+    let decomposed = json!({"prompt": "Cafe\u{301}?", "response_a": "cafe\u{301} au lait", "response_b": "no"});
+    std::fs::write(&file, format!("\u{feff}{composed}\r\n{decomposed}\r\n")).unwrap();
+    let out = rlhf_ok(&["label", "import", "--db", path_str(&db), path_str(&file)]);
+    assert!(out.contains("imported 1 new pairs") && out.contains("(1 already present)"), "{out}");
+    let stored: Vec<(String, String)> = db_rows(&db, "SELECT prompt, response_a FROM pairs");
+    assert_eq!(stored, [("Caf\u{e9}?".to_string(), "caf\u{e9} au lait".to_string())], "stored in NFC");
 }
 
 #[test]

@@ -237,7 +237,7 @@ fn the_reward_stage_learns_from_a_preference_file_and_from_the_labels_database()
     label_support::write_jsonl(&file, &preferences);
 
     std::fs::write(work.path().join("tiny.toml"), common::TINY_RLHF_EXPERIMENT).unwrap();
-    let train = |out: &str, source: &[&str]| -> serde_json::Value {
+    let train = |out: &str, source: &[&str]| -> (std::path::PathBuf, serde_json::Value) {
         let mut args = vec!["run", "tiny.toml", "--only", "sft,rm", "--out", out];
         for setting in [
             "stages.rm.steps=120",
@@ -258,11 +258,127 @@ fn the_reward_stage_learns_from_a_preference_file_and_from_the_labels_database()
             stderr.contains("preference pairs train=319 off_prompt=0 eval=80"),
             "{source:?}: 400 labels less one skip, 20 % held out: {stderr}"
         );
-        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap()
+        let summary = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+        (run, summary)
     };
-    let from_file = train("file", &["stages.rm.source=jsonl", &format!("stages.rm.preferences={}", file.display())]);
-    let from_labels = train("labels", &["stages.rm.source=labels", &format!("stages.rm.database={}", db.display())]);
+    let (_, from_file) = train("file", &["stages.rm.source=jsonl", &format!("stages.rm.preferences={}", file.display())]);
+    let (run, from_labels) = train("labels", &["stages.rm.source=labels", &format!("stages.rm.database={}", db.display())]);
     let accuracy = from_file["rm"]["eval/accuracy"].as_f64().unwrap();
     assert!(accuracy >= 0.9, "held-out accuracy {accuracy} on a rule the model can learn");
     assert_eq!(from_labels["rm"], from_file["rm"], "the database and its judgements as a file trained differently");
+    selecting_what_to_label_next(work.path(), &run, &mut rng);
+}
+
+/// `rlhf label import --select`: with the reward model above (it learned that `excellent` wins),
+/// pairs where both or neither response has the word are the uncertain ones; `uncertain` imports
+/// the `count` pairs whose preference probability is nearest ½ among those not yet stored,
+/// `random` a seeded subset, and without `--reward-model` the run's reward stage is used.
+fn selecting_what_to_label_next(work: &std::path::Path, run: &std::path::Path, rng: &mut ChaCha8Rng) {
+    let candidates: Vec<(serde_json::Value, bool)> = (0..60)
+        .map(|i| {
+            let ambiguous = i % 3 == 0;
+            let (a, b) = if ambiguous {
+                (response(rng, i % 2 == 0), response(rng, i % 2 == 0))
+            } else {
+                (response(rng, true), response(rng, false))
+            };
+            let prompt = format!("Write a review of gadget {i}.\nReview:");
+            (serde_json::json!({"prompt": prompt, "response_a": a, "response_b": b, "candidate": i}), ambiguous)
+        })
+        .collect();
+    let lines: Vec<serde_json::Value> = candidates.iter().map(|(line, _)| line.clone()).collect();
+    let stage = run.join("candidates");
+    std::fs::create_dir_all(&stage).unwrap();
+    let file = stage.join("pairs.jsonl");
+    label_support::write_jsonl(&file, &lines);
+    let reward = run.join("rm/checkpoint");
+    let import = |db: &str, extra: &[&str]| -> String {
+        let db = work.join(db);
+        let mut args = vec!["label", "import", "--db", db.to_str().unwrap(), file.to_str().unwrap(), "--device", "cpu"];
+        args.extend_from_slice(extra);
+        label_support::rlhf_ok(&args)
+    };
+    let stored = |db: &str| -> Vec<(i64, f64)> {
+        let rows: Vec<(String,)> = label_support::db_rows(&work.join(db), "SELECT metadata FROM pairs ORDER BY id");
+        rows.iter()
+            .map(|(metadata,)| {
+                let metadata: serde_json::Value = serde_json::from_str(metadata).unwrap();
+                assert!(metadata["selection"]["method"].is_string(), "{metadata}");
+                (metadata["candidate"].as_i64().unwrap(), metadata["selection"]["preference_probability"].as_f64().unwrap())
+            })
+            .collect()
+    };
+
+    // Every candidate with its probability, then the ten nearest ½: the same ten.
+    import("all.db", &["--select", "uncertain", "--count", "1000", "--reward-model", reward.to_str().unwrap()]);
+    let mut all = stored("all.db");
+    assert_eq!(all.len(), 60);
+    all.sort_by(|x, y| (x.1 - 0.5).abs().total_cmp(&(y.1 - 0.5).abs()));
+    let out = import("uncertain.db", &["--select", "uncertain", "--count", "10", "--reward-model", reward.to_str().unwrap()]);
+    assert!(out.contains("imported 10 new pairs"), "{out}");
+    let chosen = stored("uncertain.db");
+    let mut chosen_ids: Vec<i64> = chosen.iter().map(|c| c.0).collect();
+    chosen_ids.sort();
+    let mut nearest: Vec<i64> = all[..10].iter().map(|c| c.0).collect();
+    nearest.sort();
+    assert_eq!(chosen_ids, nearest);
+    let ambiguous = chosen_ids.iter().filter(|&&i| candidates[i as usize].1).count();
+    assert!(ambiguous >= 8, "{ambiguous} of 10 chosen pairs are the ambiguous kind: {chosen:?}");
+    // Asked again, it chooses among the pairs not yet stored: the next ten.
+    import("uncertain.db", &["--select", "uncertain", "--count", "10", "--reward-model", reward.to_str().unwrap()]);
+    let mut next: Vec<i64> = stored("uncertain.db")[10..].iter().map(|c| c.0).collect();
+    next.sort();
+    let mut following: Vec<i64> = all[10..20].iter().map(|c| c.0).collect();
+    following.sort();
+    assert_eq!(next, following);
+
+    // Random: seeded; the run's own reward model is found from --from-run's stage directory.
+    let random = |db: &str, seed: &str| {
+        let db = work.join(db);
+        let samples: String = lines
+            .iter()
+            .flat_map(|l| {
+                [l["response_a"].clone(), l["response_b"].clone()]
+                    .map(|completion| serde_json::json!({"prompt": l["prompt"], "completion": completion}).to_string() + "\n")
+            })
+            .collect();
+        std::fs::write(stage.join("samples.jsonl"), samples).unwrap();
+        let from = stage.to_str().unwrap();
+        label_support::rlhf_ok(&[
+            "label",
+            "import",
+            "--db",
+            db.to_str().unwrap(),
+            "--from-run",
+            from,
+            "--select",
+            "random",
+            "--count",
+            "7",
+            "--seed",
+            seed,
+            "--device",
+            "cpu",
+        ]);
+    };
+    random("r1.db", "5");
+    random("r2.db", "5");
+    random("r3.db", "6");
+    let prompts = |db: &str| -> Vec<(String,)> { label_support::db_rows(&work.join(db), "SELECT prompt FROM pairs ORDER BY prompt") };
+    assert_eq!(prompts("r1.db").len(), 7);
+    assert_eq!(prompts("r1.db"), prompts("r2.db"), "same seed, same pairs");
+    assert_ne!(prompts("r1.db"), prompts("r3.db"));
+    // A bad selection names what is missing.
+    let error = label_support::rlhf_err(&[
+        "label",
+        "import",
+        "--db",
+        work.join("x.db").to_str().unwrap(),
+        file.to_str().unwrap(),
+        "--select",
+        "uncertain",
+        "--count",
+        "3",
+    ]);
+    assert!(error.contains("--select needs --reward-model"), "{error}");
 }

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::label::import::PairSampling;
-use crate::label::{export, import, leaderboard, server, ExportFilter, Policy, Store};
+use crate::label::import::{NewPair, PairSampling};
+use crate::label::select::{self, Selection};
+use crate::label::{export, import, leaderboard, server, ExportFilter, Policy, Role, Store};
 use crate::model::DeviceSpec;
 
 #[derive(Debug, clap::Args)]
@@ -61,11 +62,23 @@ pub struct ImportArgs {
     pub temperature: f64,
     #[arg(long, default_value_t = 64, requires = "model")]
     pub max_new_tokens: i64,
-    #[arg(long, default_value_t = 0, requires = "model")]
+    /// Seed of generated pairs (with --model) and of `--select random`.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "auto", requires = "model")]
+    /// cpu, cuda, cuda:N or auto: for --model and for the reward model of --select.
+    #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
+    /// Import only --count of the candidate pairs not yet in the database: those the reward model
+    /// is least sure of (`uncertain`: preference probability nearest ½), or a seeded random subset.
+    #[arg(long, value_enum, requires = "count")]
+    pub select: Option<Selection>,
+    /// How many pairs --select imports.
+    #[arg(long, requires = "select", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// The reward model that --select scores with; by default the one reward stage of the run
+    /// that --from-run names.
+    #[arg(long, value_name = "CHECKPOINT_DIR", requires = "select")]
+    pub reward_model: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -82,6 +95,23 @@ pub enum AnnotatorCommand {
         #[arg(long, value_name = "FILE")]
         db: PathBuf,
         /// The annotator's name, unique in the database.
+        name: String,
+        /// An admin token: reads every figure (`GET /api/admin/stats`) and does not label.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Revoke an annotator's token at once (a running server needs no restart); their labels stay.
+    Remove {
+        /// The labeling database.
+        #[arg(long, value_name = "FILE")]
+        db: PathBuf,
+        name: String,
+    },
+    /// Give an annotator a new token (printed on stdout); the old one stops working at once.
+    Rotate {
+        /// The labeling database.
+        #[arg(long, value_name = "FILE")]
+        db: PathBuf,
         name: String,
     },
 }
@@ -170,12 +200,7 @@ pub fn run(args: &LabelArgs) -> Result<()> {
     runtime.block_on(async {
         match &args.command {
             LabelCommand::Import(args) => import(args).await,
-            LabelCommand::Annotator(AnnotatorArgs { command: AnnotatorCommand::Add { db, name } }) => {
-                let store = Store::open_or_create(db).await?;
-                let token = store.add_annotator(name).await;
-                store.close().await;
-                print_out(&format!("{}\n", token?))
-            }
+            LabelCommand::Annotator(AnnotatorArgs { command }) => annotator(command).await,
             LabelCommand::Serve(args) => {
                 let store = Store::open(&args.db).await?;
                 let policy = Policy {
@@ -227,6 +252,31 @@ pub fn run(args: &LabelArgs) -> Result<()> {
     })
 }
 
+async fn annotator(command: &AnnotatorCommand) -> Result<()> {
+    match command {
+        AnnotatorCommand::Add { db, name, admin } => {
+            let store = Store::open_or_create(db).await?;
+            let token = store.add_annotator(name, if *admin { Role::Admin } else { Role::Annotator }).await;
+            store.close().await;
+            print_out(&format!("{}\n", token?))
+        }
+        AnnotatorCommand::Remove { db, name } => {
+            let store = Store::open(db).await?;
+            let removed = store.remove_annotator(name).await;
+            store.close().await;
+            removed?;
+            eprintln!("removed `{}`: their token no longer works; their labels stay", name.trim());
+            Ok(())
+        }
+        AnnotatorCommand::Rotate { db, name } => {
+            let store = Store::open(db).await?;
+            let token = store.rotate_token(name).await;
+            store.close().await;
+            print_out(&format!("{}\n", token?))
+        }
+    }
+}
+
 async fn import(args: &ImportArgs) -> Result<()> {
     let (pairs, source) = match (&args.pairs, args.from_run.as_slice(), &args.model, &args.prompts) {
         (Some(path), ..) => (import::read_pairs(path)?, path.display().to_string()),
@@ -243,6 +293,16 @@ async fn import(args: &ImportArgs) -> Result<()> {
         _ => anyhow::bail!("give a PAIRS.jsonl file, --from-run RUN_DIR/STAGE, or --model CHECKPOINT_DIR --prompts PROMPTS.jsonl"),
     };
     let store = Store::open_or_create(&args.db).await?;
+    let pairs = match (args.select, args.count) {
+        (Some(selection), Some(count)) => {
+            let chosen = select(args, &store, pairs, selection, count).await;
+            if chosen.is_err() {
+                store.close().await;
+            }
+            chosen?
+        }
+        _ => pairs,
+    };
     let summary = store.import_pairs(&pairs).await;
     store.close().await;
     let summary = summary?;
@@ -253,6 +313,21 @@ async fn import(args: &ImportArgs) -> Result<()> {
         args.db.display(),
         summary.already_present
     ))
+}
+
+/// The `count` candidates `selection` picks among those not yet in the database.
+async fn select(args: &ImportArgs, store: &Store, candidates: Vec<NewPair>, selection: Selection, count: u64) -> Result<Vec<NewPair>> {
+    let reward_dir = match (&args.reward_model, args.from_run.first()) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(stage_dir)) => select::run_reward_model(stage_dir)?,
+        (None, None) => anyhow::bail!("--select needs --reward-model CHECKPOINT_DIR (or --from-run, whose run's reward model is used)"),
+    };
+    let present = store.content_hashes().await?;
+    let reward_model = select::load_reward_model(&reward_dir, args.device)?;
+    let candidates_count = candidates.len();
+    let chosen = select::select_pairs(candidates, &present, &reward_model, selection, count as usize, args.seed)?;
+    eprintln!("selected {} of {candidates_count} candidate pairs ({:?}, scored by {})", chosen.len(), selection, reward_dir.display());
+    Ok(chosen)
 }
 
 /// Writes to stdout; a closed pipe (`… | head`) is an error, not a panic as with `println!`.

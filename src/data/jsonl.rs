@@ -1,6 +1,8 @@
 //! JSONL files (one JSON object per line) in the record formats of docs/reference.md §3.
 
 use std::io::{BufRead, BufReader};
+
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -54,13 +56,22 @@ pub fn read_converted<T: DeserializeOwned, R>(
     let file = std::fs::File::open(path).map_err(|source| JsonlError::Io { path: path.into(), source })?;
     let mut records = Vec::new();
     let mut skipped = Vec::new();
-    for (index, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|source| JsonlError::Io { path: path.into(), source })?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str(&line).map_err(|error| describe(&error)).and_then(&convert) {
-            Ok(record) => records.push(record),
+    // Lines are read as bytes so that invalid UTF-8 is reported with its line like any bad line.
+    for (index, bytes) in BufReader::new(file).split(b'\n').enumerate() {
+        let bytes = bytes.map_err(|source| JsonlError::Io { path: path.into(), source })?;
+        // Editors on Windows start files with a byte-order mark; it is not part of the JSON.
+        let bytes = if index == 0 { bytes.strip_prefix(UTF8_BOM).unwrap_or(&bytes) } else { &bytes };
+        let parsed = std::str::from_utf8(bytes)
+            .map_err(|error| format!("not valid UTF-8 (byte {} of the line)", error.valid_up_to() + 1))
+            .and_then(|line| {
+                if line.trim().is_empty() {
+                    return Ok(None);
+                }
+                serde_json::from_str(line).map_err(|error| describe(&error)).and_then(&convert).map(Some)
+            });
+        match parsed {
+            Ok(None) => {}
+            Ok(Some(record)) => records.push(record),
             Err(message) => {
                 let bad = JsonlError::BadLine { path: path.into(), line: index + 1, message };
                 if !skip_bad {
@@ -118,6 +129,22 @@ mod tests {
             })
             .collect();
         assert_eq!(lines, [2, 3]);
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_and_invalid_utf8_is_named_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("prompts.jsonl");
+        std::fs::write(&path, b"\xEF\xBB\xBF{\"prompt\": \"a\"}\r\n{\"prompt\": \"b\"}\r\n").unwrap();
+        let prompts: Vec<String> = read_records::<PromptRecord>(&path).unwrap().into_iter().map(|r| r.prompt).collect();
+        assert_eq!(prompts, ["a", "b"], "BOM and CRLF line ends");
+        std::fs::write(&path, b"{\"prompt\": \"a\"}\n{\"prompt\": \"\xFFb\"}\n").unwrap();
+        let error = read_records::<PromptRecord>(&path).unwrap_err().to_string();
+        assert!(error.ends_with("prompts.jsonl:2: not valid UTF-8 (byte 13 of the line)"), "{error}");
+        // A byte-order mark is only one at the start of the file.
+        std::fs::write(&path, b"{\"prompt\": \"a\"}\n\xEF\xBB\xBF{\"prompt\": \"b\"}\n").unwrap();
+        let error = read_records::<PromptRecord>(&path).unwrap_err().to_string();
+        assert!(error.contains("prompts.jsonl:2: "), "{error}");
     }
 
     #[test]

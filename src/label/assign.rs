@@ -201,7 +201,10 @@ impl Store {
     }
 
     /// Records a label for a pair handed to this annotator. A label that arrives after the lease
-    /// ran out is still taken while the pair lacks labels (skips always are).
+    /// ran out is still taken while the pair has room beside the others' live claims — their
+    /// judgements and their leases that still run — so a late label never takes the slot of
+    /// someone labeling the pair right now (who would then be refused and handed the same pair
+    /// again until their lease ran out). Skips are always taken.
     pub async fn record_label(
         &self,
         annotator_id: i64,
@@ -212,14 +215,14 @@ impl Store {
         let now = now_ms();
         // One statement, so one transaction: it stores the label only when every condition
         // holds, and a trigger settles the assignment with it.
-        let stored: Option<i64> = sqlx::query_scalar(
+        let stored: Option<i64> = sqlx::query_scalar(&format!(
             "INSERT INTO labels (assignment_id, preferred, labeled_at, time_spent_ms) \
              SELECT a.id, ?3, ?4, max(?4 - a.assigned_at, 0) FROM assignments a \
              WHERE a.pair_id = ?1 AND a.annotator_id = ?2 AND a.state IN ('open', 'expired') \
-               AND (?3 = 'skip' OR ?5 > (SELECT count(*) FROM assignments j \
-                                         WHERE j.pair_id = a.pair_id AND j.state = 'judged')) \
+               AND (?3 = 'skip' OR ?5 > ({})) \
              RETURNING id",
-        )
+            others_live_claims_sql("a.pair_id", "a.id", "?4")
+        ))
         .bind(pair_id)
         .bind(annotator_id)
         .bind(preferred.as_str())
@@ -247,7 +250,16 @@ impl Store {
             None => LabelError::UnknownPair(pair_id),
             Some((_, None)) => LabelError::NotAssigned(pair_id),
             Some((_, Some(state))) if state == "judged" || state == "skipped" => LabelError::AlreadyLabeled(pair_id),
-            Some(_) => LabelError::PairFull(pair_id),
+            Some(_) => {
+                // Others filled the pair: close this annotator's lease on it too, so that the
+                // next request hands them another pair rather than this one again.
+                sqlx::query("UPDATE assignments SET state = 'expired' WHERE pair_id = ? AND annotator_id = ? AND state = 'open'")
+                    .bind(pair_id)
+                    .bind(annotator_id)
+                    .execute(self.writer())
+                    .await?;
+                LabelError::PairFull(pair_id)
+            }
         })
     }
 
@@ -271,6 +283,19 @@ impl Store {
         if now.saturating_sub(labeled_at) > duration_ms(policy.undo_window) {
             return Err(LabelError::UndoTooLate(policy.undo_window.as_secs()));
         }
+        // A judgement held a slot and keeps it; a skip held none, and taking it back claims one,
+        // which others may have filled meanwhile (the pair would come back unlabelable).
+        if preferred == Preferred::Skip.as_str() {
+            let others: i64 = sqlx::query_scalar(&others_live_claims_sql("?1", "?2", "?3"))
+                .bind(pair_id)
+                .bind(assignment_id)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+            if others >= i64::from(policy.labels_per_pair) {
+                return Err(LabelError::UndoPairTaken(pair_id));
+            }
+        }
         sqlx::query("DELETE FROM labels WHERE id = ?").bind(label_id).execute(&mut *tx).await?;
         sqlx::query("UPDATE assignments SET state = 'expired', expires_at = ? WHERE annotator_id = ? AND state = 'open'")
             .bind(now)
@@ -286,6 +311,15 @@ impl Store {
         tx.commit().await?;
         Ok(RecordedLabel { pair_id, preferred: Preferred::from_db(&preferred)?, labeled_at_ms: labeled_at })
     }
+}
+
+/// SQL counting the claims on `pair` of annotators other than the one holding `assignment` that
+/// are alive at `now` (SQL expressions, e.g. placeholders): judgements and leases that still run.
+fn others_live_claims_sql(pair: &str, assignment: &str, now: &str) -> String {
+    format!(
+        "SELECT count(*) FROM assignments j WHERE j.pair_id = {pair} AND j.id != {assignment} \
+         AND (j.state = 'judged' OR (j.state = 'open' AND j.expires_at > {now}))"
+    )
 }
 
 fn duration_ms(duration: Duration) -> i64 {

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
 use serde_json::{Map, Value};
+use unicode_normalization::UnicodeNormalization;
 
 use super::store::{now_ms, sha256_hex, Store};
 use super::LabelError;
@@ -40,15 +41,51 @@ impl TryFrom<PairLine> for NewPair {
     type Error = String;
 
     fn try_from(line: PairLine) -> Result<Self, Self::Error> {
-        if line.response_a == line.response_b {
+        Self::new(Prompt::parse(&line.prompt, "prompt")?, &line.response_a, &line.response_b, line.metadata)
+    }
+}
+
+/// The most bytes a prompt or a response of a pair may hold: far more than anyone reads in one
+/// judgement, and a bound on what the server sends per pair.
+pub const MAX_TEXT_BYTES: usize = 100_000;
+
+impl NewPair {
+    /// A pair to store, whichever source it comes from. Texts are normalised to Unicode NFC, as
+    /// training data is, so that one text typed in composed or decomposed form is one pair; a
+    /// pair is refused when a response is blank, the two are the same, or a text is over
+    /// `MAX_TEXT_BYTES`.
+    pub fn new(prompt: Prompt, response_a: &str, response_b: &str, metadata: Map<String, Value>) -> Result<Self, String> {
+        let (response_a, response_b) = (nfc(response_a), nfc(response_b));
+        for (field, text) in [("response_a", &response_a), ("response_b", &response_b)] {
+            if text.trim().is_empty() {
+                return Err(format!("`{field}` is empty: there is nothing to judge"));
+            }
+            check_length(field, text)?;
+        }
+        if response_a == response_b {
             return Err("`response_a` and `response_b` are identical: there is nothing to compare".into());
         }
-        let (prompt, messages) = match Prompt::parse(&line.prompt, "prompt")? {
-            Prompt::Text(text) => (text, None),
-            Prompt::Messages(messages) => (transcript(&messages), Some(messages)),
+        let (prompt, messages) = match prompt {
+            Prompt::Text(text) => (nfc(&text), None),
+            Prompt::Messages(messages) => {
+                let messages: Vec<Message> = messages.into_iter().map(|m| Message { content: nfc(&m.content), ..m }).collect();
+                (transcript(&messages), Some(messages))
+            }
         };
-        Ok(Self { prompt, messages, response_a: line.response_a, response_b: line.response_b, metadata: line.metadata })
+        check_length("prompt", &prompt)?;
+        Ok(Self { prompt, messages, response_a, response_b, metadata })
     }
+}
+
+fn nfc(text: &str) -> String {
+    text.nfc().collect()
+}
+
+fn check_length(field: &str, text: &str) -> Result<(), String> {
+    if text.len() > MAX_TEXT_BYTES {
+        return Err(format!("`{field}` holds {} bytes; a pair's texts are limited to {MAX_TEXT_BYTES} bytes each", text.len()));
+    }
+    Ok(())
 }
 
 /// A conversation as plain text: `role: content` paragraphs.
@@ -88,7 +125,7 @@ pub fn pairs_from_samples(stage_dir: &Path) -> Result<Vec<NewPair>, LabelError> 
     for (prompt, completions) in by_prompt(jsonl::read_records(&path)?) {
         let mut completions = completions.into_iter();
         while let (Some(a), Some(b)) = (completions.next(), completions.next()) {
-            pairs.push(sample_pair(&prompt, a, b, Map::from_iter([("source".to_string(), source.clone())])));
+            pairs.extend(sample_pair(&prompt, a, b, Map::from_iter([("source".to_string(), source.clone())])));
         }
     }
     if pairs.is_empty() {
@@ -138,7 +175,7 @@ pub fn pairs_across_stages(stage_dirs: &[PathBuf]) -> Result<Vec<NewPair>, Label
                     ("model_b".to_string(), Value::String(names[b].clone())),
                     ("source".to_string(), Value::from(vec![paths[a].display().to_string(), paths[b].display().to_string()])),
                 ]);
-                pairs.push(sample_pair(prompt, sample_a.clone(), sample_b.clone(), metadata));
+                pairs.extend(sample_pair(prompt, sample_a.clone(), sample_b.clone(), metadata));
             }
         }
     }
@@ -168,10 +205,11 @@ fn by_prompt(samples: Vec<SampleLine>) -> Vec<(String, Vec<SampleLine>)> {
 
 /// Two samples of `prompt` as a pair; each sample's other fields go to the metadata as
 /// `sample_a` / `sample_b`.
-fn sample_pair(prompt: &str, a: SampleLine, b: SampleLine, mut metadata: Map<String, Value>) -> NewPair {
+fn sample_pair(prompt: &str, a: SampleLine, b: SampleLine, mut metadata: Map<String, Value>) -> Option<NewPair> {
     metadata.insert("sample_a".into(), Value::Object(a.extra));
     metadata.insert("sample_b".into(), Value::Object(b.extra));
-    NewPair { prompt: prompt.to_string(), messages: None, response_a: a.completion, response_b: b.completion, metadata }
+    // Blank or (after NFC) equal completions give nothing to judge: no pair, as for --model.
+    NewPair::new(Prompt::Text(prompt.to_string()), &a.completion, &b.completion, metadata).ok()
 }
 
 /// A name for each stage directory, as the leaderboard shows it: its last two path components
@@ -241,13 +279,10 @@ pub fn pairs_from_model(model_dir: &Path, prompts_file: &Path, sampling: PairSam
         let completions = generate(model.transformer.as_ref(), &doubled, model.tokenizer.stop_ids(), &options)?.completions();
         for (prompt, two) in chunk.iter().zip(completions.chunks(2)) {
             let (a, b) = (model.tokenizer.decode(&two[0]), model.tokenizer.decode(&two[1]));
-            if a != b {
-                let metadata = Map::from_iter([("source".to_string(), source.clone())]);
-                let (prompt, messages) = match prompt {
-                    Prompt::Text(text) => (text.clone(), None),
-                    Prompt::Messages(messages) => (transcript(messages), Some(messages.clone())),
-                };
-                pairs.push(NewPair { prompt, messages, response_a: a, response_b: b, metadata });
+            let metadata = Map::from_iter([("source".to_string(), source.clone())]);
+            // Two equal or blank samples make nothing to compare: the prompt gives no pair.
+            if let Ok(pair) = NewPair::new(prompt.clone(), &a, &b, metadata) {
+                pairs.push(pair);
             }
         }
     }
@@ -268,6 +303,12 @@ pub fn content_hash(pair: &NewPair) -> String {
 }
 
 impl Store {
+    /// The content hashes of the stored pairs ([`content_hash`]).
+    pub async fn content_hashes(&self) -> Result<std::collections::HashSet<String>, LabelError> {
+        let hashes: Vec<String> = sqlx::query_scalar("SELECT content_hash FROM pairs").fetch_all(self.reader()).await?;
+        Ok(hashes.into_iter().collect())
+    }
+
     /// Stores `pairs` in one transaction, skipping those already present.
     pub async fn import_pairs(&self, pairs: &[NewPair]) -> Result<ImportSummary, LabelError> {
         let now = now_ms();

@@ -10,6 +10,7 @@ pub mod connections;
 pub mod export;
 pub mod import;
 pub mod leaderboard;
+pub mod select;
 pub mod server;
 pub mod stats;
 pub mod store;
@@ -18,7 +19,7 @@ use std::path::PathBuf;
 
 pub use assign::{Outcome, Policy, Preferred};
 pub use export::{read_preference_pairs, ExportFilter, Judgement, PreferenceRecord};
-pub use store::Store;
+pub use store::{Role, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabelError {
@@ -40,7 +41,11 @@ pub enum LabelError {
     NoModelPairs,
     #[error("none of the {0} pairs between models has a judgement yet")]
     NothingJudged(i64),
-    #[error("loading the model to generate pairs: {0}")]
+    #[error("cannot read `{path}`: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("choose the reward model to select with (--reward-model DIR): run `{run}` has {} reward-model checkpoints{}", if found.is_empty() { "no" } else { "several" }, if found.is_empty() { String::new() } else { format!(" ({found})") })]
+    RewardModelChoice { run: PathBuf, found: String },
+    #[error("loading a model: {0}")]
     Model(#[from] crate::model::CheckpointError),
     #[error("generating pairs: {0}")]
     Generate(#[from] crate::model::generate::GenerateError),
@@ -52,20 +57,24 @@ pub enum LabelError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
-    #[error("server failed: {0}")]
-    Serve(std::io::Error),
     #[error("annotator name must not be empty")]
     EmptyAnnotatorName,
     #[error("annotator `{0}` already exists")]
     AnnotatorExists(String),
+    #[error("annotator `{0}` was removed (their labels stay under that name): choose another name")]
+    AnnotatorRemoved(String),
+    #[error("no annotator named `{0}` (see `rlhf label stats`)")]
+    UnknownAnnotator(String),
     #[error("unknown pair {0}")]
     UnknownPair(i64),
     #[error("you already labeled pair {0}")]
     AlreadyLabeled(i64),
     #[error("pair {0} was not handed to you: ask GET /api/pairs/next for a pair")]
     NotAssigned(i64),
-    #[error("pair {0} already has all its labels (your lease on it had run out)")]
+    #[error("pair {0} is taken: your lease on it had run out and others have labeled it or hold it now")]
     PairFull(i64),
+    #[error("your skip of pair {0} cannot be undone: others have labeled it or hold it now")]
+    UndoPairTaken(i64),
     #[error("you have no label to undo")]
     NothingToUndo,
     #[error("your last label is older than {0} s and can no longer be undone")]

@@ -1,9 +1,8 @@
 //! The labeling HTTP server: the JSON API of docs/reference.md §7 (with `DELETE /api/labels/last` to undo)
 //! and the page from `labeling-ui/`, embedded in the binary.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -18,8 +17,8 @@ use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use super::assign::{Policy, Preferred};
-use super::stats::{Progress, Stats};
-use super::store::{sha256_hex, Annotator, Store};
+use super::stats::Progress;
+use super::store::{Annotator, Role, Store};
 use super::LabelError;
 
 /// Request bodies are a pair id and a word; anything bigger is refused with 413.
@@ -39,34 +38,17 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
 struct App {
     store: Store,
     policy: Policy,
-    /// Annotators by token hash. Tokens cannot be revoked, so a token once found stays valid;
-    /// unknown tokens are looked up each time (an annotator may be added while serving).
-    annotators: RwLock<HashMap<String, Annotator>>,
-}
-
-impl App {
-    async fn annotator(&self, token: &str) -> Result<Option<Annotator>, LabelError> {
-        let token_hash = sha256_hex(token.as_bytes());
-        let cached = self.annotators.read().unwrap_or_else(|e| e.into_inner()).get(&token_hash).cloned();
-        if cached.is_some() {
-            return Ok(cached);
-        }
-        let found = self.store.annotator_by_token(token).await?;
-        if let Some(annotator) = &found {
-            self.annotators.write().unwrap_or_else(|e| e.into_inner()).insert(token_hash, annotator.clone());
-        }
-        Ok(found)
-    }
 }
 
 /// The whole application; `serve` runs it, tests may drive it directly.
 pub fn router(store: Store, policy: Policy) -> Router {
-    let app = Arc::new(App { store, policy, annotators: RwLock::new(HashMap::new()) });
+    let app = Arc::new(App { store, policy });
     let api = Router::new()
         .route("/pairs/next", get(next_pair))
         .route("/labels", post(post_label))
         .route("/labels/last", delete(undo_last_label))
         .route("/stats", get(stats))
+        .route("/admin/stats", get(admin_stats))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API route") })
         // `layer` (not `route_layer`): unknown /api paths also answer 401 without a token.
         .layer(middleware::from_fn_with_state(app.clone(), require_annotator));
@@ -142,21 +124,38 @@ fn page_file(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
+/// Checks the bearer token on every request (no cache: a token removed or rotated from the
+/// command line stops working at once, without a restart).
 async fn require_annotator(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Result<Response, ApiError> {
     let token = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|token| !token.is_empty())
+        .and_then(bearer_token)
         .ok_or(ApiError::unauthorized("send `Authorization: Bearer <token>` (from `rlhf label annotator add`)"))?;
-    let annotator = app.annotator(token).await?.ok_or(ApiError::unauthorized("unknown token"))?;
+    let annotator = app.store.annotator_by_token(token).await?.ok_or(ApiError::unauthorized("unknown token"))?;
     request.extensions_mut().insert(annotator);
     Ok(next.run(request).await)
 }
 
+/// The token of an `Authorization: Bearer <token>` value; the scheme name is case-insensitive
+/// (RFC 7235 §2.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Labeling routes refuse admin tokens: whoever sees everyone's judgements does not judge.
+fn labeler(annotator: Annotator) -> Result<Annotator, ApiError> {
+    match annotator.role {
+        Role::Annotator => Ok(annotator),
+        Role::Admin => Err(ApiError::new(StatusCode::FORBIDDEN, "an admin token does not label: add an annotator for that")),
+    }
+}
+
 async fn next_pair(State(app): State<Arc<App>>, Extension(annotator): Extension<Annotator>) -> Result<Response, ApiError> {
+    let annotator = labeler(annotator)?;
     Ok(match app.store.next_pair(annotator.id, &app.policy).await? {
         Some(pair) => Json(pair).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),
@@ -174,23 +173,24 @@ async fn post_label(
     Extension(annotator): Extension<Annotator>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let annotator = labeler(annotator)?;
     let request: LabelRequest = parse_json(body)?;
     let label = app.store.record_label(annotator.id, request.pair_id, request.preferred, &app.policy).await?;
     Ok((StatusCode::CREATED, Json(label)).into_response())
 }
 
 async fn undo_last_label(State(app): State<Arc<App>>, Extension(annotator): Extension<Annotator>) -> Result<Response, ApiError> {
+    let annotator = labeler(annotator)?;
     let label = app.store.undo_last_label(annotator.id, &app.policy).await?;
     Ok(Json(label).into_response())
 }
 
+/// What an annotator may see: their own progress and the server's settings, nothing about
+/// others (whose judgements they could otherwise read, undo and flip).
 #[derive(serde::Serialize)]
 struct StatsResponse {
-    #[serde(flatten)]
-    stats: Stats,
     labels_per_pair: u32,
     undo_secs: u64,
-    /// The asking annotator's own progress.
     you: You,
 }
 
@@ -202,11 +202,18 @@ struct You {
 }
 
 async fn stats(State(app): State<Arc<App>>, Extension(annotator): Extension<Annotator>) -> Result<Response, ApiError> {
-    let stats = app.store.stats().await?;
     let progress = app.store.progress(annotator.id, app.policy.labels_per_pair).await?;
     let you = You { name: annotator.name, progress };
-    Ok(Json(StatsResponse { stats, labels_per_pair: app.policy.labels_per_pair, undo_secs: app.policy.undo_window.as_secs(), you })
+    Ok(Json(StatsResponse { labels_per_pair: app.policy.labels_per_pair, undo_secs: app.policy.undo_window.as_secs(), you })
         .into_response())
+}
+
+/// Every figure, as `rlhf label stats --json` prints it: for admin tokens only.
+async fn admin_stats(State(app): State<Arc<App>>, Extension(annotator): Extension<Annotator>) -> Result<Response, ApiError> {
+    if annotator.role != Role::Admin {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "these figures need an admin token (`rlhf label annotator add --admin NAME`)"));
+    }
+    Ok(Json(app.store.stats().await?).into_response())
 }
 
 /// Parses a JSON object body: 400 when it is not JSON, 422 when it is JSON of the wrong shape,
@@ -247,9 +254,11 @@ impl From<LabelError> for ApiError {
     fn from(error: LabelError) -> Self {
         let status = match &error {
             LabelError::UnknownPair(_) | LabelError::NothingToUndo => StatusCode::NOT_FOUND,
-            LabelError::AlreadyLabeled(_) | LabelError::NotAssigned(_) | LabelError::PairFull(_) | LabelError::UndoTooLate(_) => {
-                StatusCode::CONFLICT
-            }
+            LabelError::AlreadyLabeled(_)
+            | LabelError::NotAssigned(_)
+            | LabelError::PairFull(_)
+            | LabelError::UndoPairTaken(_)
+            | LabelError::UndoTooLate(_) => StatusCode::CONFLICT,
             _ => {
                 tracing::error!(%error, "request failed");
                 return Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error (see the server log)");

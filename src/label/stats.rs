@@ -39,6 +39,8 @@ pub struct AnnotatorStats {
     pub labels_per_hour: Option<f64>,
     /// Mean time from being handed a pair to labeling it.
     pub mean_seconds_per_label: Option<f64>,
+    /// Removed with `rlhf label annotator remove`: their token no longer works, their labels stay.
+    pub removed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -69,8 +71,9 @@ pub struct Progress {
     pub remaining: i64,
 }
 
-/// Name, labels, ties, skips, first and last label time, span in ms, mean seconds per label.
-type AnnotatorRow = (String, i64, i64, i64, Option<String>, Option<String>, Option<i64>, Option<f64>);
+/// Name, labels, ties, skips, first and last label time, span in ms, mean seconds per label,
+/// removed.
+type AnnotatorRow = (String, i64, i64, i64, Option<String>, Option<String>, Option<i64>, Option<f64>, bool);
 
 impl Store {
     pub async fn stats(&self) -> Result<Stats, LabelError> {
@@ -91,10 +94,11 @@ impl Store {
                      coalesce(sum(l.preferred = 'tie'), 0), \
                      coalesce(sum(l.preferred = 'skip'), 0), \
                      {first}, {last}, max(l.labeled_at) - min(l.labeled_at), \
-                     avg(l.time_spent_ms) / 1000.0 \
+                     avg(l.time_spent_ms) / 1000.0, n.removed_at IS NOT NULL \
                  FROM annotators n \
                  LEFT JOIN assignments a ON a.annotator_id = n.id \
                  LEFT JOIN labels l ON l.assignment_id = a.id \
+                 WHERE n.role = 'annotator' \
                  GROUP BY n.id ORDER BY n.name",
             first = rfc3339_sql("min(l.labeled_at)"),
             last = rfc3339_sql("max(l.labeled_at)"),
@@ -103,7 +107,7 @@ impl Store {
         .await?;
         let annotators: Vec<AnnotatorStats> = rows
             .into_iter()
-            .map(|(name, labels, ties, skips, first_label_at, last_label_at, span_ms, mean_seconds_per_label)| {
+            .map(|(name, labels, ties, skips, first_label_at, last_label_at, span_ms, mean_seconds_per_label, removed)| {
                 let labels_per_hour = match span_ms {
                     Some(span_ms) if labels >= 2 && span_ms > 0 => Some(labels as f64 * 3_600_000.0 / span_ms as f64),
                     _ => None,
@@ -118,6 +122,7 @@ impl Store {
                     last_label_at,
                     labels_per_hour,
                     mean_seconds_per_label,
+                    removed,
                 }
             })
             .collect();
@@ -267,14 +272,15 @@ impl fmt::Display for Stats {
             let mean = a.mean_seconds_per_label.map_or("-".to_string(), |s| format!("{s:.1} s"));
             writeln!(
                 f,
-                "  {:<20} {:>6} labels ({} ties, {} skips)  {:>9}  {:>8} per label  last {}",
+                "  {:<20} {:>6} labels ({} ties, {} skips)  {:>9}  {:>8} per label  last {}{}",
                 a.name,
                 a.labels,
                 a.ties,
                 a.skips,
                 rate,
                 mean,
-                a.last_label_at.as_deref().unwrap_or("-")
+                a.last_label_at.as_deref().unwrap_or("-"),
+                if a.removed { "  (removed)" } else { "" }
             )?;
         }
         match &self.agreement {

@@ -43,6 +43,25 @@ pub struct Store {
 pub struct Annotator {
     pub id: i64,
     pub name: String,
+    pub role: Role,
+}
+
+/// What a token may do: label (and see only one's own progress), or read every figure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Annotator,
+    /// Reads agreement and per-annotator figures (`GET /api/admin/stats`); does not label, so
+    /// that no judgement is made by someone who can see the others'.
+    Admin,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Annotator => "annotator",
+            Self::Admin => "admin",
+        }
+    }
 }
 
 impl Store {
@@ -135,35 +154,86 @@ impl Store {
         &self.reader
     }
 
-    /// Adds an annotator and returns their token; only its sha256 is stored.
-    pub async fn add_annotator(&self, name: &str) -> Result<String, LabelError> {
+    /// Adds an annotator (or an admin) and returns their token; only its sha256 is stored.
+    pub async fn add_annotator(&self, name: &str, role: Role) -> Result<String, LabelError> {
         let name = name.trim();
         if name.is_empty() {
             return Err(LabelError::EmptyAnnotatorName);
         }
-        let token = hex::encode(rand::rng().random::<[u8; 32]>());
+        let token = new_token();
         let mut tx = self.begin_write().await?;
-        let taken: Option<i64> = sqlx::query_scalar("SELECT id FROM annotators WHERE name = ?").bind(name).fetch_optional(&mut *tx).await?;
-        if taken.is_some() {
-            return Err(LabelError::AnnotatorExists(name.into()));
+        let taken: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT removed_at FROM annotators WHERE name = ?").bind(name).fetch_optional(&mut *tx).await?;
+        match taken {
+            None => {}
+            Some(None) => return Err(LabelError::AnnotatorExists(name.into())),
+            Some(Some(_)) => return Err(LabelError::AnnotatorRemoved(name.into())),
         }
-        sqlx::query("INSERT INTO annotators (name, token_sha256, created_at) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO annotators (name, token_sha256, created_at, role) VALUES (?, ?, ?, ?)")
             .bind(name)
             .bind(sha256_hex(token.as_bytes()))
             .bind(now_ms())
+            .bind(role.as_str())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
         Ok(token)
     }
 
-    /// The annotator whose token this is, if any.
-    pub async fn annotator_by_token(&self, token: &str) -> Result<Option<Annotator>, LabelError> {
-        let row: Option<(i64, String)> = sqlx::query_as("SELECT id, name FROM annotators WHERE token_sha256 = ?")
-            .bind(sha256_hex(token.as_bytes()))
-            .fetch_optional(&self.reader)
+    /// Revokes an annotator's token at once (the server looks tokens up on every request) and
+    /// releases the pair they hold. Their labels stay, under their name.
+    pub async fn remove_annotator(&self, name: &str) -> Result<(), LabelError> {
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        let id = active_annotator_id(&mut tx, name).await?;
+        sqlx::query("UPDATE annotators SET removed_at = ? WHERE id = ?").bind(now).bind(id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE assignments SET state = 'expired', expires_at = ? WHERE annotator_id = ? AND state = 'open'")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
             .await?;
-        Ok(row.map(|(id, name)| Annotator { id, name }))
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Gives an annotator a new token and returns it; the old one stops working at once.
+    pub async fn rotate_token(&self, name: &str) -> Result<String, LabelError> {
+        let token = new_token();
+        let mut tx = self.begin_write().await?;
+        let id = active_annotator_id(&mut tx, name).await?;
+        sqlx::query("UPDATE annotators SET token_sha256 = ? WHERE id = ?")
+            .bind(sha256_hex(token.as_bytes()))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(token)
+    }
+
+    /// The annotator whose token this is, if any and not removed.
+    pub async fn annotator_by_token(&self, token: &str) -> Result<Option<Annotator>, LabelError> {
+        let row: Option<(i64, String, String)> =
+            sqlx::query_as("SELECT id, name, role FROM annotators WHERE token_sha256 = ? AND removed_at IS NULL")
+                .bind(sha256_hex(token.as_bytes()))
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(row.map(|(id, name, role)| Annotator { id, name, role: if role == "admin" { Role::Admin } else { Role::Annotator } }))
+    }
+}
+
+/// 256 random bits as 64 hex digits.
+fn new_token() -> String {
+    hex::encode(rand::rng().random::<[u8; 32]>())
+}
+
+async fn active_annotator_id(tx: &mut Transaction<'static, Sqlite>, name: &str) -> Result<i64, LabelError> {
+    let name = name.trim();
+    let found: Option<(i64, Option<i64>)> =
+        sqlx::query_as("SELECT id, removed_at FROM annotators WHERE name = ?").bind(name).fetch_optional(&mut **tx).await?;
+    match found {
+        Some((id, None)) => Ok(id),
+        Some((_, Some(_))) => Err(LabelError::AnnotatorRemoved(name.into())),
+        None => Err(LabelError::UnknownAnnotator(name.into())),
     }
 }
 

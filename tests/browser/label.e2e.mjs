@@ -28,6 +28,11 @@ try {
   page.setDefaultTimeout(TIMEOUT);
   const pageErrors = [];
   page.on('pageerror', (error) => pageErrors.push(error.message));
+  // /api/stats counts over every pair: the page must not ask for it after each label.
+  const statsRequests = [];
+  page.on('request', (request) => {
+    if (new URL(request.url()).pathname === '/api/stats') statsRequests.push(request.url());
+  });
 
   await page.goto(url);
   await page.waitForSelector('body[data-view="sign-in"]');
@@ -37,6 +42,9 @@ try {
   } else {
     await labelFourPairs(page);
     assert.deepEqual(pageErrors, [], 'no script errors');
+    // Sign-in with the wrong token, sign-in, the undo, the reload and "nothing left": five
+    // requests for six answers and an undo.
+    assert.equal(statsRequests.length, 5, `requests for /api/stats: ${statsRequests.length}`);
   }
 } finally {
   await browser.close();
@@ -74,6 +82,7 @@ async function labelFourPairs(page) {
   const labels = [];
   const first = await answer(page, 'ArrowLeft', 1);
   labels.push({ ...first, preferred: 'left' });
+  await page.waitForFunction(() => document.getElementById('progress').textContent === '1 done · 3 remaining');
   const second = await answer(page, 'ArrowRight', 2);
   labels.push({ ...second, preferred: 'right' });
   const tied = await answer(page, 't', 3);

@@ -68,7 +68,7 @@ pub fn add_annotators(db: &Path, count: usize) -> Vec<String> {
         let store = rlhf_lab::label::Store::open(db).await.unwrap();
         let mut tokens = Vec::new();
         for i in 0..count {
-            tokens.push(store.add_annotator(&format!("annotator-{i:02}")).await.unwrap());
+            tokens.push(store.add_annotator(&format!("annotator-{i:02}"), rlhf_lab::label::Role::Annotator).await.unwrap());
         }
         store.close().await;
         tokens
