@@ -91,6 +91,10 @@ fn wrong_types_and_impossible_values_name_the_key() {
     assert_error(&VALID.replace("n_ctx = 128", "n_ctx = 128\narch = \"mistral\""), &[], &["unknown variant `mistral`", "llama"]);
     let reward = format!("{VALID}\n[[stages]]\nname = \"rm\"\nkind = \"reward\"\ninit = \"sft\"\noff_prompt_pairs = 1.5\n");
     assert_error(&reward, &[], &["`off_prompt_pairs`: expected a probability in [0, 1], got 1.5"]);
+    let ensemble = reward.replace("off_prompt_pairs = 1.5", "ensemble = 0");
+    assert_error(&ensemble, &[], &["`ensemble`: expected a number of reward heads ≥ 1, got 0"]);
+    let half = reward.replace("off_prompt_pairs = 1.5", "ensemble = 3\ndtype = \"fp16\"");
+    assert_error(&half, &[], &["`ensemble`: expected 1 under dtype = \"fp16\""]);
 }
 
 #[test]

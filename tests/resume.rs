@@ -136,6 +136,12 @@ fn reward_resumes_mid_stage_and_after_its_last_save() {
 }
 
 #[test]
+fn an_ensemble_reward_stage_resumes_mid_stage() {
+    // The members' heads and their optimizer are a part of the state of their own.
+    assert_resumes_identically(&["stages.rm.ensemble=3"], &["rm:3:saved"]);
+}
+
+#[test]
 fn ppo_resumes_mid_stage_and_after_its_last_save() {
     assert_resumes_identically(&[], &["ppo:3:saved", "ppo:6:saved"]);
 }

@@ -382,3 +382,129 @@ fn selecting_what_to_label_next(work: &std::path::Path, run: &std::path::Path, r
     ]);
     assert!(error.contains("--select needs --reward-model"), "{error}");
 }
+
+/// `ensemble = 3`: the stage trains three heads on bootstrap resamples, saves them beside a
+/// standard checkpoint whose head is their mean (so it scores with the members' mean), reports
+/// their spread, and `label import --select disagreement` picks the pairs they disagree on most.
+#[test]
+fn an_ensemble_reward_stage_saves_its_members_beside_their_mean() {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("tiny.toml"), common::TINY_RLHF_EXPERIMENT).unwrap();
+    let args = ["run", "tiny.toml", "--only", "sft,rm", "--set", "stages.rm.ensemble=3", "--out", "out"];
+    let (ok, stdout, stderr) = common::rlhf(&args, work.path());
+    assert!(ok, "{stderr}");
+    let run = work.path().join(stdout.trim());
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    let spread = summary["rm"]["eval/ensemble_std"].as_f64().unwrap();
+    assert!(spread > 0.0, "{}", summary["rm"]);
+    assert!(summary["rm"]["eval/ensemble_disagreement"].is_f64(), "{}", summary["rm"]);
+
+    let checkpoint = run.join("rm/checkpoint");
+    let read = |file: &str| -> (Vec<usize>, Vec<f32>) {
+        let bytes = std::fs::read(checkpoint.join(file)).unwrap();
+        let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let weight = tensors.tensor("score.weight").unwrap();
+        assert_eq!(weight.dtype(), safetensors::Dtype::F32);
+        (weight.shape().to_vec(), weight.data().chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect())
+    };
+    let (member_shape, members) = read("ensemble.safetensors");
+    let (head_shape, head) = read("model.safetensors");
+    let width = head_shape[1];
+    assert_eq!((member_shape.clone(), head_shape), (vec![3, width], vec![1, width]));
+    for (i, &weight) in head.iter().enumerate() {
+        let mean = (0..3).map(|k| members[k * width + i]).sum::<f32>() / 3.0;
+        assert!((weight - mean).abs() < 1e-6, "score.weight[{i}] = {weight}, the members' mean {mean}");
+    }
+
+    let model = RewardModel::load(&checkpoint, Device::Cpu, Precision::Fp32, false).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let texts: Vec<(String, String)> =
+        (0..12).map(|i| (format!("Write a review of item {i}.\nReview:"), response(&mut rng, i % 2 == 0))).collect();
+    let texts: Vec<(&str, &str)> = texts.iter().map(|(p, r)| (p.as_str(), r.as_str())).collect();
+    let scores = model.score_texts(&texts, 5).unwrap();
+    let member_scores = model.member_scores_texts(&texts, 5).unwrap().expect("an ensemble");
+    for (score, members) in scores.iter().zip(&member_scores) {
+        assert_eq!(members.len(), 3);
+        let mean = members.iter().sum::<f64>() / 3.0;
+        assert!((score - mean).abs() < 1e-5, "{score} vs the members' mean {mean} of {members:?}");
+    }
+
+    selecting_by_disagreement(work.path(), &checkpoint, &mut rng);
+}
+
+/// `--select disagreement` imports the pairs with the largest recorded disagreement, and refuses
+/// a reward model without an ensemble.
+fn selecting_by_disagreement(work: &std::path::Path, checkpoint: &std::path::Path, rng: &mut ChaCha8Rng) {
+    let lines: Vec<serde_json::Value> = (0..40)
+        .map(|i| {
+            let prompt = format!("Write a review of gadget {i}.\nReview:");
+            serde_json::json!({"prompt": prompt, "response_a": response(rng, i % 3 == 0), "response_b": response(rng, false), "candidate": i})
+        })
+        .collect();
+    let file = work.join("candidates.jsonl");
+    label_support::write_jsonl(&file, &lines);
+    let import = |db: &str, count: &str, reward: &std::path::Path| -> Vec<(i64, f64)> {
+        let db = work.join(db);
+        label_support::rlhf_ok(&[
+            "label",
+            "import",
+            "--db",
+            db.to_str().unwrap(),
+            file.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--select",
+            "disagreement",
+            "--count",
+            count,
+            "--reward-model",
+            reward.to_str().unwrap(),
+        ]);
+        let rows: Vec<(String,)> = label_support::db_rows(&db, "SELECT metadata FROM pairs ORDER BY id");
+        rows.iter()
+            .map(|(metadata,)| {
+                let metadata: serde_json::Value = serde_json::from_str(metadata).unwrap();
+                let selection = &metadata["selection"];
+                assert_eq!(selection["method"], "disagreement", "{metadata}");
+                let p = selection["preference_probability"].as_f64().unwrap();
+                assert!((0.0..=1.0).contains(&p), "{metadata}");
+                (metadata["candidate"].as_i64().unwrap(), selection["disagreement"].as_f64().unwrap())
+            })
+            .collect()
+    };
+    let mut all = import("all.db", "1000", checkpoint);
+    assert_eq!(all.len(), 40);
+    all.sort_by(|x, y| y.1.total_cmp(&x.1));
+    assert!(all[0].1 > 0.0, "{all:?}");
+    let mut chosen: Vec<i64> = import("disagreement.db", "8", checkpoint).iter().map(|c| c.0).collect();
+    chosen.sort();
+    let mut largest: Vec<i64> = all[..8].iter().map(|c| c.0).collect();
+    largest.sort();
+    assert_eq!(chosen, largest);
+
+    // The same model without its members: a plain reward model, which cannot select this way.
+    let plain = work.join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    for entry in std::fs::read_dir(checkpoint).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "ensemble.safetensors" {
+            std::fs::copy(&path, plain.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let error = label_support::rlhf_err(&[
+        "label",
+        "import",
+        "--db",
+        work.join("x.db").to_str().unwrap(),
+        file.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--select",
+        "disagreement",
+        "--count",
+        "3",
+        "--reward-model",
+        plain.to_str().unwrap(),
+    ]);
+    assert!(error.contains("no ensemble.safetensors") && error.contains(plain.to_str().unwrap()), "{error}");
+}

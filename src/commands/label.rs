@@ -69,7 +69,8 @@ pub struct ImportArgs {
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
     /// Import only --count of the candidate pairs not yet in the database: those the reward model
-    /// is least sure of (`uncertain`: preference probability nearest ½), or a seeded random subset.
+    /// is least sure of (`uncertain`: preference probability nearest ½; `disagreement`: the
+    /// members of its ensemble disagree most), or a seeded random subset.
     #[arg(long, value_enum, requires = "count")]
     pub select: Option<Selection>,
     /// How many pairs --select imports.
@@ -325,7 +326,7 @@ async fn select(args: &ImportArgs, store: &Store, candidates: Vec<NewPair>, sele
     let present = store.content_hashes().await?;
     let reward_model = select::load_reward_model(&reward_dir, args.device)?;
     let candidates_count = candidates.len();
-    let chosen = select::select_pairs(candidates, &present, &reward_model, selection, count as usize, args.seed)?;
+    let chosen = select::select_pairs(candidates, &present, (&reward_model, &reward_dir), selection, count as usize, args.seed)?;
     eprintln!("selected {} of {candidates_count} candidate pairs ({:?}, scored by {})", chosen.len(), selection, reward_dir.display());
     Ok(chosen)
 }

@@ -45,6 +45,8 @@ pub enum LabelError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("choose the reward model to select with (--reward-model DIR): run `{run}` has {} reward-model checkpoints{}", if found.is_empty() { "no" } else { "several" }, if found.is_empty() { String::new() } else { format!(" ({found})") })]
     RewardModelChoice { run: PathBuf, found: String },
+    #[error("--select disagreement needs a reward model trained as an ensemble: `{checkpoint}` has no ensemble.safetensors (train its reward stage with `ensemble` ≥ 2)")]
+    NoEnsemble { checkpoint: PathBuf },
     #[error("loading a model: {0}")]
     Model(#[from] crate::model::CheckpointError),
     #[error("generating pairs: {0}")]

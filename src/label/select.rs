@@ -1,6 +1,8 @@
 //! Choosing which candidate pairs to label: those a reward model is least sure of (uncertainty
 //! sampling, Lewis & Gale 1994; for preference pairs, the Bradley–Terry probability nearest ½),
-//! or a seeded random subset of the same size — the control arm any active-labeling claim needs.
+//! those the members of a reward ensemble disagree on most (query by committee, Seung et al.
+//! 1992), or a seeded random subset of the same size — the control arm any active-labeling claim
+//! needs.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -21,6 +23,9 @@ use crate::model::{DeviceSpec, Precision};
 pub enum Selection {
     /// The pairs whose preference probability under the reward model is nearest ½.
     Uncertain,
+    /// The pairs whose preference probability varies most across the members of the reward
+    /// model's ensemble (a reward stage trained with `ensemble` > 1).
+    Disagreement,
     /// A seeded random subset: the baseline to measure `uncertain` against.
     Random,
 }
@@ -33,55 +38,103 @@ pub fn preference_probability((reward_a, reward_b): PairScores) -> f64 {
     sigmoid(reward_a - reward_b)
 }
 
+/// What the reward model makes of a candidate pair.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Judged {
+    /// P(a ≻ b): of the model's head, or with an ensemble the mean of the members'.
+    pub preference_probability: f64,
+    /// The std across the ensemble's members of their P(a ≻ b); `None` without an ensemble.
+    pub disagreement: Option<f64>,
+}
+
+impl Judged {
+    pub fn of_scores(scores: PairScores) -> Self {
+        Judged { preference_probability: preference_probability(scores), disagreement: None }
+    }
+
+    /// From each member's `(r_a, r_b)`: the mean and (population) std of their P(a ≻ b).
+    pub fn of_members(members: &[PairScores]) -> Self {
+        let probabilities: Vec<f64> = members.iter().map(|&scores| preference_probability(scores)).collect();
+        let count = probabilities.len() as f64;
+        let mean = probabilities.iter().sum::<f64>() / count;
+        let variance = probabilities.iter().map(|p| (p - mean).powi(2)).sum::<f64>() / count;
+        Judged { preference_probability: mean, disagreement: Some(variance.sqrt()) }
+    }
+}
+
 /// Indices of the `count` pairs to label, in the order chosen. `Uncertain` ranks by
-/// |P(a ≻ b) − ½| (nearest ½ first; equal distances keep the candidates' order), `Random` draws
-/// `count` distinct indices from `seed`. Fewer candidates than `count`: all of them.
-pub fn choose(selection: Selection, scores: &[PairScores], count: usize, seed: u64) -> Vec<usize> {
-    let count = count.min(scores.len());
+/// |P(a ≻ b) − ½| (nearest ½ first), `Disagreement` by the members' disagreement (largest first;
+/// a pair without one counts as 0); equal keys keep the candidates' order. `Random` draws `count`
+/// distinct indices from `seed`. Fewer candidates than `count`: all of them.
+pub fn choose(selection: Selection, judged: &[Judged], count: usize, seed: u64) -> Vec<usize> {
+    let count = count.min(judged.len());
+    let ranked = |key: &dyn Fn(&Judged) -> f64| {
+        let mut order: Vec<usize> = (0..judged.len()).collect();
+        order.sort_by(|&x, &y| key(&judged[x]).total_cmp(&key(&judged[y])));
+        order.truncate(count);
+        order
+    };
     match selection {
-        Selection::Uncertain => {
-            let mut order: Vec<usize> = (0..scores.len()).collect();
-            let margin = |i: usize| (preference_probability(scores[i]) - 0.5).abs();
-            order.sort_by(|&x, &y| margin(x).total_cmp(&margin(y)));
-            order.truncate(count);
-            order
-        }
-        Selection::Random => index::sample(&mut ChaCha8Rng::seed_from_u64(seed), scores.len(), count).into_vec(),
+        Selection::Uncertain => ranked(&|j| (j.preference_probability - 0.5).abs()),
+        Selection::Disagreement => ranked(&|j| -j.disagreement.unwrap_or(0.0)),
+        Selection::Random => index::sample(&mut ChaCha8Rng::seed_from_u64(seed), judged.len(), count).into_vec(),
     }
 }
 
 /// Keeps the `count` pairs `selection` chooses among `candidates` that are not already in the
 /// database (`present`: their content hashes), and records in each pair's metadata how it was
-/// chosen: `{"selection": {"method", "preference_probability"}}`.
+/// chosen: `{"selection": {"method", "preference_probability"}}`, and `"disagreement"` for
+/// `Disagreement`, which needs the reward model (from `reward_dir`) to have an ensemble.
 pub fn select_pairs(
     candidates: Vec<NewPair>,
     present: &HashSet<String>,
-    reward_model: &RewardModel,
+    (reward_model, reward_dir): (&RewardModel, &Path),
     selection: Selection,
     count: usize,
     seed: u64,
 ) -> Result<Vec<NewPair>, LabelError> {
     let fresh: Vec<NewPair> = candidates.into_iter().filter(|pair| !present.contains(&super::import::content_hash(pair))).collect();
-    let scores = score_pairs(reward_model, &fresh)?;
+    let judged: Vec<Judged> = if selection == Selection::Disagreement {
+        let texts = pair_texts(reward_model, &fresh)?;
+        let texts: Vec<(&str, &str)> = texts.iter().map(|(prompt, response)| (prompt.as_str(), *response)).collect();
+        let members =
+            reward_model.member_scores_texts(&texts, 32)?.ok_or_else(|| LabelError::NoEnsemble { checkpoint: reward_dir.to_path_buf() })?;
+        members.chunks(2).map(|two| Judged::of_members(&two[0].iter().copied().zip(two[1].iter().copied()).collect::<Vec<_>>())).collect()
+    } else {
+        score_pairs(reward_model, &fresh)?.into_iter().map(Judged::of_scores).collect()
+    };
     let mut chosen: Vec<Option<NewPair>> = fresh.into_iter().map(Some).collect();
     let method = match selection {
         Selection::Uncertain => "uncertain",
+        Selection::Disagreement => "disagreement",
         Selection::Random => "random",
     };
-    Ok(choose(selection, &scores, count, seed)
+    Ok(choose(selection, &judged, count, seed)
         .into_iter()
         .map(|i| {
             let mut pair = chosen[i].take().expect("choose returns distinct indices");
-            let record = serde_json::json!({"method": method, "preference_probability": preference_probability(scores[i])});
+            let mut record = serde_json::json!({"method": method, "preference_probability": judged[i].preference_probability});
+            if let Some(disagreement) = judged[i].disagreement {
+                record["disagreement"] = disagreement.into();
+            }
             pair.metadata.insert("selection".into(), record);
             pair
         })
         .collect())
 }
 
-/// The reward model's `(r_a, r_b)` for each pair; a conversational prompt is rendered with the
-/// model's chat template, as the reward stage does.
+/// The reward model's `(r_a, r_b)` for each pair.
 fn score_pairs(model: &RewardModel, pairs: &[NewPair]) -> Result<Vec<PairScores>, LabelError> {
+    let texts = pair_texts(model, pairs)?;
+    let texts: Vec<(&str, &str)> = texts.iter().map(|(prompt, response)| (prompt.as_str(), *response)).collect();
+    let scores = model.score_texts(&texts, 32)?;
+    Ok(scores.chunks(2).map(|two| (two[0], two[1])).collect())
+}
+
+/// (prompt, response_a) then (prompt, response_b) of each pair, the texts the reward model
+/// scores; a conversational prompt is rendered with the model's chat template, as the reward
+/// stage does.
+fn pair_texts<'a>(model: &RewardModel, pairs: &'a [NewPair]) -> Result<Vec<(String, &'a str)>, LabelError> {
     let prompts: Vec<String> = pairs
         .iter()
         .map(|pair| match &pair.messages {
@@ -89,13 +142,11 @@ fn score_pairs(model: &RewardModel, pairs: &[NewPair]) -> Result<Vec<PairScores>
             None => Ok(pair.prompt.clone()),
         })
         .collect::<Result<_, _>>()?;
-    let texts: Vec<(&str, &str)> = prompts
-        .iter()
+    Ok(prompts
+        .into_iter()
         .zip(pairs)
-        .flat_map(|(prompt, pair)| [(prompt.as_str(), pair.response_a.as_str()), (prompt.as_str(), pair.response_b.as_str())])
-        .collect();
-    let scores = model.score_texts(&texts, 32)?;
-    Ok(scores.chunks(2).map(|two| (two[0], two[1])).collect())
+        .flat_map(|(prompt, pair)| [(prompt.clone(), pair.response_a.as_str()), (prompt, pair.response_b.as_str())])
+        .collect())
 }
 
 /// The reward model of the run a stage directory belongs to: the one stage of `RUN_DIR` whose
@@ -130,6 +181,7 @@ mod tests {
     fn uncertain_picks_the_probabilities_nearest_one_half() {
         // Δ = r_a − r_b: 3 → p 0.953, −0.2 → 0.450, 0.1 → 0.525, −4 → 0.018, 0 → 0.5, 0.2 → 0.550.
         let scores = [(3.0, 0.0), (0.0, 0.2), (0.6, 0.5), (-4.0, 0.0), (1.0, 1.0), (0.2, 0.0)];
+        let scores = scores.map(Judged::of_scores);
         assert_eq!(choose(Selection::Uncertain, &scores, 3, 0), [4, 2, 1], "0.5, then 0.525, then 0.450 (tied with 0.550: first wins)");
         assert_eq!(choose(Selection::Uncertain, &scores, 10, 0).len(), 6, "never more than the candidates");
         assert!((preference_probability((0.6, 0.5)) - 0.524_979).abs() < 1e-6);
@@ -137,12 +189,32 @@ mod tests {
 
     #[test]
     fn random_is_seeded_distinct_and_ignores_the_scores() {
-        let scores = vec![(0.0, 0.0); 50];
+        let scores = vec![Judged::of_scores((0.0, 0.0)); 50];
         let first = choose(Selection::Random, &scores, 10, 7);
         assert_eq!(first, choose(Selection::Random, &scores, 10, 7), "same seed, same pairs");
         assert_ne!(first, choose(Selection::Random, &scores, 10, 8));
         let distinct: HashSet<usize> = first.iter().copied().collect();
         assert_eq!(distinct.len(), 10);
         assert!(first.iter().all(|&i| i < 50));
+    }
+
+    #[test]
+    fn disagreement_picks_the_pairs_the_members_differ_on_most() {
+        // Two members' (r_a, r_b). Pair 0: Δ 0 and 0 → p ½, ½: std 0. Pair 1: Δ 2 and −2 →
+        // p 0.881, 0.119: std 0.381. Pair 2: Δ 1 and 0 → 0.731, 0.5: std 0.116. Pair 3: Δ 4 and
+        // 4: std 0, though the members are sure. Pair 4: Δ 0 and 3 → 0.5, 0.953: std 0.226.
+        let members = [
+            [(0.0, 0.0), (1.0, 1.0)],
+            [(2.0, 0.0), (0.0, 2.0)],
+            [(1.0, 0.0), (0.5, 0.5)],
+            [(4.0, 0.0), (5.0, 1.0)],
+            [(0.0, 0.0), (3.0, 0.0)],
+        ];
+        let judged: Vec<Judged> = members.iter().map(|m| Judged::of_members(m)).collect();
+        assert_eq!(choose(Selection::Disagreement, &judged, 3, 0), [1, 4, 2]);
+        assert!((judged[1].disagreement.unwrap() - 0.380_797).abs() < 1e-6, "{:?}", judged[1]);
+        assert!((judged[1].preference_probability - 0.5).abs() < 1e-12, "the mean of 0.881 and 0.119");
+        assert!((judged[4].disagreement.unwrap() - 0.226_288).abs() < 1e-6, "{:?}", judged[4]);
+        assert_eq!(judged[0].disagreement, Some(0.0));
     }
 }

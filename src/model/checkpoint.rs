@@ -155,11 +155,26 @@ fn write_safetensors(path: &Path, buffers: &[&Buffer]) -> Result<(), CheckpointE
             (b.name.clone(), safetensors::tensor::TensorView::new(b.dtype, b.shape.clone(), &b.bytes).expect("shape matches byte count"))
         })
         .collect();
-    // transformers refuses safetensors files whose metadata lacks `format`.
-    let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
-    safetensors::serialize_to_file(views, metadata, path)
+    safetensors::serialize_to_file(views, format_metadata(), path)
         .map_err(|e| CheckpointError::Safetensors { path: path.to_path_buf(), message: e.to_string() })?;
     Ok(crate::run::durable::sync(path)?)
+}
+
+/// transformers refuses safetensors files whose metadata lacks `format`.
+fn format_metadata() -> Option<HashMap<String, String>> {
+    Some(HashMap::from([("format".to_string(), "pt".to_string())]))
+}
+
+/// `tensors` as the bytes of a safetensors file, for a file saved beside a checkpoint's weights.
+pub fn safetensors_bytes(tensors: &[(&str, &Tensor)]) -> Vec<u8> {
+    let buffers: Vec<Buffer> = tensors.iter().map(|(name, tensor)| to_buffer(name, tensor)).collect();
+    let views: Vec<(&str, safetensors::tensor::TensorView)> = buffers
+        .iter()
+        .map(|b| {
+            (b.name.as_str(), safetensors::tensor::TensorView::new(b.dtype, b.shape.clone(), &b.bytes).expect("shape matches byte count"))
+        })
+        .collect();
+    safetensors::serialize(views, format_metadata()).expect("tensors of matching shapes serialise")
 }
 
 /// Writes the weights: one file, or shards of at most `max_shard_bytes` (a tensor larger than
@@ -203,7 +218,7 @@ pub fn save(
     vs: &VarStore,
     config: &ModelConfig,
     tokenizer: &TextTokenizer,
-    extra: &[(&str, String)],
+    extra: &[(&str, Vec<u8>)],
     options: SaveOptions,
 ) -> Result<(), CheckpointError> {
     let write = |dir: &Path| -> Result<(), CheckpointError> {
@@ -222,7 +237,7 @@ pub fn save(
         let hf = architecture.to_hf(torch_dtype(precision));
         write_generation_config(dir, tokenizer, hf.get("bos_token_id").and_then(Value::as_i64))?;
         for (name, contents) in extra {
-            crate::run::durable::write_file(&dir.join(name), contents.as_bytes())?;
+            crate::run::durable::write_file(&dir.join(name), contents)?;
         }
         write_config(dir, hf, architecture.hf_class(options.head), options.head, tokenizer.pad_id())
     };

@@ -3,7 +3,9 @@
 //! `*ForSequenceClassification` with one label — the backbone and a bias-free `score.weight` —
 //! so that `AutoModelForSequenceClassification` loads it with equal scores and reward models
 //! made elsewhere load here; `reward.json` beside it keeps the mean and standard deviation of
-//! its scores on policy samples, so that PPO can normalise scores.
+//! its scores on policy samples, so that PPO can normalise scores. A reward model trained as an
+//! ensemble keeps its members' heads beside it in `ensemble.safetensors`; its own head is their
+//! mean, so it stays a standard checkpoint.
 
 use std::path::Path;
 
@@ -21,6 +23,8 @@ use crate::data::tokenizer::{TextTokenizer, TokenizerError};
 /// The head's name, transformers' for a sequence-classification model.
 pub const REWARD_HEAD: &str = "score";
 pub const NORMALIZATION_FILE: &str = "reward.json";
+/// The member heads of an ensemble, `score.weight` of shape `[K, n_embd]`.
+pub const ENSEMBLE_FILE: &str = "ensemble.safetensors";
 
 /// Scores are normalised as (score − mean) / std.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -46,6 +50,48 @@ pub struct RewardModel {
     pub head: ScalarHead,
     pub tokenizer: TextTokenizer,
     pub normalization: Option<RewardNormalization>,
+    /// The member heads, for a model trained as an ensemble.
+    pub ensemble: Option<Ensemble>,
+}
+
+/// K reward heads on the model's backbone, held in their own `VarStore` (fp32) so that they
+/// train with their own optimizer and are saved apart from the standard checkpoint.
+pub struct Ensemble {
+    pub vs: VarStore,
+    pub head: ScalarHead,
+}
+
+impl Ensemble {
+    /// `members` heads drawn as a fresh reward head is (from libtorch's global RNG).
+    pub fn new(device: Device, members: i64, n_embd: i64) -> Self {
+        let vs = VarStore::new(device);
+        let head = ScalarHead::with_outputs(&(vs.root() / REWARD_HEAD), members, n_embd, head_stdev(n_embd));
+        Ensemble { vs, head }
+    }
+
+    fn load(path: &Path, device: Device, n_embd: i64) -> Result<Self, CheckpointError> {
+        let bad = |message: String| CheckpointError::Safetensors { path: path.to_path_buf(), message };
+        let tensors = Tensor::read_safetensors(path).map_err(|e| bad(e.to_string()))?;
+        let name = format!("{REWARD_HEAD}.weight");
+        let (_, weight) = tensors.into_iter().find(|(tensor, _)| *tensor == name).ok_or_else(|| bad(format!("no tensor `{name}`")))?;
+        match weight.size()[..] {
+            [members, width] if width == n_embd && members > 0 => {
+                let mut ensemble = Ensemble::new(device, members, n_embd);
+                tch::no_grad(|| ensemble.head.weight.copy_(&weight));
+                Ok(ensemble)
+            }
+            ref shape => Err(bad(format!("`{name}` has shape {shape:?}, expected [members, {n_embd}]"))),
+        }
+    }
+
+    pub fn members(&self) -> i64 {
+        self.head.weight.size()[0]
+    }
+}
+
+/// std 1/sqrt(n_embd + 1): initial scores near zero (TRL's value-head init does the same).
+fn head_stdev(n_embd: i64) -> f64 {
+    1.0 / ((n_embd + 1) as f64).sqrt()
 }
 
 impl RewardModel {
@@ -57,20 +103,47 @@ impl RewardModel {
         let tokenizer = checkpoint::read_tokenizer(dir, &config)?;
         let mut vs = VarStore::new(device);
         let transformer = config.build(&vs.root());
-        // std 1/sqrt(n_embd + 1): initial scores near zero (TRL's value-head init does the same).
         let width = config.hidden_size();
-        let head = ScalarHead::new(&(vs.root() / REWARD_HEAD), width, 1.0 / ((width + 1) as f64).sqrt());
+        let head = ScalarHead::new(&(vs.root() / REWARD_HEAD), width, head_stdev(width));
         precision.cast(&mut vs);
         let may_be_missing: &[&str] = if new_head { &[REWARD_HEAD, "lm_head."] } else { &["lm_head."] };
         checkpoint::load_weights(&mut vs, dir, may_be_missing)?;
         let normalization = read_normalization(dir)?;
-        Ok(RewardModel { vs, transformer, head, tokenizer, normalization })
+        let ensemble_path = dir.join(ENSEMBLE_FILE);
+        let ensemble = ensemble_path.is_file().then(|| Ensemble::load(&ensemble_path, device, width)).transpose()?;
+        Ok(RewardModel { vs, transformer, head, tokenizer, normalization, ensemble })
+    }
+
+    /// Gives the model `members` fresh member heads to train. Its own head is then their mean
+    /// (see `head_from_ensemble`), no longer trained itself.
+    pub fn attach_ensemble(&mut self, members: i64) {
+        let width = self.transformer.config().hidden_size();
+        self.ensemble = Some(Ensemble::new(self.vs.device(), members, width));
+        let _ = self.head.weight.set_requires_grad(false);
+        self.head_from_ensemble();
+    }
+
+    /// Sets the model's head to the mean of the members' heads: the heads being linear, it scores
+    /// each text with the mean of the members' scores, so the saved checkpoint, read as a plain
+    /// reward model (by PPO, by transformers), gives the ensemble's reward.
+    pub fn head_from_ensemble(&mut self) {
+        if let Some(ensemble) = &self.ensemble {
+            let mean = ensemble.head.weight.mean_dim(0, true, Kind::Float);
+            tch::no_grad(|| self.head.weight.copy_(&mean));
+        }
     }
 
     pub fn save(&self, dir: &Path) -> Result<(), CheckpointError> {
-        let normalization = self.normalization.map(|n| (NORMALIZATION_FILE, serde_json::to_string_pretty(&n).expect("serialises")));
+        let mut extra: Vec<(&str, Vec<u8>)> = Vec::new();
+        if let Some(n) = self.normalization {
+            extra.push((NORMALIZATION_FILE, serde_json::to_string_pretty(&n).expect("serialises").into_bytes()));
+        }
+        if let Some(ensemble) = &self.ensemble {
+            let name = format!("{REWARD_HEAD}.weight");
+            extra.push((ENSEMBLE_FILE, checkpoint::safetensors_bytes(&[(&name, &ensemble.head.weight)])));
+        }
         let options = SaveOptions::for_head(HfHead::SequenceClassification);
-        checkpoint::save(dir, &self.vs, self.transformer.config(), &self.tokenizer, normalization.as_slice(), options)
+        checkpoint::save(dir, &self.vs, self.transformer.config(), &self.tokenizer, &extra, options)
     }
 
     /// One score per row of `[B, T]` ids, read at the row's last real token (mask 1), so left
@@ -79,6 +152,16 @@ impl RewardModel {
         let hidden = self.transformer.forward(input_ids, Some(attention_mask), None, train);
         let per_position = self.head.forward(&hidden).to_kind(Kind::Float);
         per_position.gather(1, &last_real_index(attention_mask).unsqueeze(1), false).squeeze_dim(1)
+    }
+
+    /// Each member's score of each row, `[B, K]`, from one backbone pass; `None` without an
+    /// ensemble.
+    pub fn member_scores(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Option<Tensor> {
+        let ensemble = self.ensemble.as_ref()?;
+        let hidden = self.transformer.forward(input_ids, Some(attention_mask), None, train);
+        let per_position = ensemble.head.forward_all(&hidden.to_kind(Kind::Float));
+        let index = last_real_index(attention_mask).view([-1, 1, 1]).expand([-1, 1, ensemble.members()], false);
+        Some(per_position.gather(1, &index, false).squeeze_dim(1))
     }
 
     /// Token ids of prompt + response, cut to the model's context (the end is dropped: the
@@ -92,15 +175,36 @@ impl RewardModel {
 
     /// Raw scores of (prompt, response) pairs, `batch_size` at a time, without gradients.
     pub fn score_texts(&self, pairs: &[(&str, &str)], batch_size: usize) -> Result<Vec<f64>, TokenizerError> {
-        let _no_grad = tch::no_grad_guard();
-        let mut scores = Vec::with_capacity(pairs.len());
-        for chunk in pairs.chunks(batch_size.max(1)) {
-            let rows = chunk.iter().map(|(prompt, response)| self.encode(prompt, response)).collect::<Result<Vec<_>, _>>()?;
-            let (ids, mask) = left_pad(&rows, self.tokenizer.eos_id(), self.vs.device());
-            let batch = self.scores(&ids, &mask, false).to_kind(Kind::Double).to_device(Device::Cpu);
-            scores.extend(Vec::<f64>::try_from(&batch).expect("1-D scores"));
+        let batches = self.score_batches(pairs, batch_size, |ids, mask| self.scores(ids, mask, false))?;
+        Ok(batches.iter().flat_map(|batch| Vec::<f64>::try_from(batch).expect("1-D scores")).collect())
+    }
+
+    /// Each member's raw score of each (prompt, response) pair, as `score_texts`; `None` without
+    /// an ensemble.
+    pub fn member_scores_texts(&self, pairs: &[(&str, &str)], batch_size: usize) -> Result<Option<Vec<Vec<f64>>>, TokenizerError> {
+        if self.ensemble.is_none() {
+            return Ok(None);
         }
-        Ok(scores)
+        let batches = self.score_batches(pairs, batch_size, |ids, mask| self.member_scores(ids, mask, false).expect("an ensemble"))?;
+        Ok(Some(batches.iter().flat_map(|batch| Vec::<Vec<f64>>::try_from(batch).expect("2-D scores")).collect()))
+    }
+
+    /// `read` of each batch of `batch_size` pairs, without gradients, as f64 on the CPU.
+    fn score_batches(
+        &self,
+        pairs: &[(&str, &str)],
+        batch_size: usize,
+        read: impl Fn(&Tensor, &Tensor) -> Tensor,
+    ) -> Result<Vec<Tensor>, TokenizerError> {
+        let _no_grad = tch::no_grad_guard();
+        pairs
+            .chunks(batch_size.max(1))
+            .map(|chunk| {
+                let rows = chunk.iter().map(|(prompt, response)| self.encode(prompt, response)).collect::<Result<Vec<_>, _>>()?;
+                let (ids, mask) = left_pad(&rows, self.tokenizer.eos_id(), self.vs.device());
+                Ok(read(&ids, &mask).to_kind(Kind::Double).to_device(Device::Cpu))
+            })
+            .collect()
     }
 }
 
@@ -134,8 +238,9 @@ mod tests {
 }
 
 /// A scalar read-out of the hidden states (reward or value), stored beside the LM weights under
-/// its own name (`score.weight` …). Without bias, as transformers' sequence-classification head:
-/// a constant offset cancels in the Bradley–Terry loss and is removed by reward normalisation.
+/// its own name (`score.weight` …) — or several, one per member of an ensemble. Without bias, as
+/// transformers' sequence-classification head: a constant offset cancels in the Bradley–Terry
+/// loss and is removed by reward normalisation.
 #[derive(Debug)]
 pub struct ScalarHead {
     weight: Tensor,
@@ -144,11 +249,21 @@ pub struct ScalarHead {
 impl ScalarHead {
     /// `stdev` small (e.g. 1/sqrt(n_embd+1)) keeps initial scores near zero.
     pub fn new(path: &nn::Path, n_embd: i64, stdev: f64) -> Self {
-        ScalarHead { weight: path.var("weight", &[1, n_embd], Init::Randn { mean: 0.0, stdev }) }
+        Self::with_outputs(path, 1, n_embd, stdev)
+    }
+
+    /// `outputs` scalar read-outs side by side: a `[outputs, n_embd]` weight.
+    pub fn with_outputs(path: &nn::Path, outputs: i64, n_embd: i64, stdev: f64) -> Self {
+        ScalarHead { weight: path.var("weight", &[outputs, n_embd], Init::Randn { mean: 0.0, stdev }) }
     }
 
     /// One score per position: `[batch, time, n_embd]` → `[batch, time]`.
     pub fn forward(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear::<Tensor>(&self.weight, None).squeeze_dim(-1)
+        self.forward_all(hidden).squeeze_dim(-1)
+    }
+
+    /// Every output at every position: `[batch, time, n_embd]` → `[batch, time, outputs]`.
+    pub fn forward_all(&self, hidden: &Tensor) -> Tensor {
+        hidden.linear::<Tensor>(&self.weight, None)
     }
 }

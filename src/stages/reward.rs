@@ -3,7 +3,9 @@
 //! ½/½ targets, and an optional penalty (r_chosen + r_rejected)² keeping scores centred on zero
 //! (Eisenstein et al. 2023). Pairs come from a preference file, the labeling database, or the
 //! synthetic task's simulated annotators judging responses of the policy and of the task's
-//! generator of varied quality.
+//! generator of varied quality. With `ensemble = K` it trains K heads on the shared backbone,
+//! each on its own bootstrap resample of the pairs; their mean is the reward and their spread
+//! its uncertainty.
 
 use std::time::Instant;
 
@@ -35,7 +37,8 @@ pub const FIGURES: StageFigures = StageFigures {
     readings: &[("eval/accuracy", Reading::Higher), ("eval/gold_agreement", Reading::Higher)],
     frontier: None,
     shown: &["train/loss", "train/accuracy"],
-    logged: &["eval/accuracy", "eval/gold_agreement"],
+    // The ensemble's figures exist only with `ensemble` > 1: logged when present.
+    logged: &["eval/accuracy", "eval/gold_agreement", "eval/ensemble_std", "eval/ensemble_disagreement"],
     step_name: "step",
 };
 
@@ -58,6 +61,10 @@ pub struct RewardKeys {
     /// for another prompt (see `add_off_prompt_pairs`); 0 trains on the given pairs alone.
     #[serde(default)]
     pub off_prompt_pairs: f64,
+    /// Reward heads trained on bootstrap resamples of the pairs over the shared backbone; the
+    /// reward is their mean, their spread the uncertainty. 1: a single head.
+    #[serde(default = "defaults::ensemble")]
+    pub ensemble: usize,
 
     #[serde(default = "defaults::steps")]
     pub steps: u64,
@@ -91,6 +98,7 @@ mod defaults {
     use super::Schedule;
     pub fn yes() -> bool { true }
     pub fn center_coef() -> f64 { 0.01 }
+    pub fn ensemble() -> usize { 1 }
     pub fn steps() -> u64 { 300 }
     pub fn batch_size() -> usize { 16 }
     pub fn lr() -> f64 { 1e-4 }
@@ -121,6 +129,13 @@ impl StageSettings for RewardSettings {
         if !(0.0..=1.0).contains(&own.off_prompt_pairs) {
             return Err(("off_prompt_pairs", format!("a probability in [0, 1], got {}", own.off_prompt_pairs)));
         }
+        if own.ensemble == 0 {
+            return Err(("ensemble", "a number of reward heads ≥ 1, got 0".into()));
+        }
+        if own.ensemble > 1 && own.dtype == Precision::Fp16 {
+            // The members' optimizer would need the backbone's loss scale, which moves on its own.
+            return Err(("ensemble", format!("1 under dtype = \"fp16\" (use bf16 or fp32 for an ensemble of {})", own.ensemble)));
+        }
         Ok(())
     }
 
@@ -133,17 +148,92 @@ impl StageSettings for RewardSettings {
     }
 }
 
-/// Per-pair Bradley–Terry loss, averaged: −log σ(Δ − margin) for a preference and
-/// −½ log σ(Δ) − ½ log σ(−Δ) for a tie, with Δ = r_chosen − r_rejected; plus `center_coef` ·
-/// mean((r_c + r_r)²). A margin says how much better `chosen` is, so it has no meaning for a tie
-/// and is ignored there (the tie's target is Δ = 0 whatever its margin field holds).
+/// Per-pair Bradley–Terry loss, averaged (see `bradley_terry_per_pair`), plus `center_coef` ·
+/// mean((r_c + r_r)²).
 pub fn bradley_terry_loss(chosen: &Tensor, rejected: &Tensor, margin: &Tensor, tie: &Tensor, center_coef: f64) -> Tensor {
+    bradley_terry_per_pair(chosen, rejected, margin, tie).mean(Kind::Float) + centring(chosen, rejected, center_coef)
+}
+
+/// −log σ(Δ − margin) for a preference and −½ log σ(Δ) − ½ log σ(−Δ) for a tie, with
+/// Δ = r_chosen − r_rejected (margin and tie broadcast against the scores). A margin says how
+/// much better `chosen` is, so it has no meaning for a tie and is ignored there (the tie's target
+/// is Δ = 0 whatever its margin field holds).
+fn bradley_terry_per_pair(chosen: &Tensor, rejected: &Tensor, margin: &Tensor, tie: &Tensor) -> Tensor {
     let delta = chosen - rejected;
     let preferred = -(&delta - margin).log_sigmoid();
     let tied = -(delta.log_sigmoid() + (-&delta).log_sigmoid()) * 0.5;
-    let per_pair = tied.where_self(tie, &preferred);
-    let centring = (chosen + rejected).square().mean(Kind::Float) * center_coef;
-    per_pair.mean(Kind::Float) + centring
+    tied.where_self(tie, &preferred)
+}
+
+fn centring(chosen: &Tensor, rejected: &Tensor, center_coef: f64) -> Tensor {
+    (chosen + rejected).square().mean(Kind::Float) * center_coef
+}
+
+/// The loss of an ensemble's scores `[n, K]`: member k's Bradley–Terry loss over the pairs,
+/// pair i counted `weights[i, k]` times — its bootstrap resample — as Σ w ℓ / max(Σ w, 1), averaged
+/// over the members; plus the centring penalty on the members' mean scores.
+pub fn bootstrap_ensemble_loss(
+    chosen: &Tensor,
+    rejected: &Tensor,
+    margin: &Tensor,
+    tie: &Tensor,
+    weights: &Tensor,
+    center_coef: f64,
+) -> Tensor {
+    let per_pair = bradley_terry_per_pair(chosen, rejected, &margin.unsqueeze(1), &tie.unsqueeze(1));
+    let per_member =
+        (per_pair * weights).sum_dim_intlist(0, false, Kind::Float) / weights.sum_dim_intlist(0, false, Kind::Float).clamp_min(1.0);
+    let mean_scores = |scores: &Tensor| scores.mean_dim(1, false, Kind::Float);
+    per_member.mean(Kind::Float) + centring(&mean_scores(chosen), &mean_scores(rejected), center_coef)
+}
+
+/// How many times member `member` counts `pair` in its bootstrap resample: Poisson(1), the
+/// online bootstrap (Oza & Russell 2001, "Online Bagging and Boosting"; Osband et al. 2016,
+/// "Deep Exploration via Bootstrapped DQN") — a resample of n pairs counts each Binomial(n, 1/n)
+/// times, Poisson(1) as n grows. Drawn from a hash of the pair's text, so it is fixed for the
+/// whole run (a resumed run and every epoch see the same resample).
+pub fn bootstrap_multiplicity(seed: u64, pair: &PreferencePair, member: usize) -> u32 {
+    use sha2::{Digest, Sha256};
+    let text = serde_json::json!([pair.prompt, pair.chosen, pair.rejected]).to_string();
+    let digest = Sha256::digest(text.as_bytes());
+    let hash = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
+    let mut rng = ChaCha8Rng::seed_from_u64(step_seed(seed ^ hash, BOOTSTRAP_SEED, member as u64));
+    // Inversion: the smallest x with P(X ≤ x) ≥ u (the cap only guards against rounding: P(X > 32) < 1e-35).
+    let u: f64 = rng.random();
+    let (mut x, mut probability) = (0u32, (-1.0f64).exp());
+    let mut cumulative = probability;
+    while u > cumulative && x < 32 {
+        x += 1;
+        probability /= f64::from(x);
+        cumulative += probability;
+    }
+    x
+}
+
+/// Held-out figures of an ensemble from each pair's member scores `(chosen[k], rejected[k])`:
+/// `eval/ensemble_std`, the std across members of a response's score averaged over the held-out
+/// responses, and `eval/ensemble_disagreement`, the share of pairs whose order the members do not
+/// all agree on. Empty without an ensemble.
+pub fn ensemble_metrics(members: &[(Vec<f64>, Vec<f64>)]) -> Metrics {
+    if members.is_empty() {
+        return Metrics::new();
+    }
+    let std = |scores: &[f64]| {
+        let mean = scores.iter().sum::<f64>() / scores.len() as f64;
+        (scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / scores.len() as f64).sqrt()
+    };
+    let stds: f64 = members.iter().map(|(chosen, rejected)| std(chosen) + std(rejected)).sum();
+    let split = members
+        .iter()
+        .filter(|(chosen, rejected)| {
+            let wins = chosen.iter().zip(rejected).filter(|(c, r)| c > r).count();
+            wins != 0 && wins != chosen.len()
+        })
+        .count();
+    Metrics::from([
+        ("eval/ensemble_std".to_string(), stds / (2 * members.len()) as f64),
+        ("eval/ensemble_disagreement".to_string(), split as f64 / members.len() as f64),
+    ])
 }
 
 /// The share of pairs the model orders as labeled, ties left out (they have no right order) as
@@ -227,7 +317,8 @@ pub fn preference_metrics(scores: &[(f64, f64)], pairs: &[&PreferencePair], flip
     metrics
 }
 
-/// A batch of pairs scored in one forward pass: chosen rows then rejected rows.
+/// A batch of pairs scored in one forward pass: chosen rows then rejected rows; `[n]` scores of
+/// the model's head, or `[n, K]` of the ensemble's members.
 fn score_pairs(model: &RewardModel, pairs: &[&PreferencePair], train: bool) -> Result<(Tensor, Tensor), StageError> {
     let mut rows = Vec::with_capacity(2 * pairs.len());
     for pair in pairs {
@@ -237,7 +328,10 @@ fn score_pairs(model: &RewardModel, pairs: &[&PreferencePair], train: bool) -> R
         rows.push(model.encode(&pair.prompt, &pair.rejected)?);
     }
     let (ids, mask) = left_pad(&rows, model.tokenizer.eos_id(), model.vs.device());
-    let scores = model.scores(&ids, &mask, train);
+    let scores = match model.member_scores(&ids, &mask, train) {
+        Some(members) => members,
+        None => model.scores(&ids, &mask, train),
+    };
     let n = pairs.len() as i64;
     Ok((scores.narrow(0, 0, n), scores.narrow(0, n, n)))
 }
@@ -245,6 +339,8 @@ fn score_pairs(model: &RewardModel, pairs: &[&PreferencePair], train: bool) -> R
 const DATA_SEED: u64 = 11;
 const PAIRS_SEED: u64 = 12;
 const DROPOUT_SEED: u64 = 13;
+const ENSEMBLE_SEED: u64 = 14;
+const BOOTSTRAP_SEED: u64 = 15;
 
 /// A reward stage in training: the model, its optimizer, and the pairs it learns from and is
 /// evaluated on.
@@ -255,6 +351,8 @@ struct RewardTrainer<'a> {
     data: &'a PreferenceData,
     model: RewardModel,
     optimizer: AdamW,
+    /// The optimizer of the ensemble's member heads, with `ensemble` > 1.
+    ensemble_optimizer: Option<AdamW>,
     schedule: LrSchedule,
     train_pairs: Vec<PreferencePair>,
     eval_pairs: Vec<PreferencePair>,
@@ -271,11 +369,19 @@ impl Trainer for RewardTrainer<'_> {
     type Error = StageError;
 
     fn parts(&self) -> Vec<Part<'_>> {
-        vec![Part { name: "model", vs: &self.model.vs, optimizer: &self.optimizer }]
+        let mut parts = vec![Part { name: "model", vs: &self.model.vs, optimizer: &self.optimizer }];
+        if let (Some(ensemble), Some(optimizer)) = (&self.model.ensemble, &self.ensemble_optimizer) {
+            parts.push(Part { name: "ensemble", vs: &ensemble.vs, optimizer });
+        }
+        parts
     }
 
     fn parts_mut(&mut self) -> Vec<PartMut<'_>> {
-        vec![PartMut { name: "model", vs: &mut self.model.vs, optimizer: &mut self.optimizer }]
+        let mut parts = vec![PartMut { name: "model", vs: &mut self.model.vs, optimizer: &mut self.optimizer }];
+        if let (Some(ensemble), Some(optimizer)) = (&mut self.model.ensemble, &mut self.ensemble_optimizer) {
+            parts.push(PartMut { name: "ensemble", vs: &mut ensemble.vs, optimizer });
+        }
+        parts
     }
 
     fn state(&self) -> Option<RewardNormalization> {
@@ -297,17 +403,29 @@ impl Trainer for RewardTrainer<'_> {
         let device = chosen.device();
         let margins: Vec<f64> = batch.iter().map(|p| if settings.use_margin { p.margin.unwrap_or(0.0) } else { 0.0 }).collect();
         let ties: Vec<bool> = batch.iter().map(|p| p.tie).collect();
-        let loss = bradley_terry_loss(
-            &chosen,
-            &rejected,
-            &Tensor::from_slice(&margins).to_kind(Kind::Float).to(device),
-            &Tensor::from_slice(&ties).to(device),
-            settings.center_coef,
-        );
+        let margins = Tensor::from_slice(&margins).to_kind(Kind::Float).to(device);
+        let ties_tensor = Tensor::from_slice(&ties).to(device);
+        let loss = if self.ensemble_optimizer.is_some() {
+            let seed = self.context.seed();
+            let weights: Vec<f32> =
+                batch.iter().flat_map(|pair| (0..settings.ensemble).map(move |k| bootstrap_multiplicity(seed, pair, k) as f32)).collect();
+            let weights = Tensor::from_slice(&weights).view([batch.len() as i64, settings.ensemble as i64]).to(device);
+            bootstrap_ensemble_loss(&chosen, &rejected, &margins, &ties_tensor, &weights, settings.center_coef)
+        } else {
+            bradley_terry_loss(&chosen, &rejected, &margins, &ties_tensor, settings.center_coef)
+        };
         (&loss * self.optimizer.loss_scale()).backward();
         let grad_norm = self.optimizer.clip_grad_norm(settings.grad_clip);
         self.optimizer.step(lr);
         self.optimizer.zero_grad();
+        if let Some(optimizer) = &mut self.ensemble_optimizer {
+            optimizer.clip_grad_norm(settings.grad_clip);
+            optimizer.step(lr);
+            optimizer.zero_grad();
+            self.model.head_from_ensemble();
+        }
+        // The ensemble's order of a pair is its members' mean score's.
+        let (chosen, rejected) = (mean_over_members(&chosen), mean_over_members(&rejected));
         let mut metrics = Metrics::from([
             ("train/loss".to_string(), loss.double_value(&[])),
             ("lr".to_string(), lr),
@@ -323,8 +441,10 @@ impl Trainer for RewardTrainer<'_> {
 
     fn evaluate(&mut self, step: u64, _samples: &mut SampleLog) -> Result<Metrics, StageError> {
         let eval_refs: Vec<&PreferencePair> = self.eval_pairs.iter().collect();
-        self.last_scores = eval_scores(&self.model, &eval_refs)?;
+        let members;
+        (self.last_scores, members) = eval_scores(&self.model, &eval_refs)?;
         let mut metrics = preference_metrics(&self.last_scores, &eval_refs, &self.flips);
+        metrics.extend(ensemble_metrics(&members));
         if step == self.settings.steps {
             // Scores of policy samples, stored with the checkpoint: PPO's `stored` normalisation.
             let normalization = policy_score_statistics(self.context, self.settings, self.data, &self.model)?;
@@ -348,7 +468,13 @@ fn train(context: &StageContext, data: &PreferenceData, settings: &RewardKeys) -
         context.invalid("`init` must be a trained checkpoint (an earlier stage or a directory), not a fresh [models] section")
     })?;
     tch::manual_seed(step_seed(seed, DATA_SEED, 0) as i64);
-    let model = RewardModel::load(&source_dir, settings.device.resolve()?, settings.dtype, true)?;
+    let mut model = RewardModel::load(&source_dir, settings.device.resolve()?, settings.dtype, true)?;
+    // Members of an init that was itself an ensemble are not this stage's: fresh ones, or none.
+    model.ensemble = None;
+    if settings.ensemble > 1 {
+        tch::manual_seed(step_seed(seed, ENSEMBLE_SEED, 0) as i64);
+        model.attach_ensemble(settings.ensemble as i64);
+    }
     let schedule = LrSchedule {
         lr: settings.lr,
         min_lr_ratio: 0.1,
@@ -356,7 +482,9 @@ fn train(context: &StageContext, data: &PreferenceData, settings: &RewardKeys) -
         total_steps: settings.steps,
         shape: settings.schedule,
     };
-    let optimizer = AdamW::new(&model.vs, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: settings.weight_decay });
+    let adamw = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: settings.weight_decay };
+    let optimizer = AdamW::new(&model.vs, adamw);
+    let ensemble_optimizer = model.ensemble.as_ref().map(|ensemble| AdamW::new(&ensemble.vs, adamw));
     let mut flip_rng = ChaCha8Rng::seed_from_u64(step_seed(context.experiment.task.eval_seed, PAIRS_SEED, 1));
     let flips: Vec<bool> = eval_pairs.iter().map(|_| flip_rng.random_bool(0.5)).collect();
     let mut trainer = RewardTrainer {
@@ -365,6 +493,7 @@ fn train(context: &StageContext, data: &PreferenceData, settings: &RewardKeys) -
         data,
         model,
         optimizer,
+        ensemble_optimizer,
         schedule,
         train_pairs,
         eval_pairs,
@@ -376,7 +505,7 @@ fn train(context: &StageContext, data: &PreferenceData, settings: &RewardKeys) -
     let RewardTrainer { mut model, eval_pairs, mut last_scores, normalization, .. } = trainer;
     if last_scores.is_empty() {
         // Resumed from the state of the last step: nothing was evaluated in this process.
-        last_scores = eval_scores(&model, &eval_pairs.iter().collect::<Vec<_>>())?;
+        last_scores = eval_scores(&model, &eval_pairs.iter().collect::<Vec<_>>())?.0;
     }
     write_held_out_scores(&dir.join(HELD_OUT_FILE), &eval_pairs, &last_scores)?;
     model.normalization = Some(match normalization {
@@ -425,16 +554,38 @@ fn write_held_out_scores(path: &std::path::Path, pairs: &[PreferencePair], score
     Ok(crate::run::write_atomic(path, &lines)?)
 }
 
-fn eval_scores(model: &RewardModel, pairs: &[&PreferencePair]) -> Result<Vec<(f64, f64)>, StageError> {
+/// `(r_chosen, r_rejected)` of each pair — with an ensemble, the members' mean — and each pair's
+/// member scores (none without an ensemble).
+type EvalScores = (Vec<(f64, f64)>, Vec<(Vec<f64>, Vec<f64>)>);
+
+fn eval_scores(model: &RewardModel, pairs: &[&PreferencePair]) -> Result<EvalScores, StageError> {
     let _no_grad = tch::no_grad_guard();
-    let mut scores = Vec::with_capacity(pairs.len());
+    let (mut scores, mut members) = (Vec::with_capacity(pairs.len()), Vec::new());
+    let cpu = |t: &Tensor| t.to_kind(Kind::Double).to_device(tch::Device::Cpu);
     for chunk in pairs.chunks(32) {
         let (chosen, rejected) = score_pairs(model, chunk, false)?;
-        let chosen = Vec::<f64>::try_from(chosen.to_kind(Kind::Double).to_device(tch::Device::Cpu)).expect("1-D");
-        let rejected = Vec::<f64>::try_from(rejected.to_kind(Kind::Double).to_device(tch::Device::Cpu)).expect("1-D");
+        if chosen.dim() == 2 {
+            members.extend(
+                Vec::<Vec<f64>>::try_from(cpu(&chosen))
+                    .expect("2-D")
+                    .into_iter()
+                    .zip(Vec::<Vec<f64>>::try_from(cpu(&rejected)).expect("2-D")),
+            );
+        }
+        let chosen = Vec::<f64>::try_from(cpu(&mean_over_members(&chosen))).expect("1-D");
+        let rejected = Vec::<f64>::try_from(cpu(&mean_over_members(&rejected))).expect("1-D");
         scores.extend(chosen.into_iter().zip(rejected));
     }
-    Ok(scores)
+    Ok((scores, members))
+}
+
+/// The members' mean of `[n, K]` scores; `[n]` scores as they are.
+fn mean_over_members(scores: &Tensor) -> Tensor {
+    if scores.dim() == 2 {
+        scores.mean_dim(1, false, Kind::Float)
+    } else {
+        scores.shallow_clone()
+    }
 }
 
 /// Adds `share` · len pairs (prompt, a response to it, a response to another prompt) in which the
@@ -538,6 +689,62 @@ mod tests {
         // centring: 0.1 · mean((3)², (2)², (2)²) = 0.1 · 17/3
         let centred = bradley_terry_loss(&chosen, &rejected, &no_margin, &no_tie, 0.1).double_value(&[]);
         assert!((centred - expected - 0.1 * 17.0 / 3.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn the_ensemble_loss_weighs_each_members_pairs_by_its_resample() {
+        use std::f64::consts::LN_2;
+        // Two pairs, two members. Member 0: Δ 1 and 0, counted 2 and 0 times → −log σ(1).
+        // Member 1: Δ −1 and 0, counted 1 and 1 → (−log σ(−1) + log 2) / 2.
+        let chosen = Tensor::from_slice2(&[[2.0f32, 0.0], [1.0, 1.0]]);
+        let rejected = Tensor::from_slice2(&[[1.0f32, 1.0], [1.0, 1.0]]);
+        let weights = Tensor::from_slice2(&[[2.0f32, 1.0], [0.0, 1.0]]);
+        let no_margin = Tensor::zeros([2], (Kind::Float, tch::Device::Cpu));
+        let no_tie = Tensor::from_slice(&[false, false]);
+        let loss = bootstrap_ensemble_loss(&chosen, &rejected, &no_margin, &no_tie, &weights, 0.0).double_value(&[]);
+        let expected = (0.313_261_687_5 + (1.313_261_687_5 + LN_2) / 2.0) / 2.0;
+        assert!((loss - expected).abs() < 1e-6, "{loss} vs {expected}");
+        // a member whose resample left every pair out contributes 0, not a division by zero
+        let empty = Tensor::from_slice2(&[[2.0f32, 0.0], [0.0, 0.0]]);
+        let loss = bootstrap_ensemble_loss(&chosen, &rejected, &no_margin, &no_tie, &empty, 0.0).double_value(&[]);
+        assert!((loss - 0.313_261_687_5 / 2.0).abs() < 1e-6, "{loss}");
+        // centring is on the members' means: chosen (1, 1), rejected (1, 1) → 0.1 · 4
+        let centred = bootstrap_ensemble_loss(&chosen, &rejected, &no_margin, &no_tie, &weights, 0.1).double_value(&[]);
+        assert!((centred - expected - 0.4).abs() < 1e-5, "{centred}");
+    }
+
+    #[test]
+    fn bootstrap_multiplicities_are_fixed_per_pair_and_member_and_poisson_one() {
+        let pairs: Vec<PreferencePair> = (0..4000)
+            .map(|i| PreferencePair {
+                prompt: format!("p{i}"),
+                chosen: "a".into(),
+                rejected: "b".into(),
+                tie: false,
+                margin: None,
+                gold: None,
+            })
+            .collect();
+        let draws: Vec<u32> = pairs.iter().map(|p| bootstrap_multiplicity(3, p, 1)).collect();
+        assert_eq!(draws, pairs.iter().map(|p| bootstrap_multiplicity(3, p, 1)).collect::<Vec<_>>());
+        assert_ne!(draws, pairs.iter().map(|p| bootstrap_multiplicity(3, p, 2)).collect::<Vec<_>>(), "members resample apart");
+        let n = draws.len() as f64;
+        let mean = draws.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+        let zeros = draws.iter().filter(|&&x| x == 0).count() as f64 / n;
+        // Poisson(1): mean 1, P(0) = 1/e ≈ 0.368
+        assert!((mean - 1.0).abs() < 0.05, "mean {mean}");
+        assert!((zeros - (-1.0f64).exp()).abs() < 0.03, "P(0) {zeros}");
+    }
+
+    #[test]
+    fn ensemble_metrics_on_crafted_member_scores() {
+        // Pair 0: members agree (chosen ahead in both); pair 1: they split.
+        let members = vec![(vec![1.0, 3.0], vec![0.0, 0.0]), (vec![1.0, 0.0], vec![0.0, 1.0])];
+        let m = ensemble_metrics(&members);
+        // stds of the four responses: 1, 0, 0.5, 0.5 → 0.5
+        assert!((m["eval/ensemble_std"] - 0.5).abs() < 1e-12);
+        assert_eq!(m["eval/ensemble_disagreement"], 0.5);
+        assert!(ensemble_metrics(&[]).is_empty());
     }
 
     #[test]
