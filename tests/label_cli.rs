@@ -5,7 +5,7 @@ mod label_support;
 
 use label_support::*;
 use rlhf_lab::data::preferences::read_jsonl;
-use rlhf_lab::label::{read_preference_pairs, Policy, Preferred, Store};
+use rlhf_lab::label::{read_preference_pairs, Preferred};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -207,21 +207,9 @@ fn annotator_add_prints_only_the_token_and_stores_its_hash() {
 
 /// Alice labels pairs 1–4 left, right, tie, skip through the library; returns what she saw.
 fn label_four_pairs(db: &std::path::Path) -> Vec<(i64, String, String)> {
-    let token = add_annotator(db, "alice");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let store = Store::open(db).await.unwrap();
-        let alice = store.annotator_by_token(&token).await.unwrap().unwrap();
-        let policy = Policy::default();
-        let mut seen = Vec::new();
-        for preferred in [Preferred::Left, Preferred::Right, Preferred::Tie, Preferred::Skip] {
-            let pair = store.next_pair(alice.id, &policy).await.unwrap().unwrap();
-            store.record_label(alice.id, pair.pair_id, preferred, &policy).await.unwrap();
-            seen.push((pair.pair_id, pair.left, pair.right));
-        }
-        store.close().await;
-        seen
-    })
+    let answers = [Preferred::Left, Preferred::Right, Preferred::Tie, Preferred::Skip];
+    let labeled = label_through_library(db, "alice", answers.len(), |i, _| answers[i]);
+    labeled.into_iter().map(|(pair, _)| (pair.pair_id, pair.left, pair.right)).collect()
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod label_support;
 use std::path::{Path, PathBuf};
 
 use label_support::*;
-use rlhf_lab::label::{Policy, Preferred, Store};
+use rlhf_lab::label::Preferred;
 use serde_json::{json, Value};
 
 /// `ROOT/RUN/ppo/samples.jsonl` with `(prompt, completion)` lines at step 0 (the starting policy,
@@ -45,26 +45,12 @@ enum Verdict {
 /// Alice labels every pair as `verdict` says for its prompt, seeing each pair in the random
 /// left/right order the server would show.
 fn label_all(db: &Path, verdict: impl Fn(&str) -> Verdict) -> usize {
-    let token = add_annotator(db, "alice");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let store = Store::open(db).await.unwrap();
-        let alice = store.annotator_by_token(&token).await.unwrap().unwrap();
-        let policy = Policy::default();
-        let mut labeled = 0;
-        while let Some(pair) = store.next_pair(alice.id, &policy).await.unwrap() {
-            let left_is_a = pair.left.starts_with('a');
-            let preferred = match (verdict(&pair.prompt), left_is_a) {
-                (Verdict::RunA, true) | (Verdict::RunB, false) => Preferred::Left,
-                (Verdict::RunA, false) | (Verdict::RunB, true) => Preferred::Right,
-                (Verdict::Tie, _) => Preferred::Tie,
-            };
-            store.record_label(alice.id, pair.pair_id, preferred, &policy).await.unwrap();
-            labeled += 1;
-        }
-        store.close().await;
-        labeled
-    })
+    let labeled = label_through_library(db, "alice", usize::MAX, |_, pair| match (verdict(&pair.prompt), pair.left.starts_with('a')) {
+        (Verdict::RunA, true) | (Verdict::RunB, false) => Preferred::Left,
+        (Verdict::RunA, false) | (Verdict::RunB, true) => Preferred::Right,
+        (Verdict::Tie, _) => Preferred::Tie,
+    });
+    labeled.len()
 }
 
 fn import_both(db: &Path, a: &Path, b: &Path) -> String {

@@ -9,7 +9,7 @@ mod label_support;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rlhf_lab::label::{Policy, Preferred, Store};
+use rlhf_lab::label::Preferred;
 use rlhf_lab::model::generate::left_pad;
 use rlhf_lab::model::reward::{RewardModel, RewardNormalization};
 use rlhf_lab::model::{LanguageModel, Precision};
@@ -207,31 +207,28 @@ fn the_reward_stage_learns_from_a_preference_file_and_from_the_labels_database()
         })
         .collect();
     let db = label_support::database_with(work.path(), &pairs);
-    let token = label_support::add_annotator(&db, "alice");
 
     // Alice labels every pair through the library as the server would record it (ties and
     // skips included); the same judgements, in labeling order, make the preference file.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let preferences: Vec<serde_json::Value> = runtime.block_on(async {
-        let store = Store::open(&db).await.unwrap();
-        let alice = store.annotator_by_token(&token).await.unwrap().unwrap();
-        let policy = Policy::default();
-        let mut lines = Vec::new();
-        while let Some(pair) = store.next_pair(alice.id, &policy).await.unwrap() {
+    let labeled = label_support::label_through_library(&db, "alice", usize::MAX, |i, pair| match i {
+        0 => Preferred::Tie,
+        1 => Preferred::Skip,
+        _ if pair.left.contains("excellent") => Preferred::Left,
+        _ => Preferred::Right,
+    });
+    let preferences: Vec<serde_json::Value> = labeled
+        .iter()
+        .map(|(pair, preferred)| {
             let left_wins = pair.left.contains("excellent");
             let (chosen, rejected) = if left_wins { (&pair.left, &pair.right) } else { (&pair.right, &pair.left) };
-            let (preferred, judgement) = match lines.len() {
-                0 => (Preferred::Tie, "tie"),
-                1 => (Preferred::Skip, "skip"),
-                _ if left_wins => (Preferred::Left, "preference"),
-                _ => (Preferred::Right, "preference"),
+            let judgement = match preferred {
+                Preferred::Tie => "tie",
+                Preferred::Skip => "skip",
+                _ => "preference",
             };
-            store.record_label(alice.id, pair.pair_id, preferred, &policy).await.unwrap();
-            lines.push(serde_json::json!({"prompt": pair.prompt, "chosen": chosen, "rejected": rejected, "judgement": judgement}));
-        }
-        store.close().await;
-        lines
-    });
+            serde_json::json!({"prompt": pair.prompt, "chosen": chosen, "rejected": rejected, "judgement": judgement})
+        })
+        .collect();
     assert_eq!(preferences.len(), 400);
     let file = work.path().join("prefs.jsonl");
     label_support::write_jsonl(&file, &preferences);

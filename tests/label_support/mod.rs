@@ -75,6 +75,33 @@ pub fn add_annotators(db: &Path, count: usize) -> Vec<String> {
     })
 }
 
+/// A new annotator `name` labels, through the library as the server records labels, every pair
+/// the store hands them (at most `limit`), answering each with `answer`; returns the pairs as
+/// shown (left/right in the random order drawn for them) with the answers.
+pub fn label_through_library(
+    db: &Path,
+    name: &str,
+    limit: usize,
+    mut answer: impl FnMut(usize, &rlhf_lab::label::assign::ShownPair) -> rlhf_lab::label::Preferred,
+) -> Vec<(rlhf_lab::label::assign::ShownPair, rlhf_lab::label::Preferred)> {
+    let token = add_annotator(db, name);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let store = rlhf_lab::label::Store::open(db).await.unwrap();
+        let annotator = store.annotator_by_token(&token).await.unwrap().unwrap();
+        let policy = rlhf_lab::label::Policy::default();
+        let mut labeled = Vec::new();
+        while labeled.len() < limit {
+            let Some(pair) = store.next_pair(annotator.id, &policy).await.unwrap() else { break };
+            let preferred = answer(labeled.len(), &pair);
+            store.record_label(annotator.id, pair.pair_id, preferred, &policy).await.unwrap();
+            labeled.push((pair, preferred));
+        }
+        store.close().await;
+        labeled
+    })
+}
+
 /// A `rlhf label serve` process on 127.0.0.1 with a port of its own; killed when dropped.
 pub struct Server {
     child: Child,
