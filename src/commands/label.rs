@@ -175,7 +175,7 @@ pub struct StatsArgs {
     /// The labeling database.
     #[arg(long, value_name = "FILE")]
     pub db: PathBuf,
-    /// Print JSON (as `GET /api/stats` does) instead of text.
+    /// Print JSON (as `GET /api/admin/stats` does) instead of text.
     #[arg(long)]
     pub json: bool,
 }
