@@ -1,5 +1,6 @@
 //! Counts, annotator throughput and inter-annotator agreement (Cohen's κ for two annotators,
-//! Fleiss' κ for more), for `GET /api/stats` and `rlhf label stats`.
+//! Fleiss' κ for more), for `GET /api/admin/stats` and `rlhf label stats`, and each annotator's
+//! own progress for `GET /api/stats`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
