@@ -219,35 +219,20 @@ pub fn run(args: &LabelArgs) -> Result<()> {
                 Ok(server::serve(store, args.bind, policy, limits).await?)
             }
             LabelCommand::Export(args) => {
-                let store = Store::open(&args.db).await?;
                 let filter = ExportFilter { ties: args.include_ties, skips: args.include_skips };
-                let records = store.preferences(filter).await;
-                store.close().await;
-                let written = export::write_jsonl(&args.out, &records?)?;
+                let records = Store::open(&args.db).await?.run_and_close(async |store| store.preferences(filter).await).await?;
+                let written = export::write_jsonl(&args.out, &records)?;
                 eprintln!("wrote {written} preference records to {}", args.out.display());
                 Ok(())
             }
             LabelCommand::Stats(args) => {
-                let store = Store::open(&args.db).await?;
-                let stats = store.stats().await;
-                store.close().await;
-                let stats = stats?;
-                if args.json {
-                    print_out(&format!("{}\n", serde_json::to_string_pretty(&stats)?))
-                } else {
-                    print_out(&stats.to_string())
-                }
+                let stats = Store::open(&args.db).await?.run_and_close(async |store| store.stats().await).await?;
+                print_json_or_text(args.json, &stats)
             }
             LabelCommand::Leaderboard(args) => {
-                let store = Store::open(&args.db).await?;
-                let board = store.leaderboard(leaderboard::Settings { rounds: args.rounds as usize, seed: args.seed }).await;
-                store.close().await;
-                let board = board?;
-                if args.json {
-                    print_out(&format!("{}\n", serde_json::to_string_pretty(&board)?))
-                } else {
-                    print_out(&board.to_string())
-                }
+                let settings = leaderboard::Settings { rounds: args.rounds as usize, seed: args.seed };
+                let board = Store::open(&args.db).await?.run_and_close(async |store| store.leaderboard(settings).await).await?;
+                print_json_or_text(args.json, &board)
             }
         }
     })
@@ -256,24 +241,18 @@ pub fn run(args: &LabelArgs) -> Result<()> {
 async fn annotator(command: &AnnotatorCommand) -> Result<()> {
     match command {
         AnnotatorCommand::Add { db, name, admin } => {
-            let store = Store::open_or_create(db).await?;
-            let token = store.add_annotator(name, if *admin { Role::Admin } else { Role::Annotator }).await;
-            store.close().await;
-            print_out(&format!("{}\n", token?))
+            let role = if *admin { Role::Admin } else { Role::Annotator };
+            let token = Store::open_or_create(db).await?.run_and_close(async |store| store.add_annotator(name, role).await).await?;
+            print_out(&format!("{token}\n"))
         }
         AnnotatorCommand::Remove { db, name } => {
-            let store = Store::open(db).await?;
-            let removed = store.remove_annotator(name).await;
-            store.close().await;
-            removed?;
+            Store::open(db).await?.run_and_close(async |store| store.remove_annotator(name).await).await?;
             eprintln!("removed `{}`: their token no longer works; their labels stay", name.trim());
             Ok(())
         }
         AnnotatorCommand::Rotate { db, name } => {
-            let store = Store::open(db).await?;
-            let token = store.rotate_token(name).await;
-            store.close().await;
-            print_out(&format!("{}\n", token?))
+            let token = Store::open(db).await?.run_and_close(async |store| store.rotate_token(name).await).await?;
+            print_out(&format!("{token}\n"))
         }
     }
 }
@@ -293,20 +272,16 @@ async fn import(args: &ImportArgs) -> Result<()> {
         }
         _ => anyhow::bail!("give a PAIRS.jsonl file, --from-run RUN_DIR/STAGE, or --model CHECKPOINT_DIR --prompts PROMPTS.jsonl"),
     };
-    let store = Store::open_or_create(&args.db).await?;
-    let pairs = match (args.select, args.count) {
-        (Some(selection), Some(count)) => {
-            let chosen = select(args, &store, pairs, selection, count).await;
-            if chosen.is_err() {
-                store.close().await;
-            }
-            chosen?
-        }
-        _ => pairs,
-    };
-    let summary = store.import_pairs(&pairs).await;
-    store.close().await;
-    let summary = summary?;
+    let summary = Store::open_or_create(&args.db)
+        .await?
+        .run_and_close(async |store| -> Result<_> {
+            let pairs = match (args.select, args.count) {
+                (Some(selection), Some(count)) => select(args, store, pairs, selection, count).await?,
+                _ => pairs,
+            };
+            Ok(store.import_pairs(&pairs).await?)
+        })
+        .await?;
     print_out(&format!(
         "imported {} new pairs from {} into {} ({} already present)\n",
         summary.added,
@@ -329,6 +304,15 @@ async fn select(args: &ImportArgs, store: &Store, candidates: Vec<NewPair>, sele
     let chosen = select::select_pairs(candidates, &present, (&reward_model, &reward_dir), selection, count as usize, args.seed)?;
     eprintln!("selected {} of {candidates_count} candidate pairs ({:?}, scored by {})", chosen.len(), selection, reward_dir.display());
     Ok(chosen)
+}
+
+/// `value` as pretty JSON or as its text form, on stdout.
+fn print_json_or_text(json: bool, value: &(impl serde::Serialize + std::fmt::Display)) -> Result<()> {
+    if json {
+        print_out(&format!("{}\n", serde_json::to_string_pretty(value)?))
+    } else {
+        print_out(&value.to_string())
+    }
 }
 
 /// Writes to stdout; a closed pipe (`… | head`) is an error, not a panic as with `println!`.

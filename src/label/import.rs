@@ -167,9 +167,6 @@ pub fn pairs_across_stages(stage_dirs: &[PathBuf]) -> Result<Vec<NewPair>, Label
                 let (sample_a, sample_b) = (&answers_a[taken[a] % answers_a.len()], &answers_b[taken[b] % answers_b.len()]);
                 taken[a] += 1;
                 taken[b] += 1;
-                if sample_a.completion == sample_b.completion {
-                    continue;
-                }
                 let metadata = Map::from_iter([
                     ("model_a".to_string(), Value::String(names[a].clone())),
                     ("model_b".to_string(), Value::String(names[b].clone())),

@@ -15,7 +15,7 @@ use super::import::NewPair;
 use super::LabelError;
 use crate::data::chat::Prompt;
 use crate::data::synthetic::annotators::sigmoid;
-use crate::model::reward::{RewardModel, NORMALIZATION_FILE};
+use crate::model::reward::{mean_and_population_std, RewardModel, NORMALIZATION_FILE};
 use crate::model::{DeviceSpec, Precision};
 
 /// How `rlhf label import --select` chooses.
@@ -55,10 +55,8 @@ impl Judged {
     /// From each member's `(r_a, r_b)`: the mean and (population) std of their P(a ≻ b).
     pub fn of_members(members: &[PairScores]) -> Self {
         let probabilities: Vec<f64> = members.iter().map(|&scores| preference_probability(scores)).collect();
-        let count = probabilities.len() as f64;
-        let mean = probabilities.iter().sum::<f64>() / count;
-        let variance = probabilities.iter().map(|p| (p - mean).powi(2)).sum::<f64>() / count;
-        Judged { preference_probability: mean, disagreement: Some(variance.sqrt()) }
+        let (mean, std) = mean_and_population_std(&probabilities);
+        Judged { preference_probability: mean, disagreement: Some(std) }
     }
 }
 
@@ -94,14 +92,14 @@ pub fn select_pairs(
     seed: u64,
 ) -> Result<Vec<NewPair>, LabelError> {
     let fresh: Vec<NewPair> = candidates.into_iter().filter(|pair| !present.contains(&super::import::content_hash(pair))).collect();
+    let texts = pair_texts(reward_model, &fresh)?;
+    let texts: Vec<(&str, &str)> = texts.iter().map(|(prompt, response)| (prompt.as_str(), *response)).collect();
     let judged: Vec<Judged> = if selection == Selection::Disagreement {
-        let texts = pair_texts(reward_model, &fresh)?;
-        let texts: Vec<(&str, &str)> = texts.iter().map(|(prompt, response)| (prompt.as_str(), *response)).collect();
         let members =
             reward_model.member_scores_texts(&texts, 32)?.ok_or_else(|| LabelError::NoEnsemble { checkpoint: reward_dir.to_path_buf() })?;
         members.chunks(2).map(|two| Judged::of_members(&two[0].iter().copied().zip(two[1].iter().copied()).collect::<Vec<_>>())).collect()
     } else {
-        score_pairs(reward_model, &fresh)?.into_iter().map(Judged::of_scores).collect()
+        reward_model.score_texts(&texts, 32)?.chunks(2).map(|two| Judged::of_scores((two[0], two[1]))).collect()
     };
     let mut chosen: Vec<Option<NewPair>> = fresh.into_iter().map(Some).collect();
     let method = match selection {
@@ -121,14 +119,6 @@ pub fn select_pairs(
             pair
         })
         .collect())
-}
-
-/// The reward model's `(r_a, r_b)` for each pair.
-fn score_pairs(model: &RewardModel, pairs: &[NewPair]) -> Result<Vec<PairScores>, LabelError> {
-    let texts = pair_texts(model, pairs)?;
-    let texts: Vec<(&str, &str)> = texts.iter().map(|(prompt, response)| (prompt.as_str(), *response)).collect();
-    let scores = model.score_texts(&texts, 32)?;
-    Ok(scores.chunks(2).map(|two| (two[0], two[1])).collect())
 }
 
 /// (prompt, response_a) then (prompt, response_b) of each pair, the texts the reward model

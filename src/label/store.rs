@@ -113,12 +113,14 @@ impl Store {
             .enable_all()
             .build()
             .map_err(|source| LabelError::Open { path: db.into(), source: sqlx::Error::Io(source) })?;
-        runtime.block_on(async {
-            let store = Store::open(db).await?;
-            let result = work(&store).await;
-            store.close().await;
-            result
-        })
+        runtime.block_on(async { Store::open(db).await?.run_and_close(work).await })
+    }
+
+    /// Runs `work` on the store, then closes it whether or not the work succeeded.
+    pub async fn run_and_close<T, E>(self, work: impl AsyncFnOnce(&Store) -> Result<T, E>) -> Result<T, E> {
+        let result = work(&self).await;
+        self.close().await;
+        result
     }
 
     pub fn path(&self) -> &Path {

@@ -149,32 +149,29 @@ fn to_buffer(name: &str, tensor: &Tensor) -> Buffer {
 
 /// Writes `buffers` as one safetensors file, flushed.
 fn write_safetensors(path: &Path, buffers: &[&Buffer]) -> Result<(), CheckpointError> {
-    let views: Vec<(String, safetensors::tensor::TensorView)> = buffers
-        .iter()
-        .map(|b| {
-            (b.name.clone(), safetensors::tensor::TensorView::new(b.dtype, b.shape.clone(), &b.bytes).expect("shape matches byte count"))
-        })
-        .collect();
-    safetensors::serialize_to_file(views, format_metadata(), path)
+    safetensors::serialize_to_file(tensor_views(buffers.iter().copied()), format_metadata(), path)
         .map_err(|e| CheckpointError::Safetensors { path: path.to_path_buf(), message: e.to_string() })?;
     Ok(crate::run::durable::sync(path)?)
-}
-
-/// transformers refuses safetensors files whose metadata lacks `format`.
-fn format_metadata() -> Option<HashMap<String, String>> {
-    Some(HashMap::from([("format".to_string(), "pt".to_string())]))
 }
 
 /// `tensors` as the bytes of a safetensors file, for a file saved beside a checkpoint's weights.
 pub fn safetensors_bytes(tensors: &[(&str, &Tensor)]) -> Vec<u8> {
     let buffers: Vec<Buffer> = tensors.iter().map(|(name, tensor)| to_buffer(name, tensor)).collect();
-    let views: Vec<(&str, safetensors::tensor::TensorView)> = buffers
-        .iter()
+    safetensors::serialize(tensor_views(buffers.iter()), format_metadata()).expect("tensors of matching shapes serialise")
+}
+
+/// The buffers as safetensors' views, by name.
+fn tensor_views<'a>(buffers: impl Iterator<Item = &'a Buffer>) -> Vec<(&'a str, safetensors::tensor::TensorView<'a>)> {
+    buffers
         .map(|b| {
             (b.name.as_str(), safetensors::tensor::TensorView::new(b.dtype, b.shape.clone(), &b.bytes).expect("shape matches byte count"))
         })
-        .collect();
-    safetensors::serialize(views, format_metadata()).expect("tensors of matching shapes serialise")
+        .collect()
+}
+
+/// transformers refuses safetensors files whose metadata lacks `format`.
+fn format_metadata() -> Option<HashMap<String, String>> {
+    Some(HashMap::from([("format".to_string(), "pt".to_string())]))
 }
 
 /// Writes the weights: one file, or shards of at most `max_shard_bytes` (a tensor larger than

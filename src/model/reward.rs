@@ -37,11 +37,17 @@ impl RewardNormalization {
     /// The mean and (population) std of `scores`, the std kept above 1e-6 so that dividing by it
     /// stays finite.
     pub fn of_scores(scores: &[f64]) -> Self {
-        let count = scores.len().max(1) as f64;
-        let mean = scores.iter().sum::<f64>() / count;
-        let variance = scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / count;
-        RewardNormalization { mean, std: variance.sqrt().max(1e-6) }
+        let (mean, std) = mean_and_population_std(scores);
+        RewardNormalization { mean, std: std.max(1e-6) }
     }
+}
+
+/// The mean and population standard deviation of `values` (0 and 0 when there are none).
+pub fn mean_and_population_std(values: &[f64]) -> (f64, f64) {
+    let count = values.len().max(1) as f64;
+    let mean = values.iter().sum::<f64>() / count;
+    let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / count;
+    (mean, variance.sqrt())
 }
 
 pub struct RewardModel {

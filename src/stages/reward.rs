@@ -19,7 +19,7 @@ use super::{Composite, Reading, StageContext, StageError, StageFigures, StageSet
 use crate::data::preferences::PreferencePair;
 use crate::data::synthetic::annotators::sigmoid;
 use crate::model::generate::left_pad;
-use crate::model::reward::{RewardModel, RewardNormalization};
+use crate::model::reward::{mean_and_population_std, RewardModel, RewardNormalization};
 use crate::model::{DeviceSpec, Precision};
 use crate::rng::{epoch_items, step_seed};
 use crate::run::metrics::SampleLog;
@@ -218,10 +218,7 @@ pub fn ensemble_metrics(members: &[(Vec<f64>, Vec<f64>)]) -> Metrics {
     if members.is_empty() {
         return Metrics::new();
     }
-    let std = |scores: &[f64]| {
-        let mean = scores.iter().sum::<f64>() / scores.len() as f64;
-        (scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / scores.len() as f64).sqrt()
-    };
+    let std = |scores: &[f64]| mean_and_population_std(scores).1;
     let stds: f64 = members.iter().map(|(chosen, rejected)| std(chosen) + std(rejected)).sum();
     let split = members
         .iter()
