@@ -450,7 +450,7 @@ fn sigterm_stops_the_server_gracefully() {
     let mut server = Server::start(&db, &[]);
     let status = server.terminate(Duration::from_secs(10));
     assert!(status.success(), "{status}");
-    assert!(server.log().contains("server stopped"), "{}", server.log());
+    assert!(server.log_shows("server stopped", Duration::from_secs(5)), "{}", server.log());
 }
 
 #[test]

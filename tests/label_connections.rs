@@ -128,7 +128,7 @@ fn a_stalled_body_gets_408_while_others_are_served() {
     assert_between("stalled body: answered and closed", took, 1.8, 6.0);
     assert!(answer.starts_with("HTTP/1.1 408"), "answer: {answer:?}");
     assert!(answer.contains("\"error\""), "answer: {answer:?}");
-    assert!(server.log().contains("408"), "the timeout is logged; log:\n{}", server.log());
+    assert!(server.log_shows("408", Duration::from_secs(5)), "the timeout is logged; log:\n{}", server.log());
 }
 
 #[test]
@@ -174,7 +174,7 @@ fn sigterm_stops_the_server_by_the_shutdown_deadline_despite_stalled_clients() {
     let status = server.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit status {status}; log:\n{}", server.log());
     assert_between("SIGTERM with stalled clients: exited", signalled.elapsed(), 1.8, 4.5);
-    assert!(server.log().contains("shutdown deadline"), "log:\n{}", server.log());
+    assert!(server.log_shows("shutdown deadline", Duration::from_secs(5)), "log:\n{}", server.log());
     for stream in [&mut half, &mut stalled] {
         read_until_closed(stream, Instant::now(), Duration::from_secs(2));
     }
@@ -192,11 +192,7 @@ fn idle_connections_cannot_lock_out_an_annotator_under_a_low_open_file_limit() {
     );
     let expected_cap = 128 - rlhf_lab::label::connections::RESERVED_FDS;
     let announced = format!("serving at most {expected_cap} connections at once");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !server.log().contains(&announced) {
-        assert!(Instant::now() < deadline, "no `{announced}` in the log:\n{}", server.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(server.log_shows(&announced, Duration::from_secs(5)), "no `{announced}` in the log:\n{}", server.log());
 
     let mut idle: Vec<TcpStream> = (0..150).map(|_| connect(&server.addr)).collect();
     let asked = Instant::now();

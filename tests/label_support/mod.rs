@@ -195,6 +195,19 @@ impl Server {
         self.child.id()
     }
 
+    /// Whether the server's log shows `needle` within `limit`: its stderr is read by a thread of
+    /// its own, so a line the server wrote may reach the log a moment after its effect is seen.
+    pub fn log_shows(&self, needle: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while !self.log().contains(needle) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
