@@ -304,16 +304,18 @@ impl Registry {
 
 impl Live {
     /// Tells the longest-idle connection without a request in flight to close, unless one told
-    /// before has not closed yet (its place is coming).
+    /// before has not closed yet (its place is coming). Activity is kept in milliseconds, so many
+    /// connections can tie; the oldest of them (lowest id) goes, not whichever the map yields.
     fn evict_longest_idle(&self) {
         if self.connections.values().any(|state| state.evicted.load(Ordering::Acquire)) {
             return;
         }
         let victim = self
             .connections
-            .values()
-            .filter(|state| state.in_flight.load(Ordering::Acquire) == 0)
-            .min_by_key(|state| state.last_active_ms.load(Ordering::Acquire));
+            .iter()
+            .filter(|(_, state)| state.in_flight.load(Ordering::Acquire) == 0)
+            .min_by_key(|(&id, state)| (state.last_active_ms.load(Ordering::Acquire), id))
+            .map(|(_, state)| state);
         if let Some(state) = victim {
             state.evicted.store(true, Ordering::Release);
             state.evict.notify_one();
