@@ -8,6 +8,7 @@ use tch::nn::Path;
 use tch::{Device, Kind, Tensor};
 
 use super::attention::{CacheShape, KvCache};
+use super::blocks::Blocks;
 use super::gpt2::Gpt2Config;
 use super::llama::LlamaConfig;
 
@@ -30,6 +31,9 @@ pub trait Transformer: std::fmt::Debug {
 
     /// The dtype of the weights (and so of the activations).
     fn kind(&self) -> Kind;
+
+    /// The transformer blocks: where adapters attach and checkpointing is switched.
+    fn blocks(&self) -> &Blocks;
 
     /// `forward` then `logits`: `[batch, time, vocab_size]`.
     fn forward_logits(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, train: bool) -> Tensor {
@@ -88,6 +92,14 @@ impl ModelConfig {
             "gpt2" => Gpt2Config::from_hf(json).map(ModelConfig::Gpt2),
             "llama" | "qwen2" | "qwen3" => LlamaConfig::from_hf(json).map(ModelConfig::Llama),
             other => Err(format!("model_type is `{other}`; supported: {SUPPORTED_MODEL_TYPES}")),
+        }
+    }
+
+    /// The `model_type` of `config.json`.
+    pub fn model_type(&self) -> &'static str {
+        match self {
+            ModelConfig::Gpt2(_) => "gpt2",
+            ModelConfig::Llama(config) => config.family.model_type(),
         }
     }
 

@@ -3,6 +3,8 @@
 //! embedding. Parameter names and layouts are Hugging Face's (`transformer.h.0.attn.c_attn.weight`,
 //! Conv1D weights as `[in, out]`), so a checkpoint is a safetensors dump of the `VarStore`.
 
+use std::rc::Rc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tch::nn::{Init, Path};
@@ -10,6 +12,8 @@ use tch::{Kind, Tensor};
 
 use super::architecture::{ArchitectureConfig, HfHead, ModelConfig, Transformer};
 use super::attention::{attend, positions_and_mask, AttentionMask, CacheShape, KvCache};
+use super::blocks::{Block, Blocks, PassContext};
+use super::lora::{Layout, Projection, Target};
 
 /// The architecture hyper-parameters, with Hugging Face `GPT2Config` names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,23 +155,12 @@ impl ArchitectureConfig for Gpt2Config {
 }
 
 /// HF's `Conv1D`: a linear layer whose weight is stored `[in, out]`.
-#[derive(Debug)]
-struct Conv1D {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Conv1D {
-    fn new(path: &Path, n_in: i64, n_out: i64, stdev: f64) -> Self {
-        Conv1D {
-            weight: path.var("weight", &[n_in, n_out], Init::Randn { mean: 0.0, stdev }),
-            bias: path.var("bias", &[n_out], Init::Const(0.0)),
-        }
-    }
-
-    fn forward(&self, x: &Tensor) -> Tensor {
-        x.matmul(&self.weight) + &self.bias
-    }
+fn conv1d(path: &Path, n_in: i64, n_out: i64, stdev: f64) -> Projection {
+    Projection::new(
+        path.var("weight", &[n_in, n_out], Init::Randn { mean: 0.0, stdev }),
+        Some(path.var("bias", &[n_out], Init::Const(0.0))),
+        Layout::InOut,
+    )
 }
 
 #[derive(Debug)]
@@ -190,8 +183,8 @@ impl LayerNorm {
 
 #[derive(Debug)]
 struct Attention {
-    c_attn: Conv1D,
-    c_proj: Conv1D,
+    c_attn: Projection,
+    c_proj: Projection,
     n_head: i64,
     attn_dropout: f64,
     resid_dropout: f64,
@@ -202,7 +195,7 @@ impl Attention {
         let (batch, time, width) = x.size3().expect("attention input is [batch, time, width]");
         let head_dim = width / self.n_head;
         let split_heads = |t: Tensor| t.view([batch, time, self.n_head, head_dim]).transpose(1, 2);
-        let qkv = self.c_attn.forward(x).split(width, 2);
+        let qkv = self.c_attn.forward(x, train).split(width, 2);
         let [q, k, v]: [Tensor; 3] = qkv.try_into().expect("c_attn yields query, key and value");
         let (q, k, v) = (split_heads(q), split_heads(k), split_heads(v));
         let (k, v) = match cache {
@@ -211,32 +204,32 @@ impl Attention {
         };
         let y = attend(&q, &k, &v, mask, if train { self.attn_dropout } else { 0.0 });
         let y = y.transpose(1, 2).contiguous().view([batch, time, width]);
-        self.c_proj.forward(&y).dropout(self.resid_dropout, train)
+        self.c_proj.forward(&y, train).dropout(self.resid_dropout, train)
     }
 }
 
 #[derive(Debug)]
 struct Mlp {
-    c_fc: Conv1D,
-    c_proj: Conv1D,
+    c_fc: Projection,
+    c_proj: Projection,
     dropout: f64,
 }
 
 impl Mlp {
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        self.c_proj.forward(&self.c_fc.forward(x).gelu("tanh")).dropout(self.dropout, train)
+        self.c_proj.forward(&self.c_fc.forward(x, train).gelu("tanh"), train).dropout(self.dropout, train)
     }
 }
 
 #[derive(Debug)]
-struct Block {
+struct Gpt2Block {
     ln_1: LayerNorm,
     attn: Attention,
     ln_2: LayerNorm,
     mlp: Mlp,
 }
 
-impl Block {
+impl Gpt2Block {
     fn new(path: &Path, config: &Gpt2Config) -> Self {
         let std = config.initializer_range;
         // GPT-2 scales the init of the projections that write into the residual stream by
@@ -244,22 +237,38 @@ impl Block {
         let residual_std = std / (2.0 * config.n_layer as f64).sqrt();
         let attn = path / "attn";
         let mlp = path / "mlp";
-        Block {
+        Gpt2Block {
             ln_1: LayerNorm::new(&(path / "ln_1"), config.n_embd, config.layer_norm_epsilon),
             attn: Attention {
-                c_attn: Conv1D::new(&(&attn / "c_attn"), config.n_embd, 3 * config.n_embd, std),
-                c_proj: Conv1D::new(&(&attn / "c_proj"), config.n_embd, config.n_embd, residual_std),
+                c_attn: conv1d(&(&attn / "c_attn"), config.n_embd, 3 * config.n_embd, std),
+                c_proj: conv1d(&(&attn / "c_proj"), config.n_embd, config.n_embd, residual_std),
                 n_head: config.n_head,
                 attn_dropout: config.attn_pdrop,
                 resid_dropout: config.resid_pdrop,
             },
             ln_2: LayerNorm::new(&(path / "ln_2"), config.n_embd, config.layer_norm_epsilon),
             mlp: Mlp {
-                c_fc: Conv1D::new(&(&mlp / "c_fc"), config.n_embd, config.mlp_width(), std),
-                c_proj: Conv1D::new(&(&mlp / "c_proj"), config.mlp_width(), config.n_embd, residual_std),
+                c_fc: conv1d(&(&mlp / "c_fc"), config.n_embd, config.mlp_width(), std),
+                c_proj: conv1d(&(&mlp / "c_proj"), config.mlp_width(), config.n_embd, residual_std),
                 dropout: config.resid_pdrop,
             },
         }
+    }
+}
+
+impl Block for Gpt2Block {
+    fn forward(&self, x: &Tensor, pass: &PassContext, cache: Option<(&mut KvCache, usize)>, train: bool) -> Tensor {
+        let x = x + self.attn.forward(&self.ln_1.forward(x), &pass.mask, cache, train);
+        &x + self.mlp.forward(&self.ln_2.forward(&x), train)
+    }
+
+    fn projections(&self) -> Vec<(&'static str, &'static [Target], &Projection)> {
+        vec![
+            ("attn.c_attn", &[Target::Q, Target::K, Target::V], &self.attn.c_attn),
+            ("attn.c_proj", &[Target::O], &self.attn.c_proj),
+            ("mlp.c_fc", &[Target::Up], &self.mlp.c_fc),
+            ("mlp.c_proj", &[Target::Down], &self.mlp.c_proj),
+        ]
     }
 }
 
@@ -270,7 +279,7 @@ pub struct Gpt2 {
     embd_pdrop: f64,
     wte: Tensor,
     wpe: Tensor,
-    blocks: Vec<Block>,
+    blocks: Blocks,
     ln_f: LayerNorm,
 }
 
@@ -283,7 +292,11 @@ impl Gpt2 {
         Gpt2 {
             wte: (&path / "wte").var("weight", &[config.vocab_size, config.n_embd], Init::Randn { mean: 0.0, stdev: std }),
             wpe: (&path / "wpe").var("weight", &[config.n_positions, config.n_embd], Init::Randn { mean: 0.0, stdev: std }),
-            blocks: (0..config.n_layer).map(|i| Block::new(&(&h / i), config)).collect(),
+            blocks: Blocks::new(
+                "transformer.h",
+                (0..config.n_layer).map(|i| Rc::new(Gpt2Block::new(&(&h / i), config)) as Rc<dyn Block>).collect(),
+                [config.embd_pdrop, config.attn_pdrop, config.resid_pdrop].iter().any(|&p| p > 0.0),
+            ),
             ln_f: LayerNorm::new(&(&path / "ln_f"), config.n_embd, config.layer_norm_epsilon),
             embd_pdrop: config.embd_pdrop,
             config: ModelConfig::Gpt2(config.clone()),
@@ -302,12 +315,8 @@ impl Transformer for Gpt2 {
         let (position_ids, mask) = positions_and_mask(attention_mask, batch, past, time, input_ids.device());
         let token_embeddings = Tensor::embedding(&self.wte, input_ids, -1, false, false);
         let position_embeddings = Tensor::embedding(&self.wpe, &position_ids, -1, false, false);
-        let mut x = (token_embeddings + position_embeddings).dropout(self.embd_pdrop, train);
-        for (layer, block) in self.blocks.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| (c, layer));
-            x = &x + block.attn.forward(&block.ln_1.forward(&x), &mask, layer_cache, train);
-            x = &x + block.mlp.forward(&block.ln_2.forward(&x), train);
-        }
+        let x = (token_embeddings + position_embeddings).dropout(self.embd_pdrop, train);
+        let x = self.blocks.forward(x, PassContext { mask, rotary: None }, cache.as_deref_mut(), train);
         if let Some(cache) = cache {
             cache.advance(time);
         }
@@ -324,5 +333,9 @@ impl Transformer for Gpt2 {
 
     fn kind(&self) -> Kind {
         self.wte.kind()
+    }
+
+    fn blocks(&self) -> &Blocks {
+        &self.blocks
     }
 }

@@ -7,12 +7,16 @@
 //! `head_dim` other than hidden/heads). Parameter names and layouts are Hugging Face's
 //! (`model.layers.0.self_attn.q_proj.weight`, linear weights `[out, in]`).
 
+use std::rc::Rc;
+
 use serde_json::{json, Value};
 use tch::nn::{Init, Path};
 use tch::{Kind, Tensor};
 
 use super::architecture::{ArchitectureConfig, HfHead, ModelConfig, Transformer};
 use super::attention::{attend, positions_and_mask, AttentionMask, CacheShape, KvCache};
+use super::blocks::{Block, Blocks, PassContext, Rotary};
+use super::lora::{Layout, Projection, Target};
 
 /// Which member of the family: its `model_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +27,7 @@ pub enum Family {
 }
 
 impl Family {
-    fn model_type(self) -> &'static str {
+    pub fn model_type(self) -> &'static str {
         match self {
             Family::Llama => "llama",
             Family::Qwen2 => "qwen2",
@@ -278,31 +282,20 @@ impl RmsNorm {
 }
 
 /// A linear layer with HF's `[out, in]` weight.
-#[derive(Debug)]
-struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
-}
-
-impl Linear {
-    fn new(path: &Path, n_in: i64, n_out: i64, bias: bool, stdev: f64) -> Self {
-        Linear {
-            weight: path.var("weight", &[n_out, n_in], Init::Randn { mean: 0.0, stdev }),
-            bias: bias.then(|| path.var("bias", &[n_out], Init::Const(0.0))),
-        }
-    }
-
-    fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
-    }
+fn linear(path: &Path, n_in: i64, n_out: i64, bias: bool, stdev: f64) -> Projection {
+    Projection::new(
+        path.var("weight", &[n_out, n_in], Init::Randn { mean: 0.0, stdev }),
+        bias.then(|| path.var("bias", &[n_out], Init::Const(0.0))),
+        Layout::OutIn,
+    )
 }
 
 #[derive(Debug)]
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: Projection,
+    k_proj: Projection,
+    v_proj: Projection,
+    o_proj: Projection,
     /// Qwen3: RMSNorm over each head's queries and keys, before the rotation.
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
@@ -323,29 +316,29 @@ impl Attention {
             };
             t.transpose(1, 2)
         };
-        let q = rotary.apply(&heads(self.q_proj.forward(x), self.heads, &self.q_norm));
-        let k = rotary.apply(&heads(self.k_proj.forward(x), self.kv_heads, &self.k_norm));
-        let v = heads(self.v_proj.forward(x), self.kv_heads, &None);
+        let q = rotary.apply(&heads(self.q_proj.forward(x, train), self.heads, &self.q_norm));
+        let k = rotary.apply(&heads(self.k_proj.forward(x, train), self.kv_heads, &self.k_norm));
+        let v = heads(self.v_proj.forward(x, train), self.kv_heads, &None);
         let (k, v) = match cache {
             Some((cache, layer)) => cache.extend(layer, &k, &v),
             None => (k, v),
         };
         let y = attend(&q, &k, &v, mask, if train { self.dropout } else { 0.0 });
-        self.o_proj.forward(&y.transpose(1, 2).contiguous().view([batch, time, self.heads * self.head_dim]))
+        self.o_proj.forward(&y.transpose(1, 2).contiguous().view([batch, time, self.heads * self.head_dim]), train)
     }
 }
 
 /// SwiGLU: `down(silu(gate(x)) · up(x))`.
 #[derive(Debug)]
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    gate_proj: Projection,
+    up_proj: Projection,
+    down_proj: Projection,
 }
 
 impl Mlp {
-    fn forward(&self, x: &Tensor) -> Tensor {
-        self.down_proj.forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        self.down_proj.forward(&(self.gate_proj.forward(x, train).silu() * self.up_proj.forward(x, train)), train)
     }
 }
 
@@ -367,10 +360,10 @@ impl Layer {
         Layer {
             input_layernorm: RmsNorm::new(&(path / "input_layernorm"), hidden, config.rms_norm_eps),
             self_attn: Attention {
-                q_proj: Linear::new(&(&attn / "q_proj"), hidden, heads * head_dim, config.qkv_bias, std),
-                k_proj: Linear::new(&(&attn / "k_proj"), hidden, kv_heads * head_dim, config.qkv_bias, std),
-                v_proj: Linear::new(&(&attn / "v_proj"), hidden, kv_heads * head_dim, config.qkv_bias, std),
-                o_proj: Linear::new(&(&attn / "o_proj"), heads * head_dim, hidden, config.output_bias, std),
+                q_proj: linear(&(&attn / "q_proj"), hidden, heads * head_dim, config.qkv_bias, std),
+                k_proj: linear(&(&attn / "k_proj"), hidden, kv_heads * head_dim, config.qkv_bias, std),
+                v_proj: linear(&(&attn / "v_proj"), hidden, kv_heads * head_dim, config.qkv_bias, std),
+                o_proj: linear(&(&attn / "o_proj"), heads * head_dim, hidden, config.output_bias, std),
                 q_norm: head_norm("q_norm"),
                 k_norm: head_norm("k_norm"),
                 heads,
@@ -380,27 +373,31 @@ impl Layer {
             },
             post_attention_layernorm: RmsNorm::new(&(path / "post_attention_layernorm"), hidden, config.rms_norm_eps),
             mlp: Mlp {
-                gate_proj: Linear::new(&(&mlp / "gate_proj"), hidden, config.intermediate_size, false, std),
-                up_proj: Linear::new(&(&mlp / "up_proj"), hidden, config.intermediate_size, false, std),
-                down_proj: Linear::new(&(&mlp / "down_proj"), config.intermediate_size, hidden, false, std),
+                gate_proj: linear(&(&mlp / "gate_proj"), hidden, config.intermediate_size, false, std),
+                up_proj: linear(&(&mlp / "up_proj"), hidden, config.intermediate_size, false, std),
+                down_proj: linear(&(&mlp / "down_proj"), config.intermediate_size, hidden, false, std),
             },
         }
     }
 }
 
-/// The rotation of one forward pass: cos and sin `[batch, 1, time, head_dim]` at each row's
-/// positions, applied to queries and keys `[batch, heads, time, head_dim]` the way transformers
-/// does (the two halves of a head rotate together: `x·cos + rotate_half(x)·sin`).
-struct Rotary {
-    cos: Tensor,
-    sin: Tensor,
-}
+impl Block for Layer {
+    fn forward(&self, x: &Tensor, pass: &PassContext, cache: Option<(&mut KvCache, usize)>, train: bool) -> Tensor {
+        let rotary = pass.rotary.as_ref().expect("the Llama family's blocks are given the rotation");
+        let x = x + self.self_attn.forward(&self.input_layernorm.forward(x), rotary, &pass.mask, cache, train);
+        &x + self.mlp.forward(&self.post_attention_layernorm.forward(&x), train)
+    }
 
-impl Rotary {
-    fn apply(&self, x: &Tensor) -> Tensor {
-        let half = x.size()[3] / 2;
-        let rotated = Tensor::cat(&[-x.narrow(3, half, half), x.narrow(3, 0, half)], 3);
-        x * &self.cos + rotated * &self.sin
+    fn projections(&self) -> Vec<(&'static str, &'static [Target], &Projection)> {
+        vec![
+            ("self_attn.q_proj", &[Target::Q], &self.self_attn.q_proj),
+            ("self_attn.k_proj", &[Target::K], &self.self_attn.k_proj),
+            ("self_attn.v_proj", &[Target::V], &self.self_attn.v_proj),
+            ("self_attn.o_proj", &[Target::O], &self.self_attn.o_proj),
+            ("mlp.gate_proj", &[Target::Gate], &self.mlp.gate_proj),
+            ("mlp.up_proj", &[Target::Up], &self.mlp.up_proj),
+            ("mlp.down_proj", &[Target::Down], &self.mlp.down_proj),
+        ]
     }
 }
 
@@ -409,7 +406,7 @@ impl Rotary {
 pub struct Llama {
     config: ModelConfig,
     embed_tokens: Tensor,
-    layers: Vec<Layer>,
+    layers: Blocks,
     norm: RmsNorm,
     /// `None` when the head is tied to `embed_tokens`.
     lm_head: Option<Tensor>,
@@ -427,7 +424,11 @@ impl Llama {
         let init = Init::Randn { mean: 0.0, stdev: std };
         Llama {
             embed_tokens: (&path / "embed_tokens").var("weight", &[config.vocab_size, config.hidden_size], init),
-            layers: (0..config.num_hidden_layers).map(|i| Layer::new(&(&layers / i), config)).collect(),
+            layers: Blocks::new(
+                "model.layers",
+                (0..config.num_hidden_layers).map(|i| Rc::new(Layer::new(&(&layers / i), config)) as Rc<dyn Block>).collect(),
+                config.attention_dropout > 0.0,
+            ),
             norm: RmsNorm::new(&(&path / "norm"), config.hidden_size, config.rms_norm_eps),
             lm_head: (!config.tie_word_embeddings)
                 .then(|| (root / "lm_head").var("weight", &[config.vocab_size, config.hidden_size], init)),
@@ -479,13 +480,9 @@ impl Transformer for Llama {
         let (batch, time) = input_ids.size2().expect("input_ids is [batch, time]");
         let past = cache.as_ref().map_or(0, |c| c.len());
         let (position_ids, mask) = positions_and_mask(attention_mask, batch, past, time, input_ids.device());
-        let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
+        let x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
         let rotary = self.rotary(&position_ids, x.kind());
-        for (index, layer) in self.layers.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| (c, index));
-            x = &x + layer.self_attn.forward(&layer.input_layernorm.forward(&x), &rotary, &mask, layer_cache, train);
-            x = &x + layer.mlp.forward(&layer.post_attention_layernorm.forward(&x));
-        }
+        let x = self.layers.forward(x, PassContext { mask, rotary: Some(rotary) }, cache.as_deref_mut(), train);
         if let Some(cache) = cache {
             cache.advance(time);
         }
@@ -502,5 +499,9 @@ impl Transformer for Llama {
 
     fn kind(&self) -> Kind {
         self.embed_tokens.kind()
+    }
+
+    fn blocks(&self) -> &Blocks {
+        &self.layers
     }
 }

@@ -3,11 +3,13 @@
 
 pub mod architecture;
 pub mod attention;
+pub mod blocks;
 pub mod checkpoint;
 pub mod device;
 pub mod generate;
 pub mod gpt2;
 pub mod llama;
+pub mod lora;
 pub mod reward;
 
 use std::path::Path;
@@ -21,15 +23,18 @@ pub use checkpoint::CheckpointError;
 pub use device::{DeviceSpec, Precision};
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use llama::LlamaConfig;
+pub use lora::{Adapters, LoraError, LoraSettings};
 pub use reward::ScalarHead;
 
 use crate::data::tokenizer::TextTokenizer;
 
-/// A transformer with its variables and the tokenizer it reads.
+/// A transformer with its variables and the tokenizer it reads, and low-rank adapters when it
+/// trains with LoRA.
 pub struct LanguageModel {
     pub vs: VarStore,
     pub transformer: Box<dyn Transformer>,
     pub tokenizer: TextTokenizer,
+    pub adapters: Option<Adapters>,
 }
 
 impl LanguageModel {
@@ -38,7 +43,7 @@ impl LanguageModel {
         let mut vs = VarStore::new(device);
         let transformer = config.into().build(&vs.root());
         precision.cast(&mut vs);
-        LanguageModel { vs, transformer, tokenizer }
+        LanguageModel { vs, transformer, tokenizer, adapters: None }
     }
 
     /// Loads a checkpoint directory (ours or one written by `transformers`).
@@ -64,5 +69,42 @@ impl LanguageModel {
 
     pub fn device(&self) -> Device {
         self.vs.device()
+    }
+
+    /// Attaches fresh LoRA adapters and freezes every other weight: training then updates the
+    /// adapters alone, and the model with them switched off is the one loaded.
+    pub fn attach_adapters(&mut self, settings: &LoraSettings) -> Result<(), LoraError> {
+        let architecture = self.transformer.config().model_type();
+        self.adapters = Some(Adapters::attach(self.transformer.blocks(), settings, architecture, self.device())?);
+        self.vs.freeze();
+        Ok(())
+    }
+
+    /// Adds the adapters' updates into the weights and drops the adapters.
+    pub fn merge_adapters(&mut self) {
+        lora::merge(self.transformer.blocks());
+        self.adapters = None;
+    }
+
+    /// The variables training updates: the adapters' when attached, else the model's.
+    pub fn trained_vs(&self) -> &VarStore {
+        self.adapters.as_ref().map_or(&self.vs, |adapters| &adapters.vs)
+    }
+
+    pub fn trained_vs_mut(&mut self) -> &mut VarStore {
+        self.adapters.as_mut().map_or(&mut self.vs, |adapters| &mut adapters.vs)
+    }
+
+    /// Recompute each block's activations in the backward pass instead of keeping them.
+    pub fn set_gradient_checkpointing(&self, on: bool) {
+        self.transformer.blocks().set_checkpointing(on);
+    }
+
+    /// Runs `f` on the model without its adapters (the model itself when it has none).
+    pub fn without_adapters<T>(&self, f: impl FnOnce() -> T) -> T {
+        match &self.adapters {
+            Some(adapters) => adapters.without(f),
+            None => f(),
+        }
     }
 }

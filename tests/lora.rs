@@ -1,0 +1,188 @@
+//! LoRA adapters and gradient checkpointing at the model level: an adapted forward pass equals
+//! the merged weights' forward pass, the base with its adapters off equals a separate frozen
+//! copy, checkpointed blocks give the plain pass's gradients, and targets an architecture lacks
+//! are refused by name.
+
+mod common;
+
+use serde_json::json;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use rlhf_lab::model::generate::left_pad;
+use rlhf_lab::model::{LanguageModel, LoraSettings, ModelConfig, Precision};
+
+fn qwen2_config() -> ModelConfig {
+    ModelConfig::from_hf(&json!({"model_type": "qwen2", "vocab_size": 300, "hidden_size": 48, "intermediate_size": 80,
+        "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
+        "tie_word_embeddings": false, "initializer_range": 0.1, "bos_token_id": 0, "eos_token_id": 0}))
+    .unwrap()
+}
+
+fn gpt2_config() -> ModelConfig {
+    common::tiny_config(300, 64, 48, 3, 4).into()
+}
+
+fn fresh(config: &ModelConfig, seed: i64) -> LanguageModel {
+    tch::manual_seed(seed);
+    LanguageModel::fresh(config, common::tiny_tokenizer(300), Device::Cpu, Precision::Fp32)
+}
+
+fn lora(text: &str) -> LoraSettings {
+    toml::from_str(text).unwrap()
+}
+
+/// Left-padded rows of random tokens and their mask.
+fn batch(seed: i64) -> (Tensor, Tensor) {
+    tch::manual_seed(seed);
+    let rows: Vec<Vec<i64>> = [9i64, 5, 12]
+        .iter()
+        .map(|&n| Vec::<i64>::try_from(Tensor::randint_low(1, 300, [n], (Kind::Int64, Device::Cpu))).unwrap())
+        .collect();
+    left_pad(&rows, 0, Device::Cpu)
+}
+
+fn logits(model: &LanguageModel, ids: &Tensor, mask: &Tensor) -> Tensor {
+    tch::no_grad(|| model.transformer.forward_logits(ids, Some(mask), false))
+}
+
+/// Gives every adapter a random `B` (a fresh one is zero, which would make every check trivial).
+fn randomise(vs: &VarStore, seed: i64) {
+    tch::manual_seed(seed);
+    tch::no_grad(|| {
+        for (name, mut variable) in vs.variables() {
+            if name.contains("lora_B") {
+                variable.copy_(&(Tensor::randn_like(&variable) * 0.2));
+            }
+        }
+    });
+}
+
+fn max_difference(a: &Tensor, b: &Tensor, mask: &Tensor) -> f64 {
+    ((a - b).abs().amax([-1], false) * mask.to_kind(Kind::Float)).max().double_value(&[])
+}
+
+#[test]
+fn an_adapted_forward_pass_equals_the_merged_weights_forward_pass() {
+    for config in [qwen2_config(), gpt2_config()] {
+        let mut model = fresh(&config, 3);
+        model.attach_adapters(&lora("r = 4\nalpha = 8\ndropout = 0.1")).unwrap();
+        let adapters = model.adapters.as_ref().unwrap();
+        let expected = if matches!(config, ModelConfig::Gpt2(_)) { 3 * 4 } else { 3 * 7 };
+        assert_eq!(adapters.modules.len(), expected, "{:?}", adapters.modules);
+        randomise(&adapters.vs, 5);
+        let (ids, mask) = batch(7);
+        let base = model.without_adapters(|| logits(&model, &ids, &mask));
+        let adapted = logits(&model, &ids, &mask);
+        assert!(max_difference(&base, &adapted, &mask) > 1e-2, "the adapters change the output");
+        model.merge_adapters();
+        assert!(model.adapters.is_none());
+        let merged = logits(&model, &ids, &mask);
+        let difference = max_difference(&adapted, &merged, &mask);
+        assert!(difference < 1e-5, "{}: adapted vs merged differ by {difference}", config.model_type());
+    }
+}
+
+#[test]
+fn the_base_with_adapters_off_is_a_separate_frozen_copy() {
+    let work = tempfile::tempdir().unwrap();
+    let base = fresh(&qwen2_config(), 11);
+    base.save(work.path()).unwrap();
+    let mut policy = LanguageModel::load(work.path(), Device::Cpu, Precision::Fp32).unwrap();
+    let reference = LanguageModel::load(work.path(), Device::Cpu, Precision::Fp32).unwrap();
+    policy.attach_adapters(&lora("r = 8")).unwrap();
+    randomise(&policy.adapters.as_ref().unwrap().vs, 12);
+    let (ids, mask) = batch(13);
+    let logprobs = |logits: Tensor| logits.log_softmax(-1, Kind::Float);
+    let separate = logprobs(logits(&reference, &ids, &mask));
+    let switched_off = logprobs(policy.without_adapters(|| logits(&policy, &ids, &mask)));
+    assert_eq!(max_difference(&separate, &switched_off, &mask), 0.0);
+    let adapted = logprobs(logits(&policy, &ids, &mask));
+    assert!(max_difference(&separate, &adapted, &mask) > 1e-2);
+    // Only the adapters train: every base weight is frozen.
+    assert!(policy.vs.variables().values().all(|t| !t.requires_grad()));
+    assert!(policy.trained_vs().variables().values().all(|t| t.requires_grad() && t.kind() == Kind::Float));
+}
+
+/// The gradient of a next-token loss with respect to every trained variable.
+fn gradients(model: &LanguageModel, ids: &Tensor, mask: &Tensor) -> Vec<(String, Tensor)> {
+    let vs = model.trained_vs();
+    for (_, variable) in vs.variables() {
+        let mut grad = variable.grad();
+        if grad.defined() {
+            let _ = grad.zero_();
+        }
+    }
+    let logits = model.transformer.forward_logits(ids, Some(mask), true);
+    let (batch, time, vocab) = logits.size3().unwrap();
+    let targets = ids.narrow(1, 1, time - 1).reshape([-1]);
+    let weights = mask.narrow(1, 1, time - 1).reshape([-1]).to_kind(Kind::Float);
+    let per_token = logits.narrow(1, 0, time - 1).reshape([batch * (time - 1), vocab]).cross_entropy_loss::<Tensor>(
+        &targets,
+        None,
+        tch::Reduction::None,
+        -100,
+        0.0,
+    );
+    let loss = (per_token * &weights).sum(Kind::Float) / weights.sum(Kind::Float);
+    rlhf_lab::model::blocks::backward(&loss);
+    let mut grads: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(name, t)| (name, t.grad().copy())).collect();
+    grads.sort_by(|a, b| a.0.cmp(&b.0));
+    grads
+}
+
+fn assert_same_gradients(plain: &[(String, Tensor)], checkpointed: &[(String, Tensor)], what: &str) {
+    assert_eq!(plain.len(), checkpointed.len());
+    for ((name, a), (_, b)) in plain.iter().zip(checkpointed) {
+        assert!(a.defined() && b.defined(), "{what}: `{name}` has no gradient");
+        let difference = (a - b).abs().max().double_value(&[]);
+        assert!(difference < 1e-6, "{what}: `{name}` differs by {difference}");
+        assert!(a.abs().max().double_value(&[]) > 0.0 || name.contains("lora_A"), "{what}: `{name}` has a zero gradient");
+    }
+}
+
+#[test]
+fn gradient_checkpointing_gives_the_plain_passes_gradients() {
+    let (ids, mask) = batch(21);
+    for config in [qwen2_config(), gpt2_config()] {
+        let model = fresh(&config, 22);
+        let plain = gradients(&model, &ids, &mask);
+        model.set_gradient_checkpointing(true);
+        let checkpointed = gradients(&model, &ids, &mask);
+        assert_same_gradients(&plain, &checkpointed, &format!("{} full", config.model_type()));
+        // And again, through adapters on a frozen base.
+        let mut model = fresh(&config, 23);
+        model.attach_adapters(&lora("r = 4")).unwrap();
+        randomise(&model.adapters.as_ref().unwrap().vs, 24);
+        let plain = gradients(&model, &ids, &mask);
+        model.set_gradient_checkpointing(true);
+        let checkpointed = gradients(&model, &ids, &mask);
+        assert_same_gradients(&plain, &checkpointed, &format!("{} LoRA", config.model_type()));
+        // The blocks were recomputed: a plain `backward` alone leaves their weights without
+        // gradients, which the recomputation then gives them.
+        let model = fresh(&config, 25);
+        model.set_gradient_checkpointing(true);
+        let loss = model.transformer.forward_logits(&ids, Some(&mask), true).sum(Kind::Float);
+        loss.backward();
+        let block_weights = || model.vs.variables().into_iter().filter(|(name, _)| name.contains(".0.")).collect::<Vec<_>>();
+        assert!(block_weights().iter().all(|(_, weight)| !weight.grad().defined()));
+        rlhf_lab::model::blocks::backward(&Tensor::zeros([], (Kind::Float, Device::Cpu)).set_requires_grad(true));
+        assert!(block_weights().iter().all(|(_, weight)| weight.grad().defined()));
+    }
+}
+
+#[test]
+fn targets_a_model_lacks_and_bad_settings_are_refused_by_name() {
+    let mut gpt2 = fresh(&gpt2_config(), 31);
+    let error = gpt2.attach_adapters(&lora("r = 4\ntargets = [\"q\", \"gate\"]")).unwrap_err().to_string();
+    assert!(error.contains("lora.targets") && error.contains("q") && error.contains("c_attn"), "{error}");
+    let error = gpt2.attach_adapters(&lora("r = 4\ntargets = [\"q\", \"k\", \"v\", \"gate\"]")).unwrap_err().to_string();
+    assert!(error.contains("lora.targets") && error.contains("`gate`") && error.contains("gpt2"), "{error}");
+    let unknown = toml::from_str::<LoraSettings>("r = 4\ntargets = [\"query\"]").unwrap_err().to_string();
+    assert!(unknown.contains("query") && unknown.contains("gate"), "{unknown}");
+    assert_eq!(lora("r = 0").check().unwrap_err().0, "r");
+    assert_eq!(lora("r = 4\nalpha = -1.0").check().unwrap_err().0, "alpha");
+    assert_eq!(lora("r = 4\ndropout = 1.0").check().unwrap_err().0, "dropout");
+    assert_eq!(lora("r = 4\ntargets = [\"q\", \"q\"]").check().unwrap_err().0, "targets");
+    assert_eq!(lora("r = 4\ntargets = []").check().unwrap_err().0, "targets");
+}
