@@ -17,9 +17,18 @@ Subcommands (all tensors exchanged as safetensors files, ids as JSON):
                                           tokenizer_config.json (WHERE = key); loads it back with
                                           AutoTokenizer and writes apply_chat_template's text and
                                           ids for each {"messages", "add_generation_prompt"}
+  make-peft BASE_DIR TASK TARGETS R ALPHA SEED OUT_DIR   random LoRA adapter (lora_A and lora_B
+                                          both random) on the comma-separated TARGETS of a base
+                                          *ForCausalLM (TASK = causal) or *ForSequenceClassification
+                                          (TASK = seq-cls), saved with peft's save_pretrained
+  peft-logits BASE_DIR ADAPTER_DIR INPUTS_JSON OUT   logits, as logits, of the base + adapter
+  peft-scores BASE_DIR ADAPTER_DIR INPUTS_JSON OUT_JSON   scores, as scores, of the base + adapter
+  peft-merge BASE_DIR ADAPTER_DIR OUT_DIR   base + adapter merged (merge_and_unload) and saved
+                                          with the base's tokenizer files, a complete model
 """
 import json
 import os
+import shutil
 import sys
 
 import torch
@@ -145,6 +154,69 @@ def apply_chat_template(tokenizer_dir, cases_path, out_path):
         json.dump(results, f)
 
 
+PEFT_TASKS = {"causal": ("CAUSAL_LM", AutoModelForCausalLM), "seq-cls": ("SEQ_CLS", AutoModelForSequenceClassification)}
+
+
+def make_peft(base_dir, task, targets, r, alpha, seed, out_dir):
+    from peft import LoraConfig, get_peft_model
+
+    task_type, auto_class = PEFT_TASKS[task]
+    base = auto_class.from_pretrained(base_dir)
+    torch.manual_seed(int(seed))
+    config = LoraConfig(
+        r=int(r),
+        lora_alpha=int(alpha),
+        target_modules=targets.split(","),
+        lora_dropout=0.0,
+        # Not peft's default (B = 0, a no-op adapter): both A and B random, so they are tested.
+        init_lora_weights=False,
+        # GPT-2's Conv1D keeps its weight as (in, out).
+        fan_in_fan_out=base.config.model_type == "gpt2",
+        task_type=task_type,
+    )
+    model = get_peft_model(base, config)
+    # A seq-cls adapter saves its own copy of the score head (modules_to_save), equal to the
+    # base's until trained; perturb it so that loading it is tested too.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".modules_to_save." in name:
+                param.add_(0.1 * torch.randn_like(param))
+    model.save_pretrained(out_dir)
+
+
+def load_peft(base_dir, adapter_dir, auto_class=AutoModelForCausalLM):
+    from peft import PeftModel
+
+    base = auto_class.from_pretrained(base_dir, dtype=torch.float32)
+    return PeftModel.from_pretrained(base, adapter_dir).float().eval()
+
+
+def peft_logits(base_dir, adapter_dir, inputs_path, out_path):
+    model = load_peft(base_dir, adapter_dir)
+    ids, mask = read_inputs(inputs_path)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
+    save_file({"logits": out.float().contiguous()}, out_path)
+
+
+def peft_scores(base_dir, adapter_dir, inputs_path, out_path):
+    model = load_peft(base_dir, adapter_dir, AutoModelForSequenceClassification)
+    ids, mask = read_inputs(inputs_path)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
+    with open(out_path, "w") as f:
+        json.dump({"scores": out[:, 0].tolist(), "architectures": model.config.architectures}, f)
+
+
+def peft_merge(base_dir, adapter_dir, out_dir):
+    load_peft(base_dir, adapter_dir).merge_and_unload().save_pretrained(out_dir)
+    for name in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"]:
+        if os.path.exists(os.path.join(base_dir, name)):
+            shutil.copy(os.path.join(base_dir, name), os.path.join(out_dir, name))
+
+
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
     commands = {
@@ -156,5 +228,9 @@ if __name__ == "__main__":
         "scores": scores,
         "reshard": reshard,
         "chat-template": chat_template,
+        "make-peft": make_peft,
+        "peft-logits": peft_logits,
+        "peft-scores": peft_scores,
+        "peft-merge": peft_merge,
     }
     commands[command](*args)
