@@ -171,18 +171,10 @@ fn random_rows(lengths: &[usize], seed: i64) -> Vec<Vec<i64>> {
     lengths.iter().map(|&n| Vec::<i64>::try_from(Tensor::randint_low(1, 300, [n as i64], (Kind::Int64, Device::Cpu))).unwrap()).collect()
 }
 
-/// Writes `rows`, left-padded with id 0, for the reference script.
-fn write_inputs(path: &Path, rows: &[Vec<i64>]) {
-    let (ids, mask) = left_pad(rows, 0, Device::Cpu);
-    let inputs =
-        json!({"input_ids": Vec::<Vec<i64>>::try_from(&ids).unwrap(), "attention_mask": Vec::<Vec<i64>>::try_from(&mask).unwrap()});
-    std::fs::write(path, inputs.to_string()).unwrap();
-}
-
 /// transformers' logits for `rows` (left-padded with id 0).
 fn hf_logits(model_dir: &Path, rows: &[Vec<i64>], work: &Path) -> Tensor {
     let (inputs, out) = (work.join("inputs.json"), work.join("logits.safetensors"));
-    write_inputs(&inputs, rows);
+    common::write_inputs(&inputs, rows);
     common::hf_reference(&["logits", path_str(model_dir), path_str(&inputs), path_str(&out)]);
     Tensor::read_safetensors(&out).unwrap().into_iter().find(|(name, _)| name == "logits").unwrap().1
 }
@@ -259,7 +251,7 @@ fn sharded_weights_and_several_end_tokens_both_ways() {
     assert_eq!(stopped[0], free[0][..cut], "row 0 goes on past the second end id");
     assert!(generation.stopped()[0]);
     let (inputs, out) = (work.path().join("inputs.json"), work.path().join("greedy.json"));
-    write_inputs(&inputs, &rows);
+    common::write_inputs(&inputs, &rows);
     common::hf_reference(&["greedy", path_str(&dir), path_str(&inputs), "12", path_str(&out)]);
     for (row, (ours, theirs)) in stopped.iter().zip(read_json(&out)["completion_ids"].as_array().unwrap()).enumerate() {
         let theirs: Vec<i64> =
@@ -276,7 +268,7 @@ fn sharded_weights_and_several_end_tokens_both_ways() {
 /// transformers' scores of a sequence-classification directory, with its `architectures`.
 fn hf_scores(model_dir: &Path, rows: &[Vec<i64>], work: &Path) -> (Vec<f64>, Value) {
     let (inputs, out) = (work.join("inputs.json"), work.join("scores.json"));
-    write_inputs(&inputs, rows);
+    common::write_inputs(&inputs, rows);
     common::hf_reference(&["scores", path_str(model_dir), path_str(&inputs), path_str(&out)]);
     let result = read_json(&out);
     (serde_json::from_value(result["scores"].clone()).unwrap(), result["architectures"].clone())

@@ -186,3 +186,59 @@ fn targets_a_model_lacks_and_bad_settings_are_refused_by_name() {
     assert_eq!(lora("r = 4\ntargets = [\"q\", \"q\"]").check().unwrap_err().0, "targets");
     assert_eq!(lora("r = 4\ntargets = []").check().unwrap_err().0, "targets");
 }
+
+fn path_str(path: &std::path::Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Random rows of tokens (no padding: PEFT's reference reads them as they are).
+fn rows(seed: i64) -> Vec<Vec<i64>> {
+    tch::manual_seed(seed);
+    [8i64, 8, 8].iter().map(|&n| Vec::<i64>::try_from(Tensor::randint_low(1, 300, [n], (Kind::Int64, Device::Cpu))).unwrap()).collect()
+}
+
+/// `peft`'s logits of `base` with the adapters of `adapter_dir`.
+fn peft_logits(base: &std::path::Path, adapter_dir: &std::path::Path, rows: &[Vec<i64>], work: &std::path::Path) -> Tensor {
+    let (inputs, out) = (work.join("inputs.json"), work.join("peft_logits.safetensors"));
+    common::write_inputs(&inputs, rows);
+    common::hf_reference(&["peft-logits", path_str(base), path_str(adapter_dir), path_str(&inputs), path_str(&out)]);
+    Tensor::read_safetensors(&out).unwrap().into_iter().find(|(name, _)| name == "logits").unwrap().1
+}
+
+#[test]
+fn adapters_round_trip_through_peft_both_ways() {
+    let work = tempfile::tempdir().unwrap();
+    for (config, targets, theirs) in [
+        (qwen2_config(), "targets = [\"q\", \"v\", \"down\"]", "q_proj,v_proj,down_proj"),
+        (gpt2_config(), "targets = [\"q\", \"k\", \"v\", \"o\"]", "c_attn,c_proj"),
+    ] {
+        let name = config.model_type();
+        let base_dir = work.path().join(format!("{name}-base"));
+        fresh(&config, 41).save(&base_dir).unwrap();
+        let rows = rows(42);
+        let (ids, mask) = left_pad(&rows, 0, Device::Cpu);
+
+        // Saved here, read by peft: the same logits.
+        let mut ours = LanguageModel::load(&base_dir, Device::Cpu, Precision::Fp32).unwrap();
+        ours.attach_adapters(&lora(&format!("r = 4\nalpha = 16\n{targets}"))).unwrap();
+        randomise(&ours.adapters.as_ref().unwrap().vs, 43);
+        let adapter_dir = work.path().join(format!("{name}-ours"));
+        ours.save(&adapter_dir).unwrap();
+        let expected = logits(&ours, &ids, &mask);
+        let difference = max_difference(&expected, &peft_logits(&base_dir, &adapter_dir, &rows, work.path()), &mask);
+        assert!(difference < 1e-4, "{name}: ours read by peft differs by {difference}");
+        // … and read back here (merged into the weights): the same logits again.
+        let reloaded = LanguageModel::load(&adapter_dir, Device::Cpu, Precision::Fp32).unwrap();
+        assert!(max_difference(&expected, &logits(&reloaded, &ids, &mask), &mask) < 1e-5);
+
+        // Made by peft (A and B random), read here.
+        let theirs_dir = work.path().join(format!("{name}-theirs"));
+        common::hf_reference(&["make-peft", path_str(&base_dir), "causal", theirs, "4", "8", "44", path_str(&theirs_dir)]);
+        let loaded = LanguageModel::load(&theirs_dir, Device::Cpu, Precision::Fp32).unwrap();
+        let reference = peft_logits(&base_dir, &theirs_dir, &rows, work.path());
+        let difference = max_difference(&logits(&loaded, &ids, &mask), &reference, &mask);
+        assert!(difference < 1e-4, "{name}: peft's adapters read here differ by {difference}");
+        let base = LanguageModel::load(&base_dir, Device::Cpu, Precision::Fp32).unwrap();
+        assert!(max_difference(&logits(&base, &ids, &mask), &reference, &mask) > 1e-2, "{name}: peft's adapters change the output");
+    }
+}

@@ -147,7 +147,7 @@ impl Projection {
     }
 
     /// `(in, out)` widths.
-    fn widths(&self) -> (i64, i64) {
+    pub(crate) fn widths(&self) -> (i64, i64) {
         let size = self.weight.size();
         match self.layout {
             Layout::OutIn => (size[1], size[0]),

@@ -10,9 +10,10 @@ pub mod generate;
 pub mod gpt2;
 pub mod llama;
 pub mod lora;
+pub mod peft;
 pub mod reward;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tch::nn::VarStore;
 use tch::Device;
@@ -35,6 +36,8 @@ pub struct LanguageModel {
     pub transformer: Box<dyn Transformer>,
     pub tokenizer: TextTokenizer,
     pub adapters: Option<Adapters>,
+    /// The checkpoint directory the model was loaded from: the base its adapters are saved over.
+    pub base_dir: Option<PathBuf>,
 }
 
 impl LanguageModel {
@@ -43,11 +46,15 @@ impl LanguageModel {
         let mut vs = VarStore::new(device);
         let transformer = config.into().build(&vs.root());
         precision.cast(&mut vs);
-        LanguageModel { vs, transformer, tokenizer, adapters: None }
+        LanguageModel { vs, transformer, tokenizer, adapters: None, base_dir: None }
     }
 
-    /// Loads a checkpoint directory (ours or one written by `transformers`).
+    /// Loads a checkpoint directory (ours or one written by `transformers`), or an adapter
+    /// directory (ours or PEFT's) over one, merged.
     pub fn load(dir: &Path, device: Device, precision: Precision) -> Result<Self, CheckpointError> {
+        if peft::is_adapter_dir(dir) {
+            return peft::load_merged(dir, device, precision);
+        }
         let config = checkpoint::read_config(dir)?;
         let tokenizer = checkpoint::read_tokenizer(dir, &config)?;
         let mut model = LanguageModel::fresh(config, tokenizer, device, precision);
@@ -55,11 +62,21 @@ impl LanguageModel {
         if !report.unused.is_empty() {
             tracing::debug!(unused = ?report.unused, "checkpoint tensors not used by a language model");
         }
+        model.base_dir = Some(dir.to_path_buf());
         Ok(model)
     }
 
+    /// Saves the model, or with adapters attached, the adapters in PEFT's format over the
+    /// checkpoint the model was loaded from.
     pub fn save(&self, dir: &Path) -> Result<(), CheckpointError> {
-        self.save_with(dir, checkpoint::SaveOptions::for_head(HfHead::CausalLm))
+        match (&self.adapters, &self.base_dir) {
+            (Some(adapters), Some(base)) => peft::save(dir, self, adapters, base),
+            (Some(_), None) => Err(CheckpointError::Unsupported {
+                path: dir.to_path_buf(),
+                reason: "adapters on a model that was not loaded from a checkpoint have no base to be saved over".into(),
+            }),
+            (None, _) => self.save_with(dir, checkpoint::SaveOptions::for_head(HfHead::CausalLm)),
+        }
     }
 
     /// Saves with other options (shard size).

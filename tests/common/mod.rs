@@ -50,6 +50,13 @@ pub fn hf_reference(args: &[&str]) {
     assert!(output.status.success(), "hf_models.py {args:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
 }
 
+/// Writes `rows`, left-padded with id 0, for the reference script.
+pub fn write_inputs(path: &Path, rows: &[Vec<i64>]) {
+    let (ids, mask) = rlhf_lab::model::generate::left_pad(rows, 0, tch::Device::Cpu);
+    let inputs = serde_json::json!({"input_ids": Vec::<Vec<i64>>::try_from(&ids).unwrap(), "attention_mask": Vec::<Vec<i64>>::try_from(&mask).unwrap()});
+    std::fs::write(path, inputs.to_string()).unwrap();
+}
+
 /// A GPT-2 shape for tests: no dropout, GPT-2's init, end-of-text = id 0.
 pub fn tiny_config(vocab_size: i64, n_positions: i64, n_embd: i64, n_layer: i64, n_head: i64) -> Gpt2Config {
     Gpt2Config {

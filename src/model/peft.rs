@@ -1,0 +1,165 @@
+//! Adapters in PEFT's format (what `PeftModel.save_pretrained` writes and `from_pretrained`
+//! reads): `adapter_config.json` and `adapter_model.safetensors`, whose tensors are named
+//! `base_model.model.<module>.lora_A.weight` (`[r, in]`) and `…lora_B.weight` (`[out, r]`) after
+//! the HF module they adapt. `base_model_name_or_path` names the base checkpoint, which may
+//! itself be an adapter directory: loading one here loads its base (recursively), adds the
+//! adapters into the weights, and gives a plain model. The tokenizer's files and
+//! `generation_config.json` sit beside the adapters so that the directory is a model wherever a
+//! checkpoint is read here.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors};
+use serde_json::{json, Value};
+use tch::nn::Init;
+use tch::{Device, Kind, Tensor};
+
+use super::checkpoint::{self, CheckpointError};
+use super::lora::{Adapters, LoraSettings};
+use super::{LanguageModel, Precision};
+
+pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
+pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
+/// What PEFT puts before a module's name in the adapter file.
+const PREFIX: &str = "base_model.model.";
+
+/// Whether `dir` holds adapters (rather than a full checkpoint).
+pub fn is_adapter_dir(dir: &Path) -> bool {
+    dir.join(ADAPTER_CONFIG_FILE).is_file() && !dir.join(checkpoint::CONFIG_FILE).is_file()
+}
+
+/// Writes `model`'s adapters to `dir` as PEFT does, over the base checkpoint `base_dir`.
+pub fn save(dir: &Path, model: &LanguageModel, adapters: &Adapters, base_dir: &Path) -> Result<(), CheckpointError> {
+    let base = std::fs::canonicalize(base_dir).map_err(|source| CheckpointError::Io { path: base_dir.to_path_buf(), source })?;
+    let gpt2 = model.transformer.config().model_type() == "gpt2";
+    let config = json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base,
+        "r": adapters.settings.r,
+        "lora_alpha": adapters.settings.alpha(),
+        "lora_dropout": adapters.settings.dropout,
+        // Full module names: PEFT matches a name or a suffix, and GPT-2's `c_proj` alone would
+        // also take the MLP's.
+        "target_modules": adapters.modules,
+        "fan_in_fan_out": gpt2,
+        "bias": "none",
+        "use_rslora": false,
+        "use_dora": false,
+        "modules_to_save": null,
+        "init_lora_weights": true,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "inference_mode": true,
+    });
+    let mut variables: Vec<(String, Tensor)> =
+        adapters.vs.variables().into_iter().map(|(name, tensor)| (format!("{PREFIX}{name}"), tensor)).collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
+    let named: Vec<(&str, &Tensor)> = variables.iter().map(|(name, tensor)| (name.as_str(), tensor)).collect();
+    let weights = checkpoint::safetensors_bytes(&named);
+    let write = |dir: &Path| -> Result<(), CheckpointError> {
+        crate::run::durable::write_file(&dir.join(ADAPTER_WEIGHTS_FILE), &weights)?;
+        for file in model.tokenizer.save(dir)? {
+            crate::run::durable::sync(&file)?;
+        }
+        let bos = model.transformer.config().architecture().to_hf("float32").get("bos_token_id").and_then(Value::as_i64);
+        checkpoint::write_generation_config(dir, &model.tokenizer, bos)?;
+        let text = serde_json::to_string_pretty(&config).expect("JSON serialises");
+        // Written last: it marks the directory complete.
+        Ok(crate::run::durable::write_file(&dir.join(ADAPTER_CONFIG_FILE), text.as_bytes())?)
+    };
+    crate::run::durable::replace_dir(dir, write, &|_| {})
+}
+
+/// Loads the base an adapter directory names and its adapters, merged into the weights.
+pub fn load_merged(dir: &Path, device: Device, precision: Precision) -> Result<LanguageModel, CheckpointError> {
+    let config_path = dir.join(ADAPTER_CONFIG_FILE);
+    let text = std::fs::read_to_string(&config_path).map_err(|source| CheckpointError::Io { path: config_path.clone(), source })?;
+    let config: Value =
+        serde_json::from_str(&text).map_err(|source| CheckpointError::ConfigJson { path: config_path.clone(), source })?;
+    let bad = |key: &str, expected: &'static str| CheckpointError::BadKey { path: config_path.clone(), key: key.into(), expected };
+    if config.get("peft_type").and_then(Value::as_str) != Some("LORA") {
+        return Err(bad("peft_type", "must be \"LORA\" (the only adapter type supported)"));
+    }
+    for (key, expected) in [("use_dora", "must be false (DoRA is not supported)"), ("use_rslora", "must be false (rsLoRA is not supported)")]
+    {
+        if config.get(key).and_then(Value::as_bool) == Some(true) {
+            return Err(bad(key, expected));
+        }
+    }
+    for key in ["rank_pattern", "alpha_pattern"] {
+        if config.get(key).and_then(Value::as_object).is_some_and(|pattern| !pattern.is_empty()) {
+            return Err(bad(key, "must be empty (one rank and alpha for every module)"));
+        }
+    }
+    if config.get("bias").and_then(Value::as_str).is_some_and(|bias| bias != "none") {
+        return Err(bad("bias", "must be \"none\" (trained biases are not supported)"));
+    }
+    let r = config.get("r").and_then(Value::as_i64).filter(|&r| r > 0).ok_or_else(|| bad("r", "must be a positive integer"))?;
+    let alpha = config.get("lora_alpha").and_then(Value::as_f64).ok_or_else(|| bad("lora_alpha", "must be a number"))?;
+    let base = config
+        .get("base_model_name_or_path")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("base_model_name_or_path", "must name the base checkpoint's directory"))?;
+    let base_dir = dir.join(base); // an absolute path replaces `dir`
+    let mut model = LanguageModel::load(&base_dir, device, precision)?;
+    let settings = LoraSettings { r, alpha: Some(alpha), dropout: 0.0, targets: None, merge: true };
+    let adapters = read_adapters(&dir.join(ADAPTER_WEIGHTS_FILE), &model, &settings)?;
+    model.adapters = Some(adapters);
+    model.merge_adapters();
+    // Adapters made elsewhere may come without a tokenizer: the base's then serves.
+    if dir.join(checkpoint::TOKENIZER_FILE).is_file() {
+        model.tokenizer = checkpoint::read_tokenizer(dir, model.transformer.config())?;
+    }
+    model.base_dir = Some(dir.to_path_buf());
+    Ok(model)
+}
+
+/// The adapters of `path` on `model`'s projections; a LoRA tensor for a module the model has no
+/// projection of is an error.
+fn read_adapters(path: &Path, model: &LanguageModel, settings: &LoraSettings) -> Result<Adapters, CheckpointError> {
+    let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io { path: path.to_path_buf(), source })?;
+    let bad = |message: String| CheckpointError::Safetensors { path: path.to_path_buf(), message };
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    // PEFT writes `…lora_A.weight`; some versions keep the adapter's name (`…lora_A.default.weight`).
+    let by_name: HashMap<String, String> =
+        file.names().into_iter().map(|name| (name.replace(".default.weight", ".weight"), name.to_string())).collect();
+    let tensor = |name: &str, shape: [i64; 2]| -> Result<Option<Tensor>, CheckpointError> {
+        let Some(stored) = by_name.get(name) else { return Ok(None) };
+        let view = file.tensor(stored).expect("a listed tensor");
+        let kind = match view.dtype() {
+            Dtype::F32 => Kind::Float,
+            Dtype::F16 => Kind::Half,
+            Dtype::BF16 => Kind::BFloat16,
+            dtype => return Err(CheckpointError::UnsupportedDtype { path: path.to_path_buf(), name: name.into(), dtype }),
+        };
+        let found: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        if found != shape {
+            return Err(CheckpointError::ShapeMismatch { path: path.to_path_buf(), name: name.into(), found, expected: shape.to_vec() });
+        }
+        Ok(Some(Tensor::f_from_data_size(view.data(), &found, kind).map_err(|e| bad(e.to_string()))?.to_kind(Kind::Float)))
+    };
+    let mut adapters = Adapters::empty(settings, model.device());
+    let mut used = Vec::new();
+    for (module, _, projection) in model.transformer.blocks().projections() {
+        let (n_in, n_out) = projection.widths();
+        let (a_name, b_name) = (format!("{PREFIX}{module}.lora_A.weight"), format!("{PREFIX}{module}.lora_B.weight"));
+        let (Some(a), Some(b)) = (tensor(&a_name, [settings.r, n_in])?, tensor(&b_name, [n_out, settings.r])?) else { continue };
+        adapters.add(module, projection, Init::Const(0.0), Init::Const(0.0));
+        used.extend([a_name, b_name]);
+        let path_of = |name: &str| name.strip_prefix(PREFIX).expect("prefixed").to_string();
+        let variables = adapters.vs.variables();
+        tch::no_grad(|| {
+            variables[&path_of(&used[used.len() - 2])].shallow_clone().copy_(&a);
+            variables[&path_of(&used[used.len() - 1])].shallow_clone().copy_(&b);
+        });
+    }
+    if let Some(unused) = by_name.keys().find(|name| name.contains(".lora_") && !used.contains(name)) {
+        return Err(bad(format!("`{unused}` adapts no projection of the blocks of this model (nor has its pair)")));
+    }
+    if adapters.modules.is_empty() {
+        return Err(bad("holds no LoRA tensors for this model".into()));
+    }
+    Ok(adapters)
+}
