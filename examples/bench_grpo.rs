@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use rlhf_lab::model::{LanguageModel, Precision};
+use rlhf_lab::model::{LanguageModel, Precision, ReferenceModel};
 use rlhf_lab::stages::grpo::GrpoKeys;
 use rlhf_lab::stages::rl::{GroupKeys, GroupLearner, PolicyGradientKeys, RlModels};
 use rlhf_lab::train::rollout::Scorer;
@@ -86,7 +86,7 @@ grad_clip = 1.0
     let policy = load()?;
     let mut reference = load()?;
     reference.vs.freeze();
-    let models = RlModels { policy, reference, reward: Box::new(LikedTokenShare) };
+    let models = RlModels { policy, reference: ReferenceModel::Separate(Box::new(reference)), reward: Box::new(LikedTokenShare) };
     let mut learner = GroupLearner::new(&keys, algorithm.as_ref(), models, None);
 
     let mut split = json!({"step": [], "generation": [], "scoring": [], "training": [], "response_tokens": []});

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 use rlhf_lab::model::reward::RewardModel;
-use rlhf_lab::model::{LanguageModel, Precision};
+use rlhf_lab::model::{LanguageModel, Precision, ReferenceModel};
 use rlhf_lab::stages::ppo::{shared_value_head, Critic, Models, Ppo, PpoSettings};
 use serde_json::json;
 use tch::Device;
@@ -68,7 +68,7 @@ vf_coef = 0.1
     } else {
         Critic::Model(Box::new(RewardModel::load(&args.model, Device::Cpu, Precision::Fp32, true)?))
     };
-    let models = Models { policy, reference, reward: Box::new(reward), critic };
+    let models = Models { policy, reference: ReferenceModel::Separate(Box::new(reference)), reward: Box::new(reward), critic };
     let mut ppo = Ppo::new(&settings, models, None);
 
     let mut split = json!({"step": [], "generation": [], "scoring": [], "training": [], "response_tokens": []});

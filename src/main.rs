@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use rlhf_lab::commands::{eval, generate, label, report, run, score, validate};
+use rlhf_lab::commands::{eval, generate, label, merge, report, run, score, validate};
 
 #[derive(Parser)]
 #[command(name = "rlhf", version, about = "RLHF experiments on libtorch: pretraining, SFT, reward modeling, PPO")]
@@ -28,6 +28,8 @@ enum Command {
     Report(report::ReportArgs),
     /// Evaluate policies on one prompt set with the same decoding settings, for `rlhf report`.
     Eval(eval::EvalArgs),
+    /// Add a LoRA adapter directory into its base's weights: a plain checkpoint.
+    Merge(merge::MergeArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
         Command::Label(args) => label::run(args),
         Command::Report(args) => report::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Merge(args) => merge::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

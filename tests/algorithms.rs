@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::LikedTokenShare;
-use rlhf_lab::model::{LanguageModel, Precision};
+use rlhf_lab::model::{LanguageModel, Precision, ReferenceModel};
 use rlhf_lab::stages::grpo::GrpoKeys;
 use rlhf_lab::stages::rl::{GroupKeys, GroupLearner, PolicyGradientKeys, RlModels};
 use rlhf_lab::stages::rloo::RlooKeys;
@@ -24,7 +24,7 @@ fn tiny_models(dir: &Path) -> RlModels {
     let load = || LanguageModel::load(dir, Device::Cpu, Precision::Fp32).unwrap();
     let mut reference = load();
     reference.vs.freeze();
-    RlModels { policy: load(), reference, reward: Box::new(LikedTokenShare) }
+    RlModels { policy: load(), reference: ReferenceModel::Separate(Box::new(reference)), reward: Box::new(LikedTokenShare) }
 }
 
 /// Two passes over minibatches of half the rollout, unless `on_policy`: one step on the whole
@@ -313,6 +313,7 @@ fn the_report_puts_every_rl_stage_on_one_frontier_with_its_costs() {
     assert!(report.join("plots/methods-gold-vs-kl.png").is_file());
     let summary = std::fs::read_to_string(report.join("summary.md")).unwrap();
     let costs = &summary[summary.find("## RL stages: where they ended and what it cost").expect("a cost table")..];
+    let costs = &costs[..costs[1..].find("\n## ").map_or(costs.len(), |end| end + 1)]; // up to the next section
     let rows: Vec<&str> = costs.lines().filter(|line| line.starts_with("| ") && !line.starts_with("| run")).collect();
     let kinds: Vec<&str> = rows.iter().map(|row| row.split('|').nth(2).unwrap().trim()).collect();
     assert_eq!(kinds, ["ppo", "dpo", "grpo", "rloo", "best_of_n"], "{costs}");

@@ -237,3 +237,26 @@ fn ppo_settings_are_checked_before_anything_runs() {
         assert!(stderr.contains("exp.toml") && stderr.contains(expected), "expected `{expected}` in:\n{stderr}");
     }
 }
+
+#[test]
+fn lora_settings_are_checked_by_key_and_need_a_trained_base() {
+    let with_lora = |table: &str| VALID.replace("lr = 1e-4", &format!("lr = 1e-4\nlora = {table}"));
+    let (ok, _, stderr) = validate(&with_lora("{ r = 8, targets = [\"q\", \"v\"], merge = true }"), &[]);
+    assert!(ok, "{stderr}");
+    assert_error(&with_lora("{ r = 0 }"), &[], &["stage `sft`", "lora.r", "at least 1"]);
+    assert_error(&with_lora("{ r = 4, dropout = 1.5 }"), &[], &["lora.dropout"]);
+    assert_error(&with_lora("{ r = 4, targets = [\"query\"] }"), &[], &["query", "gate"]);
+    assert_error(&with_lora("{ r = 4, rank = 8 }"), &[], &["rank"]);
+    assert_error(&with_lora("{ r = 4 }"), &["--set", "stages.sft.lora.alpha=-2.0"], &["lora.alpha"]);
+    // A stage that trains nothing has no `lora`.
+    let best_of_n =
+        format!("{VALID}\n[[stages]]\nname = \"bon\"\nkind = \"best_of_n\"\npolicy = \"sft\"\nreward = \"gold\"\nlora = {{ r = 4 }}\n");
+    assert_error(&best_of_n, &[], &["lora"]);
+    // Adapters on a fresh, random model are refused when the stage starts, naming the key.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("exp.toml");
+    std::fs::write(&path, VALID.replace("steps = 10", "steps = 10\nlora = { r = 4 }")).unwrap();
+    let (ok, _, stderr) = common::rlhf(&["run", path.to_str().unwrap(), "--out", "runs"], dir.path());
+    assert!(!ok && !stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("`lora`") && stderr.contains("fresh model"), "{stderr}");
+}

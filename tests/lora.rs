@@ -180,11 +180,11 @@ fn targets_a_model_lacks_and_bad_settings_are_refused_by_name() {
     assert!(error.contains("lora.targets") && error.contains("`gate`") && error.contains("gpt2"), "{error}");
     let unknown = toml::from_str::<LoraSettings>("r = 4\ntargets = [\"query\"]").unwrap_err().to_string();
     assert!(unknown.contains("query") && unknown.contains("gate"), "{unknown}");
-    assert_eq!(lora("r = 0").check().unwrap_err().0, "r");
-    assert_eq!(lora("r = 4\nalpha = -1.0").check().unwrap_err().0, "alpha");
-    assert_eq!(lora("r = 4\ndropout = 1.0").check().unwrap_err().0, "dropout");
-    assert_eq!(lora("r = 4\ntargets = [\"q\", \"q\"]").check().unwrap_err().0, "targets");
-    assert_eq!(lora("r = 4\ntargets = []").check().unwrap_err().0, "targets");
+    assert_eq!(lora("r = 0").check().unwrap_err().0, "lora.r");
+    assert_eq!(lora("r = 4\nalpha = -1.0").check().unwrap_err().0, "lora.alpha");
+    assert_eq!(lora("r = 4\ndropout = 1.0").check().unwrap_err().0, "lora.dropout");
+    assert_eq!(lora("r = 4\ntargets = [\"q\", \"q\"]").check().unwrap_err().0, "lora.targets");
+    assert_eq!(lora("r = 4\ntargets = []").check().unwrap_err().0, "lora.targets");
 }
 
 fn path_str(path: &std::path::Path) -> &str {
@@ -230,6 +230,17 @@ fn adapters_round_trip_through_peft_both_ways() {
         // … and read back here (merged into the weights): the same logits again.
         let reloaded = LanguageModel::load(&adapter_dir, Device::Cpu, Precision::Fp32).unwrap();
         assert!(max_difference(&expected, &logits(&reloaded, &ids, &mask), &mask) < 1e-5);
+
+        // `rlhf merge` writes a plain checkpoint transformers reads with the same logits.
+        let merged_dir = work.path().join(format!("{name}-merged"));
+        let (ok, _, stderr) = common::rlhf(&["merge", "--adapter", path_str(&adapter_dir), "--out", path_str(&merged_dir)], work.path());
+        assert!(ok, "{stderr}");
+        let (inputs, out) = (work.path().join("inputs.json"), work.path().join("merged_logits.safetensors"));
+        common::write_inputs(&inputs, &rows);
+        common::hf_reference(&["logits", path_str(&merged_dir), path_str(&inputs), path_str(&out)]);
+        let merged = Tensor::read_safetensors(&out).unwrap().into_iter().find(|(name, _)| name == "logits").unwrap().1;
+        let difference = max_difference(&expected, &merged, &mask);
+        assert!(difference < 1e-4, "{name}: the merged checkpoint in transformers differs by {difference}");
 
         // Made by peft (A and B random), read here.
         let theirs_dir = work.path().join(format!("{name}-theirs"));

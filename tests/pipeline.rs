@@ -1,11 +1,12 @@
 //! `rlhf run` end to end on a tiny experiment: the run directory's contents, resume after a
-//! crash giving the same metrics as an uninterrupted run, early stopping, `--only`, and the
-//! checkpoint feeding `rlhf generate`.
+//! crash giving the same metrics as an uninterrupted run, early stopping, `--only`, each stage's
+//! own peak memory, and the checkpoint feeding `rlhf generate`.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
@@ -136,6 +137,13 @@ fn a_run_writes_the_documented_directory_and_its_checkpoint_generates() {
     assert!(sft_evals.last().unwrap() < &sft_evals[0], "SFT eval loss did not fall: {sft_evals:?}");
     let lowest = sft_evals.iter().copied().fold(f64::INFINITY, f64::min);
     assert_eq!(summary["sft"]["best/eval_loss"].as_f64().unwrap(), lowest);
+    // Each stage's peak memory, in summary.json and in its `stage finished` log line.
+    let log = std::fs::read_to_string(run_dir.join("run.log")).unwrap();
+    for stage in ["pretrain", "sft"] {
+        assert!(summary[stage]["memory/peak_rss_mib"].as_f64().is_some_and(|mib| mib > 0.0), "{stage}: {}", summary[stage]);
+        let finished = log.lines().find(|line| line.contains(&format!("stage finished stage=\"{stage}\""))).expect("a stage finished line");
+        assert!(finished.contains("peak_rss_mib="), "{finished}");
+    }
 
     let checkpoint = run_dir.join("sft/checkpoint");
     let (ok, stdout, stderr) = common::rlhf(
@@ -193,6 +201,81 @@ fn resuming_a_killed_run_gives_the_metrics_of_an_uninterrupted_one() {
     let metrics_before = std::fs::read_to_string(killed_run.join("sft/metrics.jsonl")).unwrap();
     run(work.path(), &["run", "--resume", killed_run.to_str().unwrap()]);
     assert_eq!(metrics_before, std::fs::read_to_string(killed_run.join("sft/metrics.jsonl")).unwrap());
+}
+
+/// The touched memory a [`BallastBeforeEachStage`] allocates and frees.
+const BALLAST: usize = 512 << 20;
+
+/// A log layer that, when a stage starts (its `stage starts` line, logged before the pipeline
+/// resets the process's peak memory for the stage), allocates [`BALLAST`] bytes, touches them,
+/// records the process's peak and frees them: a peak that happens between two stages.
+struct BallastBeforeEachStage {
+    /// The process's peak RSS with each ballast held, in bytes.
+    peaks: Arc<Mutex<Vec<u64>>>,
+}
+
+/// An event's fields as `name=value` strings.
+#[derive(Default)]
+struct Fields(Vec<String>);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.push(format!("{}={value:?}", field.name()));
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for BallastBeforeEachStage {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        if fields.0.iter().any(|field| field == "message=stage starts") {
+            let ballast = std::hint::black_box(vec![1u8; BALLAST]);
+            let peak = rlhf_lab::run::memory::process_peak_rss_bytes().expect("a peak RSS");
+            drop(ballast);
+            self.peaks.lock().unwrap().push(peak);
+        }
+    }
+}
+
+/// Each stage's `memory/peak_rss_mib` is its own: the process's peak while it ran, which holds
+/// the model's weights and stays below the machine's memory, and leaves out a peak of 512 MiB
+/// more that the process reached just before the stage started — before the first stage and
+/// between the two (a peak reset only once per run, or never, would count it in the second).
+#[test]
+#[cfg(target_os = "linux")]
+fn each_stage_records_its_own_peak_memory() {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let work = tempfile::tempdir().unwrap();
+    let path = write_experiment(work.path(), TINY);
+    let experiment = rlhf_lab::config::load(&path, &[]).unwrap();
+    let run = rlhf_lab::run::RunDir::create(&work.path().join("out"), &experiment.name, &experiment.to_toml()).unwrap();
+    let peaks = Arc::new(Mutex::new(Vec::new()));
+    let subscriber = tracing_subscriber::registry().with(BallastBeforeEachStage { peaks: peaks.clone() });
+    tracing::subscriber::with_default(subscriber, || {
+        rlhf_lab::stages::pipeline::run_experiment(&experiment, &run, &Default::default()).unwrap();
+    });
+
+    let peaks = peaks.lock().unwrap().clone();
+    assert_eq!(peaks.len(), 2, "one ballast per stage: {peaks:?}");
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(run.path.join("summary.json")).unwrap()).unwrap();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let total_kib: u64 =
+        meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:")).unwrap().trim().trim_end_matches("kB").trim().parse().unwrap();
+    for (stage, ballast_peak) in ["pretrain", "sft"].into_iter().zip(peaks) {
+        let mib = summary[stage]["memory/peak_rss_mib"].as_f64().unwrap_or_else(|| panic!("{stage}: no peak memory in {summary}"));
+        assert!(summary[stage].get("memory/process_peak_rss_mib").is_none(), "{stage}: the peak was not reset: {summary}");
+        let bytes = (mib * (1u64 << 20) as f64) as u64;
+        let weights = std::fs::metadata(run.path.join(stage).join("checkpoint/model.safetensors")).unwrap().len();
+        assert!(bytes >= weights, "{stage}: peak {bytes} B below the weights' {weights} B");
+        assert!(bytes < total_kib * 1024, "{stage}: peak {mib} MiB above the machine's memory");
+        let ballast = BALLAST as u64;
+        assert!(
+            bytes + ballast / 2 < ballast_peak,
+            "{stage}: peak {mib:.1} MiB counts the ballast freed before it started (the process's peak with it: {} MiB)",
+            ballast_peak >> 20
+        );
+    }
 }
 
 fn glob_one(dir: &Path) -> Option<PathBuf> {

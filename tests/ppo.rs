@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rlhf_lab::model::generate::{generate, left_pad, GenerateOptions, Sampling};
 use rlhf_lab::model::reward::RewardModel;
-use rlhf_lab::model::{Gpt2Config, LanguageModel, Precision};
+use rlhf_lab::model::{Gpt2Config, LanguageModel, Precision, ReferenceModel};
 use rlhf_lab::stages::ppo::{shared_value_head, Critic, Models, NormalizationSource, Ppo, PpoSettings, Scorer};
 use rlhf_lab::stages::reward::bradley_terry_loss;
 use rlhf_lab::train::optimizer::{AdamW, AdamWConfig};
@@ -65,7 +65,7 @@ fn models_from_checkpoint(dir: &Path, shared_backbone: bool) -> Models {
     } else {
         Critic::Model(Box::new(RewardModel::load(dir, Device::Cpu, Precision::Fp32, true).unwrap()))
     };
-    Models { policy, reference, reward: Box::new(LikedTokenShare), critic }
+    Models { policy, reference: ReferenceModel::Separate(Box::new(reference)), reward: Box::new(LikedTokenShare), critic }
 }
 
 fn settings(kl_coef: f64, shared_backbone: bool) -> PpoSettings {

@@ -304,6 +304,44 @@ fn final_figures_mark_the_best_of_each_column() {
     assert!(report.verdict[0].starts_with("Best by ppo eval/gold_score @ KL 1.200: beta-0.05 (1.750)"), "{:?}", report.verdict);
 }
 
+/// Each stage's peak memory, read from summary.json, in a table of its own with a "peak memory"
+/// column: a stage's own peak in MiB, a process peak (the peak could not be reset) named so, and
+/// "—" where the summary has none (an older run, or an unfinished stage).
+#[test]
+fn peak_memory_of_each_stage_is_a_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_complete_runs(dir.path());
+    let figures = |rm: Value| json!({"sft": {"eval/loss": 1.0, "memory/peak_rss_mib": 812.41796875}, "rm": rm});
+    std::fs::write(a.join("summary.json"), figures(json!({"memory/peak_rss_mib": 1536.0})).to_string()).unwrap();
+    std::fs::write(b.join("summary.json"), figures(json!({"memory/process_peak_rss_mib": 2048.75})).to_string()).unwrap();
+    let out = dir.path().join("out");
+    let report = write_report(&[a, b], &out);
+    let memory = report.memory.expect("a peak memory table");
+    assert_eq!(memory.headers, ["run · stage", "kind", "peak memory"]);
+    let rows: Vec<Vec<&str>> = memory.rows.iter().map(|row| cells(row)).collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["beta-0.1 · sft", "sft", "812.4 MiB"],
+            vec!["beta-0.1 · rm", "reward", "1536 MiB"],
+            vec!["beta-0.1 · ppo", "ppo", "—"],
+            vec!["beta-0.05 · sft", "sft", "812.4 MiB"],
+            vec!["beta-0.05 · rm", "reward", "2049 MiB (process peak)"],
+            vec!["beta-0.05 · ppo", "ppo", "—"],
+        ]
+    );
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(summary.contains("## Peak memory per stage") && summary.contains("| run · stage | kind | peak memory |"), "{summary}");
+    assert!(summary.contains("| beta-0.1 · sft | sft | 812.4 MiB |"), "{summary}");
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    assert!(html.contains("Peak memory per stage") && html.contains("<th>peak memory</th>"), "no peak memory table in index.html");
+    assert!(html.contains("<td>beta-0.05 · rm</td><td>reward</td><td>2049 MiB (process peak)</td>"), "no process peak in index.html");
+
+    // Runs without peak memory figures (written before they were measured): no table.
+    let (c, d) = two_complete_runs(&dir.path().join("older"));
+    assert!(write_report(&[c, d], &dir.path().join("older-out")).memory.is_none());
+}
+
 /// PPO metrics with evaluations at iterations 0, 10 and 20 at the given KLs and gold scores (and
 /// a proxy score that only grows).
 fn ppo_trajectory(kl: [f64; 3], gold: [f64; 3], proxy_gain: f64) -> Vec<Value> {

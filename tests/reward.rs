@@ -187,7 +187,7 @@ fn the_reward_stage_writes_held_out_scores_that_reproduce_its_figures() {
     let (ok, _, stderr) = common::rlhf(&["run", "--resume", run.to_str().unwrap(), "--only", "rm"], work.path());
     assert!(ok, "{stderr}");
     let resumed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
-    assert_eq!(resumed["rm"], summary["rm"]);
+    assert_eq!(common::without_memory(&resumed["rm"]), common::without_memory(&summary["rm"]));
     assert_eq!(std::fs::read_to_string(run.join("rm/eval_pairs.jsonl")).unwrap().lines().count(), 40);
 }
 
@@ -262,7 +262,11 @@ fn the_reward_stage_learns_from_a_preference_file_and_from_the_labels_database()
     let (run, from_labels) = train("labels", &["stages.rm.source=labels", &format!("stages.rm.database={}", db.display())]);
     let accuracy = from_file["rm"]["eval/accuracy"].as_f64().unwrap();
     assert!(accuracy >= 0.9, "held-out accuracy {accuracy} on a rule the model can learn");
-    assert_eq!(from_labels["rm"], from_file["rm"], "the database and its judgements as a file trained differently");
+    assert_eq!(
+        common::without_memory(&from_labels["rm"]),
+        common::without_memory(&from_file["rm"]),
+        "the database and its judgements as a file trained differently"
+    );
     selecting_what_to_label_next(work.path(), &run, &mut rng);
 }
 

@@ -13,7 +13,7 @@ use crate::data::synthetic::GoldOracle;
 use crate::data::task;
 use crate::eval::{self, PolicyRecord};
 use crate::model::reward::RewardModel;
-use crate::model::{DeviceSpec, LanguageModel, Precision};
+use crate::model::{DeviceSpec, LanguageModel, Precision, ReferenceModel};
 use crate::run::environment;
 use crate::stages::rl::evaluation_sampling_seed;
 use crate::stages::CHECKPOINT_DIR;
@@ -97,8 +97,10 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let reference = match &args.reference {
         Some(path) => Some((
             absolute(&checkpoint_dir(path)),
-            LanguageModel::load(&checkpoint_dir(path), device, Precision::Fp32)
-                .with_context(|| format!("--reference `{}`", path.display()))?,
+            ReferenceModel::Separate(Box::new(
+                LanguageModel::load(&checkpoint_dir(path), device, Precision::Fp32)
+                    .with_context(|| format!("--reference `{}`", path.display()))?,
+            )),
         )),
         None => None,
     };

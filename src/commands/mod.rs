@@ -3,6 +3,7 @@
 pub mod eval;
 pub mod generate;
 pub mod label;
+pub mod merge;
 pub mod report;
 pub mod run;
 pub mod score;

@@ -74,25 +74,25 @@ impl LoraSettings {
         self.alpha() / self.r as f64
     }
 
-    /// Values that parse but cannot work, as `(key under lora, what is expected)`.
+    /// Values that parse but cannot work, as `(key, what is expected)`.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         if self.r < 1 {
-            return Err(("r", format!("must be at least 1, got {}", self.r)));
+            return Err(("lora.r", format!("must be at least 1, got {}", self.r)));
         }
         if let Some(alpha) = self.alpha.filter(|alpha| !(*alpha > 0.0 && alpha.is_finite())) {
-            return Err(("alpha", format!("must be positive, got {alpha}")));
+            return Err(("lora.alpha", format!("must be positive, got {alpha}")));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(("dropout", format!("must be in [0, 1), got {}", self.dropout)));
+            return Err(("lora.dropout", format!("must be in [0, 1), got {}", self.dropout)));
         }
         let Some(targets) = &self.targets else { return Ok(()) };
         if targets.is_empty() {
-            return Err(("targets", "must name at least one of q, k, v, o, gate, up, down".into()));
+            return Err(("lora.targets", "must name at least one of q, k, v, o, gate, up, down".into()));
         }
         let mut seen = targets.clone();
         seen.sort();
         if let Some(pair) = seen.windows(2).find(|pair| pair[0] == pair[1]) {
-            return Err(("targets", format!("names `{}` twice", pair[0])));
+            return Err(("lora.targets", format!("names `{}` twice", pair[0])));
         }
         Ok(())
     }
@@ -237,8 +237,7 @@ impl Adapters {
         let r = self.settings.r;
         let a = (&path / "lora_A").var("weight", &[r, n_in], init_a);
         let b = (&path / "lora_B").var("weight", &[n_out, r], init_b);
-        let adapter =
-            Adapter { a, b, scale: self.settings.scale(), dropout: self.settings.dropout, enabled: Rc::clone(&self.enabled) };
+        let adapter = Adapter { a, b, scale: self.settings.scale(), dropout: self.settings.dropout, enabled: Rc::clone(&self.enabled) };
         *projection.adapter.borrow_mut() = Some(adapter);
         self.modules.push(module);
     }
@@ -252,15 +251,22 @@ impl Adapters {
     }
 }
 
+/// Adds the updates of the adapters on `adapted`'s projections into the weights of the same
+/// projections of `target`: the same blocks, or a copy's.
+pub fn add_updates(adapted: &Blocks, target: &Blocks) {
+    let _no_grad = tch::no_grad_guard();
+    for ((_, _, projection), (_, _, into)) in adapted.projections().into_iter().zip(target.projections()) {
+        if let Some(delta) = projection.delta_weight() {
+            let _ = into.weight.shallow_clone().g_add_(&delta);
+        }
+    }
+}
+
 /// Adds each adapter's update into its projection's weight and removes the adapters: the model
 /// then computes what it computed with them, as a plain model.
 pub fn merge(blocks: &Blocks) {
-    let _no_grad = tch::no_grad_guard();
+    add_updates(blocks, blocks);
     for (_, _, projection) in blocks.projections() {
-        if let Some(delta) = projection.delta_weight() {
-            let mut weight = projection.weight.shallow_clone();
-            let _ = weight.g_add_(&delta);
-            *projection.adapter.borrow_mut() = None;
-        }
+        *projection.adapter.borrow_mut() = None;
     }
 }

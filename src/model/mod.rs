@@ -29,6 +29,24 @@ pub use reward::ScalarHead;
 
 use crate::data::tokenizer::TextTokenizer;
 
+/// The frozen reference policy of the RL stages and DPO.
+pub enum ReferenceModel {
+    /// A model of its own.
+    Separate(Box<LanguageModel>),
+    /// The policy's base: the policy with its LoRA adapters switched off, no second copy.
+    PolicyBase,
+}
+
+impl ReferenceModel {
+    /// Runs `f` on the reference of `policy`.
+    pub fn with<T>(&self, policy: &LanguageModel, f: impl FnOnce(&LanguageModel) -> T) -> T {
+        match self {
+            ReferenceModel::Separate(model) => f(model),
+            ReferenceModel::PolicyBase => policy.without_adapters(|| f(policy)),
+        }
+    }
+}
+
 /// A transformer with its variables and the tokenizer it reads, and low-rank adapters when it
 /// trains with LoRA.
 pub struct LanguageModel {
@@ -66,10 +84,11 @@ impl LanguageModel {
         Ok(model)
     }
 
-    /// Saves the model, or with adapters attached, the adapters in PEFT's format over the
-    /// checkpoint the model was loaded from.
+    /// Saves the model; with adapters attached, the adapters in PEFT's format over the
+    /// checkpoint the model was loaded from, or the merged model when their settings ask.
     pub fn save(&self, dir: &Path) -> Result<(), CheckpointError> {
         match (&self.adapters, &self.base_dir) {
+            (Some(adapters), _) if adapters.settings.merge => self.merged_copy().save(dir),
             (Some(adapters), Some(base)) => peft::save(dir, self, adapters, base),
             (Some(_), None) => Err(CheckpointError::Unsupported {
                 path: dir.to_path_buf(),
@@ -101,6 +120,19 @@ impl LanguageModel {
     pub fn merge_adapters(&mut self) {
         lora::merge(self.transformer.blocks());
         self.adapters = None;
+    }
+
+    /// A copy of the model with its adapters' updates in the weights, and no adapters.
+    pub fn merged_copy(&self) -> LanguageModel {
+        let mut vs = VarStore::new(self.device());
+        let transformer = self.transformer.config().build(&vs.root());
+        if self.transformer.kind() != tch::Kind::Float {
+            vs.set_kind(self.transformer.kind());
+        }
+        vs.copy(&self.vs).expect("a model of the same configuration has the same variables");
+        let copy = LanguageModel { vs, transformer, tokenizer: self.tokenizer.clone(), adapters: None, base_dir: None };
+        lora::add_updates(self.transformer.blocks(), copy.transformer.blocks());
+        copy
     }
 
     /// The variables training updates: the adapters' when attached, else the model's.

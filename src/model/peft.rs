@@ -53,8 +53,14 @@ pub fn save(dir: &Path, model: &LanguageModel, adapters: &Adapters, base_dir: &P
         "alpha_pattern": {},
         "inference_mode": true,
     });
-    let mut variables: Vec<(String, Tensor)> =
-        adapters.vs.variables().into_iter().map(|(name, tensor)| (format!("{PREFIX}{name}"), tensor)).collect();
+    // The adapters alone: a value head trained beside them is not the language model's.
+    let mut variables: Vec<(String, Tensor)> = adapters
+        .vs
+        .variables()
+        .into_iter()
+        .filter(|(name, _)| name.contains(".lora_"))
+        .map(|(name, tensor)| (format!("{PREFIX}{name}"), tensor))
+        .collect();
     variables.sort_by(|a, b| a.0.cmp(&b.0));
     let named: Vec<(&str, &Tensor)> = variables.iter().map(|(name, tensor)| (name.as_str(), tensor)).collect();
     let weights = checkpoint::safetensors_bytes(&named);
@@ -76,13 +82,13 @@ pub fn save(dir: &Path, model: &LanguageModel, adapters: &Adapters, base_dir: &P
 pub fn load_merged(dir: &Path, device: Device, precision: Precision) -> Result<LanguageModel, CheckpointError> {
     let config_path = dir.join(ADAPTER_CONFIG_FILE);
     let text = std::fs::read_to_string(&config_path).map_err(|source| CheckpointError::Io { path: config_path.clone(), source })?;
-    let config: Value =
-        serde_json::from_str(&text).map_err(|source| CheckpointError::ConfigJson { path: config_path.clone(), source })?;
+    let config: Value = serde_json::from_str(&text).map_err(|source| CheckpointError::ConfigJson { path: config_path.clone(), source })?;
     let bad = |key: &str, expected: &'static str| CheckpointError::BadKey { path: config_path.clone(), key: key.into(), expected };
     if config.get("peft_type").and_then(Value::as_str) != Some("LORA") {
         return Err(bad("peft_type", "must be \"LORA\" (the only adapter type supported)"));
     }
-    for (key, expected) in [("use_dora", "must be false (DoRA is not supported)"), ("use_rslora", "must be false (rsLoRA is not supported)")]
+    for (key, expected) in
+        [("use_dora", "must be false (DoRA is not supported)"), ("use_rslora", "must be false (rsLoRA is not supported)")]
     {
         if config.get(key).and_then(Value::as_bool) == Some(true) {
             return Err(bad(key, expected));

@@ -105,6 +105,9 @@ impl RewardModel {
     /// the head then starts from a small random init (drawn from libtorch's global RNG). An
     /// untied LM head is not needed to score, and a sequence-classification checkpoint has none.
     pub fn load(dir: &Path, device: Device, precision: Precision, new_head: bool) -> Result<Self, CheckpointError> {
+        if super::peft::is_adapter_dir(dir) {
+            return Self::from_adapter_dir(dir, device, precision, new_head);
+        }
         let config = checkpoint::read_config(dir)?;
         let tokenizer = checkpoint::read_tokenizer(dir, &config)?;
         let mut vs = VarStore::new(device);
@@ -118,6 +121,22 @@ impl RewardModel {
         let ensemble_path = dir.join(ENSEMBLE_FILE);
         let ensemble = ensemble_path.is_file().then(|| Ensemble::load(&ensemble_path, device, width)).transpose()?;
         Ok(RewardModel { vs, transformer, head, tokenizer, normalization, ensemble })
+    }
+
+    /// A reward model on the (merged) language model of an adapter directory, with a fresh head.
+    fn from_adapter_dir(dir: &Path, device: Device, precision: Precision, new_head: bool) -> Result<Self, CheckpointError> {
+        if !new_head {
+            return Err(CheckpointError::Unsupported {
+                path: dir.to_path_buf(),
+                reason: "an adapter directory holds a language model, not a reward model (it has no score head)".into(),
+            });
+        }
+        let mut model = super::LanguageModel::load(dir, device, precision)?;
+        let width = model.transformer.config().hidden_size();
+        let head = ScalarHead::new(&(model.vs.root() / REWARD_HEAD), width, head_stdev(width));
+        precision.cast(&mut model.vs);
+        let super::LanguageModel { vs, transformer, tokenizer, .. } = model;
+        Ok(RewardModel { vs, transformer, head, tokenizer, normalization: None, ensemble: None })
     }
 
     /// Gives the model `members` fresh member heads to train. Its own head is then their mean
@@ -270,6 +289,7 @@ impl ScalarHead {
 
     /// Every output at every position: `[batch, time, n_embd]` → `[batch, time, outputs]`.
     pub fn forward_all(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear::<Tensor>(&self.weight, None)
+        // A head trained beside LoRA adapters is fp32 on a base of lower precision.
+        hidden.to_kind(self.weight.kind()).linear::<Tensor>(&self.weight, None)
     }
 }

@@ -150,6 +150,10 @@ pub fn render(report: &Report) -> String {
         out.push_str("<h2 id=\"costs\">RL stages: where they ended and what it cost</h2>\n<p>The last evaluation's KL, gold and proxy scores, and the training's cost summed over its steps (evaluations not counted): wall time, tokens sampled, and sequences passed forward and backward through a model outside generation. Best-of-n trains nothing: its cost is drawing and scoring all its samples.</p>\n");
         table(&mut out, costs);
     }
+    if let Some(memory) = &report.memory {
+        out.push_str("<h2 id=\"memory\">Peak memory per stage</h2>\n<p>The largest resident set size (RSS) of the process while the stage ran, from <code>summary.json</code>: host memory only (the memory of CUDA devices is not measured yet), the process's baseline included (about 380 MiB with libtorch loaded, before any model). <em>process peak</em>: the peak could not be reset when the stage started, so the figure is the process's peak since it started (it may be an earlier stage's). A resumed stage's figure is that of the process that finished it.</p>\n");
+        table(&mut out, memory);
+    }
     if let Some(sweep) = &report.sweep {
         out.push_str("<h2 id=\"sweep\">Sweep: mean ± std over seeds</h2>\n");
         table(&mut out, sweep);

@@ -48,6 +48,8 @@ pub struct Stage {
     pub samples: Vec<SampleLine>,
     /// eval_final.jsonl: every response of the latest evaluation.
     pub evaluation: Vec<SampleLine>,
+    /// The stage's figures in summary.json (empty while it is unfinished); `None` is a `null`.
+    pub summary: BTreeMap<String, Option<f64>>,
 }
 
 /// One line of metrics.jsonl; `None` is a `null` (a diverged, non-finite value).
@@ -212,7 +214,8 @@ fn load_run(source: &Source, label: String, notes: &mut Vec<Note>) -> Run {
             }
         },
     };
-    let finished = read_finished(&path.join(SUMMARY_FILE), &mut note);
+    let mut summary = read_summary(&path.join(SUMMARY_FILE), &mut note);
+    let finished: Vec<String> = summary.keys().cloned().collect();
 
     // Stages in the order the config lists them, then any stage directory it does not list.
     let mut planned: Vec<(String, Option<String>)> = config.as_ref().map(config_stages).unwrap_or_default();
@@ -237,7 +240,8 @@ fn load_run(source: &Source, label: String, notes: &mut Vec<Note>) -> Run {
         if !finished.contains(&name) {
             note(format!("stage `{name}` is not finished (not in {SUMMARY_FILE}): its figures are the last ones written"));
         }
-        let mut stage = Stage { name, kind, metrics, samples, evaluation };
+        let summary = summary.remove(&name).unwrap_or_default();
+        let mut stage = Stage { name, kind, metrics, samples, evaluation, summary };
         if stage.kind.is_none() {
             stage.kind = guess_kind(&stage).map(str::to_string);
         }
@@ -296,13 +300,30 @@ fn guess_kind(stage: &Stage) -> Option<&'static str> {
     best.map(|(_, name)| name)
 }
 
-fn read_finished(path: &Path, note: &mut impl FnMut(String)) -> Vec<String> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+/// summary.json: the finished stages, each with its numeric figures (`None` for a `null`).
+fn read_summary(path: &Path, note: &mut impl FnMut(String)) -> BTreeMap<String, BTreeMap<String, Option<f64>>> {
+    let Ok(text) = std::fs::read_to_string(path) else { return BTreeMap::new() };
     match serde_json::from_str::<BTreeMap<String, Value>>(&text) {
-        Ok(summary) => summary.into_keys().collect(),
+        Ok(summary) => summary
+            .into_iter()
+            .map(|(stage, figures)| {
+                let figures = match figures {
+                    Value::Object(figures) => figures
+                        .into_iter()
+                        .filter_map(|(name, value)| match value {
+                            Value::Number(number) => Some((name, number.as_f64())),
+                            Value::Null => Some((name, None)),
+                            _ => None,
+                        })
+                        .collect(),
+                    _ => BTreeMap::new(),
+                };
+                (stage, figures)
+            })
+            .collect(),
         Err(error) => {
             note(format!("{SUMMARY_FILE} is not valid JSON ({error}): stages are taken as unfinished"));
-            Vec::new()
+            BTreeMap::new()
         }
     }
 }

@@ -57,6 +57,10 @@ pub fn render(report: &Report) -> String {
         out.push_str("## RL stages: where they ended and what it cost\n\nThe last evaluation's KL, gold and proxy scores, and the training's cost summed over its steps (evaluations not counted). Best-of-n trains nothing: its cost is drawing and scoring all its samples.\n\n");
         table(&mut out, costs);
     }
+    if let Some(memory) = &report.memory {
+        out.push_str("## Peak memory per stage\n\nThe largest resident set size (RSS) of the process while the stage ran, from `summary.json`: host memory only (CUDA memory is not measured yet), the process's baseline included (about 380 MiB with libtorch loaded, before any model). *process peak*: the peak could not be reset when the stage started, so the figure is the process's peak since it started (it may be an earlier stage's). A resumed stage's figure is that of the process that finished it.\n\n");
+        table(&mut out, memory);
+    }
     if let Some(sweep) = &report.sweep {
         out.push_str("## Sweep: mean ± std over seeds\n\n");
         table(&mut out, sweep);

@@ -3,7 +3,7 @@
 //!
 //! The flow: `load` reads the run directories (damage becomes notes) → `figures`,
 //! `config_diff`, `comparison` (win rates, samples), `sweep_groups`, `leaderboard` (checkpoints
-//! rated by the judgements of a labeling database) build tables → `charts`
+//! rated by the judgements of a labeling database), `costs`, `memory` build tables → `charts`
 //! picks and `plots` draws the charts → `html` and `markdown` write the two documents.
 
 pub mod charts;
@@ -16,6 +16,7 @@ pub mod judge;
 pub mod leaderboard;
 pub mod load;
 pub mod markdown;
+pub mod memory;
 pub mod plots;
 pub mod sweep_groups;
 pub mod table;
@@ -96,6 +97,8 @@ pub struct Report {
     pub config_diff: Option<Table>,
     /// The RL stages' final KL, scores and costs.
     pub costs: Option<Table>,
+    /// Each stage's peak memory, from summary.json.
+    pub memory: Option<Table>,
     pub charts: Vec<(String, Vec<Rendered>)>,
     pub samples: Option<SideBySide>,
 }
@@ -151,6 +154,7 @@ pub fn write(inputs: &[PathBuf], out: &Path, options: &Options) -> Result<Report
         sweep,
         config_diff,
         costs: costs::table(&runs),
+        memory: memory::table(&runs),
         charts,
         samples,
     };

@@ -1,9 +1,11 @@
 //! A run directory (`results/<experiment>/<run_id>/`): the resolved config, the environment,
-//! the log, per-stage metrics, samples, checkpoints and resume state, and the summary.
+//! the log, per-stage metrics, samples, checkpoints and resume state, and the summary (with each
+//! stage's peak memory, `memory`).
 
 pub mod durable;
 pub mod environment;
 pub mod log;
+pub mod memory;
 pub mod metrics;
 pub mod progress;
 pub mod sweep;

@@ -14,7 +14,7 @@ use super::rl::{
     check_generation_lengths, check_positive, draw_prompts, evaluation_prompts, evaluation_sampling_seed, log_evaluation, model_inputs,
     training_prompts, PolicyRoles, RlModels, POLICY_READINGS,
 };
-use super::{Frontier, StageContext, StageError, StageFigures, StageSettings};
+use super::{Frontier, StageContext, StageError, StageFigures, StageSettings, Training};
 use crate::model::{DeviceSpec, Precision};
 use crate::rng::step_seed;
 use crate::run::metrics::SampleLog;
@@ -228,7 +228,15 @@ pub const DEMONSTRATIONS_FILE: &str = "demonstrations.jsonl";
 
 fn run(context: &StageContext, settings: &BestOfNSettings) -> Result<Metrics, StageError> {
     let dir = context.dir();
-    let models = RlModels::load(context, [&settings.policy, settings.reference(), &settings.reward], &settings.devices, &settings.dtypes)?;
+    // Best-of-n trains nothing: the policy is loaded as it is.
+    let training = Training { lora: None, gradient_checkpointing: false };
+    let models = RlModels::load(
+        context,
+        [&settings.policy, settings.reference(), &settings.reward],
+        &settings.devices,
+        &settings.dtypes,
+        &training,
+    )?;
     let prompts = evaluation_prompts(context, settings.eval_prompts)?;
     let samples = sample(context, settings, &models, &prompts, evaluation_sampling_seed(context.experiment.task.eval_seed))?;
 

@@ -13,9 +13,9 @@ use super::preferences::{preference_pairs, PolicySampler, PreferenceData};
 use super::rl::{
     check_generation_lengths, check_positive, evaluate_policy, evaluation_prompts, final_summary, StartState, POLICY_READINGS,
 };
-use super::{Composite, Frontier, Reading, StageContext, StageError, StageFigures, StageSettings, CHECKPOINT_DIR};
+use super::{check_lora, Composite, Frontier, Reading, StageContext, StageError, StageFigures, StageSettings, Training, CHECKPOINT_DIR};
 use crate::data::preferences::PreferencePair;
-use crate::model::{DeviceSpec, LanguageModel, Precision};
+use crate::model::{DeviceSpec, LanguageModel, LoraSettings, Precision, ReferenceModel};
 use crate::rng::epoch_items;
 use crate::run::metrics::SampleLog;
 use crate::run::Metrics;
@@ -99,6 +99,12 @@ pub struct DpoKeys {
     pub device: DeviceSpec,
     #[serde(default)]
     pub dtype: Precision,
+    /// Train low-rank adapters on the frozen model instead of all its weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraSettings>,
+    /// Recompute each block's activations in the backward pass instead of keeping them.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
 }
 
 #[rustfmt::skip]
@@ -136,6 +142,7 @@ impl StageSettings for DpoSettings {
     fn check(&self) -> Result<(), (&'static str, String)> {
         self.shared.check()?;
         let own = &self.own;
+        check_lora(&own.lora)?;
         check_positive(&[
             ("beta", own.beta),
             ("steps", own.steps as f64),
@@ -218,12 +225,12 @@ fn pair_logprobs(model: &LanguageModel, pairs: &[&EncodedPair]) -> (Tensor, Tens
 }
 
 /// Sums of the reference's log-probs `(chosen, rejected)` for each pair, computed once.
-fn reference_logprobs(reference: &LanguageModel, pairs: &[EncodedPair], batch_size: usize) -> Vec<(f64, f64)> {
+fn reference_logprobs(reference: &ReferenceModel, policy: &LanguageModel, pairs: &[EncodedPair], batch_size: usize) -> Vec<(f64, f64)> {
     let _no_grad = tch::no_grad_guard();
     let refs: Vec<&EncodedPair> = pairs.iter().collect();
     let mut sums = Vec::with_capacity(pairs.len());
     for chunk in refs.chunks(batch_size) {
-        let (chosen, rejected, _) = pair_logprobs(reference, chunk);
+        let (chosen, rejected, _) = reference.with(policy, |model| pair_logprobs(model, chunk));
         let column = |t: Tensor| Vec::<f64>::try_from(t.to_kind(Kind::Double).to_device(Device::Cpu)).expect("1-D");
         sums.extend(column(chosen).into_iter().zip(column(rejected)));
     }
@@ -236,7 +243,7 @@ struct DpoTrainer<'a> {
     context: &'a StageContext<'a>,
     settings: &'a DpoKeys,
     policy: LanguageModel,
-    reference: LanguageModel,
+    reference: ReferenceModel,
     reward: Option<Box<dyn Scorer>>,
     optimizer: AdamW,
     schedule: LrSchedule,
@@ -325,11 +332,11 @@ impl Trainer for DpoTrainer<'_> {
     type Error = StageError;
 
     fn parts(&self) -> Vec<Part<'_>> {
-        vec![Part { name: "policy", vs: &self.policy.vs, optimizer: &self.optimizer }]
+        vec![Part { name: "policy", vs: self.policy.trained_vs(), optimizer: &self.optimizer }]
     }
 
     fn parts_mut(&mut self) -> Vec<PartMut<'_>> {
-        vec![PartMut { name: "policy", vs: &mut self.policy.vs, optimizer: &mut self.optimizer }]
+        vec![PartMut { name: "policy", vs: self.policy.trained_vs_mut(), optimizer: &mut self.optimizer }]
     }
 
     fn state(&self) -> StartState {
@@ -355,7 +362,7 @@ impl Trainer for DpoTrainer<'_> {
         let size = self.settings.batch_size;
         let batch = epoch_items(&self.train_pairs, (step - 1) as usize * size, size, self.context.seed(), DATA_SEED);
         let (loss, mut metrics) = self.batch_loss(&batch);
-        (&loss * self.optimizer.loss_scale()).backward();
+        crate::model::blocks::backward(&(&loss * self.optimizer.loss_scale()));
         let grad_norm = self.optimizer.clip_grad_norm(self.settings.grad_clip);
         let lr = self.schedule.at(step);
         self.optimizer.step(lr);
@@ -407,9 +414,9 @@ fn encode_pairs(context: &StageContext, pairs: Vec<PreferencePair>, context_leng
 fn train(context: &StageContext, data: &PreferenceData, settings: &DpoKeys) -> Result<Metrics, StageError> {
     let sampler = PolicySampler { reference: &settings.policy, device: settings.device, dtype: settings.dtype };
     let (train_pairs, eval_pairs) = preference_pairs(context, data, &sampler)?;
-    let policy = context.load_model(&settings.policy, settings.device, settings.dtype)?;
-    let mut reference = context.load_model(settings.reference(), settings.device, settings.dtype)?;
-    reference.vs.freeze();
+    let training = Training { lora: settings.lora.as_ref(), gradient_checkpointing: settings.gradient_checkpointing };
+    let policy = context.load_trained_model(&settings.policy, settings.device, settings.dtype, &training)?;
+    let reference = context.load_reference(settings.reference(), &settings.policy, &training, settings.device, settings.dtype)?;
     let context_length = policy.transformer.config().context_length();
     let (train_pairs, eval_pairs) =
         (encode_pairs(context, train_pairs, context_length)?, encode_pairs(context, eval_pairs, context_length)?);
@@ -419,7 +426,7 @@ fn train(context: &StageContext, data: &PreferenceData, settings: &DpoKeys) -> R
     tracing::info!(train = train_pairs.len(), eval = eval_pairs.len(), "preference pairs");
     let started = std::time::Instant::now();
     let with_reference = |pairs: Vec<EncodedPair>| {
-        let sums = reference_logprobs(&reference, &pairs, settings.batch_size);
+        let sums = reference_logprobs(&reference, &policy, &pairs, settings.batch_size);
         pairs.into_iter().zip(sums).collect::<Vec<_>>()
     };
     let (train_pairs, eval_pairs) = (with_reference(train_pairs), with_reference(eval_pairs));
@@ -429,7 +436,7 @@ fn train(context: &StageContext, data: &PreferenceData, settings: &DpoKeys) -> R
     let mut trainer = DpoTrainer {
         context,
         settings,
-        optimizer: AdamW::new(&policy.vs, adam),
+        optimizer: AdamW::new(policy.trained_vs(), adam),
         policy,
         reference,
         reward,

@@ -10,11 +10,11 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
 
-use super::{Reading, StageContext, StageError, StageFigures, StageSettings, CHECKPOINT_DIR};
+use super::{Reading, StageContext, StageError, StageFigures, StageSettings, Training, CHECKPOINT_DIR};
 use crate::data::chat::Message;
 use crate::data::tokenizer::{TextTokenizer, TokenizerError};
 use crate::model::generate::{generate, GenerateOptions, Sampling};
-use crate::model::{DeviceSpec, LanguageModel, Precision, Transformer};
+use crate::model::{DeviceSpec, LanguageModel, LoraSettings, Precision, Transformer};
 use crate::rng::{epoch_items, step_seed};
 use crate::run::metrics::SampleLog;
 use crate::run::Metrics;
@@ -95,6 +95,12 @@ pub struct TrainSettings {
     pub device: DeviceSpec,
     #[serde(default)]
     pub dtype: Precision,
+    /// Train low-rank adapters on the frozen model instead of all its weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraSettings>,
+    /// Recompute each block's activations in the backward pass instead of keeping them.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
 }
 
 // One default a line: the table reads better than rustfmt's four lines per function.
@@ -151,6 +157,7 @@ impl TrainSettings {
     }
 
     fn check(&self) -> Result<(), (&'static str, String)> {
+        super::check_lora(&self.lora)?;
         match (&self.model, &self.init) {
             (Some(_), Some(_)) => return Err(("init", "either `model` or `init`, not both".into())),
             (None, None) => {
@@ -267,7 +274,7 @@ pub fn accumulate_gradients(transformer: &dyn Transformer, batches: &[Batch], lo
     let mut loss = 0.0;
     for batch in batches {
         let micro_loss = token_loss_sum(transformer, batch, true) / total_tokens as f64;
-        (&micro_loss * loss_scale).backward();
+        crate::model::blocks::backward(&(&micro_loss * loss_scale));
         loss += micro_loss.double_value(&[]);
     }
     loss
@@ -558,11 +565,11 @@ impl Trainer for LmTrainer<'_> {
     type Error = StageError;
 
     fn parts(&self) -> Vec<Part<'_>> {
-        vec![Part { name: "model", vs: &self.model.vs, optimizer: &self.optimizer }]
+        vec![Part { name: "model", vs: self.model.trained_vs(), optimizer: &self.optimizer }]
     }
 
     fn parts_mut(&mut self) -> Vec<PartMut<'_>> {
-        vec![PartMut { name: "model", vs: &mut self.model.vs, optimizer: &mut self.optimizer }]
+        vec![PartMut { name: "model", vs: self.model.trained_vs_mut(), optimizer: &mut self.optimizer }]
     }
 
     fn state(&self) {}
@@ -601,7 +608,8 @@ impl Trainer for LmTrainer<'_> {
 fn train(context: &StageContext, settings: &TrainSettings, objective: Objective) -> Result<Metrics, StageError> {
     let dir = context.dir();
     let (reference_key, reference) = settings.model_reference();
-    let model = context.load_model(reference, settings.device, settings.dtype)?;
+    let training = Training { lora: settings.lora.as_ref(), gradient_checkpointing: settings.gradient_checkpointing };
+    let model = context.load_trained_model(reference, settings.device, settings.dtype, &training)?;
     let context_len = model.transformer.config().context_length();
     if settings.seq_len > context_len {
         return Err(context.invalid(format!(
@@ -621,8 +629,10 @@ fn train(context: &StageContext, settings: &TrainSettings, objective: Objective)
         total_steps: settings.steps,
         shape: settings.schedule,
     };
-    let optimizer =
-        AdamW::new(&model.vs, AdamWConfig { beta1: settings.beta1, beta2: settings.beta2, eps: 1e-8, weight_decay: settings.weight_decay });
+    let optimizer = AdamW::new(
+        model.trained_vs(),
+        AdamWConfig { beta1: settings.beta1, beta2: settings.beta2, eps: 1e-8, weight_decay: settings.weight_decay },
+    );
     let mut trainer = LmTrainer { context, settings, model, optimizer, data, schedule };
     let selection = Selection { metric: "eval/loss", min_delta: settings.min_delta, patience: settings.patience };
     let loop_settings = LoopSettings { selection: Some(selection), ..context.loop_settings(settings.steps, settings.eval_every, &FIGURES) };

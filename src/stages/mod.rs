@@ -24,7 +24,9 @@ use crate::data::task::TaskData;
 use crate::data::tokenizer::TextTokenizer;
 use crate::model::llama::Family;
 use crate::model::reward::RewardModel;
-use crate::model::{CheckpointError, DeviceSpec, Gpt2Config, LanguageModel, LlamaConfig, ModelConfig, Precision};
+use crate::model::{
+    CheckpointError, DeviceSpec, Gpt2Config, LanguageModel, LlamaConfig, LoraSettings, ModelConfig, Precision, ReferenceModel,
+};
 use crate::run::{Metrics, RunDir, RunDirError};
 use crate::train::rollout::{Scorer, TextJudge, TextReward};
 use crate::train::stage_loop::LoopSettings;
@@ -356,6 +358,48 @@ impl StageContext<'_> {
         Ok(Box::new(TextReward { tokenizer: self.tokenizer.clone(), judge }))
     }
 
+    /// Loads the model a stage trains, with LoRA adapters (their initialisation drawn from the
+    /// stage's seed) and gradient checkpointing as its keys ask.
+    pub fn load_trained_model(
+        &self,
+        reference: &str,
+        device: DeviceSpec,
+        precision: Precision,
+        training: &Training,
+    ) -> Result<LanguageModel, StageError> {
+        let mut model = self.load_model(reference, device, precision)?;
+        if let Some(lora) = training.lora {
+            if model.base_dir.is_none() {
+                return Err(self.invalid(format!(
+                    "`lora`: `{reference}` is a fresh model; adapters train on a trained base (start from a checkpoint, or train all weights)"
+                )));
+            }
+            tch::manual_seed(crate::rng::step_seed(self.seed(), LORA_SEED, 0) as i64);
+            model.attach_adapters(lora).map_err(|error| self.invalid(error.to_string()))?;
+        }
+        model.set_gradient_checkpointing(training.gradient_checkpointing);
+        Ok(model)
+    }
+
+    /// The frozen reference of a stage whose policy starts from `policy`: with LoRA and the same
+    /// starting model, the policy with its adapters off (no second copy, on the policy's device);
+    /// otherwise a model of its own.
+    pub fn load_reference(
+        &self,
+        reference: &str,
+        policy: &str,
+        training: &Training,
+        device: DeviceSpec,
+        precision: Precision,
+    ) -> Result<ReferenceModel, StageError> {
+        if training.lora.is_some() && reference == policy {
+            return Ok(ReferenceModel::PolicyBase);
+        }
+        let mut model = self.load_model(reference, device, precision)?;
+        model.vs.freeze();
+        Ok(ReferenceModel::Separate(Box::new(model)))
+    }
+
     /// Builds the model a stage starts from: a `[models.X]` section (fresh, or its `from`
     /// checkpoint), an earlier stage's checkpoint, another run's, or a checkpoint directory.
     pub fn load_model(&self, reference: &str, device: DeviceSpec, precision: Precision) -> Result<LanguageModel, StageError> {
@@ -376,6 +420,21 @@ impl StageContext<'_> {
         })?;
         Ok(LanguageModel::load(&checkpoint_dir, device, precision)?)
     }
+}
+
+/// Purpose of the seed of LoRA adapters' initialisation.
+const LORA_SEED: u64 = 71;
+
+/// How a stage trains the model it loads: its `lora` and `gradient_checkpointing` keys.
+#[derive(Debug, Clone, Copy)]
+pub struct Training<'a> {
+    pub lora: Option<&'a LoraSettings>,
+    pub gradient_checkpointing: bool,
+}
+
+/// A stage's `lora` table, checked.
+pub fn check_lora(lora: &Option<LoraSettings>) -> Result<(), (&'static str, String)> {
+    lora.as_ref().map_or(Ok(()), LoraSettings::check)
 }
 
 /// The shape keys every fresh model section has (checked when the experiment was read).

@@ -1,6 +1,7 @@
 //! Runs an experiment's stages in order inside a run directory: environment and log first, then
 //! the task's data and the tokenizer shared by all models, then each stage, recording its final
-//! figures in summary.json (a stage listed there is finished and skipped on resume).
+//! figures in summary.json (a stage listed there is finished and skipped on resume), with the
+//! peak memory of the process while it ran.
 
 use std::path::Path;
 
@@ -11,7 +12,8 @@ use crate::data::task::{self, TaskData};
 use crate::data::tokenizer::TextTokenizer;
 use crate::data::tokenizer::{CHATML_END_OF_TURN, CHATML_SPECIAL_TOKENS, CHATML_TEMPLATE};
 use crate::model::checkpoint::{self, CheckpointError, GENERATION_CONFIG_FILE, TOKENIZER_FILE};
-use crate::run::{environment, log, RunDir, RunDirError};
+use crate::run::memory::{self, PeakRss, StagePeak};
+use crate::run::{environment, log, Metrics, RunDir, RunDirError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -97,11 +99,29 @@ pub fn run_experiment(experiment: &Experiment, run: &RunDir, selection: &Selecti
         std::fs::create_dir_all(&stage_dir).map_err(|source| RunDirError::Write { path: stage_dir.clone(), source })?;
         tracing::info!(stage = stage.name, kind = stage.kind, "stage starts");
         let context = StageContext { experiment, stage_index, run, task: &task, tokenizer: &tokenizer, resume: selection.resume };
-        let figures = stage.settings.run(&context)?;
-        tracing::info!(stage = stage.name, figures = ?figures, "stage finished");
+        let memory = StagePeak::start();
+        let mut figures = stage.settings.run(&context)?;
+        let peak = memory.peak();
+        let devices: Vec<tch::Device> = stage.settings.devices().into_iter().filter_map(|(_, device)| device.resolve().ok()).collect();
+        memory::note_unmeasured_cuda(&stage.name, &devices);
+        log_stage_finished(&stage.name, &figures, peak);
+        if let Some(peak) = peak {
+            figures.insert(peak.figure().to_string(), peak.mib());
+        }
         run.record_stage_summary(&stage.name, serde_json::to_value(&figures).expect("figures serialise"))?;
     }
     Ok(())
+}
+
+/// The `stage finished` line: the stage's peak memory in MiB (named as its summary figure is),
+/// then its final figures.
+fn log_stage_finished(stage: &str, figures: &Metrics, peak: Option<PeakRss>) {
+    let mib = |peak: PeakRss| format!("{:.1}", peak.mib());
+    match peak {
+        Some(peak) if peak.own => tracing::info!(stage, peak_rss_mib = %mib(peak), figures = ?figures, "stage finished"),
+        Some(peak) => tracing::info!(stage, process_peak_rss_mib = %mib(peak), figures = ?figures, "stage finished"),
+        None => tracing::info!(stage, figures = ?figures, "stage finished"),
+    }
 }
 
 /// The run's tokenizer, saved in the run directory (`tokenizer.json`, `tokenizer_config.json`,

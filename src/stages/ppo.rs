@@ -23,11 +23,12 @@ use super::rl::{
     check_generation_lengths, check_positive, check_vocabularies, draw_prompts, evaluate_policy, evaluation_prompts, model_inputs,
     training_prompts, POLICY_READINGS,
 };
-use super::{Frontier, StageContext, StageError, StageFigures, StageSettings, CHECKPOINT_DIR};
+use super::{check_lora, Frontier, StageContext, StageError, StageFigures, StageSettings, Training, CHECKPOINT_DIR};
 use crate::data::synthetic::oracle::GoldOracle;
+use crate::model::blocks;
 use crate::model::generate::Generation;
 use crate::model::reward::{RewardModel, RewardNormalization};
-use crate::model::{DeviceSpec, LanguageModel, Precision, ScalarHead};
+use crate::model::{DeviceSpec, LanguageModel, LoraSettings, Precision, ReferenceModel, ScalarHead};
 use crate::rng::step_seed;
 use crate::run::metrics::SampleLog;
 use crate::run::Metrics;
@@ -197,6 +198,14 @@ pub struct PpoSettings {
     /// Evaluated responses written to samples.jsonl at each evaluation.
     #[serde(default = "defaults::samples")]
     pub samples: usize,
+    /// Train low-rank adapters on the frozen policy instead of all its weights (a separate value
+    /// model trains all of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraSettings>,
+    /// Recompute each block's activations in the backward pass instead of keeping them (policy
+    /// and value model).
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
 }
 
 // One default a line: the table reads better than rustfmt's four lines per function.
@@ -236,6 +245,7 @@ impl StageSettings for PpoSettings {
     }
 
     fn check(&self) -> Result<(), (&'static str, String)> {
+        check_lora(&self.lora)?;
         check_positive(&[
             ("iterations", self.iterations as f64),
             ("rollout_batch", self.rollout_batch as f64),
@@ -483,7 +493,7 @@ pub enum Critic {
 /// The models of the stage.
 pub struct Models {
     pub policy: LanguageModel,
-    pub reference: LanguageModel,
+    pub reference: ReferenceModel,
     pub reward: Box<dyn Scorer>,
     pub critic: Critic,
 }
@@ -536,7 +546,7 @@ impl<'a> Ppo<'a> {
     pub fn new(settings: &'a PpoSettings, models: Models, oracle: Option<GoldOracle>) -> Self {
         let adam = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
         Ppo {
-            policy_optimizer: AdamW::new(&models.policy.vs, adam),
+            policy_optimizer: AdamW::new(models.policy.trained_vs(), adam),
             value_optimizer: match &models.critic {
                 Critic::Model(model) => Some(AdamW::new(&model.vs, adam)),
                 Critic::SharedHead(_) => None,
@@ -591,7 +601,7 @@ impl<'a> Ppo<'a> {
 
     /// The trained weights and optimizers, as the resume state names them.
     fn state_parts(&self) -> Vec<Part<'_>> {
-        let mut parts = vec![Part { name: "policy", vs: &self.models.policy.vs, optimizer: &self.policy_optimizer }];
+        let mut parts = vec![Part { name: "policy", vs: self.models.policy.trained_vs(), optimizer: &self.policy_optimizer }];
         if let (Critic::Model(model), Some(optimizer)) = (&self.models.critic, &self.value_optimizer) {
             parts.push(Part { name: "value", vs: &model.vs, optimizer });
         }
@@ -600,7 +610,7 @@ impl<'a> Ppo<'a> {
 
     fn state_parts_mut(&mut self) -> Vec<PartMut<'_>> {
         let Ppo { models, policy_optimizer, value_optimizer, .. } = self;
-        let mut parts = vec![PartMut { name: "policy", vs: &mut models.policy.vs, optimizer: policy_optimizer }];
+        let mut parts = vec![PartMut { name: "policy", vs: models.policy.trained_vs_mut(), optimizer: policy_optimizer }];
         if let (Critic::Model(model), Some(optimizer)) = (&mut models.critic, value_optimizer) {
             parts.push(PartMut { name: "value", vs: &mut model.vs, optimizer });
         }
@@ -699,15 +709,18 @@ impl<'a> Ppo<'a> {
                         &mask.to(value_device),
                         settings.cliprange_value,
                     );
-                    match &models.critic {
+                    let loss = match &models.critic {
+                        // Two models, each its own loss scale; one backward pass over both (their
+                        // weights are apart, so each gets its own loss's gradient).
                         Critic::Model(_) => {
                             let value_scale = self.value_optimizer.as_ref().map_or(1.0, AdamW::loss_scale);
-                            (policy_objective * (policy_scale * share)).backward();
-                            (&value_loss * (value_scale * share)).backward();
+                            let value_term = (&value_loss * (value_scale * share)).to_device(policy_objective.device());
+                            policy_objective * (policy_scale * share) + value_term
                         }
                         // One backbone: one loss, the value term weighted by vf_coef.
-                        Critic::SharedHead(_) => ((policy_objective + settings.vf_coef * &value_loss) * (policy_scale * share)).backward(),
-                    }
+                        Critic::SharedHead(_) => (policy_objective + settings.vf_coef * &value_loss) * (policy_scale * share),
+                    };
+                    blocks::backward(&loss);
 
                     let approx_kl = scalar(&approx_kl);
                     approx_kl_sum += approx_kl;
@@ -797,9 +810,9 @@ const ITERATION_SEED: u64 = 26;
 
 fn load_models(context: &StageContext, settings: &PpoSettings) -> Result<Models, StageError> {
     let (devices, dtypes) = (&settings.devices, &settings.dtypes);
-    let mut policy = context.load_model(&settings.policy, devices.policy, dtypes.policy)?;
-    let mut reference = context.load_model(&settings.reference, devices.reference, dtypes.reference)?;
-    reference.vs.freeze();
+    let training = Training { lora: settings.lora.as_ref(), gradient_checkpointing: settings.gradient_checkpointing };
+    let mut policy = context.load_trained_model(&settings.policy, devices.policy, dtypes.policy, &training)?;
+    let reference = context.load_reference(&settings.reference, &settings.policy, &training, devices.reference, dtypes.reference)?;
     let checkpoint = |key: &str, reference: &str| {
         context
             .checkpoint_dir(reference)
@@ -811,7 +824,9 @@ fn load_models(context: &StageContext, settings: &PpoSettings) -> Result<Models,
     tch::manual_seed(step_seed(context.seed(), ROLLOUT_SEED, 0) as i64);
     let critic = match &settings.value {
         Some(value) => {
-            Critic::Model(Box::new(RewardModel::load(&checkpoint("value", value)?, devices.value.resolve()?, dtypes.value, true)?))
+            let model = RewardModel::load(&checkpoint("value", value)?, devices.value.resolve()?, dtypes.value, true)?;
+            model.transformer.blocks().set_checkpointing(settings.gradient_checkpointing);
+            Critic::Model(Box::new(model))
         }
         None => Critic::SharedHead(shared_value_head(&mut policy, dtypes.policy)),
     };
@@ -824,8 +839,11 @@ pub const VALUE_HEAD: &str = "value_head";
 /// A value head on the policy's backbone, initialised small like the reward head.
 pub fn shared_value_head(policy: &mut LanguageModel, precision: Precision) -> ScalarHead {
     let n_embd = policy.transformer.config().hidden_size();
-    let head = ScalarHead::new(&(policy.vs.root() / VALUE_HEAD), n_embd, 1.0 / ((n_embd + 1) as f64).sqrt());
-    precision.cast(&mut policy.vs);
+    // With adapters, the head trains beside them (in fp32), on the frozen base.
+    let head = ScalarHead::new(&(policy.trained_vs().root() / VALUE_HEAD), n_embd, 1.0 / ((n_embd + 1) as f64).sqrt());
+    if policy.adapters.is_none() {
+        precision.cast(&mut policy.vs);
+    }
     head
 }
 

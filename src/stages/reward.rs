@@ -411,7 +411,7 @@ impl Trainer for RewardTrainer<'_> {
         } else {
             bradley_terry_loss(&chosen, &rejected, &margins, &ties_tensor, settings.center_coef)
         };
-        (&loss * self.optimizer.loss_scale()).backward();
+        crate::model::blocks::backward(&(&loss * self.optimizer.loss_scale()));
         let grad_norm = self.optimizer.clip_grad_norm(settings.grad_clip);
         self.optimizer.step(lr);
         self.optimizer.zero_grad();

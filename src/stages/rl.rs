@@ -10,11 +10,13 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use super::{is_programmatic_reward, Composite, Reading, StageContext, StageError, StageFigures, StageSettings, CHECKPOINT_DIR};
+use super::{
+    check_lora, is_programmatic_reward, Composite, Reading, StageContext, StageError, StageFigures, StageSettings, Training, CHECKPOINT_DIR,
+};
 use crate::data::synthetic::GoldOracle;
 use crate::data::task::TaskData;
 use crate::model::reward::RewardNormalization;
-use crate::model::{DeviceSpec, LanguageModel, Precision};
+use crate::model::{DeviceSpec, LanguageModel, LoraSettings, Precision, ReferenceModel};
 use crate::rng::step_seed;
 use crate::run::metrics::{evaluation_lines, write_evaluation, SampleLog};
 use crate::run::Metrics;
@@ -100,6 +102,12 @@ pub struct PolicyGradientKeys {
     /// Evaluated responses written to samples.jsonl at each evaluation.
     #[serde(default = "defaults::samples")]
     pub samples: usize,
+    /// Train low-rank adapters on the frozen model instead of all its weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraSettings>,
+    /// Recompute each block's activations in the backward pass instead of keeping them.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
 }
 
 // One default a line: the table reads better than rustfmt's four lines per function.
@@ -162,6 +170,7 @@ pub fn check_generation_lengths(
 impl PolicyGradientKeys {
     /// The shared checks, with the kind's number of responses per prompt (`group_size`, `k`).
     pub fn check(&self, group: (&'static str, usize)) -> Result<(), (&'static str, String)> {
+        check_lora(&self.lora)?;
         check_positive(&[
             ("iterations", self.iterations as f64),
             ("rollout_batch", self.rollout_batch as f64),
@@ -252,7 +261,7 @@ pub trait GroupAlgorithm {
 /// A trained policy with a frozen reference and a reward.
 pub struct RlModels {
     pub policy: LanguageModel,
-    pub reference: LanguageModel,
+    pub reference: ReferenceModel,
     pub reward: Box<dyn Scorer>,
 }
 
@@ -262,11 +271,11 @@ impl RlModels {
         names: [&str; 3],
         devices: &PolicyRoles<DeviceSpec>,
         dtypes: &PolicyRoles<Precision>,
+        training: &Training,
     ) -> Result<Self, StageError> {
-        let [policy, reference, reward] = names;
-        let policy = context.load_model(policy, devices.policy, dtypes.policy)?;
-        let mut reference = context.load_model(reference, devices.reference, dtypes.reference)?;
-        reference.vs.freeze();
+        let [policy_name, reference, reward] = names;
+        let policy = context.load_trained_model(policy_name, devices.policy, dtypes.policy, training)?;
+        let reference = context.load_reference(reference, policy_name, training, devices.reference, dtypes.reference)?;
         let reward = context.load_reward(reward, devices.reward, dtypes.reward)?;
         check_vocabularies(context, &policy, &reference, reward.as_ref())?;
         Ok(RlModels { policy, reference, reward })
@@ -281,11 +290,12 @@ impl RlModels {
 pub fn check_vocabularies(
     context: &StageContext,
     policy: &LanguageModel,
-    reference: &LanguageModel,
+    reference: &ReferenceModel,
     reward: &dyn Scorer,
 ) -> Result<(), StageError> {
     let vocab = policy.transformer.config().vocab_size();
-    for (role, other) in [("reference", Some(reference.transformer.config().vocab_size())), ("reward", reward.vocab_size())] {
+    let reference_vocab = reference.with(policy, |model| model.transformer.config().vocab_size());
+    for (role, other) in [("reference", Some(reference_vocab)), ("reward", reward.vocab_size())] {
         if let Some(other) = other.filter(|&other| other != vocab) {
             return Err(context.invalid(format!("the {role} model's vocabulary ({other}) differs from the policy's ({vocab})")));
         }
@@ -418,7 +428,7 @@ pub struct GroupLearner<'a> {
 impl<'a> GroupLearner<'a> {
     pub fn new(keys: &'a PolicyGradientKeys, algorithm: &'a dyn GroupAlgorithm, models: RlModels, oracle: Option<GoldOracle>) -> Self {
         let adam = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-        GroupLearner { keys, algorithm, optimizer: AdamW::new(&models.policy.vs, adam), models, oracle }
+        GroupLearner { keys, algorithm, optimizer: AdamW::new(models.policy.trained_vs(), adam), models, oracle }
     }
 
     pub fn judges(&self) -> Judges<'_> {
@@ -517,12 +527,12 @@ impl Trainer for GroupTrainer<'_> {
     type Error = StageError;
 
     fn parts(&self) -> Vec<Part<'_>> {
-        vec![Part { name: "policy", vs: &self.learner.models.policy.vs, optimizer: &self.learner.optimizer }]
+        vec![Part { name: "policy", vs: self.learner.models.policy.trained_vs(), optimizer: &self.learner.optimizer }]
     }
 
     fn parts_mut(&mut self) -> Vec<PartMut<'_>> {
         let learner = &mut self.learner;
-        vec![PartMut { name: "policy", vs: &mut learner.models.policy.vs, optimizer: &mut learner.optimizer }]
+        vec![PartMut { name: "policy", vs: learner.models.policy.trained_vs_mut(), optimizer: &mut learner.optimizer }]
     }
 
     fn state(&self) -> StartState {
@@ -565,7 +575,8 @@ fn train_group(
 ) -> Result<Metrics, StageError> {
     let train_prompts = training_prompts(context)?;
     let eval_prompts = evaluation_prompts(context, keys.eval_prompts)?;
-    let models = RlModels::load(context, [&keys.policy, &keys.reference, &keys.reward], &keys.devices, &keys.dtypes)?;
+    let training = Training { lora: keys.lora.as_ref(), gradient_checkpointing: keys.gradient_checkpointing };
+    let models = RlModels::load(context, [&keys.policy, &keys.reference, &keys.reward], &keys.devices, &keys.dtypes, &training)?;
     let mut trainer = GroupTrainer {
         context,
         learner: GroupLearner::new(keys, algorithm, models, context.task.oracle),

@@ -202,7 +202,7 @@ pub fn optimise(
                     mask: rows(&rollout.loss_mask),
                 };
                 let (summed, figures) = loss(&batch);
-                (&summed * scale).backward();
+                crate::model::blocks::backward(&(&summed * scale));
                 sums.entry("loss/policy_avg").or_default().push(summed.double_value(&[]) / denominator);
                 for (name, value) in figures {
                     sums.entry(name).or_default().push(value.double_value(&[]));

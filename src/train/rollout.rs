@@ -11,7 +11,7 @@ use crate::data::synthetic::GoldOracle;
 use crate::data::tokenizer::{TextTokenizer, TokenizerError};
 use crate::model::generate::{generate, left_pad, GenerateError, GenerateOptions, Generation, Sampling};
 use crate::model::reward::{RewardModel, RewardNormalization};
-use crate::model::{LanguageModel, Transformer};
+use crate::model::{LanguageModel, ReferenceModel, Transformer};
 use crate::rng::step_seed;
 use crate::run::Metrics;
 
@@ -206,7 +206,7 @@ impl Scorer for TextReward {
 /// The judges of a rollout or an evaluation; each is optional.
 pub struct Judges<'a> {
     pub reward: Option<&'a dyn Scorer>,
-    pub reference: Option<&'a LanguageModel>,
+    pub reference: Option<&'a ReferenceModel>,
     pub oracle: Option<GoldOracle>,
 }
 
@@ -297,8 +297,10 @@ pub fn sample_and_score(
         PolicyLogprobs::Sampled => (None, generation.logprobs.to_device(Device::Cpu).to_kind(Kind::Float) * &mask),
     };
     let reference_logprobs = judges.reference.map(|reference| {
-        let transformer = reference.transformer.as_ref();
-        logprobs_of(transformer, &response_states(transformer, &tokens))
+        reference.with(policy, |model| {
+            let transformer = model.transformer.as_ref();
+            logprobs_of(transformer, &response_states(transformer, &tokens))
+        })
     });
     let completions = generation.completions();
     let raw_scores = judges.reward.map(|reward| reward.score(&encoded_prompts, &completions));

@@ -50,6 +50,16 @@ pub fn hf_reference(args: &[&str]) {
     assert!(output.status.success(), "hf_models.py {args:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
 }
 
+/// A stage's figures from summary.json without its peak memory (`memory/*`), which measures the
+/// process that ran it rather than what it computed.
+pub fn without_memory(figures: &serde_json::Value) -> serde_json::Value {
+    let mut figures = figures.clone();
+    if let Some(map) = figures.as_object_mut() {
+        map.retain(|name, _| !name.starts_with("memory/"));
+    }
+    figures
+}
+
 /// Writes `rows`, left-padded with id 0, for the reference script.
 pub fn write_inputs(path: &Path, rows: &[Vec<i64>]) {
     let (ids, mask) = rlhf_lab::model::generate::left_pad(rows, 0, tch::Device::Cpu);
