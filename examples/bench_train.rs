@@ -117,7 +117,7 @@ fn rm_step(args: &Args, pairs: &PreferenceBatch) -> Result<impl FnMut()> {
     checkpoint::load_weights(&mut vs, &args.model, &[REWARD_HEAD])?;
     // Scoring needs no tokenizer (the rows are ids already); the model just has to carry one.
     let tokenizer = TextTokenizer::train(std::iter::once("a benchmark needs no text"), 300)?;
-    let model = RewardModel { vs, transformer, head, tokenizer, normalization: None, ensemble: None };
+    let model = RewardModel { vs, transformer, head, tokenizer, normalization: None, ensemble: None, adapters: None, base_dir: None };
     let mut optimizer = AdamW::new(&model.vs, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 });
     let rows: Vec<Vec<i64>> = pairs.chosen.iter().chain(&pairs.rejected).cloned().collect();
     let (ids, mask) = left_pad(&rows, 0, Device::Cpu); // padding is masked: any id will do

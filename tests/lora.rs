@@ -253,3 +253,73 @@ fn adapters_round_trip_through_peft_both_ways() {
         assert!(max_difference(&logits(&base, &ids, &mask), &reference, &mask) > 1e-2, "{name}: peft's adapters change the output");
     }
 }
+
+/// `peft`'s scores of `base` read as a sequence classifier with the adapters of `adapter_dir`.
+fn peft_scores(base: &std::path::Path, adapter_dir: &std::path::Path, rows: &[Vec<i64>], work: &std::path::Path) -> Vec<f64> {
+    let (inputs, out) = (work.join("inputs.json"), work.join("peft_scores.json"));
+    common::write_inputs(&inputs, rows);
+    common::hf_reference(&["peft-scores", path_str(base), path_str(adapter_dir), path_str(&inputs), path_str(&out)]);
+    let scores: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
+    scores["scores"].as_array().unwrap().iter().map(|s| s.as_f64().unwrap()).collect()
+}
+
+fn assert_close(ours: &Tensor, theirs: &[f64], what: &str) {
+    let ours = Vec::<f64>::try_from(ours.to_kind(Kind::Double)).unwrap();
+    assert_eq!(ours.len(), theirs.len());
+    for (a, b) in ours.iter().zip(theirs) {
+        assert!((a - b).abs() < 1e-4, "{what}: {ours:?} vs {theirs:?}");
+    }
+}
+
+#[test]
+fn reward_model_adapters_round_trip_through_peft_both_ways() {
+    use rlhf_lab::model::reward::RewardModel;
+    let work = tempfile::tempdir().unwrap();
+    let base_dir = work.path().join("base");
+    fresh(&qwen2_config(), 51).save(&base_dir).unwrap();
+    let rows = rows(52);
+    let (ids, mask) = left_pad(&rows, 0, Device::Cpu);
+
+    // A reward model trained with adapters: the head beside them, saved as PEFT's modules_to_save.
+    tch::manual_seed(53);
+    let mut ours = RewardModel::load(&base_dir, Device::Cpu, Precision::Fp32, true).unwrap();
+    ours.attach_adapters(&lora("r = 4\ntargets = [\"q\", \"v\"]")).unwrap();
+    let trained = ours.trained_vs();
+    assert!(trained.variables().contains_key("score.weight") && ours.vs.variables().values().all(|t| !t.requires_grad()));
+    randomise(trained, 54);
+    tch::no_grad(|| trained.variables()["score.weight"].shallow_clone().copy_(&(Tensor::randn([1, 48], (Kind::Float, Device::Cpu)) * 0.3)));
+    let adapter_dir = work.path().join("rm-ours");
+    ours.save(&adapter_dir).unwrap();
+    let expected = tch::no_grad(|| ours.scores(&ids, &mask, false));
+    assert_close(&expected, &peft_scores(&base_dir, &adapter_dir, &rows, work.path()), "ours read by peft");
+    let reloaded = RewardModel::load(&adapter_dir, Device::Cpu, Precision::Fp32, false).unwrap();
+    assert_close(
+        &tch::no_grad(|| reloaded.scores(&ids, &mask, false)),
+        &Vec::<f64>::try_from(&expected.to_kind(Kind::Double)).unwrap(),
+        "ours read back",
+    );
+    // Merged, it is a plain sequence classifier with the same scores.
+    ours.merge_adapters();
+    assert_close(
+        &tch::no_grad(|| ours.scores(&ids, &mask, false)),
+        &Vec::<f64>::try_from(&expected.to_kind(Kind::Double)).unwrap(),
+        "merged",
+    );
+
+    // Made by peft (adapters and a perturbed head), read here as a reward model.
+    let theirs_dir = work.path().join("rm-theirs");
+    common::hf_reference(&["make-peft", path_str(&base_dir), "seq-cls", "q_proj,k_proj,up_proj", "4", "8", "55", path_str(&theirs_dir)]);
+    let loaded = RewardModel::load(&theirs_dir, Device::Cpu, Precision::Fp32, false).unwrap();
+    assert_close(
+        &tch::no_grad(|| loaded.scores(&ids, &mask, false)),
+        &peft_scores(&base_dir, &theirs_dir, &rows, work.path()),
+        "peft's read here",
+    );
+    // A language model's adapters are no reward model.
+    let lm_dir = work.path().join("lm-adapters");
+    let mut lm = LanguageModel::load(&base_dir, Device::Cpu, Precision::Fp32).unwrap();
+    lm.attach_adapters(&lora("r = 2")).unwrap();
+    lm.save(&lm_dir).unwrap();
+    let error = RewardModel::load(&lm_dir, Device::Cpu, Precision::Fp32, false).err().unwrap().to_string();
+    assert!(error.contains("no `score` head"), "{error}");
+}

@@ -166,17 +166,20 @@ fn dpo_grpo_and_rloo_resume_mid_stage_and_after_their_last_save() {
 
 #[test]
 fn lora_and_checkpointed_stages_resume_mid_stage() {
-    // The adapters (and PPO's value model) are the state; the frozen base is reloaded from the
-    // checkpoint it came from — itself adapters over pretraining for PPO and DPO.
+    // The adapters (with the reward model's head, and PPO's value model) are the state; the
+    // frozen base is reloaded from the checkpoint it came from — itself adapters over
+    // pretraining for the reward model, PPO and DPO.
     let lora = [
         "stages.sft.lora={r = 4}",
+        "stages.rm.lora={r = 4}",
+        "stages.rm.gradient_checkpointing=true",
         "stages.ppo.lora={r = 4, targets = [\"q\", \"k\", \"v\"]}",
         "stages.ppo.gradient_checkpointing=true",
         "stages.dpo.lora={r = 4, dropout = 0.1}",
         "stages.grpo.lora={r = 4, merge = true}",
         "stages.rloo.gradient_checkpointing=true",
     ];
-    assert_resumes_identically(&lora, &["sft:5:saved", "ppo:3:saved", "dpo:2:saved", "grpo:2:saved", "rloo:2:saved"]);
+    assert_resumes_identically(&lora, &["sft:5:saved", "rm:3:saved", "ppo:3:saved", "dpo:2:saved", "grpo:2:saved", "rloo:2:saved"]);
 }
 
 #[test]

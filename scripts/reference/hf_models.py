@@ -161,7 +161,8 @@ def make_peft(base_dir, task, targets, r, alpha, seed, out_dir):
     from peft import LoraConfig, get_peft_model
 
     task_type, auto_class = PEFT_TASKS[task]
-    base = auto_class.from_pretrained(base_dir)
+    # A reward model has one label; a causal checkpoint read as a classifier would get two.
+    base = auto_class.from_pretrained(base_dir, **({"num_labels": 1} if task == "seq-cls" else {}))
     torch.manual_seed(int(seed))
     config = LoraConfig(
         r=int(r),
@@ -187,7 +188,8 @@ def make_peft(base_dir, task, targets, r, alpha, seed, out_dir):
 def load_peft(base_dir, adapter_dir, auto_class=AutoModelForCausalLM):
     from peft import PeftModel
 
-    base = auto_class.from_pretrained(base_dir, dtype=torch.float32)
+    labels = {"num_labels": 1} if auto_class is AutoModelForSequenceClassification else {}
+    base = auto_class.from_pretrained(base_dir, dtype=torch.float32, **labels)
     return PeftModel.from_pretrained(base, adapter_dir).float().eval()
 
 

@@ -89,7 +89,17 @@ impl LanguageModel {
     pub fn save(&self, dir: &Path) -> Result<(), CheckpointError> {
         match (&self.adapters, &self.base_dir) {
             (Some(adapters), _) if adapters.settings.merge => self.merged_copy().save(dir),
-            (Some(adapters), Some(base)) => peft::save(dir, self, adapters, base),
+            (Some(adapters), Some(base)) => peft::save(
+                dir,
+                adapters,
+                peft::AdapterFiles {
+                    transformer: self.transformer.as_ref(),
+                    tokenizer: &self.tokenizer,
+                    base_dir: base,
+                    score: None,
+                    extra: &[],
+                },
+            ),
             (Some(_), None) => Err(CheckpointError::Unsupported {
                 path: dir.to_path_buf(),
                 reason: "adapters on a model that was not loaded from a checkpoint have no base to be saved over".into(),

@@ -17,7 +17,9 @@ use tch::{Device, Kind, Tensor};
 
 use super::checkpoint::{self, CheckpointError};
 use super::lora::{Adapters, LoraSettings};
-use super::{LanguageModel, Precision};
+use super::reward::REWARD_HEAD;
+use super::{LanguageModel, Precision, Transformer};
+use crate::data::tokenizer::TextTokenizer;
 
 pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -29,13 +31,27 @@ pub fn is_adapter_dir(dir: &Path) -> bool {
     dir.join(ADAPTER_CONFIG_FILE).is_file() && !dir.join(checkpoint::CONFIG_FILE).is_file()
 }
 
-/// Writes `model`'s adapters to `dir` as PEFT does, over the base checkpoint `base_dir`.
-pub fn save(dir: &Path, model: &LanguageModel, adapters: &Adapters, base_dir: &Path) -> Result<(), CheckpointError> {
+/// What an adapter directory holds besides the adapters.
+pub struct AdapterFiles<'a> {
+    pub transformer: &'a dyn Transformer,
+    pub tokenizer: &'a TextTokenizer,
+    /// The checkpoint the adapters are saved over.
+    pub base_dir: &'a Path,
+    /// A reward model's `score` head, trained beside the adapters (PEFT's `modules_to_save`):
+    /// the directory is then a sequence-classification adapter.
+    pub score: Option<&'a Tensor>,
+    /// Other files written beside them (name, contents).
+    pub extra: &'a [(&'a str, Vec<u8>)],
+}
+
+/// Writes `adapters` to `dir` as PEFT does, with `files`.
+pub fn save(dir: &Path, adapters: &Adapters, files: AdapterFiles) -> Result<(), CheckpointError> {
+    let base_dir = files.base_dir;
     let base = std::fs::canonicalize(base_dir).map_err(|source| CheckpointError::Io { path: base_dir.to_path_buf(), source })?;
-    let gpt2 = model.transformer.config().model_type() == "gpt2";
+    let gpt2 = files.transformer.config().model_type() == "gpt2";
     let config = json!({
         "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
+        "task_type": if files.score.is_some() { "SEQ_CLS" } else { "CAUSAL_LM" },
         "base_model_name_or_path": base,
         "r": adapters.settings.r,
         "lora_alpha": adapters.settings.alpha(),
@@ -47,7 +63,7 @@ pub fn save(dir: &Path, model: &LanguageModel, adapters: &Adapters, base_dir: &P
         "bias": "none",
         "use_rslora": false,
         "use_dora": false,
-        "modules_to_save": null,
+        "modules_to_save": files.score.map(|_| vec![REWARD_HEAD]),
         "init_lora_weights": true,
         "rank_pattern": {},
         "alpha_pattern": {},
@@ -61,21 +77,41 @@ pub fn save(dir: &Path, model: &LanguageModel, adapters: &Adapters, base_dir: &P
         .filter(|(name, _)| name.contains(".lora_"))
         .map(|(name, tensor)| (format!("{PREFIX}{name}"), tensor))
         .collect();
+    if let Some(score) = files.score {
+        variables.push((score_tensor_name(), score.shallow_clone()));
+    }
     variables.sort_by(|a, b| a.0.cmp(&b.0));
     let named: Vec<(&str, &Tensor)> = variables.iter().map(|(name, tensor)| (name.as_str(), tensor)).collect();
     let weights = checkpoint::safetensors_bytes(&named);
     let write = |dir: &Path| -> Result<(), CheckpointError> {
         crate::run::durable::write_file(&dir.join(ADAPTER_WEIGHTS_FILE), &weights)?;
-        for file in model.tokenizer.save(dir)? {
+        for file in files.tokenizer.save(dir)? {
             crate::run::durable::sync(&file)?;
         }
-        let bos = model.transformer.config().architecture().to_hf("float32").get("bos_token_id").and_then(Value::as_i64);
-        checkpoint::write_generation_config(dir, &model.tokenizer, bos)?;
+        let bos = files.transformer.config().architecture().to_hf("float32").get("bos_token_id").and_then(Value::as_i64);
+        checkpoint::write_generation_config(dir, files.tokenizer, bos)?;
+        for (name, contents) in files.extra {
+            crate::run::durable::write_file(&dir.join(name), contents)?;
+        }
         let text = serde_json::to_string_pretty(&config).expect("JSON serialises");
         // Written last: it marks the directory complete.
         Ok(crate::run::durable::write_file(&dir.join(ADAPTER_CONFIG_FILE), text.as_bytes())?)
     };
     crate::run::durable::replace_dir(dir, write, &|_| {})
+}
+
+/// PEFT's name of a sequence-classification head saved with the adapters.
+fn score_tensor_name() -> String {
+    format!("{PREFIX}{REWARD_HEAD}.weight")
+}
+
+/// The `score` head an adapter directory holds (a reward model's), if it holds one.
+pub fn read_score(dir: &Path) -> Result<Option<Tensor>, CheckpointError> {
+    let path = dir.join(ADAPTER_WEIGHTS_FILE);
+    let bad = |message: String| CheckpointError::Safetensors { path: path.clone(), message };
+    let tensors = Tensor::read_safetensors(&path).map_err(|e| bad(e.to_string()))?;
+    let name = score_tensor_name();
+    Ok(tensors.into_iter().find(|(tensor, _)| *tensor == name).map(|(_, score)| score.to_kind(Kind::Float)))
 }
 
 /// Loads the base an adapter directory names and its adapters, merged into the weights.

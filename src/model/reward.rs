@@ -7,7 +7,7 @@
 //! ensemble keeps its members' heads beside it in `ensemble.safetensors`; its own head is their
 //! mean, so it stays a standard checkpoint.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init, VarStore};
@@ -17,6 +17,7 @@ use super::architecture::HfHead;
 use super::architecture::Transformer;
 use super::checkpoint::{self, CheckpointError, SaveOptions};
 use super::generate::left_pad;
+use super::lora::{Adapters, LoraError, LoraSettings};
 use super::Precision;
 use crate::data::tokenizer::{TextTokenizer, TokenizerError};
 
@@ -58,6 +59,10 @@ pub struct RewardModel {
     pub normalization: Option<RewardNormalization>,
     /// The member heads, for a model trained as an ensemble.
     pub ensemble: Option<Ensemble>,
+    /// LoRA adapters on the backbone, when it trains with them; the head then trains beside them.
+    pub adapters: Option<Adapters>,
+    /// The checkpoint directory the model was loaded from: the base its adapters are saved over.
+    pub base_dir: Option<PathBuf>,
 }
 
 /// K reward heads on the model's backbone, held in their own `VarStore` (fp32) so that they
@@ -120,23 +125,69 @@ impl RewardModel {
         let normalization = read_normalization(dir)?;
         let ensemble_path = dir.join(ENSEMBLE_FILE);
         let ensemble = ensemble_path.is_file().then(|| Ensemble::load(&ensemble_path, device, width)).transpose()?;
-        Ok(RewardModel { vs, transformer, head, tokenizer, normalization, ensemble })
+        Ok(RewardModel { vs, transformer, head, tokenizer, normalization, ensemble, adapters: None, base_dir: Some(dir.to_path_buf()) })
     }
 
-    /// A reward model on the (merged) language model of an adapter directory, with a fresh head.
+    /// A reward model on the (merged) backbone of an adapter directory: with the `score` head it
+    /// holds (a reward model's adapters), or a fresh one when asked (a language model's).
     fn from_adapter_dir(dir: &Path, device: Device, precision: Precision, new_head: bool) -> Result<Self, CheckpointError> {
-        if !new_head {
+        let score = super::peft::read_score(dir)?;
+        if score.is_none() && !new_head {
             return Err(CheckpointError::Unsupported {
                 path: dir.to_path_buf(),
-                reason: "an adapter directory holds a language model, not a reward model (it has no score head)".into(),
+                reason: format!("the adapters hold no `{REWARD_HEAD}` head: a language model's, not a reward model's"),
             });
         }
         let mut model = super::LanguageModel::load(dir, device, precision)?;
         let width = model.transformer.config().hidden_size();
         let head = ScalarHead::new(&(model.vs.root() / REWARD_HEAD), width, head_stdev(width));
         precision.cast(&mut model.vs);
+        if let Some(score) = score {
+            let expected = [1, width];
+            if score.size() != expected {
+                return Err(CheckpointError::ShapeMismatch {
+                    path: dir.join(super::peft::ADAPTER_WEIGHTS_FILE),
+                    name: format!("{REWARD_HEAD}.weight"),
+                    found: score.size(),
+                    expected: expected.to_vec(),
+                });
+            }
+            tch::no_grad(|| head.weight.shallow_clone().copy_(&score));
+        }
+        let ensemble_path = dir.join(ENSEMBLE_FILE);
+        let ensemble = ensemble_path.is_file().then(|| Ensemble::load(&ensemble_path, device, width)).transpose()?;
         let super::LanguageModel { vs, transformer, tokenizer, .. } = model;
-        Ok(RewardModel { vs, transformer, head, tokenizer, normalization: None, ensemble: None })
+        let normalization = read_normalization(dir)?;
+        Ok(RewardModel { vs, transformer, head, tokenizer, normalization, ensemble, adapters: None, base_dir: Some(dir.to_path_buf()) })
+    }
+
+    /// Attaches fresh LoRA adapters to the backbone and freezes it; the head trains beside the
+    /// adapters, as an fp32 copy (PEFT's `modules_to_save`).
+    pub fn attach_adapters(&mut self, settings: &LoraSettings) -> Result<(), LoraError> {
+        let architecture = self.transformer.config().model_type();
+        let adapters = Adapters::attach(self.transformer.blocks(), settings, architecture, self.vs.device())?;
+        self.vs.freeze();
+        self.head = self.head.trainable_copy(&(adapters.vs.root() / REWARD_HEAD));
+        self.adapters = Some(adapters);
+        Ok(())
+    }
+
+    /// Adds the adapters' updates into the backbone's weights and the trained head into the
+    /// model's own: a plain reward model again.
+    pub fn merge_adapters(&mut self) {
+        if self.adapters.take().is_none() {
+            return;
+        }
+        super::lora::merge(self.transformer.blocks());
+        let own = self.vs.variables().remove(&format!("{REWARD_HEAD}.weight")).expect("a reward model has a head");
+        tch::no_grad(|| own.shallow_clone().copy_(&self.head.weight));
+        self.head = ScalarHead { weight: own };
+    }
+
+    /// The variables training updates: the adapters' and the head's when adapters are
+    /// attached, else the model's.
+    pub fn trained_vs(&self) -> &VarStore {
+        self.adapters.as_ref().map_or(&self.vs, |adapters| &adapters.vs)
     }
 
     /// Gives the model `members` fresh member heads to train. Its own head is then their mean
@@ -167,8 +218,26 @@ impl RewardModel {
             let name = format!("{REWARD_HEAD}.weight");
             extra.push((ENSEMBLE_FILE, checkpoint::safetensors_bytes(&[(&name, &ensemble.head.weight)])));
         }
-        let options = SaveOptions::for_head(HfHead::SequenceClassification);
-        checkpoint::save(dir, &self.vs, self.transformer.config(), &self.tokenizer, &extra, options)
+        match (&self.adapters, &self.base_dir) {
+            (Some(adapters), Some(base)) => {
+                let files = super::peft::AdapterFiles {
+                    transformer: self.transformer.as_ref(),
+                    tokenizer: &self.tokenizer,
+                    base_dir: base,
+                    score: Some(&self.head.weight),
+                    extra: &extra,
+                };
+                super::peft::save(dir, adapters, files)
+            }
+            (Some(_), None) => Err(CheckpointError::Unsupported {
+                path: dir.to_path_buf(),
+                reason: "adapters on a model that was not loaded from a checkpoint have no base to be saved over".into(),
+            }),
+            (None, _) => {
+                let options = SaveOptions::for_head(HfHead::SequenceClassification);
+                checkpoint::save(dir, &self.vs, self.transformer.config(), &self.tokenizer, &extra, options)
+            }
+        }
     }
 
     /// One score per row of `[B, T]` ids, read at the row's last real token (mask 1), so left
@@ -280,6 +349,13 @@ impl ScalarHead {
     /// `outputs` scalar read-outs side by side: a `[outputs, n_embd]` weight.
     pub fn with_outputs(path: &nn::Path, outputs: i64, n_embd: i64, stdev: f64) -> Self {
         ScalarHead { weight: path.var("weight", &[outputs, n_embd], Init::Randn { mean: 0.0, stdev }) }
+    }
+
+    /// A trainable fp32 copy of the head, created under `path`.
+    fn trainable_copy(&self, path: &nn::Path) -> Self {
+        let weight = path.var("weight", &self.weight.size(), Init::Const(0.0));
+        tch::no_grad(|| weight.shallow_clone().copy_(&self.weight));
+        ScalarHead { weight }
     }
 
     /// One score per position: `[batch, time, n_embd]` → `[batch, time]`.

@@ -15,6 +15,9 @@ use std::sync::Once;
 
 /// A stage's own peak RSS in MiB (the peak was reset when the stage started).
 pub const PEAK_RSS: &str = "memory/peak_rss_mib";
+/// The process's RSS in MiB when the stage started (before it loaded anything): the peak less this
+/// is what the stage itself added.
+pub const START_RSS: &str = "memory/start_rss_mib";
 /// The process's peak RSS since it started, in MiB: written instead of [`PEAK_RSS`] where the peak
 /// could not be reset at the stage's start (it may be an earlier stage's, or the setup's).
 pub const PROCESS_PEAK_RSS: &str = "memory/process_peak_rss_mib";
@@ -54,6 +57,8 @@ impl PeakRss {
 #[derive(Debug)]
 pub struct StagePeak {
     reset: bool,
+    /// The RSS when the stage started, in bytes.
+    start_bytes: Option<u64>,
 }
 
 impl StagePeak {
@@ -65,17 +70,23 @@ impl StagePeak {
 
     /// Measures from a reset that succeeded or failed.
     fn after_reset(reset: std::io::Result<()>) -> StagePeak {
+        let start_bytes = std::fs::read_to_string(STATUS).ok().as_deref().and_then(|status| status_bytes(status, "VmRSS:"));
         match reset {
-            Ok(()) => StagePeak { reset: true },
+            Ok(()) => StagePeak { reset: true, start_bytes },
             Err(error) => {
                 RESET_FAILED.call_once(|| {
                     tracing::warn!(
                         "the peak resident set size cannot be reset when a stage starts (writing {RESET_PEAK_RSS} to {CLEAR_REFS}: {error}): stages record `{PROCESS_PEAK_RSS}`, the process's peak since it started, which may be an earlier stage's"
                     )
                 });
-                StagePeak { reset: false }
+                StagePeak { reset: false, start_bytes }
             }
         }
+    }
+
+    /// The RSS when the stage started, in MiB, where the platform reports it.
+    pub fn start_mib(&self) -> Option<f64> {
+        self.start_bytes.map(|bytes| bytes as f64 / (1024.0 * 1024.0))
     }
 
     /// The peak RSS since [`StagePeak::start`] (or, where the reset failed, since the process
@@ -101,7 +112,12 @@ pub fn process_peak_rss_bytes() -> Option<u64> {
 
 /// `VmHWM` of a `/proc/<pid>/status` text, in bytes (the file gives kB, that is KiB).
 fn vm_hwm_bytes(status: &str) -> Option<u64> {
-    let line = status.lines().find_map(|line| line.strip_prefix("VmHWM:"))?;
+    status_bytes(status, "VmHWM:")
+}
+
+/// A `/proc/<pid>/status` line's size (`VmHWM:`, `VmRSS:`) in bytes.
+fn status_bytes(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find_map(|line| line.strip_prefix(field))?;
     let mut parts = line.split_whitespace();
     let value: u64 = parts.next()?.parse().ok()?;
     (parts.next() == Some("kB")).then_some(value * 1024)

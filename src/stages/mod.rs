@@ -423,7 +423,7 @@ impl StageContext<'_> {
 }
 
 /// Purpose of the seed of LoRA adapters' initialisation.
-const LORA_SEED: u64 = 71;
+pub(crate) const LORA_SEED: u64 = 71;
 
 /// How a stage trains the model it loads: its `lora` and `gradient_checkpointing` keys.
 #[derive(Debug, Clone, Copy)]

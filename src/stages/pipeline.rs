@@ -108,6 +108,9 @@ pub fn run_experiment(experiment: &Experiment, run: &RunDir, selection: &Selecti
         if let Some(peak) = peak {
             figures.insert(peak.figure().to_string(), peak.mib());
         }
+        if let Some(start) = memory.start_mib() {
+            figures.insert(memory::START_RSS.to_string(), start);
+        }
         run.record_stage_summary(&stage.name, serde_json::to_value(&figures).expect("figures serialise"))?;
     }
     Ok(())

@@ -20,7 +20,7 @@ use crate::data::preferences::PreferencePair;
 use crate::data::synthetic::annotators::sigmoid;
 use crate::model::generate::left_pad;
 use crate::model::reward::{mean_and_population_std, RewardModel, RewardNormalization};
-use crate::model::{DeviceSpec, Precision};
+use crate::model::{DeviceSpec, LoraSettings, Precision};
 use crate::rng::{epoch_items, step_seed};
 use crate::run::metrics::SampleLog;
 use crate::run::Metrics;
@@ -90,6 +90,13 @@ pub struct RewardKeys {
     pub device: DeviceSpec,
     #[serde(default)]
     pub dtype: Precision,
+    /// Train low-rank adapters on the frozen backbone (and the head beside them) instead of all
+    /// its weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraSettings>,
+    /// Recompute each block's activations in the backward pass instead of keeping them.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
 }
 
 // One default a line: the table reads better than rustfmt's four lines per function.
@@ -121,6 +128,7 @@ impl StageSettings for RewardSettings {
     fn check(&self) -> Result<(), (&'static str, String)> {
         self.shared.check()?;
         let own = &self.own;
+        super::check_lora(&own.lora)?;
         let positive =
             [("steps", own.steps as f64), ("batch_size", own.batch_size as f64), ("lr", own.lr), ("eval_every", own.eval_every as f64)];
         if let Some((key, value)) = positive.into_iter().find(|(_, v)| !(*v > 0.0)) {
@@ -366,7 +374,7 @@ impl Trainer for RewardTrainer<'_> {
     type Error = StageError;
 
     fn parts(&self) -> Vec<Part<'_>> {
-        let mut parts = vec![Part { name: "model", vs: &self.model.vs, optimizer: &self.optimizer }];
+        let mut parts = vec![Part { name: "model", vs: self.model.trained_vs(), optimizer: &self.optimizer }];
         if let (Some(ensemble), Some(optimizer)) = (&self.model.ensemble, &self.ensemble_optimizer) {
             parts.push(Part { name: "ensemble", vs: &ensemble.vs, optimizer });
         }
@@ -374,8 +382,11 @@ impl Trainer for RewardTrainer<'_> {
     }
 
     fn parts_mut(&mut self) -> Vec<PartMut<'_>> {
-        let mut parts = vec![PartMut { name: "model", vs: &mut self.model.vs, optimizer: &mut self.optimizer }];
-        if let (Some(ensemble), Some(optimizer)) = (&mut self.model.ensemble, &mut self.ensemble_optimizer) {
+        // The fields apart, to borrow the trained variables and the members together.
+        let RewardModel { vs, adapters, ensemble, .. } = &mut self.model;
+        let trained = adapters.as_mut().map_or(vs, |adapters| &mut adapters.vs);
+        let mut parts = vec![PartMut { name: "model", vs: trained, optimizer: &mut self.optimizer }];
+        if let (Some(ensemble), Some(optimizer)) = (ensemble, &mut self.ensemble_optimizer) {
             parts.push(PartMut { name: "ensemble", vs: &mut ensemble.vs, optimizer });
         }
         parts
@@ -468,6 +479,11 @@ fn train(context: &StageContext, data: &PreferenceData, settings: &RewardKeys) -
     let mut model = RewardModel::load(&source_dir, settings.device.resolve()?, settings.dtype, true)?;
     // Members of an init that was itself an ensemble are not this stage's: fresh ones, or none.
     model.ensemble = None;
+    if let Some(lora) = &settings.lora {
+        tch::manual_seed(step_seed(seed, super::LORA_SEED, 0) as i64);
+        model.attach_adapters(lora).map_err(|error| context.invalid(error.to_string()))?;
+    }
+    model.transformer.blocks().set_checkpointing(settings.gradient_checkpointing);
     if settings.ensemble > 1 {
         tch::manual_seed(step_seed(seed, ENSEMBLE_SEED, 0) as i64);
         model.attach_ensemble(settings.ensemble as i64);
@@ -480,7 +496,7 @@ fn train(context: &StageContext, data: &PreferenceData, settings: &RewardKeys) -
         shape: settings.schedule,
     };
     let adamw = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: settings.weight_decay };
-    let optimizer = AdamW::new(&model.vs, adamw);
+    let optimizer = AdamW::new(model.trained_vs(), adamw);
     let ensemble_optimizer = model.ensemble.as_ref().map(|ensemble| AdamW::new(&ensemble.vs, adamw));
     let mut flip_rng = ChaCha8Rng::seed_from_u64(step_seed(context.experiment.task.eval_seed, PAIRS_SEED, 1));
     let flips: Vec<bool> = eval_pairs.iter().map(|_| flip_rng.random_bool(0.5)).collect();
@@ -509,6 +525,9 @@ fn train(context: &StageContext, data: &PreferenceData, settings: &RewardKeys) -
         Some(normalization) => normalization,
         None => policy_score_statistics(context, settings, data, &model)?,
     });
+    if settings.lora.as_ref().is_some_and(|lora| lora.merge) {
+        model.merge_adapters();
+    }
     model.save(&dir.join(CHECKPOINT_DIR))?;
     Ok(outcome.last_evaluated.into_iter().filter(|(name, _)| name.starts_with("eval/") || name.starts_with("reward/")).collect())
 }
