@@ -158,11 +158,12 @@ fn gradient_checkpointing_gives_the_plain_passes_gradients() {
         model.set_gradient_checkpointing(true);
         let checkpointed = gradients(&model, &ids, &mask);
         assert_same_gradients(&plain, &checkpointed, &format!("{} LoRA", config.model_type()));
-        // The blocks were recomputed: a plain `backward` alone leaves their weights without
-        // gradients, which the recomputation then gives them.
+        // The blocks were recomputed — also in a pass without dropout, as the RL stages train: a
+        // plain `backward` alone leaves their weights without gradients, which the recomputation
+        // then gives them.
         let model = fresh(&config, 25);
         model.set_gradient_checkpointing(true);
-        let loss = model.transformer.forward_logits(&ids, Some(&mask), true).sum(Kind::Float);
+        let loss = model.transformer.forward_logits(&ids, Some(&mask), false).sum(Kind::Float);
         loss.backward();
         let block_weights = || model.vs.variables().into_iter().filter(|(name, _)| name.contains(".0.")).collect::<Vec<_>>();
         assert!(block_weights().iter().all(|(_, weight)| !weight.grad().defined()));
@@ -322,4 +323,45 @@ fn reward_model_adapters_round_trip_through_peft_both_ways() {
     lm.save(&lm_dir).unwrap();
     let error = RewardModel::load(&lm_dir, Device::Cpu, Precision::Fp32, false).err().unwrap().to_string();
     assert!(error.contains("no `score` head"), "{error}");
+}
+
+/// The figures of a stage's metrics.jsonl that do not measure time.
+fn stage_figures(run: &std::path::Path, stage: &str) -> Vec<(String, f64)> {
+    let text = std::fs::read_to_string(run.join(stage).join("metrics.jsonl")).unwrap();
+    let mut figures = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        for (name, value) in record.as_object().unwrap() {
+            if let Some(value) = value.as_f64().filter(|_| !name.starts_with("time/") && !name.ends_with("_per_s")) {
+                figures.push((format!("line {index}: {name}"), value));
+            }
+        }
+    }
+    figures
+}
+
+#[test]
+fn rl_stages_train_alike_with_and_without_gradient_checkpointing() {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("exp.toml"), common::ALL_KINDS_EXPERIMENT).unwrap();
+    let run = |out: &str, extra: &[&str]| {
+        let mut args = vec!["run", "exp.toml", "--out", out];
+        for assignment in extra {
+            args.extend(["--set", assignment]);
+        }
+        let (ok, stdout, stderr) = common::rlhf(&args, work.path());
+        assert!(ok, "{stderr}");
+        work.path().join(stdout.trim())
+    };
+    let plain = run("plain", &[]);
+    let stages = ["ppo", "dpo", "grpo", "rloo"];
+    let settings: Vec<String> = stages.iter().map(|stage| format!("stages.{stage}.gradient_checkpointing=true")).collect();
+    let checkpointed = run("checkpointed", &settings.iter().map(String::as_str).collect::<Vec<_>>());
+    for stage in stages {
+        let (a, b) = (stage_figures(&plain, stage), stage_figures(&checkpointed, stage));
+        assert_eq!(a.len(), b.len(), "{stage}");
+        for ((name, x), (_, y)) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0), "{stage} {name}: {x} plain, {y} checkpointed");
+        }
+    }
 }

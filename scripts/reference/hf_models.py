@@ -65,14 +65,27 @@ def read_inputs(path):
     return ids, mask
 
 
-def logits(model_dir, inputs_path, out_path):
-    model = load(model_dir)
+def forward(model, inputs_path):
+    """The model's output logits on the inputs' left-padded rows."""
     ids, mask = read_inputs(inputs_path)
     # Positions count real tokens only, as generate() does for left-padded prompts.
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
-    save_file({"logits": out.float().contiguous()}, out_path)
+        return model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
+
+
+def write_logits(model, inputs_path, out_path):
+    save_file({"logits": forward(model, inputs_path).float().contiguous()}, out_path)
+
+
+def write_scores(model, inputs_path, out_path):
+    out = forward(model, inputs_path)
+    with open(out_path, "w") as f:
+        json.dump({"scores": out[:, 0].tolist(), "architectures": model.config.architectures}, f)
+
+
+def logits(model_dir, inputs_path, out_path):
+    write_logits(load(model_dir), inputs_path, out_path)
 
 
 def greedy(model_dir, inputs_path, max_new_tokens, out_path):
@@ -106,13 +119,7 @@ def make_classifier(config_json, out_dir, seed):
 
 
 def scores(model_dir, inputs_path, out_path):
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    ids, mask = read_inputs(inputs_path)
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
-    with open(out_path, "w") as f:
-        json.dump({"scores": out[:, 0].tolist(), "architectures": model.config.architectures}, f)
+    write_scores(AutoModelForSequenceClassification.from_pretrained(model_dir).eval(), inputs_path, out_path)
 
 
 def reshard(model_dir, out_dir, max_shard_size):
@@ -194,22 +201,11 @@ def load_peft(base_dir, adapter_dir, auto_class=AutoModelForCausalLM):
 
 
 def peft_logits(base_dir, adapter_dir, inputs_path, out_path):
-    model = load_peft(base_dir, adapter_dir)
-    ids, mask = read_inputs(inputs_path)
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
-    save_file({"logits": out.float().contiguous()}, out_path)
+    write_logits(load_peft(base_dir, adapter_dir), inputs_path, out_path)
 
 
 def peft_scores(base_dir, adapter_dir, inputs_path, out_path):
-    model = load_peft(base_dir, adapter_dir, AutoModelForSequenceClassification)
-    ids, mask = read_inputs(inputs_path)
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
-    with open(out_path, "w") as f:
-        json.dump({"scores": out[:, 0].tolist(), "architectures": model.config.architectures}, f)
+    write_scores(load_peft(base_dir, adapter_dir, AutoModelForSequenceClassification), inputs_path, out_path)
 
 
 def peft_merge(base_dir, adapter_dir, out_dir):

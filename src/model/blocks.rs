@@ -80,11 +80,11 @@ impl Blocks {
         all
     }
 
-    /// Runs the blocks over `x`. Checkpointed when asked, in a training pass that records
-    /// gradients, without a cache.
+    /// Runs the blocks over `x`. Checkpointed when asked, in a pass that records gradients
+    /// (dropout on or off: the RL stages train with it off), without a cache.
     pub fn forward(&self, x: Tensor, pass: PassContext, mut cache: Option<&mut KvCache>, train: bool) -> Tensor {
-        if self.checkpointing.get() && train && cache.is_none() && grad_mode_enabled() {
-            return self.forward_checkpointed(x, Rc::new(pass));
+        if self.checkpointing.get() && cache.is_none() && grad_mode_enabled() {
+            return self.forward_checkpointed(x, Rc::new(pass), train);
         }
         let mut x = x;
         for (layer, block) in self.blocks.iter().enumerate() {
@@ -96,22 +96,22 @@ impl Blocks {
 
     /// The blocks run without recording a graph, keeping each one's input; the output is a fresh
     /// leaf whose gradient [`backward`] carries back through the recomputed blocks.
-    fn forward_checkpointed(&self, first_input: Tensor, pass: Rc<PassContext>) -> Tensor {
+    fn forward_checkpointed(&self, first_input: Tensor, pass: Rc<PassContext>, train: bool) -> Tensor {
         let mut segments = Vec::with_capacity(self.blocks.len());
         let mut x = first_input.detach();
         for block in &self.blocks {
-            let seed = self.stochastic.then(draw_seed);
+            let seed = (train && self.stochastic).then(draw_seed);
             let input = x;
             x = tch::no_grad(|| {
                 if let Some(seed) = seed {
                     tch::manual_seed(seed);
                 }
-                block.forward(&input, &pass, None, true)
+                block.forward(&input, &pass, None, train)
             });
             segments.push(Segment { block: Rc::clone(block), input, seed });
         }
         let output = x.set_requires_grad(true);
-        let chain = Chain { first_input, segments, pass, output: output.shallow_clone() };
+        let chain = Chain { first_input, segments, pass, train, output: output.shallow_clone() };
         PENDING.with(|pending| pending.borrow_mut().push(chain));
         output
     }
@@ -142,6 +142,8 @@ struct Chain {
     first_input: Tensor,
     segments: Vec<Segment>,
     pass: Rc<PassContext>,
+    /// Whether the pass had dropout on.
+    train: bool,
     /// The leaf the rest of the model read.
     output: Tensor,
 }
@@ -160,7 +162,7 @@ impl Chain {
             if let Some(seed) = segment.seed {
                 tch::manual_seed(seed);
             }
-            let output = segment.block.forward(&input, &self.pass, None, true);
+            let output = segment.block.forward(&input, &self.pass, None, self.train);
             // d(Σ output·g)/dθ is the vector–Jacobian product with g, what backward(g) computes.
             (output * &grad).sum(Kind::Float).backward();
             grad = input.grad();

@@ -216,7 +216,7 @@ impl Adapters {
             matched.extend(targeted);
             let (n_in, _) = projection.widths();
             let bound = 1.0 / (n_in as f64).sqrt();
-            adapters.add(module, projection, Init::Uniform { lo: -bound, up: bound }, Init::Const(0.0));
+            let _ = adapters.add(module, projection, Init::Uniform { lo: -bound, up: bound }, Init::Const(0.0));
         }
         if let Some(&target) = settings.targets.iter().flatten().find(|target| !matched.contains(target)) {
             return Err(LoraError::NoSuchTarget { target, architecture });
@@ -230,16 +230,18 @@ impl Adapters {
     }
 
     /// Attaches an adapter of the settings' rank to `projection`, the HF module `module`, its `A`
-    /// and `B` initialised as given.
-    pub(crate) fn add(&mut self, module: String, projection: &Projection, init_a: Init, init_b: Init) {
+    /// and `B` initialised as given; returns them (variables of `vs`).
+    pub(crate) fn add(&mut self, module: String, projection: &Projection, init_a: Init, init_b: Init) -> (Tensor, Tensor) {
         let (n_in, n_out) = projection.widths();
         let path = module.split('.').fold(self.vs.root(), |path, part| path / part);
         let r = self.settings.r;
         let a = (&path / "lora_A").var("weight", &[r, n_in], init_a);
         let b = (&path / "lora_B").var("weight", &[n_out, r], init_b);
+        let variables = (a.shallow_clone(), b.shallow_clone());
         let adapter = Adapter { a, b, scale: self.settings.scale(), dropout: self.settings.dropout, enabled: Rc::clone(&self.enabled) };
         *projection.adapter.borrow_mut() = Some(adapter);
         self.modules.push(module);
+        variables
     }
 
     /// Runs `f` on the base model alone (the adapters switched off), e.g. for reference log-probs.

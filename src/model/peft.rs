@@ -188,14 +188,12 @@ fn read_adapters(path: &Path, model: &LanguageModel, settings: &LoraSettings) ->
         let (n_in, n_out) = projection.widths();
         let (a_name, b_name) = (format!("{PREFIX}{module}.lora_A.weight"), format!("{PREFIX}{module}.lora_B.weight"));
         let (Some(a), Some(b)) = (tensor(&a_name, [settings.r, n_in])?, tensor(&b_name, [n_out, settings.r])?) else { continue };
-        adapters.add(module, projection, Init::Const(0.0), Init::Const(0.0));
-        used.extend([a_name, b_name]);
-        let path_of = |name: &str| name.strip_prefix(PREFIX).expect("prefixed").to_string();
-        let variables = adapters.vs.variables();
+        let (mut a_variable, mut b_variable) = adapters.add(module, projection, Init::Const(0.0), Init::Const(0.0));
         tch::no_grad(|| {
-            variables[&path_of(&used[used.len() - 2])].shallow_clone().copy_(&a);
-            variables[&path_of(&used[used.len() - 1])].shallow_clone().copy_(&b);
+            a_variable.copy_(&a);
+            b_variable.copy_(&b);
         });
+        used.extend([a_name, b_name]);
     }
     if let Some(unused) = by_name.keys().find(|name| name.contains(".lora_") && !used.contains(name)) {
         return Err(bad(format!("`{unused}` adapts no projection of the blocks of this model (nor has its pair)")));
