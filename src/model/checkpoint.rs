@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
 use serde_json::Value;
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
@@ -260,24 +260,16 @@ fn is_derived_tensor(name: &str) -> bool {
 /// Copies the tensors of `model.safetensors` in `dir` into the variables of `vs`. File names may
 /// carry the `transformer.` prefix or not. Variables whose name starts with one of
 /// `may_be_missing` (e.g. a fresh reward head on an SFT checkpoint) keep their initial values when
-/// absent; any other absence, or a shape mismatch, is an error naming the tensor.
+/// absent; any other absence, or a shape mismatch, is an error naming the tensor. Tensors are read
+/// from the files one at a time, so that loading holds one tensor beside the model, not a second
+/// copy of it.
 pub fn load_weights(vs: &mut VarStore, dir: &Path, may_be_missing: &[&str]) -> Result<LoadReport, CheckpointError> {
     let paths = weight_paths(dir)?;
-    let bytes = paths
-        .iter()
-        .map(|path| std::fs::read(path).map_err(|source| CheckpointError::Io { path: path.clone(), source }))
-        .collect::<Result<Vec<_>, _>>()?;
-    let parsed = bytes
-        .iter()
-        .zip(&paths)
-        .map(|(bytes, path)| {
-            SafeTensors::deserialize(bytes).map_err(|e| CheckpointError::Safetensors { path: path.clone(), message: e.to_string() })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut files = paths.iter().map(|path| WeightFile::open(path)).collect::<Result<Vec<_>, _>>()?;
     let mut by_name: HashMap<String, (usize, String)> = HashMap::new();
-    for (index, file) in parsed.iter().enumerate() {
-        for name in file.names().into_iter().filter(|name| !is_derived_tensor(name)) {
-            by_name.insert(canonical_name(name), (index, name.to_string()));
+    for (index, file) in files.iter().enumerate() {
+        for name in file.tensors.keys().filter(|name| !is_derived_tensor(name)) {
+            by_name.insert(canonical_name(name), (index, name.clone()));
         }
     }
     let path = if paths.len() == 1 { paths[0].clone() } else { dir.join(WEIGHTS_INDEX_FILE) };
@@ -293,26 +285,72 @@ pub fn load_weights(vs: &mut VarStore, dir: &Path, may_be_missing: &[&str]) -> R
             }
             return Err(CheckpointError::MissingTensor { path, name });
         };
-        let path = paths[*file_index].clone();
-        let view = parsed[*file_index].tensor(file_name).expect("name listed by the file");
-        let kind = match view.dtype() {
-            Dtype::F32 => Kind::Float,
-            Dtype::F16 => Kind::Half,
-            Dtype::BF16 => Kind::BFloat16,
-            dtype => return Err(CheckpointError::UnsupportedDtype { path, name: file_name.clone(), dtype }),
-        };
-        let found: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        if found != variable.size() {
-            return Err(CheckpointError::ShapeMismatch { path, name: file_name.clone(), found, expected: variable.size() });
-        }
-        let tensor = Tensor::f_from_data_size(view.data(), &found, kind)
-            .map_err(|e| CheckpointError::Safetensors { path: path.clone(), message: e.to_string() })?;
+        let tensor = files[*file_index].read(file_name, &variable.size())?;
         variable.copy_(&tensor.to_kind(variable.kind()).to_device(variable.device()));
         used.insert(name);
     }
     report.unused = by_name.keys().filter(|name| !used.contains(*name)).cloned().collect();
     report.unused.sort();
     Ok(report)
+}
+
+/// An open safetensors file and its header: where each tensor's bytes are.
+struct WeightFile {
+    path: PathBuf,
+    file: std::fs::File,
+    /// Where the tensors' bytes begin: after the 8-byte header length and the header.
+    data_start: u64,
+    tensors: HashMap<String, safetensors::tensor::TensorInfo>,
+}
+
+impl WeightFile {
+    fn open(path: &Path) -> Result<Self, CheckpointError> {
+        use std::io::Read;
+        let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
+        let bad = |message: String| CheckpointError::Safetensors { path: path.to_path_buf(), message };
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let file_length = file.metadata().map_err(io)?.len();
+        let mut length = [0u8; 8];
+        file.read_exact(&mut length).map_err(|_| bad("shorter than its 8-byte header length".into()))?;
+        let header_length = u64::from_le_bytes(length);
+        if header_length > file_length.saturating_sub(8) || header_length > 100_000_000 {
+            return Err(bad(format!("a header of {header_length} bytes does not fit the file")));
+        }
+        let mut header = vec![0u8; header_length as usize];
+        file.read_exact(&mut header).map_err(io)?;
+        let metadata: safetensors::tensor::Metadata = serde_json::from_slice(&header).map_err(|e| bad(format!("invalid header: {e}")))?;
+        let data_start = 8 + header_length;
+        let tensors: HashMap<String, safetensors::tensor::TensorInfo> =
+            metadata.tensors().into_iter().map(|(name, info)| (name, info.clone())).collect();
+        if let Some((name, _)) = tensors.iter().find(|(_, info)| data_start + info.data_offsets.1 as u64 > file_length) {
+            return Err(bad(format!("tensor `{name}` lies past the end of the file (truncated?)")));
+        }
+        Ok(WeightFile { path: path.to_path_buf(), file, data_start, tensors })
+    }
+
+    /// Reads tensor `name`, which must have shape `expected`.
+    fn read(&mut self, name: &str, expected: &[i64]) -> Result<Tensor, CheckpointError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = self.path.clone();
+        let info = &self.tensors[name];
+        let kind = match info.dtype {
+            Dtype::F32 => Kind::Float,
+            Dtype::F16 => Kind::Half,
+            Dtype::BF16 => Kind::BFloat16,
+            dtype => return Err(CheckpointError::UnsupportedDtype { path, name: name.into(), dtype }),
+        };
+        let found: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+        if found != expected {
+            return Err(CheckpointError::ShapeMismatch { path, name: name.into(), found, expected: expected.to_vec() });
+        }
+        let (start, end) = info.data_offsets;
+        let mut bytes = vec![0u8; end - start];
+        self.file
+            .seek(SeekFrom::Start(self.data_start + start as u64))
+            .map_err(|source| CheckpointError::Io { path: path.clone(), source })?;
+        self.file.read_exact(&mut bytes).map_err(|source| CheckpointError::Io { path: path.clone(), source })?;
+        Tensor::f_from_data_size(&bytes, &found, kind).map_err(|e| CheckpointError::Safetensors { path, message: e.to_string() })
+    }
 }
 
 /// The weight files of a checkpoint: `model.safetensors`, or every shard the index names.
