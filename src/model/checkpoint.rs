@@ -295,16 +295,16 @@ pub fn load_weights(vs: &mut VarStore, dir: &Path, may_be_missing: &[&str]) -> R
 }
 
 /// An open safetensors file and its header: where each tensor's bytes are.
-struct WeightFile {
+pub(crate) struct WeightFile {
     path: PathBuf,
     file: std::fs::File,
     /// Where the tensors' bytes begin: after the 8-byte header length and the header.
     data_start: u64,
-    tensors: HashMap<String, safetensors::tensor::TensorInfo>,
+    pub(crate) tensors: HashMap<String, safetensors::tensor::TensorInfo>,
 }
 
 impl WeightFile {
-    fn open(path: &Path) -> Result<Self, CheckpointError> {
+    pub(crate) fn open(path: &Path) -> Result<Self, CheckpointError> {
         use std::io::Read;
         let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
         let bad = |message: String| CheckpointError::Safetensors { path: path.to_path_buf(), message };
@@ -328,8 +328,8 @@ impl WeightFile {
         Ok(WeightFile { path: path.to_path_buf(), file, data_start, tensors })
     }
 
-    /// Reads tensor `name`, which must have shape `expected`.
-    fn read(&mut self, name: &str, expected: &[i64]) -> Result<Tensor, CheckpointError> {
+    /// Reads tensor `name` (one the file lists), which must have shape `expected`.
+    pub(crate) fn read(&mut self, name: &str, expected: &[i64]) -> Result<Tensor, CheckpointError> {
         use std::io::{Read, Seek, SeekFrom};
         let path = self.path.clone();
         let info = &self.tensors[name];

@@ -87,24 +87,20 @@ impl LanguageModel {
     /// Saves the model; with adapters attached, the adapters in PEFT's format over the
     /// checkpoint the model was loaded from, or the merged model when their settings ask.
     pub fn save(&self, dir: &Path) -> Result<(), CheckpointError> {
-        match (&self.adapters, &self.base_dir) {
-            (Some(adapters), _) if adapters.settings.merge => self.merged_copy().save(dir),
-            (Some(adapters), Some(base)) => peft::save(
+        match &self.adapters {
+            Some(adapters) if adapters.settings.merge => self.merged_copy().save(dir),
+            Some(adapters) => peft::save(
                 dir,
                 adapters,
                 peft::AdapterFiles {
                     transformer: self.transformer.as_ref(),
                     tokenizer: &self.tokenizer,
-                    base_dir: base,
+                    base_dir: self.base_dir.as_deref(),
                     score: None,
                     extra: &[],
                 },
             ),
-            (Some(_), None) => Err(CheckpointError::Unsupported {
-                path: dir.to_path_buf(),
-                reason: "adapters on a model that was not loaded from a checkpoint have no base to be saved over".into(),
-            }),
-            (None, _) => self.save_with(dir, checkpoint::SaveOptions::for_head(HfHead::CausalLm)),
+            None => self.save_with(dir, checkpoint::SaveOptions::for_head(HfHead::CausalLm)),
         }
     }
 

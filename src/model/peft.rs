@@ -10,12 +10,11 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use safetensors::{Dtype, SafeTensors};
 use serde_json::{json, Value};
 use tch::nn::Init;
 use tch::{Device, Kind, Tensor};
 
-use super::checkpoint::{self, CheckpointError};
+use super::checkpoint::{self, CheckpointError, WeightFile};
 use super::lora::{Adapters, LoraSettings};
 use super::reward::REWARD_HEAD;
 use super::{LanguageModel, Precision, Transformer};
@@ -35,8 +34,8 @@ pub fn is_adapter_dir(dir: &Path) -> bool {
 pub struct AdapterFiles<'a> {
     pub transformer: &'a dyn Transformer,
     pub tokenizer: &'a TextTokenizer,
-    /// The checkpoint the adapters are saved over.
-    pub base_dir: &'a Path,
+    /// The checkpoint the adapters are saved over: the one the model was loaded from.
+    pub base_dir: Option<&'a Path>,
     /// A reward model's `score` head, trained beside the adapters (PEFT's `modules_to_save`):
     /// the directory is then a sequence-classification adapter.
     pub score: Option<&'a Tensor>,
@@ -46,7 +45,12 @@ pub struct AdapterFiles<'a> {
 
 /// Writes `adapters` to `dir` as PEFT does, with `files`.
 pub fn save(dir: &Path, adapters: &Adapters, files: AdapterFiles) -> Result<(), CheckpointError> {
-    let base_dir = files.base_dir;
+    let Some(base_dir) = files.base_dir else {
+        return Err(CheckpointError::Unsupported {
+            path: dir.to_path_buf(),
+            reason: "adapters on a model that was not loaded from a checkpoint have no base to be saved over".into(),
+        });
+    };
     let base = std::fs::canonicalize(base_dir).map_err(|source| CheckpointError::Io { path: base_dir.to_path_buf(), source })?;
     let gpt2 = files.transformer.config().model_type() == "gpt2";
     let config = json!({
@@ -107,11 +111,11 @@ fn score_tensor_name() -> String {
 
 /// The `score` head an adapter directory holds (a reward model's), if it holds one.
 pub fn read_score(dir: &Path) -> Result<Option<Tensor>, CheckpointError> {
-    let path = dir.join(ADAPTER_WEIGHTS_FILE);
-    let bad = |message: String| CheckpointError::Safetensors { path: path.clone(), message };
-    let tensors = Tensor::read_safetensors(&path).map_err(|e| bad(e.to_string()))?;
+    let mut file = WeightFile::open(&dir.join(ADAPTER_WEIGHTS_FILE))?;
     let name = score_tensor_name();
-    Ok(tensors.into_iter().find(|(tensor, _)| *tensor == name).map(|(_, score)| score.to_kind(Kind::Float)))
+    let Some(info) = file.tensors.get(&name) else { return Ok(None) };
+    let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+    Ok(Some(file.read(&name, &shape)?.to_kind(Kind::Float)))
 }
 
 /// Loads the base an adapter directory names and its adapters, merged into the weights.
@@ -161,26 +165,14 @@ pub fn load_merged(dir: &Path, device: Device, precision: Precision) -> Result<L
 /// The adapters of `path` on `model`'s projections; a LoRA tensor for a module the model has no
 /// projection of is an error.
 fn read_adapters(path: &Path, model: &LanguageModel, settings: &LoraSettings) -> Result<Adapters, CheckpointError> {
-    let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io { path: path.to_path_buf(), source })?;
     let bad = |message: String| CheckpointError::Safetensors { path: path.to_path_buf(), message };
-    let file = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let mut file = WeightFile::open(path)?;
     // PEFT writes `…lora_A.weight`; some versions keep the adapter's name (`…lora_A.default.weight`).
     let by_name: HashMap<String, String> =
-        file.names().into_iter().map(|name| (name.replace(".default.weight", ".weight"), name.to_string())).collect();
-    let tensor = |name: &str, shape: [i64; 2]| -> Result<Option<Tensor>, CheckpointError> {
+        file.tensors.keys().map(|name| (name.replace(".default.weight", ".weight"), name.clone())).collect();
+    let mut tensor = |name: &str, shape: [i64; 2]| -> Result<Option<Tensor>, CheckpointError> {
         let Some(stored) = by_name.get(name) else { return Ok(None) };
-        let view = file.tensor(stored).expect("a listed tensor");
-        let kind = match view.dtype() {
-            Dtype::F32 => Kind::Float,
-            Dtype::F16 => Kind::Half,
-            Dtype::BF16 => Kind::BFloat16,
-            dtype => return Err(CheckpointError::UnsupportedDtype { path: path.to_path_buf(), name: name.into(), dtype }),
-        };
-        let found: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        if found != shape {
-            return Err(CheckpointError::ShapeMismatch { path: path.to_path_buf(), name: name.into(), found, expected: shape.to_vec() });
-        }
-        Ok(Some(Tensor::f_from_data_size(view.data(), &found, kind).map_err(|e| bad(e.to_string()))?.to_kind(Kind::Float)))
+        Ok(Some(file.read(stored, &shape)?.to_kind(Kind::Float)))
     };
     let mut adapters = Adapters::empty(settings, model.device());
     let mut used = Vec::new();

@@ -218,22 +218,18 @@ impl RewardModel {
             let name = format!("{REWARD_HEAD}.weight");
             extra.push((ENSEMBLE_FILE, checkpoint::safetensors_bytes(&[(&name, &ensemble.head.weight)])));
         }
-        match (&self.adapters, &self.base_dir) {
-            (Some(adapters), Some(base)) => {
+        match &self.adapters {
+            Some(adapters) => {
                 let files = super::peft::AdapterFiles {
                     transformer: self.transformer.as_ref(),
                     tokenizer: &self.tokenizer,
-                    base_dir: base,
+                    base_dir: self.base_dir.as_deref(),
                     score: Some(&self.head.weight),
                     extra: &extra,
                 };
                 super::peft::save(dir, adapters, files)
             }
-            (Some(_), None) => Err(CheckpointError::Unsupported {
-                path: dir.to_path_buf(),
-                reason: "adapters on a model that was not loaded from a checkpoint have no base to be saved over".into(),
-            }),
-            (None, _) => {
+            None => {
                 let options = SaveOptions::for_head(HfHead::SequenceClassification);
                 checkpoint::save(dir, &self.vs, self.transformer.config(), &self.tokenizer, &extra, options)
             }
