@@ -102,9 +102,7 @@ fn lm_step(args: &Args, rows: &[Vec<i64>]) -> Result<impl FnMut()> {
     let mut optimizer = AdamW::new(&vs, AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 });
     Ok(move || {
         accumulate_gradients(transformer.as_ref(), std::slice::from_ref(&batch), 1.0);
-        optimizer.clip_grad_norm(1.0);
-        optimizer.step(1e-4);
-        optimizer.zero_grad();
+        optimizer.update(1e-4, 1.0).expect("AdamW step");
     })
 }
 
@@ -127,8 +125,6 @@ fn rm_step(args: &Args, pairs: &PreferenceBatch) -> Result<impl FnMut()> {
         let scores = model.scores(&ids, &mask, true);
         let loss = bradley_terry_loss(&scores.narrow(0, 0, n), &scores.narrow(0, n, n), &no_margin, &no_tie, 0.01);
         loss.backward();
-        optimizer.clip_grad_norm(1.0);
-        optimizer.step(1e-4);
-        optimizer.zero_grad();
+        optimizer.update(1e-4, 1.0).expect("AdamW step");
     })
 }

@@ -12,6 +12,7 @@ pub mod data;
 pub mod eval;
 pub mod label;
 pub mod model;
+pub mod native;
 pub mod report;
 pub mod rng;
 pub mod run;

@@ -441,8 +441,8 @@ fn reward_model_learned_from_preferences(dir: &Path) -> RewardModel {
     for batch in train.chunks(32) {
         let (chosen, rejected) = scores(batch, true);
         bradley_terry_loss(&chosen, &rejected, &no_margin, &no_ties, 0.0).backward();
-        optimizer.step(1e-3);
-        optimizer.zero_grad();
+        optimizer.step(1e-3).unwrap();
+        optimizer.zero_grad().unwrap();
     }
     let _no_grad = tch::no_grad_guard();
     let (chosen, rejected) = scores(&held_out, false);

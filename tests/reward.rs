@@ -85,8 +85,8 @@ fn a_tiny_reward_model_learns_a_planted_rule() {
         for batch in train.chunks(32) {
             let (chosen, rejected) = score(&model, batch, true);
             bradley_terry_loss(&chosen, &rejected, &zeros, &no_ties, 0.0).backward();
-            optimizer.step(if epoch == 0 { 1e-3 } else { 5e-4 });
-            optimizer.zero_grad();
+            optimizer.step(if epoch == 0 { 1e-3 } else { 5e-4 }).unwrap();
+            optimizer.zero_grad().unwrap();
         }
     }
     model.vs.freeze();

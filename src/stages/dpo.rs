@@ -363,10 +363,8 @@ impl Trainer for DpoTrainer<'_> {
         let batch = epoch_items(&self.train_pairs, (step - 1) as usize * size, size, self.context.seed(), DATA_SEED);
         let (loss, mut metrics) = self.batch_loss(&batch);
         crate::model::blocks::backward(&(&loss * self.optimizer.loss_scale()));
-        let grad_norm = self.optimizer.clip_grad_norm(self.settings.grad_clip);
         let lr = self.schedule.at(step);
-        self.optimizer.step(lr);
-        self.optimizer.zero_grad();
+        let grad_norm = self.optimizer.update(lr, self.settings.grad_clip)?;
         let seconds = started.elapsed().as_secs_f64();
         metrics.extend([
             ("train/loss".to_string(), loss.double_value(&[])),

@@ -582,9 +582,7 @@ impl Trainer for LmTrainer<'_> {
         tch::manual_seed(step_seed(self.context.seed(), DROPOUT_SEED, step) as i64);
         let batches: Vec<Batch> = (0..self.settings.grad_accum).map(|micro| self.data.train_batch(step, micro)).collect();
         let train_loss = accumulate_gradients(self.model.transformer.as_ref(), &batches, self.optimizer.loss_scale());
-        let grad_norm = self.optimizer.clip_grad_norm(self.settings.grad_clip);
-        self.optimizer.step(lr);
-        self.optimizer.zero_grad();
+        let grad_norm = self.optimizer.update(lr, self.settings.grad_clip)?;
         let tokens: i64 = batches.iter().map(|b| b.inputs.numel() as i64).sum();
         Ok(Metrics::from([
             ("train/loss".to_string(), train_loss),

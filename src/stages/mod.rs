@@ -214,6 +214,8 @@ pub enum StageError {
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
     #[error(transparent)]
+    Native(#[from] crate::native::NativeError),
+    #[error(transparent)]
     State(#[from] crate::train::state::StateError),
     #[error("stage `{stage}`: {message}")]
     Invalid { stage: String, message: String },

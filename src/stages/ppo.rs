@@ -659,7 +659,7 @@ impl<'a> Ppo<'a> {
     }
 
     /// Step 5: PPO epochs over shuffled minibatches. Returns the averaged losses and statistics.
-    fn optimise(&mut self, rollout: &Rollout, lrs: (f64, f64), seed: u64) -> Metrics {
+    fn optimise(&mut self, rollout: &Rollout, lrs: (f64, f64), seed: u64) -> Result<Metrics, StageError> {
         let settings = self.settings;
         let models = &self.models;
         let policy_device = models.policy.device();
@@ -735,15 +735,11 @@ impl<'a> Ppo<'a> {
                         sums.entry(name).or_default().push(value);
                     }
                 }
-                let policy_grad_norm = self.policy_optimizer.clip_grad_norm(settings.grad_clip);
+                let policy_grad_norm = self.policy_optimizer.update(lrs.0, settings.grad_clip)?;
                 sums.entry("policy/grad_norm").or_default().push(policy_grad_norm);
-                self.policy_optimizer.step(lrs.0);
-                self.policy_optimizer.zero_grad();
                 if let Some(value_optimizer) = &mut self.value_optimizer {
-                    let value_grad_norm = value_optimizer.clip_grad_norm(settings.grad_clip);
+                    let value_grad_norm = value_optimizer.update(lrs.1, settings.grad_clip)?;
                     sums.entry("val/grad_norm").or_default().push(value_grad_norm);
-                    value_optimizer.step(lrs.1);
-                    value_optimizer.zero_grad();
                 }
                 // Stop once the policy has moved too far from the one that made the rollout.
                 let minibatch_kl = approx_kl_sum / minibatch.chunks(micro_size).len() as f64;
@@ -760,7 +756,7 @@ impl<'a> Ppo<'a> {
         let models = if self.value_optimizer.is_some() { 2.0 } else { 1.0 };
         metrics.insert("cost/forward_passes".into(), models * trained_sequences as f64);
         metrics.insert("cost/backward_passes".into(), models * trained_sequences as f64);
-        metrics
+        Ok(metrics)
     }
 
     /// One PPO iteration on `prompts` (one response each): rollout, then optimisation at the
@@ -771,7 +767,7 @@ impl<'a> Ppo<'a> {
         let mut timings = Timings::default();
         let rollout = self.rollout(prompts, step_seed(seed, ROLLOUT_SEED, 0), &mut timings)?;
         let training_started = Instant::now();
-        let optimisation = self.optimise(&rollout, lrs, step_seed(seed, SHUFFLE_SEED, 0));
+        let optimisation = self.optimise(&rollout, lrs, step_seed(seed, SHUFFLE_SEED, 0))?;
         timings.training = training_started.elapsed().as_secs_f64();
 
         let kl_coef = self.kl.coef;

@@ -423,13 +423,9 @@ impl Trainer for RewardTrainer<'_> {
             bradley_terry_loss(&chosen, &rejected, &margins, &ties_tensor, settings.center_coef)
         };
         crate::model::blocks::backward(&(&loss * self.optimizer.loss_scale()));
-        let grad_norm = self.optimizer.clip_grad_norm(settings.grad_clip);
-        self.optimizer.step(lr);
-        self.optimizer.zero_grad();
+        let grad_norm = self.optimizer.update(lr, settings.grad_clip)?;
         if let Some(optimizer) = &mut self.ensemble_optimizer {
-            optimizer.clip_grad_norm(settings.grad_clip);
-            optimizer.step(lr);
-            optimizer.zero_grad();
+            optimizer.update(lr, settings.grad_clip)?;
             self.model.head_from_ensemble();
         }
         // The ensemble's order of a pair is its members' mean score's.

@@ -471,8 +471,9 @@ impl<'a> GroupLearner<'a> {
             normaliser: algorithm.normaliser(),
         };
         let shuffle_seed = step_seed(seed, SHUFFLE_SEED, 0);
-        metrics
-            .extend(optimise(&self.models.policy, &mut self.optimizer, &rollout, passes, lr, shuffle_seed, &|batch| algorithm.loss(batch)));
+        metrics.extend(optimise(&self.models.policy, &mut self.optimizer, &rollout, passes, lr, shuffle_seed, &|batch| {
+            algorithm.loss(batch)
+        })?);
         let generated_tokens = metrics["objective/response_length"] * prompts.len() as f64;
         let step_seconds = started.elapsed().as_secs_f64();
         // Scoring reads every response with the reference, a reward model and (unless on

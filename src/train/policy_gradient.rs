@@ -13,6 +13,7 @@ use tch::{Kind, Tensor};
 use super::optimizer::AdamW;
 use super::rollout::{response_logprobs, response_states, RolloutTokens};
 use crate::model::LanguageModel;
+use crate::native::NativeError;
 use crate::rng::step_seed;
 use crate::run::Metrics;
 
@@ -178,7 +179,7 @@ pub fn optimise(
     lr: f64,
     seed: u64,
     loss: MicroBatchLoss,
-) -> Metrics {
+) -> Result<Metrics, NativeError> {
     let device = policy.device();
     let micro_size = (passes.minibatch_size / passes.grad_accum).max(1);
     let mut sums: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
@@ -208,13 +209,11 @@ pub fn optimise(
                     sums.entry(name).or_default().push(value.double_value(&[]));
                 }
             }
-            let grad_norm = optimizer.clip_grad_norm(passes.grad_clip);
+            let grad_norm = optimizer.update(lr, passes.grad_clip)?;
             sums.entry("policy/grad_norm").or_default().push(grad_norm);
-            optimizer.step(lr);
-            optimizer.zero_grad();
         }
     }
-    sums.into_iter().map(|(name, values)| (name.to_string(), values.iter().sum::<f64>() / values.len().max(1) as f64)).collect()
+    Ok(sums.into_iter().map(|(name, values)| (name.to_string(), values.iter().sum::<f64>() / values.len().max(1) as f64)).collect())
 }
 
 const SHUFFLE_SEED: u64 = 71;
