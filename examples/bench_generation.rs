@@ -36,6 +36,8 @@ struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     tch::set_num_threads(args.threads);
+    // Measure the thread count asked for, not the automatic choice for generation.
+    rlhf_lab::model::threads::set_generation_threads(Some(args.threads));
     let config = checkpoint::read_config(&args.model)?;
     let mut vs = VarStore::new(Device::Cpu);
     let model = config.build(&vs.root());

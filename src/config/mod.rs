@@ -148,6 +148,8 @@ struct RawExperiment {
     seed: u64,
     #[serde(default)]
     threads: Option<i32>,
+    #[serde(default)]
+    generation_threads: Option<i32>,
     task: Spanned<TaskConfig>,
     #[serde(default)]
     tokenizer: TokenizerConfig,
@@ -168,8 +170,10 @@ fn parse(path: &Path, text: &str) -> Result<Experiment, ConfigError> {
     if raw.stages.is_empty() {
         return Err(at(0..0, "the experiment has no `[[stages]]`".into()));
     }
-    if let Some(threads) = raw.threads.filter(|&t| t < 1) {
-        return Err(at(0..0, format!("`threads` must be ≥ 1, got {threads}")));
+    for (key, threads) in [("threads", raw.threads), ("generation_threads", raw.generation_threads)] {
+        if let Some(threads) = threads.filter(|&t| t < 1) {
+            return Err(at(0..0, format!("`{key}` must be ≥ 1, got {threads}")));
+        }
     }
     check_task(raw.task.get_ref()).map_err(|message| at(raw.task.span(), format!("[task]: {message}")))?;
     for (name, model) in &raw.models {
@@ -248,6 +252,7 @@ fn parse(path: &Path, text: &str) -> Result<Experiment, ConfigError> {
         name: raw.name,
         seed: raw.seed,
         threads: raw.threads,
+        generation_threads: raw.generation_threads,
         task: raw.task.into_inner(),
         tokenizer: raw.tokenizer,
         models,

@@ -16,6 +16,9 @@ pub struct Experiment {
     /// CPU threads for libtorch (absent: libtorch's default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<i32>,
+    /// CPU threads for generation (absent: chosen per generation, see `model::threads`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation_threads: Option<i32>,
     pub task: TaskConfig,
     pub tokenizer: TokenizerConfig,
     pub models: BTreeMap<String, ModelSection>,

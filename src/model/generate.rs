@@ -129,6 +129,7 @@ pub fn generate(
     let device = model.device();
     let (prompt_ids, prompt_mask) = left_pad(&prompts, eos_id, device);
     let (batch, prompt_width) = prompt_ids.size2().expect("2-D prompts");
+    let _threads = super::threads::for_generation(device, batch, model.config().hidden_size());
 
     let mut cache = options.use_kv_cache.then(|| model.new_cache(batch, prompt_width + options.max_new_tokens));
     let mut sequence = prompt_ids.shallow_clone();

@@ -12,6 +12,7 @@ pub mod llama;
 pub mod lora;
 pub mod peft;
 pub mod reward;
+pub mod threads;
 
 use std::path::{Path, PathBuf};
 

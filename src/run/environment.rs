@@ -60,6 +60,7 @@ pub fn describe(seed: u64, devices: &[(String, String)]) -> Value {
         "cuda_devices": tch::Cuda::device_count(),
         "devices": devices,
         "threads": tch::get_num_threads(),
+        "generation_threads": crate::model::threads::generation_threads_setting(),
         "omp_wait_policy": std::env::var(OMP_WAIT_POLICY).ok(),
         "seed": seed,
         "os": std::env::consts::OS,

@@ -54,6 +54,7 @@ pub fn run_experiment(experiment: &Experiment, run: &RunDir, selection: &Selecti
     if let Some(threads) = experiment.threads {
         tch::set_num_threads(threads);
     }
+    crate::model::threads::set_generation_threads(experiment.generation_threads);
     let devices: Vec<(String, String)> = experiment
         .stages
         .iter()
