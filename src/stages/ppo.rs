@@ -500,11 +500,28 @@ pub struct Models {
 
 impl Models {
     /// Values `[B, T]` of the states before each response token; `policy_states` are the
-    /// policy's (used by a shared head).
-    fn values(&self, rollout: &RolloutTokens, policy_states: &Tensor) -> Tensor {
+    /// policy's (a shared head needs them).
+    fn values(&self, rollout: &RolloutTokens, policy_states: Option<&Tensor>) -> Tensor {
         match &self.critic {
             Critic::Model(model) => model.head.forward(&response_states(model.transformer.as_ref(), rollout)).to_kind(Kind::Float),
-            Critic::SharedHead(head) => head.forward(policy_states).to_kind(Kind::Float),
+            Critic::SharedHead(head) => {
+                head.forward(policy_states.expect("a shared value head reads the policy's states")).to_kind(Kind::Float)
+            }
+        }
+    }
+
+    /// Where a rollout's old log-probs come from. With a separate value model nothing else needs
+    /// the policy's hidden states, and in fp32 the sampler's log-probs are the policy's own up to
+    /// rounding (same weights, same temperature, dropout off in both; `sampling_logprob_gap`
+    /// stays below 1e-5): a pass over the whole rollout is saved, as TRL's PPO does. A shared
+    /// head needs the states anyway, and in bf16 or fp16 the KV cache's rounding differs from a
+    /// full pass's by far more than PPO's ratios should see, so those recompute (Huang et al.
+    /// 2024, detail 6).
+    fn policy_logprobs(&self) -> PolicyLogprobs {
+        let fp32 = self.policy.transformer.kind() == Kind::Float;
+        match &self.critic {
+            Critic::Model(_) if fp32 => PolicyLogprobs::Sampled,
+            _ => PolicyLogprobs::Recomputed,
         }
     }
 }
@@ -621,15 +638,14 @@ impl<'a> Ppo<'a> {
     fn rollout(&self, prompts: &[String], seed: u64, timings: &mut Timings) -> Result<Rollout, StageError> {
         let (settings, models) = (self.settings, &self.models);
         let judges = Judges { reward: Some(models.reward.as_ref()), reference: Some(&models.reference), oracle: self.oracle };
-        let scored = sample_and_score(&models.policy, prompts, &judges, self.decoding(), seed, PolicyLogprobs::Recomputed)?;
+        let scored = sample_and_score(&models.policy, prompts, &judges, self.decoding(), seed, models.policy_logprobs())?;
         timings.generation += scored.seconds.0;
         timings.scoring += scored.seconds.1;
         let started = Instant::now();
         let _no_grad = tch::no_grad_guard();
         let tokens = scored.tokens;
         let mask = tokens.response_mask.to_kind(Kind::Float);
-        let policy_states = scored.policy_states.as_ref().expect("recomputed");
-        let values = models.values(&tokens, policy_states).to_device(Device::Cpu) * &mask;
+        let values = models.values(&tokens, scored.policy_states.as_ref()).to_device(Device::Cpu) * &mask;
 
         let normalization = self.normalization;
         let normalised = (scored.raw_scores.expect("a reward judge") - normalization.mean) / normalization.std;
@@ -640,7 +656,6 @@ impl<'a> Ppo<'a> {
         timings.scoring += started.elapsed().as_secs_f64();
 
         let sequence_kl = token_kl.sum_dim_intlist(1, false, Kind::Float);
-        let sampling_gap = (&scored.generation.logprobs.to_device(Device::Cpu) * &mask - &scored.logprobs).abs().max();
         let mut metrics = Metrics::from([
             ("objective/scores".to_string(), scalar(&scores.mean(Kind::Float))),
             ("objective/scores_std".to_string(), scalar(&scores.std(false))),
@@ -650,8 +665,11 @@ impl<'a> Ppo<'a> {
             ("objective/eos_fraction".to_string(), fraction(&scored.stopped)),
             ("objective/response_length".to_string(), scalar(&mask.sum_dim_intlist(1, false, Kind::Float).mean(Kind::Float))),
             ("val/mean".to_string(), scalar(&masked_mean(&values, &mask))),
-            ("rollout/sampling_logprob_gap".to_string(), scalar(&sampling_gap)),
         ]);
+        if scored.policy_states.is_some() {
+            let sampling_gap = (&scored.generation.logprobs.to_device(Device::Cpu) * &mask - &scored.logprobs).abs().max();
+            metrics.insert("rollout/sampling_logprob_gap".into(), scalar(&sampling_gap));
+        }
         if let Some(gold) = &scored.gold {
             metrics.insert("objective/gold_score".into(), mean(gold));
         }
@@ -698,9 +716,15 @@ impl<'a> Ppo<'a> {
                         settings.cliprange,
                     );
                     let entropy = masked_mean(&entropy.expect("asked for"), &policy_mask);
-                    let policy_objective = &policy_loss - settings.entropy_coef * &entropy;
+                    // Without an entropy bonus the entropy is a figure only: kept out of the loss,
+                    // backward does not run through it (over the whole vocabulary at every token).
+                    let policy_objective = if settings.entropy_coef == 0.0 {
+                        policy_loss.shallow_clone()
+                    } else {
+                        &policy_loss - settings.entropy_coef * &entropy
+                    };
 
-                    let values = models.values(&tokens, &states);
+                    let values = models.values(&tokens, Some(&states));
                     let value_device = values.device();
                     let (value_loss, value_clip_fraction) = clipped_value_loss(
                         &values,
@@ -775,9 +799,12 @@ impl<'a> Ppo<'a> {
         let generated_tokens = rollout.metrics["objective/response_length"] * prompts.len() as f64;
         let step_seconds = started.elapsed().as_secs_f64();
         let mut metrics = rollout.metrics;
-        // Scoring read every response with the policy, the reference, a reward model and a
-        // separate value model.
-        let scoring_models = 2 + usize::from(self.models.reward.vocab_size().is_some()) + usize::from(self.value_optimizer.is_some());
+        // Scoring read every response with the reference, a reward model, a separate value model
+        // and, unless its sampled log-probs were kept, the policy.
+        let scoring_models = 1
+            + usize::from(self.models.policy_logprobs() == PolicyLogprobs::Recomputed)
+            + usize::from(self.models.reward.vocab_size().is_some())
+            + usize::from(self.value_optimizer.is_some());
         let scoring_passes = (scoring_models * prompts.len()) as f64;
         metrics.extend(optimisation);
         *metrics.entry("cost/forward_passes".into()).or_default() += scoring_passes;
