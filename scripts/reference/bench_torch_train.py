@@ -1,6 +1,7 @@
 """Training-step throughput of PyTorch + transformers, the reference for examples/bench_train.rs.
 
-  bench_torch_train.py MODEL_DIR BATCHES_JSON REPEATS
+  bench_torch_train.py MODEL_DIR BATCHES_JSON REPEATS [default|fused]
+  bench_torch_train.py matmul REPEATS
 
 The same work as the Rust side, written as one would in PyTorch:
 - lm: GPT2LMHeadModel (SDPA attention) on the batch's rows (inputs = row[:-1], targets =
@@ -10,6 +11,14 @@ The same work as the Rust side, written as one would in PyTorch:
   count real tokens), chosen and rejected in one batch, Bradley–Terry loss with a 0.01
   centring term, clipping, AdamW (betas 0.9/0.999, no decay).
 Two unmeasured warm-up steps, then REPEATS timed steps, printed as JSON lines in the Rust format.
+
+The optimiser: `default` is `torch.optim.AdamW` as constructed without options (on CPU its
+for-loop implementation; impl "torch"); `fused` passes `fused=True`, PyTorch's fastest AdamW on
+CPU (one fused kernel per parameter group; impl "torch-fused"). Everything else is the same.
+
+`matmul` measures the fp32 matmul ceiling MFU is stated against: a 1024×1024 @ 1024×1024 fp32
+matmul on 2 threads, REPEATS timed repetitions of 10 matmuls each (after 2 unmeasured
+matmuls), printed as one JSON line {"impl": "torch", "task": "matmul", "gflops": [...]}.
 """
 import json
 import sys
@@ -24,14 +33,33 @@ torch.manual_seed(0)
 WARM_UP_STEPS = 2
 
 
-def adamw(model, betas, weight_decay):
+OPTIMISERS = {"default": ("torch", {}), "fused": ("torch-fused", {"fused": True})}
+MATMUL_SIZE, MATMULS_PER_REPEAT = 1024, 10
+
+
+def adamw(model, betas, weight_decay, options):
     # No decay on biases and LayerNorm parameters, as the Rust optimizer does.
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=1e-4, betas=betas, eps=1e-8)
+    return torch.optim.AdamW(groups, lr=1e-4, betas=betas, eps=1e-8, **options)
+
+
+def matmul_gflops(repeats):
+    """GFLOP/s of each of `repeats` timed repetitions of 10 fp32 1024² matmuls."""
+    a, b = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
+    for _ in range(2):
+        a @ b
+    gflops = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(MATMULS_PER_REPEAT):
+            a @ b
+        seconds = (time.perf_counter() - start) / MATMULS_PER_REPEAT
+        gflops.append(2 * MATMUL_SIZE**3 / seconds / 1e9)
+    return gflops
 
 
 def time_steps(repeats, step):
@@ -44,9 +72,9 @@ def time_steps(repeats, step):
     return seconds
 
 
-def lm_step(model_dir, rows):
+def lm_step(model_dir, rows, options):
     model = GPT2LMHeadModel.from_pretrained(model_dir, attn_implementation="sdpa").train()
-    optimizer = adamw(model, (0.9, 0.95), 0.1)
+    optimizer = adamw(model, (0.9, 0.95), 0.1, options)
     ids = torch.tensor(rows, dtype=torch.long)
     inputs, targets = ids[:, :-1], ids[:, 1:]
 
@@ -77,9 +105,9 @@ class RewardModel(torch.nn.Module):
         return self.head(hidden[:, -1]).squeeze(-1)
 
 
-def rm_step(model_dir, chosen, rejected, pad_id):
+def rm_step(model_dir, chosen, rejected, pad_id, options):
     model = RewardModel(model_dir).train()
-    optimizer = adamw(model, (0.9, 0.999), 0.0)
+    optimizer = adamw(model, (0.9, 0.999), 0.0, options)
     rows = chosen + rejected
     width = max(len(r) for r in rows)
     ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], dtype=torch.long)
@@ -98,20 +126,24 @@ def rm_step(model_dir, chosen, rejected, pad_id):
     return step
 
 
-def main(model_dir, batches_path, repeats):
+def main(model_dir, batches_path=None, repeats=None, optimiser="default"):
+    if model_dir == "matmul":
+        print(json.dumps({"impl": "torch", "task": "matmul", "gflops": matmul_gflops(int(batches_path))}), flush=True)
+        return
     repeats = int(repeats)
+    impl, options = OPTIMISERS[optimiser]
     with open(batches_path) as f:
         batches = json.load(f)
     if "lm" in batches:
         rows = batches["lm"]
-        seconds = time_steps(repeats, lm_step(model_dir, rows))
-        print(json.dumps({"impl": "torch", "task": "lm", "batch": len(rows),
+        seconds = time_steps(repeats, lm_step(model_dir, rows, options))
+        print(json.dumps({"impl": impl, "task": "lm", "batch": len(rows),
                           "tokens_per_step": len(rows) * (len(rows[0]) - 1), "seconds": seconds}), flush=True)
     if "rm" in batches:
         pairs = batches["rm"]
         pad_id = json.load(open(f"{model_dir}/config.json"))["eos_token_id"]
-        seconds = time_steps(repeats, rm_step(model_dir, pairs["chosen"], pairs["rejected"], pad_id))
-        print(json.dumps({"impl": "torch", "task": "rm", "pairs_per_step": len(pairs["chosen"]),
+        seconds = time_steps(repeats, rm_step(model_dir, pairs["chosen"], pairs["rejected"], pad_id, options))
+        print(json.dumps({"impl": impl, "task": "rm", "pairs_per_step": len(pairs["chosen"]),
                           "seconds": seconds}), flush=True)
 
 
