@@ -19,7 +19,9 @@ import time
 import warnings
 
 import torch
-from transformers import GPT2ForSequenceClassification, PreTrainedTokenizerFast
+from transformers import GPT2ForSequenceClassification
+
+from ppo_bench_inputs import prompts_and_tokenizer
 from trl import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
 
 warnings.filterwarnings("ignore")
@@ -30,11 +32,7 @@ MAX_NEW_TOKENS = 48
 
 def main(model_dir, prompts_path, repeats):
     repeats = int(repeats)
-    with open(prompts_path) as f:
-        prompts = json.load(f)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_file=f"{model_dir}/tokenizer.json",
-                                        eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    tokenizer.padding_side = "left"
+    prompts, tokenizer = prompts_and_tokenizer(model_dir, prompts_path)
     policy = AutoModelForCausalLMWithValueHead.from_pretrained(model_dir)
     reference = AutoModelForCausalLMWithValueHead.from_pretrained(model_dir)
     reward_model = GPT2ForSequenceClassification.from_pretrained(model_dir, num_labels=1).eval()

@@ -38,8 +38,10 @@ import warnings
 
 import torch
 from datasets import Dataset
-from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedTokenizerFast,
-                          PrinterCallback, ProgressCallback, TrainerCallback)
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, PrinterCallback,
+                          ProgressCallback, TrainerCallback)
+
+from ppo_bench_inputs import prompts_and_tokenizer
 
 warnings.filterwarnings("ignore")
 import trl.experimental.ppo.ppo_trainer as ppo_module  # noqa: E402
@@ -80,11 +82,7 @@ class Clock(TrainerCallback):
 
 def main(model_dir, prompts_path, repeats):
     repeats = int(repeats)
-    with open(prompts_path) as f:
-        prompts = json.load(f)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_file=f"{model_dir}/tokenizer.json",
-                                        eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    tokenizer.padding_side = "left"
+    prompts, tokenizer = prompts_and_tokenizer(model_dir, prompts_path)
     dataset = Dataset.from_dict({"input_ids": [tokenizer(p).input_ids for p in prompts]})
 
     policy = AutoModelForCausalLM.from_pretrained(model_dir)
