@@ -3,6 +3,7 @@
 //! gradient-norm clip. Each call takes tensors of one device and dtype (the callers group them);
 //! libtorch's errors come back as [`NativeError`] instead of aborting.
 
+use std::borrow::Borrow;
 use std::ffi::{c_char, CStr};
 
 use tch::Tensor;
@@ -45,8 +46,8 @@ fn checked(message: *mut c_char) -> Result<(), NativeError> {
 }
 
 /// The handles the shim reads; the tensors outlive the call.
-fn handles(tensors: &[&Tensor]) -> Vec<*mut C_tensor> {
-    tensors.iter().map(|t| t.as_ptr() as *mut C_tensor).collect()
+fn handles<T: Borrow<Tensor>>(tensors: &[T]) -> Vec<*mut C_tensor> {
+    tensors.iter().map(|t| t.borrow().as_ptr() as *mut C_tensor).collect()
 }
 
 /// AdamW's hyper-parameters for one fused step.
@@ -97,7 +98,7 @@ pub fn fused_adamw_(
 }
 
 /// The L2 norm of all `tensors` together (an fp32 scalar on their device).
-pub fn foreach_global_norm(tensors: &[&Tensor]) -> Result<Tensor, NativeError> {
+pub fn foreach_global_norm<T: Borrow<Tensor>>(tensors: &[T]) -> Result<Tensor, NativeError> {
     let handles = handles(tensors);
     let mut norm: *mut C_tensor = std::ptr::null_mut();
     // SAFETY: live handles; on success `norm` is a new tensor handle that we own.
@@ -106,14 +107,14 @@ pub fn foreach_global_norm(tensors: &[&Tensor]) -> Result<Tensor, NativeError> {
 }
 
 /// Multiplies every tensor by `factor` in place.
-pub fn foreach_mul_(tensors: &[&Tensor], factor: f64) -> Result<(), NativeError> {
+pub fn foreach_mul_<T: Borrow<Tensor>>(tensors: &[T], factor: f64) -> Result<(), NativeError> {
     let handles = handles(tensors);
     // SAFETY: live handles for the duration of the call.
     checked(unsafe { rlhf_foreach_mul_(handles.as_ptr(), handles.len(), factor) })
 }
 
 /// Sets every tensor to zero in place.
-pub fn foreach_zero_(tensors: &[&Tensor]) -> Result<(), NativeError> {
+pub fn foreach_zero_<T: Borrow<Tensor>>(tensors: &[T]) -> Result<(), NativeError> {
     let handles = handles(tensors);
     // SAFETY: live handles for the duration of the call.
     checked(unsafe { rlhf_foreach_zero_(handles.as_ptr(), handles.len()) })
@@ -140,7 +141,7 @@ mod tests {
 
     #[test]
     fn libtorch_errors_come_back_as_errors() {
-        let error = foreach_global_norm(&[]).unwrap_err();
+        let error = foreach_global_norm::<Tensor>(&[]).unwrap_err();
         assert!(error.to_string().starts_with("libtorch: "), "{error}");
     }
 }

@@ -22,7 +22,7 @@
 use std::path::Path;
 
 use tch::nn::VarStore;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use crate::native::{self, AdamWStep, NativeError};
 
@@ -112,20 +112,14 @@ impl AdamW {
 
     /// The defined gradients, grouped by device (each foreach call takes one device).
     fn gradients_by_device(&self) -> Vec<Vec<Tensor>> {
-        let mut groups: Vec<(Device, Vec<Tensor>)> = Vec::new();
-        for grad in self.parameters.iter().map(|p| p.value.grad()).filter(Tensor::defined) {
-            match groups.iter_mut().find(|(device, _)| *device == grad.device()) {
-                Some((_, group)) => group.push(grad),
-                None => groups.push((grad.device(), vec![grad])),
-            }
-        }
-        groups.into_iter().map(|(_, group)| group).collect()
+        let grads = self.parameters.iter().map(|p| p.value.grad()).filter(Tensor::defined);
+        grouped(grads, Tensor::device).into_iter().map(|(_, group)| group).collect()
     }
 
     pub fn zero_grad(&mut self) -> Result<(), NativeError> {
         self.gradients = Gradients::Unchecked;
         for group in self.gradients_by_device() {
-            native::foreach_zero_(&group.iter().collect::<Vec<_>>())?;
+            native::foreach_zero_(&group)?;
         }
         Ok(())
     }
@@ -142,13 +136,13 @@ impl AdamW {
         }
         let mut squared = 0.0;
         for group in &groups {
-            squared += native::foreach_global_norm(&group.iter().collect::<Vec<_>>())?.double_value(&[]).powi(2);
+            squared += native::foreach_global_norm(group)?.double_value(&[]).powi(2);
         }
         let total = squared.sqrt() / self.loss_scale();
         if max_norm > 0.0 && total > max_norm {
             let scale = max_norm / (total + 1e-6);
             for group in &groups {
-                native::foreach_mul_(&group.iter().collect::<Vec<_>>(), scale)?;
+                native::foreach_mul_(group, scale)?;
             }
         }
         Ok(total)
@@ -175,46 +169,35 @@ impl AdamW {
         self.step += 1;
         let _no_grad = tch::no_grad_guard();
         // A low-precision parameter's fp32 master steps on an fp32 copy of its gradient.
-        let updated: Vec<(&Parameter, Tensor, Tensor)> = self
-            .parameters
-            .iter()
-            .filter_map(|p| {
-                let grad = p.value.grad();
-                grad.defined().then(|| {
-                    let weights = p.master.as_ref().unwrap_or(&p.value).shallow_clone();
-                    let grad = if p.master.is_some() { grad.to_kind(Kind::Float) } else { grad };
-                    (p, weights, grad)
-                })
+        let updates = self.parameters.iter().filter_map(|p| {
+            let grad = p.value.grad();
+            grad.defined().then(|| {
+                let weights = p.master.as_ref().unwrap_or(&p.value).shallow_clone();
+                let grad = if p.master.is_some() { grad.to_kind(Kind::Float) } else { grad };
+                (p, weights, grad)
             })
-            .collect();
+        });
         // One fused call per (device, decayed or not): the kernel takes one weight decay.
-        let mut groups: Vec<((Device, bool), Vec<usize>)> = Vec::new();
-        for (index, (p, weights, _)) in updated.iter().enumerate() {
-            let key = (weights.device(), p.decay);
-            match groups.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, members)) => members.push(index),
-                None => groups.push((key, vec![index])),
-            }
-        }
+        let groups = grouped(updates, |(p, weights, _)| (weights.device(), p.decay));
         let AdamWConfig { beta1, beta2, eps, weight_decay } = self.config;
-        for ((device, decay), members) in groups {
-            let weights: Vec<&Tensor> = members.iter().map(|&i| &updated[i].1).collect();
-            let grads: Vec<&Tensor> = members.iter().map(|&i| &updated[i].2).collect();
-            let exp_avgs: Vec<&Tensor> = members.iter().map(|&i| &updated[i].0.exp_avg).collect();
-            let exp_avg_sqs: Vec<&Tensor> = members.iter().map(|&i| &updated[i].0.exp_avg_sq).collect();
-            let step = Tensor::from(self.step as f32).to_device(device);
-            let grad_scale = self.scaler.map(|_| Tensor::from(loss_scale as f32).to_device(device));
+        for ((device, decay), members) in &groups {
+            let weights: Vec<&Tensor> = members.iter().map(|(_, weights, _)| weights).collect();
+            let grads: Vec<&Tensor> = members.iter().map(|(_, _, grad)| grad).collect();
+            let exp_avgs: Vec<&Tensor> = members.iter().map(|(p, ..)| &p.exp_avg).collect();
+            let exp_avg_sqs: Vec<&Tensor> = members.iter().map(|(p, ..)| &p.exp_avg_sq).collect();
+            let step = Tensor::from(self.step as f32).to_device(*device);
+            let grad_scale = self.scaler.map(|_| Tensor::from(loss_scale as f32).to_device(*device));
             native::fused_adamw_(
                 &weights,
                 &grads,
                 &exp_avgs,
                 &exp_avg_sqs,
                 &step,
-                AdamWStep { lr, beta1, beta2, weight_decay: if decay { weight_decay } else { 0.0 }, eps },
+                AdamWStep { lr, beta1, beta2, weight_decay: if *decay { weight_decay } else { 0.0 }, eps },
                 grad_scale.as_ref(),
             )?;
         }
-        for (p, weights, _) in &updated {
+        for (p, weights, _) in groups.iter().flat_map(|(_, members)| members) {
             if p.master.is_some() {
                 p.value.shallow_clone().copy_(weights);
             }
@@ -288,6 +271,19 @@ impl AdamW {
         }
         Ok(())
     }
+}
+
+/// `items` grouped by `key`, the groups in the order their first item came.
+fn grouped<K: PartialEq, T>(items: impl IntoIterator<Item = T>, key: impl Fn(&T) -> K) -> Vec<(K, Vec<T>)> {
+    let mut groups: Vec<(K, Vec<T>)> = Vec::new();
+    for item in items {
+        let item_key = key(&item);
+        match groups.iter_mut().find(|(k, _)| *k == item_key) {
+            Some((_, group)) => group.push(item),
+            None => groups.push((item_key, vec![item])),
+        }
+    }
+    groups
 }
 
 #[cfg(test)]
