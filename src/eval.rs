@@ -23,6 +23,7 @@ use serde_json::json;
 use crate::run::metrics::{evaluation_lines, write_evaluation};
 use crate::run::{Metrics, RunDirError};
 use crate::stages::{Reading, StageFigures};
+use crate::train::alerts::Watched;
 use crate::train::rollout::{evaluation_figures, EvaluatedResponse};
 
 /// The stage kind (and stage name) of an evaluation directory.
@@ -42,6 +43,7 @@ pub const FIGURES: StageFigures = StageFigures {
     shown: &[],
     logged: &["eval/gold_score", "eval/raw_rm_score", "eval/kl"],
     step_name: "step",
+    watched: Watched::NOTHING,
 };
 
 /// One policy's evaluation directory, as `rlhf report` reads a run.

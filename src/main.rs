@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use rlhf_lab::commands::{eval, generate, label, merge, report, run, score, validate};
+use rlhf_lab::commands::{eval, generate, label, merge, report, run, score, validate, watch};
 
 #[derive(Parser)]
 #[command(name = "rlhf", version, about = "RLHF experiments on libtorch: pretraining, SFT, reward modeling, PPO")]
@@ -26,6 +26,8 @@ enum Command {
     Label(label::LabelArgs),
     /// Compare runs (or a sweep) in an HTML page with charts, and summary.md.
     Report(report::ReportArgs),
+    /// Follow a run live: its stage, step, rate, figures and alerts, until it ends.
+    Watch(watch::WatchArgs),
     /// Evaluate policies on one prompt set with the same decoding settings, for `rlhf report`.
     Eval(eval::EvalArgs),
     /// Add a LoRA adapter directory into its base's weights: a plain checkpoint.
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
         Command::Score(args) => score::run(args),
         Command::Label(args) => label::run(args),
         Command::Report(args) => report::run(args),
+        Command::Watch(args) => watch::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Merge(args) => merge::run(args),
     };

@@ -260,3 +260,14 @@ fn lora_settings_are_checked_by_key_and_need_a_trained_base() {
     assert!(!ok && !stderr.contains("panicked"), "{stderr}");
     assert!(stderr.contains("`lora`") && stderr.contains("fresh model"), "{stderr}");
 }
+
+#[test]
+fn alert_thresholds_and_the_tensorboard_switch_are_checked() {
+    assert_error(&format!("{VALID}\n[alerts]\npatience = 0\n"), &[], &["exp.toml", "[alerts]: `patience`: expected ≥ 1"]);
+    assert_error(&format!("{VALID}\n[alerts]\nclip_fraction_max = 1.5\n"), &[], &["`clip_fraction_max`: expected a value in (0, 1]"]);
+    assert_error(&format!("{VALID}\n[alerts]\nkl_limit = 3\n"), &[], &["unknown field `kl_limit`"]);
+    assert_error(&VALID.replace("seed = 3", "seed = 3\ntensorboard = \"yes\""), &[], &["tensorboard", "bool"]);
+    let (ok, resolved, stderr) = validate(&format!("{VALID}\n[alerts]\nkl_max = 4.0\n"), &["--print"]);
+    assert!(ok, "{stderr}");
+    assert!(resolved.contains("tensorboard = true") && resolved.contains("kl_max = 4.0") && resolved.contains("patience = 3"), "{resolved}");
+}

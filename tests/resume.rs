@@ -2,7 +2,8 @@
 //! middle of a stage, right after the state of its last step is saved (before the stage records
 //! its summary), right after early stopping is decided and saved — and inside a state save,
 //! between any two of its file writes and renames. Each resumed run must finish with the summary,
-//! metrics and samples of an uninterrupted one. The process is stopped with
+//! metrics, samples and alerts of an uninterrupted one, and with TensorBoard event files that hold
+//! its metric lines exactly once. The process is stopped with
 //! `RLHF_TEST_ABORT_AT=STAGE:STEP:POINT`, which aborts it like `kill -9` at that point of that
 //! step's state save (`saved`: once it is complete). Peak memory figures (`memory/*`) measure the
 //! process and are left out of the comparison.
@@ -85,7 +86,10 @@ fn assert_same_run(cut: &Path, whole: &Path, case: &str) {
         for file in ["samples.jsonl", "eval_final.jsonl"] {
             assert_eq!(lines(&got.join(file)), lines(&expected.join(file)), "{case}: {stage}/{file} differs");
         }
+        // The resumed stage wrote its event file anew from the lines it kept, then went on.
+        common::assert_events_match_metrics(&got);
     }
+    assert_eq!(lines(&cut.join("alerts.jsonl")), lines(&whole.join("alerts.jsonl")), "{case}: alerts.jsonl differs");
 }
 
 /// What a crash in the middle of writing a file leaves: the newest file of a half-written state

@@ -8,3 +8,4 @@ pub mod report;
 pub mod run;
 pub mod score;
 pub mod validate;
+pub mod watch;

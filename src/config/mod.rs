@@ -18,6 +18,7 @@ pub use schema::{Arch, Experiment, ModelSection, StageConfig, TaskConfig, TaskKi
 pub use sweep::{Sweep, Variant};
 
 use crate::stages::{stage_kind, STAGE_KINDS};
+use crate::train::alerts::AlertSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -68,6 +69,7 @@ pub fn accepted_keys() -> Vec<(String, Vec<&'static str>)> {
         ("tokenizer".to_string(), keys::struct_keys::<TokenizerConfig>().to_vec()),
         ("models.NAME".to_string(), keys::struct_keys::<ModelSection>().to_vec()),
         ("sweep".to_string(), keys::struct_keys::<sweep::RawSweep>().to_vec()),
+        ("alerts".to_string(), keys::struct_keys::<AlertSettings>().to_vec()),
     ];
     tables.extend(STAGE_KINDS.iter().map(|kind| (format!("stages ({})", kind.name), (kind.keys)())));
     tables
@@ -150,6 +152,8 @@ struct RawExperiment {
     threads: Option<i32>,
     #[serde(default)]
     generation_threads: Option<i32>,
+    #[serde(default = "schema::defaults::yes")]
+    tensorboard: bool,
     task: Spanned<TaskConfig>,
     #[serde(default)]
     tokenizer: TokenizerConfig,
@@ -157,6 +161,8 @@ struct RawExperiment {
     models: BTreeMap<String, Spanned<ModelSection>>,
     #[serde(default)]
     stages: Vec<Spanned<BTreeMap<Spanned<String>, Spanned<toml::Value>>>>,
+    #[serde(default)]
+    alerts: Option<Spanned<AlertSettings>>,
     #[serde(default)]
     sweep: Option<Spanned<sweep::RawSweep>>,
 }
@@ -174,6 +180,9 @@ fn parse(path: &Path, text: &str) -> Result<Experiment, ConfigError> {
         if let Some(threads) = threads.filter(|&t| t < 1) {
             return Err(at(0..0, format!("`{key}` must be ≥ 1, got {threads}")));
         }
+    }
+    if let Some(alerts) = &raw.alerts {
+        alerts.get_ref().check().map_err(|(key, expected)| at(alerts.span(), format!("[alerts]: `{key}`: expected {expected}")))?;
     }
     check_task(raw.task.get_ref()).map_err(|message| at(raw.task.span(), format!("[task]: {message}")))?;
     for (name, model) in &raw.models {
@@ -253,10 +262,12 @@ fn parse(path: &Path, text: &str) -> Result<Experiment, ConfigError> {
         seed: raw.seed,
         threads: raw.threads,
         generation_threads: raw.generation_threads,
+        tensorboard: raw.tensorboard,
         task: raw.task.into_inner(),
         tokenizer: raw.tokenizer,
         models,
         stages,
+        alerts: raw.alerts.map(Spanned::into_inner).unwrap_or_default(),
         sweep,
     })
 }

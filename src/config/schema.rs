@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::augment::AugmentSettings;
 use crate::model::{DeviceSpec, Precision};
 use crate::stages::StageSettings;
 
@@ -19,10 +20,14 @@ pub struct Experiment {
     /// CPU threads for generation (absent: chosen per generation, see `model::threads`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation_threads: Option<i32>,
+    /// Each stage writes TensorBoard's event file beside its metrics.jsonl.
+    pub tensorboard: bool,
     pub task: TaskConfig,
     pub tokenizer: TokenizerConfig,
     pub models: BTreeMap<String, ModelSection>,
     pub stages: Vec<StageConfig>,
+    /// The thresholds of the alerts raised while stages train.
+    pub alerts: crate::train::alerts::AlertSettings,
     /// The expanded `[sweep]` table: a sweep runs one experiment per variant, recorded
     /// without it.
     #[serde(skip)]
@@ -87,6 +92,10 @@ pub struct TaskConfig {
     /// earlier one (1.0 keeps near-duplicates).
     #[serde(default = "defaults::near_duplicate_threshold")]
     pub near_duplicate_threshold: f64,
+    /// EDA-style augmentation of the training demonstrations (`data::augment`); last, as TOML
+    /// wants tables after plain values.
+    #[serde(default, skip_serializing_if = "AugmentSettings::is_default")]
+    pub augment: AugmentSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,4 +242,5 @@ pub(super) mod defaults {
     pub fn is_max_operand(value: &u64) -> bool { *value == max_operand() }
     pub fn is_terms(value: &usize) -> bool { *value == terms() }
     pub fn is_zero(value: &f64) -> bool { *value == 0.0 }
+    pub fn yes() -> bool { true }
 }

@@ -1,5 +1,7 @@
-//! The data side: the task's records (synthetic or JSONL, cleaned and split) and the tokenizer.
+//! The data side: the task's records (synthetic or JSONL, cleaned, split and augmented) and the
+//! tokenizer.
 
+pub mod augment;
 pub mod chat;
 pub mod cleaning;
 pub mod jsonl;

@@ -1,5 +1,6 @@
 //! The data an experiment trains on, whichever task provides it: split into train and eval,
-//! cleaned when it comes from the user's files.
+//! cleaned when it comes from the user's files, its training demonstrations augmented when
+//! `[task] augment` says so.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -12,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::augment::{Augmentation, Synonyms, AUGMENTATION_SEED};
 use super::chat::{parse_messages, Message, Prompt, Role};
 use super::cleaning::{clean, CleaningReport, CleaningRules, TextFields};
 use super::jsonl::{read_converted, JsonlError, TextRecord};
@@ -20,6 +22,14 @@ use super::synthetic::{Demonstration, GoldOracle, SyntheticArithmetic, Synthetic
 use super::tokenizer::{TextTokenizer, TokenizerError};
 use crate::config::{TaskConfig, TaskKind};
 use crate::rng::step_seed;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error(transparent)]
+    Jsonl(#[from] JsonlError),
+    #[error("[task] `{key}`: expected {expected}")]
+    Augment { key: &'static str, expected: String },
+}
 
 /// Records held for training and for evaluation.
 #[derive(Debug, Clone)]
@@ -71,18 +81,40 @@ pub struct TaskData {
     pub verifier: Option<Verifier>,
     /// What cleaning dropped, per input file (JSONL task), and skipped malformed lines.
     pub cleaning: BTreeMap<String, CleaningReport>,
+    /// How `[task] augment` made the training demonstrations that follow the originals in
+    /// `demonstrations.train`.
+    pub demonstration_augmentation: Option<Augmentation>,
 }
 
 impl TaskData {
-    /// Every text the task has, for training a tokenizer.
+    /// Every text the task has, for training a tokenizer — augmented copies aside, so that
+    /// augmentation leaves the tokenizer as it was.
     pub fn all_text(&self) -> impl Iterator<Item = &str> + Send {
         let corpus = self.corpus.train.iter().chain(&self.corpus.eval).map(String::as_str);
-        let demonstrations = self.demonstrations.train.iter().chain(&self.demonstrations.eval).flat_map(|d| {
+        let demonstrations = self.original_training_demonstrations().iter().chain(&self.demonstrations.eval).flat_map(|d| {
             let contents = d.messages.iter().flatten().map(|m| m.content.as_str());
             [d.prompt.as_str(), d.response.as_str()].into_iter().chain(contents)
         });
         let chat_prompts = self.chat_prompts.train.iter().chain(&self.chat_prompts.eval).flatten().map(|m| m.content.as_str());
         corpus.chain(demonstrations).chain(self.prompts.train.iter().chain(&self.prompts.eval).map(String::as_str)).chain(chat_prompts)
+    }
+
+    /// The training demonstrations as the task gave them, without those augmentation added.
+    pub fn original_training_demonstrations(&self) -> &[Demonstration] {
+        &self.demonstrations.train[..self.demonstrations.train.len() - self.added_demonstrations().len()]
+    }
+
+    /// The training demonstrations augmentation added (after the originals).
+    pub fn added_demonstrations(&self) -> &[Demonstration] {
+        let added = self.demonstration_augmentation.as_ref().map_or(0, |a| a.provenance.len());
+        &self.demonstrations.train[self.demonstrations.train.len() - added..]
+    }
+
+    /// The training prompts: the task's, then its original training demonstrations' (augmented
+    /// copies would weigh some prompts more: what RL stages and synthetic pairs draw from stays
+    /// as the task gave it).
+    pub fn training_prompts(&self) -> impl Iterator<Item = &String> {
+        self.prompts.train.iter().chain(self.original_training_demonstrations().iter().map(|d| &d.prompt))
     }
 
     /// The first `count` prompts a policy is evaluated on: the held-out prompts, then the
@@ -184,8 +216,24 @@ pub fn prompt_from(record: Map<String, Value>) -> Result<Prompt, String> {
 /// Builds the task's data from its config. The synthetic task generates its training part from
 /// the experiment's `seed` and its held-out part from `eval_seed`; a JSONL task is split by a
 /// shuffle drawn from `eval_seed`. Either way every run of the task, whatever its seed, is
-/// evaluated on the same records.
-pub fn load(config: &TaskConfig, seed: u64) -> Result<TaskData, JsonlError> {
+/// evaluated on the same records. Then `augment` adds to the training demonstrations (never to
+/// the held-out ones), drawn from `seed`.
+pub fn load(config: &TaskConfig, seed: u64) -> Result<TaskData, TaskError> {
+    let mut data = unaugmented(config, seed)?;
+    // Synonyms of the review task's own words serve it when there is no file (chat form too).
+    let vocabulary = (config.kind == TaskKind::SyntheticReviews).then(Synonyms::reviews);
+    let augmenter = config.augment.augmenter(vocabulary).map_err(|(key, expected)| TaskError::Augment { key, expected })?;
+    if let Some(augmenter) = augmenter {
+        let added = augmenter.augment(&data.demonstrations.train, step_seed(seed, AUGMENTATION_SEED, 0));
+        let report = &added.augmentation.report;
+        tracing::info!(original = report.original, copies = report.copies, resampled = report.resampled, "augmented the training demonstrations");
+        data.demonstrations.train.extend(added.records);
+        data.demonstration_augmentation = Some(added.augmentation);
+    }
+    Ok(data)
+}
+
+fn unaugmented(config: &TaskConfig, seed: u64) -> Result<TaskData, JsonlError> {
     match config.kind {
         TaskKind::SyntheticReviews => {
             let held_out = |size: usize| held_out(size, config.eval_fraction);
@@ -210,6 +258,7 @@ pub fn load(config: &TaskConfig, seed: u64) -> Result<TaskData, JsonlError> {
                 oracle: Some(GoldOracle::Reviews),
                 verifier: None,
                 cleaning: BTreeMap::new(),
+                demonstration_augmentation: None,
             };
             Ok(if config.chat { as_conversations(data) } else { data })
         }
@@ -246,6 +295,7 @@ fn load_arithmetic(config: &TaskConfig, seed: u64) -> TaskData {
         oracle: Some(GoldOracle::Arithmetic),
         verifier: Some(Verifier { format_reward: config.format_reward }),
         cleaning: BTreeMap::new(),
+        demonstration_augmentation: None,
     }
 }
 
@@ -325,4 +375,52 @@ fn read_clean<L: DeserializeOwned, R: TextFields>(
         report.dropped.insert("malformed", bad_lines.len());
     }
     Ok((kept, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reviews(keys: &str) -> TaskConfig {
+        let table = format!("kind = \"synthetic-reviews\"\ncorpus_size = 20\ndemonstrations_size = 40\nprompts_size = 10\n{keys}");
+        toml::from_str(&table).unwrap()
+    }
+
+    #[test]
+    fn augmentation_adds_training_demonstrations_and_changes_nothing_else() {
+        let plain = load(&reviews(""), 1).unwrap();
+        let config = reviews("augment = { copies = 2, random_swap = 0.2, resample = 0.5 }");
+        let augmented = load(&config, 1).unwrap();
+        // 40 demonstrations, 2 held out: 38 originals, 2 copies of each, ⌊0.5 · 38⌋ resampled.
+        assert_eq!(augmented.original_training_demonstrations(), plain.demonstrations.train.as_slice());
+        assert_eq!(augmented.added_demonstrations().len(), 38 * 2 + 19);
+        assert_eq!(augmented.demonstration_augmentation.as_ref().unwrap().report.total, 38 * 3 + 19);
+        assert_eq!(augmented.eval_set_digest(), plain.eval_set_digest());
+        assert_eq!(augmented.demonstrations.eval, plain.demonstrations.eval);
+        assert!(augmented.all_text().eq(plain.all_text()), "the tokenizer would train on augmented text");
+        assert!(augmented.training_prompts().eq(plain.training_prompts()), "RL stages would draw other prompts");
+        assert_eq!(load(&config, 1).unwrap().demonstrations.train, augmented.demonstrations.train);
+        assert_ne!(load(&config, 2).unwrap().added_demonstrations(), augmented.added_demonstrations());
+    }
+
+    #[test]
+    fn the_chat_form_augments_the_assistant_turns() {
+        let chat = load(&reviews("chat = true\naugment = { copies = 1, random_swap = 0.3 }"), 1).unwrap();
+        let originals = chat.original_training_demonstrations();
+        let mark = &chat.demonstration_augmentation.as_ref().unwrap().provenance;
+        let mut changed = 0;
+        for (copy, mark) in chat.added_demonstrations().iter().zip(mark) {
+            let (copy, original) = (copy.messages.as_ref().unwrap(), originals[mark.original].messages.as_ref().unwrap());
+            assert_eq!(copy[0], original[0], "the user turn is the request");
+            changed += usize::from(copy[1] != original[1]);
+        }
+        assert!(changed > 30, "{changed} of 38 assistant turns rewritten");
+    }
+
+    #[test]
+    fn synonym_techniques_need_synonyms_outside_the_review_task() {
+        let arithmetic: TaskConfig = toml::from_str("kind = \"synthetic-arithmetic\"\naugment = { copies = 1, synonym_replace = 0.1 }").unwrap();
+        let error = load(&arithmetic, 1).unwrap_err().to_string();
+        assert!(error.starts_with("[task] `augment.synonym_replace`: expected synonyms to draw from"), "{error}");
+    }
 }

@@ -123,6 +123,10 @@ pub fn render(report: &Report) -> String {
         out.push_str("</ul>\n");
     }
 
+    if let Some(alerts) = &report.alerts {
+        let _ = writeln!(out, "<h2 id=\"alerts\">Alerts</h2>\n<p>{}</p>", escape(super::alerts::ABOUT));
+        table(&mut out, alerts);
+    }
     out.push_str("<h2 id=\"figures\">Final figures</h2>\n<p>The last value each run wrote. The best of a column is highlighted only where its figure has a direction and compares between these runs: no KL (a cost paid for reward), no reward-model score across reward models. <em>@ KL k</em>: the gold score where each run's evaluations first reach a KL all of them reached.</p>\n");
     table(&mut out, &report.figures);
     if let Some((win_rates, rates)) = &report.win_rates {

@@ -13,6 +13,7 @@ use crate::run::metrics::EVALUATION_FILE;
 use crate::run::sweep::{SweepRecord, SWEEP_FILE};
 use crate::run::{CONFIG_FILE, ENV_FILE, SUMMARY_FILE};
 use crate::stages::{StageKind, STAGE_KINDS};
+use crate::train::alerts::{read_alerts, Alert, ALERTS_FILE};
 
 /// One run as the report sees it.
 #[derive(Debug, Clone)]
@@ -30,6 +31,8 @@ pub struct Run {
     pub variant: Option<VariantInfo>,
     /// The hash of the evaluation set (env.json's `eval_set.sha256`), when recorded.
     pub eval_set: Option<String>,
+    /// alerts.jsonl: what went wrong while it trained.
+    pub alerts: Vec<Alert>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -199,6 +202,7 @@ fn load_run(source: &Source, label: String, notes: &mut Vec<Note>) -> Run {
             finished: Vec::new(),
             variant: source.variant.clone(),
             eval_set: None,
+            alerts: Vec::new(),
         };
     }
     let config = match std::fs::read_to_string(path.join(CONFIG_FILE)) {
@@ -251,7 +255,11 @@ fn load_run(source: &Source, label: String, notes: &mut Vec<Note>) -> Run {
         note("no stage has any metrics".to_string());
     }
     let eval_set = read_eval_set(&path.join(ENV_FILE));
-    Run { label, path: path.clone(), config, stages, finished, variant: source.variant.clone(), eval_set }
+    let alerts = read_alerts(&path.join(ALERTS_FILE)).unwrap_or_else(|error| {
+        note(format!("{error}: its alerts are left out"));
+        Vec::new()
+    });
+    Run { label, path: path.clone(), config, stages, finished, variant: source.variant.clone(), eval_set, alerts }
 }
 
 /// `eval_set.sha256` of an env.json; `None` when absent (older runs) or unreadable.

@@ -41,6 +41,10 @@ pub fn render(report: &Report) -> String {
         }
         out.push('\n');
     }
+    if let Some(alerts) = &report.alerts {
+        out.push_str(&format!("## Alerts\n\n{}\n\n", super::alerts::ABOUT));
+        table(&mut out, alerts);
+    }
     out.push_str("## Final figures\n\nThe last value each run wrote; **bold**: the best of its column, where its figure has a direction and compares between these runs (no KL, no reward-model score across reward models). *@ KL k*: the gold score where each run's evaluations first reach a KL all of them reached.\n\n");
     table(&mut out, &report.figures);
     if let Some((win_rates, rates)) = &report.win_rates {

@@ -6,6 +6,7 @@
 //! rated by the judgements of a labeling database), `costs`, `memory` build tables → `charts`
 //! picks and `plots` draws the charts → `html` and `markdown` write the two documents.
 
+pub mod alerts;
 pub mod charts;
 pub mod comparison;
 pub mod config_diff;
@@ -20,6 +21,7 @@ pub mod memory;
 pub mod plots;
 pub mod sweep_groups;
 pub mod table;
+pub mod watch;
 pub mod winrate;
 
 use std::path::{Path, PathBuf};
@@ -99,6 +101,8 @@ pub struct Report {
     pub costs: Option<Table>,
     /// Each stage's peak memory, from summary.json.
     pub memory: Option<Table>,
+    /// The alerts raised while the runs trained.
+    pub alerts: Option<Table>,
     pub charts: Vec<(String, Vec<Rendered>)>,
     pub samples: Option<SideBySide>,
 }
@@ -155,6 +159,7 @@ pub fn write(inputs: &[PathBuf], out: &Path, options: &Options) -> Result<Report
         config_diff,
         costs: costs::table(&runs),
         memory: memory::table(&runs),
+        alerts: alerts::table(&runs),
         charts,
         samples,
     };

@@ -22,36 +22,67 @@ pub fn metrics_with_nulls<'de, D: serde::Deserializer<'de>>(deserializer: D) -> 
     Ok(values.into_iter().map(|(name, value)| (name, value.unwrap_or(f64::NAN))).collect())
 }
 
+/// The objects of a JSON-lines file whose `"step"` is at most `up_to`, in order (a truncated or
+/// step-less line is left out; no file, no lines).
+pub fn read_kept(path: &Path, up_to: u64) -> Result<Vec<Map<String, Value>>, RunDirError> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let file = File::open(path).map_err(|source| RunDirError::Read { path: path.into(), source })?;
+    Ok(BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|line| match serde_json::from_str::<Value>(&line) {
+            Ok(Value::Object(object)) if object.get("step").and_then(Value::as_u64).is_some_and(|step| step <= up_to) => Some(object),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Metric lines as `(step, metrics)`, a `null` read back as NaN.
+pub fn metric_lines(objects: &[Map<String, Value>]) -> Vec<(u64, Metrics)> {
+    objects
+        .iter()
+        .filter_map(|object| {
+            let step = object.get("step")?.as_u64()?;
+            let metrics = object
+                .iter()
+                .filter(|(name, _)| *name != "step")
+                .filter_map(|(name, value)| match value {
+                    Value::Null => Some((name.clone(), f64::NAN)),
+                    value => Some((name.clone(), value.as_f64()?)),
+                })
+                .collect();
+            Some((step, metrics))
+        })
+        .collect()
+}
+
 /// Appends JSON lines to a file, flushing each line (a killed run keeps every line written).
 pub struct MetricsWriter {
     path: PathBuf,
     file: File,
+    /// The lines kept from before a resume.
+    kept: Vec<Map<String, Value>>,
 }
 
 impl MetricsWriter {
     /// Opens `path` for appending. With `keep_up_to = Some(step)`, first removes lines whose
     /// step is greater (or that are truncated); with `None`, starts an empty file.
     pub fn open(path: &Path, keep_up_to: Option<u64>) -> Result<Self, RunDirError> {
-        let kept: Vec<String> = match keep_up_to {
-            Some(step) if path.exists() => {
-                let file = File::open(path).map_err(|source| RunDirError::Read { path: path.into(), source })?;
-                BufReader::new(file)
-                    .lines()
-                    .map_while(Result::ok)
-                    .filter(|line| {
-                        serde_json::from_str::<Value>(line).ok().and_then(|v| v.get("step")?.as_u64()).is_some_and(|s| s <= step)
-                    })
-                    .collect()
-            }
-            _ => Vec::new(),
+        let kept = match keep_up_to {
+            Some(step) => read_kept(path, step)?,
+            None => Vec::new(),
         };
-        let mut contents = kept.join("\n");
-        if !contents.is_empty() {
-            contents.push('\n');
-        }
+        let contents: String = kept.iter().map(|object| format!("{}\n", Value::Object(object.clone()))).collect();
         super::write_atomic(path, &contents)?;
         let file = OpenOptions::new().append(true).open(path).map_err(|source| RunDirError::Write { path: path.into(), source })?;
-        Ok(MetricsWriter { path: path.into(), file })
+        Ok(MetricsWriter { path: path.into(), file, kept })
+    }
+
+    /// The lines kept from before a resume.
+    pub fn kept(&self) -> &[Map<String, Value>] {
+        &self.kept
     }
 
     /// Writes `{"step": step, ...metrics}`.
@@ -78,11 +109,13 @@ pub struct SampleLog {
     path: PathBuf,
     keep_up_to: Option<u64>,
     writer: Option<MetricsWriter>,
+    /// The samples written since the last [`SampleLog::take_logged`].
+    logged: Vec<Map<String, Value>>,
 }
 
 impl SampleLog {
     pub fn new(path: PathBuf, keep_up_to: Option<u64>) -> Self {
-        SampleLog { path, keep_up_to, writer: None }
+        SampleLog { path, keep_up_to, writer: None, logged: Vec::new() }
     }
 
     /// Writes one sample; it must already hold `"step"`.
@@ -91,7 +124,13 @@ impl SampleLog {
             Some(writer) => writer,
             None => self.writer.insert(MetricsWriter::open(&self.path, self.keep_up_to)?),
         };
+        self.logged.push(object.clone());
         writer.log_object(object)
+    }
+
+    /// The samples written since the last call.
+    pub fn take_logged(&mut self) -> Vec<Map<String, Value>> {
+        std::mem::take(&mut self.logged)
     }
 }
 

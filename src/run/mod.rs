@@ -4,6 +4,7 @@
 
 pub mod durable;
 pub mod environment;
+pub mod events;
 pub mod log;
 pub mod memory;
 pub mod metrics;
@@ -21,6 +22,8 @@ pub const CONFIG_FILE: &str = "config.toml";
 pub const ENV_FILE: &str = "env.json";
 pub const LOG_FILE: &str = "run.log";
 pub const SUMMARY_FILE: &str = "summary.json";
+/// Locked (`flock`) by the process running the run, for as long as it runs.
+pub const LOCK_FILE: &str = "run.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunDirError {
@@ -32,6 +35,14 @@ pub enum RunDirError {
     NotARun { path: PathBuf },
     #[error("`{path}` is corrupt: {message}")]
     Corrupt { path: PathBuf, message: String },
+    #[error("`{path}` is being run by another process (it holds {LOCK_FILE}): wait for it to finish, or stop it first")]
+    Busy { path: PathBuf },
+}
+
+/// The lock a run holds while it runs; released when dropped (or when the process dies).
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
 }
 
 /// An open run directory.
@@ -66,6 +77,36 @@ impl RunDir {
         Ok(RunDir { path: path.to_path_buf() })
     }
 
+    /// Takes the run's lock: one process at a time runs (or resumes) a run, and `rlhf watch`
+    /// knows a run is live by its lock.
+    pub fn lock(&self) -> Result<RunLock, RunDirError> {
+        let path = self.path.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| RunDirError::Write { path: path.clone(), source })?;
+        match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(()) => Ok(RunLock { _file: file }),
+            Err(error) if error.raw_os_error() == Some(libc::EWOULDBLOCK) => Err(RunDirError::Busy { path: self.path.clone() }),
+            Err(source) => Err(RunDirError::Write { path, source }),
+        }
+    }
+
+    /// Whether a process is running this run now (it holds the run's lock).
+    pub fn is_running(&self) -> bool {
+        let Ok(file) = std::fs::File::open(self.path.join(LOCK_FILE)) else { return false };
+        match flock(&file, libc::LOCK_SH | libc::LOCK_NB) {
+            Ok(()) => {
+                // Ours now: give it back at once (closing the file would too).
+                let _ = flock(&file, libc::LOCK_UN);
+                false
+            }
+            Err(_) => true,
+        }
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.path.join(CONFIG_FILE)
     }
@@ -93,6 +134,15 @@ impl RunDir {
         let mut summary = self.summary()?;
         summary.insert(stage.to_string(), figures);
         self.write(SUMMARY_FILE, &serde_json::to_string_pretty(&summary).expect("JSON serialises"))
+    }
+}
+
+fn flock(file: &std::fs::File, operation: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor the File owns and keeps open for the call.
+    match unsafe { libc::flock(file.as_raw_fd(), operation) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
     }
 }
 
@@ -138,5 +188,18 @@ mod tests {
         a.record_stage_summary("sft", serde_json::json!({"eval/loss": 1.5})).unwrap();
         assert_eq!(a.summary().unwrap()["sft"]["eval/loss"], 1.5);
         assert!(RunDir::open(&out.path().join("exp")).is_err());
+    }
+
+    #[test]
+    fn a_run_is_locked_by_one_holder_and_running_while_locked() {
+        let out = tempfile::tempdir().unwrap();
+        let run = RunDir::create(out.path(), "exp", "name = 'exp'").unwrap();
+        assert!(!run.is_running());
+        let lock = run.lock().unwrap();
+        assert!(run.is_running());
+        assert!(matches!(run.lock(), Err(RunDirError::Busy { .. })));
+        drop(lock);
+        assert!(!run.is_running());
+        assert!(run.lock().is_ok());
     }
 }

@@ -17,8 +17,10 @@ use super::rl::{
 use super::{Frontier, StageContext, StageError, StageFigures, StageSettings, Training};
 use crate::model::{DeviceSpec, Precision};
 use crate::rng::step_seed;
+use crate::run::events::EventLog;
 use crate::run::metrics::SampleLog;
 use crate::run::{Metrics, MetricsWriter};
+use crate::train::alerts::Watched;
 use crate::train::rollout::{evaluation_figures, sample_and_score, Decoding, EvaluatedResponse, PolicyLogprobs};
 use crate::train::stage_loop::{METRICS_FILE, SAMPLES_FILE};
 
@@ -32,6 +34,8 @@ pub const FIGURES: StageFigures = StageFigures {
     shown: &[],
     logged: &["eval/rm_score", "eval/gold_score", "eval/kl", "eval/kl_bound"],
     step_name: "n",
+    // Nothing trains: no rule applies.
+    watched: Watched::NOTHING,
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -242,6 +246,7 @@ fn run(context: &StageContext, settings: &BestOfNSettings) -> Result<Metrics, St
 
     // Every n is evaluated on the same draws: best-of-2 keeps the better of best-of-1 and one more.
     let mut metrics_log = MetricsWriter::open(&dir.join(METRICS_FILE), None)?;
+    let mut events = context.experiment.tensorboard.then(|| EventLog::for_stage(&context.run.path, &dir)).transpose()?;
     let mut last = Metrics::new();
     let mut chosen: Vec<EvaluatedResponse> = Vec::new();
     let sizes = evaluated_sizes(settings.n);
@@ -265,10 +270,16 @@ fn run(context: &StageContext, settings: &BestOfNSettings) -> Result<Metrics, St
             figures.extend(samples.cost.clone());
         }
         metrics_log.log(n as u64, &figures)?;
+        if let Some(events) = &mut events {
+            events.scalars(n as u64, &figures)?;
+        }
         last = figures;
     }
     let mut sample_log = SampleLog::new(dir.join(SAMPLES_FILE), None);
     log_evaluation(context, settings.n as u64, &chosen, (&mut sample_log, settings.samples))?;
+    if let Some(events) = &mut events {
+        events.samples(&sample_log.take_logged())?;
+    }
 
     if settings.demonstrations > 0 {
         let train_prompts = training_prompts(context)?;

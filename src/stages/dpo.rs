@@ -19,6 +19,7 @@ use crate::model::{DeviceSpec, LanguageModel, LoraSettings, Precision, Reference
 use crate::rng::epoch_items;
 use crate::run::metrics::SampleLog;
 use crate::run::Metrics;
+use crate::train::alerts::Watched;
 use crate::train::optimizer::{AdamW, AdamWConfig};
 use crate::train::rollout::{response_logprobs, response_states, Decoding, Judges, RolloutTokens, Scorer};
 use crate::train::schedule::{LrSchedule, Schedule};
@@ -35,6 +36,7 @@ pub const FIGURES: StageFigures = StageFigures {
     shown: &["train/loss", "rewards/accuracies"],
     logged: &["eval/rewards/accuracies", "eval/gold_score", "eval/kl"],
     step_name: "step",
+    watched: Watched { train_loss: Some("train/loss"), preference_accuracy: Some("eval/rewards/accuracies"), ..Watched::NOTHING },
 };
 
 /// A DPO stage's settings: where its pairs come from, and its own keys.

@@ -12,6 +12,7 @@ use tch::{Kind, Tensor};
 use super::rl::{GroupAlgorithm, GroupKeys, PolicyGradientKeys, POLICY_READINGS};
 use super::{Frontier, StageFigures};
 use crate::run::Metrics;
+use crate::train::alerts::Watched;
 use crate::train::policy_gradient::{group_advantages, grpo_token_loss, k3_kl, MicroBatch, Normaliser, ScaleRewards};
 use crate::train::rollout::ScoredRollout;
 
@@ -33,6 +34,12 @@ pub const FIGURES: StageFigures = StageFigures {
     shown: &["objective/scores", "objective/kl"],
     logged: &["eval/rm_score", "eval/gold_score", "eval/kl"],
     step_name: "iteration",
+    watched: Watched {
+        kl: Some("objective/kl"),
+        clip_fraction: Some("policy/clipfrac_avg"),
+        entropy: Some("objective/entropy"),
+        ..Watched::NOTHING
+    },
 };
 
 /// How the per-token losses of a minibatch are averaged.

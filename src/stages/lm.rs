@@ -18,6 +18,7 @@ use crate::model::{DeviceSpec, LanguageModel, LoraSettings, Precision, Transform
 use crate::rng::{epoch_items, step_seed};
 use crate::run::metrics::SampleLog;
 use crate::run::Metrics;
+use crate::train::alerts::Watched;
 use crate::train::optimizer::{AdamW, AdamWConfig};
 use crate::train::schedule::{LrSchedule, Schedule};
 use crate::train::stage_loop::{self, LoopSettings, Outcome, Selection, Trainer};
@@ -33,6 +34,7 @@ pub const FIGURES: StageFigures = StageFigures {
     shown: &["train/loss"],
     logged: &["train/loss", "eval/loss"],
     step_name: "step",
+    watched: Watched { train_loss: Some("train/loss"), eval_loss: Some("eval/loss"), ..Watched::NOTHING },
 };
 
 /// Optimisation settings shared by `lm` and `sft`.
@@ -581,7 +583,11 @@ impl Trainer for LmTrainer<'_> {
         let lr = self.schedule.at(step);
         tch::manual_seed(step_seed(self.context.seed(), DROPOUT_SEED, step) as i64);
         let batches: Vec<Batch> = (0..self.settings.grad_accum).map(|micro| self.data.train_batch(step, micro)).collect();
-        let train_loss = accumulate_gradients(self.model.transformer.as_ref(), &batches, self.optimizer.loss_scale());
+        let loss_scale = match stage_loop::nan_injected(self.context.name(), step) {
+            true => f64::NAN,
+            false => self.optimizer.loss_scale(),
+        };
+        let train_loss = accumulate_gradients(self.model.transformer.as_ref(), &batches, loss_scale);
         let grad_norm = self.optimizer.update(lr, self.settings.grad_clip)?;
         let tokens: i64 = batches.iter().map(|b| b.inputs.numel() as i64).sum();
         Ok(Metrics::from([

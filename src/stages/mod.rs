@@ -29,7 +29,8 @@ use crate::model::{
 };
 use crate::run::{Metrics, RunDir, RunDirError};
 use crate::train::rollout::{Scorer, TextJudge, TextReward};
-use crate::train::stage_loop::LoopSettings;
+use crate::train::alerts::Watched;
+use crate::train::stage_loop::{Diverged, LoopSettings};
 
 /// The validated settings of one stage kind, and what running it does.
 pub trait StageSettings: Debug + Send + Sync {
@@ -141,6 +142,8 @@ pub struct StageFigures {
     pub logged: &'static [&'static str],
     /// What the kind's steps are called on a chart's axis.
     pub step_name: &'static str,
+    /// The metrics the alert rules watch while the stage trains.
+    pub watched: Watched,
 }
 
 /// How a report reads a figure: which way is better, and between which runs it compares at all.
@@ -217,6 +220,8 @@ pub enum StageError {
     Native(#[from] crate::native::NativeError),
     #[error(transparent)]
     State(#[from] crate::train::state::StateError),
+    #[error(transparent)]
+    Diverged(#[from] Diverged),
     #[error("stage `{stage}`: {message}")]
     Invalid { stage: String, message: String },
 }
@@ -304,10 +309,12 @@ impl StageContext<'_> {
     }
 
     /// How the shared stage loop runs this stage: `steps` steps evaluated every `eval_every`,
-    /// showing and logging the kind's declared figures (no best-weights selection).
+    /// showing and logging the kind's declared figures and watching its declared metrics (no
+    /// best-weights selection, no KL target).
     pub fn loop_settings(&self, steps: u64, eval_every: u64, figures: &'static StageFigures) -> LoopSettings<'_> {
         LoopSettings {
             stage: self.name(),
+            run_dir: self.run.path.clone(),
             dir: self.dir(),
             resume: self.resume,
             steps,
@@ -315,6 +322,10 @@ impl StageContext<'_> {
             selection: None,
             shown: figures.shown,
             logged: figures.logged,
+            tensorboard: self.experiment.tensorboard,
+            alerts: &self.experiment.alerts,
+            watched: figures.watched,
+            kl_target: None,
         }
     }
 

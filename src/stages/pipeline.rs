@@ -5,8 +5,11 @@
 
 use std::path::Path;
 
+use serde_json::{Map, Value};
+
 use super::{StageContext, StageError};
 use crate::config::Experiment;
+use crate::data::augment::{marked_lines, AugmentationReport};
 use crate::data::chat::ChatTemplate;
 use crate::data::task::{self, TaskData};
 use crate::data::tokenizer::TextTokenizer;
@@ -22,7 +25,7 @@ pub enum PipelineError {
     #[error(transparent)]
     RunDir(#[from] RunDirError),
     #[error(transparent)]
-    Data(#[from] crate::data::jsonl::JsonlError),
+    Data(#[from] crate::data::task::TaskError),
     #[error(transparent)]
     Tokenizer(#[from] crate::data::tokenizer::TokenizerError),
     #[error(transparent)]
@@ -49,6 +52,8 @@ pub fn run_experiment(experiment: &Experiment, run: &RunDir, selection: &Selecti
     if let Some(name) = selection.only.iter().find(|name| experiment.stage(name).is_none()) {
         return Err(PipelineError::UnknownOnly { only: selection.only.join(","), name: name.clone(), known: known() });
     }
+    // Held until the run returns: a second process cannot resume it meanwhile, and `rlhf watch` sees it live.
+    let _lock = run.lock()?;
     log::attach_run_log(&run.path.join(crate::run::LOG_FILE))
         .map_err(|source| RunDirError::Write { path: run.path.join(crate::run::LOG_FILE), source })?;
     if let Some(threads) = experiment.threads {
@@ -65,11 +70,22 @@ pub fn run_experiment(experiment: &Experiment, run: &RunDir, selection: &Selecti
     tracing::info!(run = %run.path.display(), experiment = experiment.name, "run directory");
 
     let mut task = task::load(&experiment.task, experiment.seed)?;
-    if !task.cleaning.is_empty() {
-        run.write("data_report.json", &serde_json::to_string_pretty(&task.cleaning).expect("JSON serialises"))?;
+    if !task.cleaning.is_empty() || task.demonstration_augmentation.is_some() {
+        update_data_report(run, |report| {
+            for (file, cleaning) in &task.cleaning {
+                report.insert(file.clone(), serde_json::to_value(cleaning).expect("JSON serialises"));
+            }
+            if let Some(augmentation) = &task.demonstration_augmentation {
+                add_augmentation(report, "task.demonstrations", &augmentation.report);
+            }
+        })?;
     }
     let tokenizer = tokenizer_for(experiment, &task, run)?;
     task.apply_chat_template(&tokenizer)?;
+    if let Some(augmentation) = &task.demonstration_augmentation {
+        // After rendering: a conversation's line shows its `prompt` and `response` as SFT reads them.
+        run.write(AUGMENTED_DEMONSTRATIONS_FILE, &marked_lines(task.added_demonstrations(), &augmentation.provenance))?;
+    }
     super::check_sequence_lengths(experiment, &task, &tokenizer)?;
     let mut env = environment::describe(experiment.seed, &devices);
     env["eval_set"] = serde_json::json!({ "eval_seed": experiment.task.eval_seed, "sha256": task.eval_set_digest() });
@@ -115,6 +131,36 @@ pub fn run_experiment(experiment: &Experiment, run: &RunDir, selection: &Selecti
         run.record_stage_summary(&stage.name, serde_json::to_value(&figures).expect("figures serialise"))?;
     }
     Ok(())
+}
+
+/// The run's data report: cleaning counts per input file (JSONL task), and under `augmentation`
+/// what augmentation added per source (docs/reference.md §3.2).
+pub const DATA_REPORT_FILE: &str = "data_report.json";
+/// The demonstrations `[task] augment` added, marked with their original and techniques.
+pub const AUGMENTED_DEMONSTRATIONS_FILE: &str = "augmented_demonstrations.jsonl";
+
+/// Changes the run's data report — created when missing — by reading it, applying `change` and
+/// writing it back atomically, so that what the task and earlier stages recorded stays (a
+/// resumed run rewrites its own entries with the same values).
+pub fn update_data_report(run: &RunDir, change: impl FnOnce(&mut Map<String, Value>)) -> Result<(), RunDirError> {
+    let path = run.path.join(DATA_REPORT_FILE);
+    let mut report = match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|error| RunDirError::Corrupt { path: path.clone(), message: error.to_string() })?,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Map::new(),
+        Err(source) => return Err(RunDirError::Read { path, source }),
+    };
+    change(&mut report);
+    run.write(DATA_REPORT_FILE, &serde_json::to_string_pretty(&report).expect("JSON serialises"))
+}
+
+/// Records what augmentation added to `source` (`task.demonstrations`, `<stage>.pairs`) under the
+/// report's `augmentation` key, beside the cleaning entries.
+pub fn add_augmentation(report: &mut Map<String, Value>, source: &str, augmentation: &AugmentationReport) {
+    let entries = report.entry("augmentation").or_insert_with(|| Value::Object(Map::new()));
+    if !entries.is_object() {
+        *entries = Value::Object(Map::new());
+    }
+    entries[source] = serde_json::to_value(augmentation).expect("JSON serialises");
 }
 
 /// The `stage finished` line: the stage's peak memory in MiB (named as its summary figure is),

@@ -32,13 +32,14 @@ use crate::model::{DeviceSpec, LanguageModel, LoraSettings, Precision, Reference
 use crate::rng::step_seed;
 use crate::run::metrics::SampleLog;
 use crate::run::Metrics;
+use crate::train::alerts::Watched;
 use crate::train::optimizer::{AdamW, AdamWConfig};
 pub use crate::train::rollout::Scorer;
 use crate::train::rollout::{
     response_logprobs, response_states, sample_and_score, sample_responses, Decoding, Judges, PolicyLogprobs, RolloutTokens,
 };
 use crate::train::schedule::{LrSchedule, Schedule};
-use crate::train::stage_loop::{self, Trainer};
+use crate::train::stage_loop::{self, LoopSettings, Trainer};
 use crate::train::state::{Part, PartMut};
 
 /// What reports and logs show of `ppo` stages.
@@ -61,6 +62,12 @@ pub const FIGURES: StageFigures = StageFigures {
     shown: &["objective/scores", "objective/kl"],
     logged: &["eval/rm_score", "eval/gold_score", "eval/kl"],
     step_name: "iteration",
+    watched: Watched {
+        kl: Some("objective/kl"),
+        clip_fraction: Some("policy/clipfrac_avg"),
+        entropy: Some("objective/entropy"),
+        ..Watched::NOTHING
+    },
 };
 
 /// A setting per model role.
@@ -987,7 +994,11 @@ fn train(context: &StageContext, settings: &PpoSettings) -> Result<Metrics, Stag
         schedules: (schedule(settings.policy_lr), schedule(settings.value_lr)),
         start: Metrics::new(),
     };
-    let outcome = stage_loop::run(&mut trainer, &context.loop_settings(settings.iterations, settings.eval_every, &FIGURES))?;
+    let loop_settings = LoopSettings {
+        kl_target: settings.adaptive_kl.then_some(settings.kl_target),
+        ..context.loop_settings(settings.iterations, settings.eval_every, &FIGURES)
+    };
+    let outcome = stage_loop::run(&mut trainer, &loop_settings)?;
     trainer.ppo.models.policy.save(&dir.join(CHECKPOINT_DIR))?;
     let mut summary: Metrics = outcome.last_evaluated.into_iter().filter(|(name, _)| name.starts_with("eval/")).collect();
     summary.extend(trainer.start.iter().map(|(name, value)| (name.replacen("eval/", "start/", 1), *value)));

@@ -1,7 +1,8 @@
 //! Where preference pairs come from, for every stage that learns from preferences (`reward`,
 //! `dpo`): the keys naming the source, and the pairs they make — read from a JSONL file or the
-//! labeling database, or labeled by the synthetic task's simulated annotators. Held-out pairs
-//! are drawn from the task's evaluation seed, so that runs of one task are evaluated alike.
+//! labeling database, or labeled by the synthetic task's simulated annotators — and the training
+//! pairs `augment` adds. Held-out pairs are drawn from the task's evaluation seed, so that runs
+//! of one task are evaluated alike, and are never augmented.
 
 use std::path::PathBuf;
 
@@ -10,7 +11,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::pipeline::{add_augmentation, update_data_report};
 use super::{StageContext, StageError};
+use crate::data::augment::{marked_lines, AugmentSettings, Synonyms, AUGMENTATION_SEED};
 use crate::data::preferences::{read_jsonl, PreferencePair};
 use crate::data::synthetic::annotators::{AnnotatorPool, Preference};
 use crate::data::synthetic::{varied_response, GoldOracle, ReviewRequest};
@@ -67,6 +70,10 @@ pub struct PreferenceData {
     pub policy_fraction: f64,
     #[serde(default = "defaults::sample_temperature")]
     pub sample_temperature: f64,
+    /// EDA-style augmentation of the training pairs (`data::augment`); last, as TOML wants
+    /// tables after plain values.
+    #[serde(default, skip_serializing_if = "AugmentSettings::is_default")]
+    pub augment: AugmentSettings,
 }
 
 // One default a line: the table reads better than rustfmt's four lines per function.
@@ -119,14 +126,88 @@ impl PreferenceData {
         if self.source == PreferenceSource::Synthetic && (self.pairs == 0 || self.eval_pairs == 0) {
             return Err(("pairs", "pairs and eval_pairs > 0".into()));
         }
-        Ok(())
+        self.augment.check(self.uses_review_vocabulary())
+    }
+
+    /// Synthetic pairs are reviews: their augmentation may draw synonyms from the review task's
+    /// vocabulary when there is no `synonyms` file.
+    fn uses_review_vocabulary(&self) -> bool {
+        self.source == PreferenceSource::Synthetic
     }
 }
 
 const PAIRS_SEED: u64 = 12;
 
-/// Training and held-out pairs from the configured source.
+/// The pairs `augment` added to a stage's training pairs, marked with their original and
+/// techniques, in the stage directory.
+pub const AUGMENTED_PAIRS_FILE: &str = "augmented_pairs.jsonl";
+
+/// Training and held-out pairs from the configured source, the training pairs augmented as
+/// `augment` says.
 pub fn preference_pairs(
+    context: &StageContext,
+    settings: &PreferenceData,
+    policy: &PolicySampler,
+) -> Result<(Vec<PreferencePair>, Vec<PreferencePair>), StageError> {
+    let (mut train, eval) = unaugmented_pairs(context, settings, policy)?;
+    augment_pairs(context, settings, &mut train)?;
+    Ok((train, eval))
+}
+
+/// Adds `augment`'s pairs to `train`; writes them to the stage's `augmented_pairs.jsonl` and
+/// counts them in the run's data report as `<stage>.pairs`.
+fn augment_pairs(context: &StageContext, settings: &PreferenceData, train: &mut Vec<PreferencePair>) -> Result<(), StageError> {
+    let vocabulary = settings.uses_review_vocabulary().then(Synonyms::reviews);
+    let augmenter = settings.augment.augmenter(vocabulary).map_err(|(key, expected)| context.invalid(format!("`{key}`: expected {expected}")))?;
+    let Some(augmenter) = augmenter else { return Ok(()) };
+    let mut added = augmenter.augment(train, step_seed(context.seed(), AUGMENTATION_SEED, 1));
+    // A rewritten response has its own gold score: a deletion can cut a review's ending, an
+    // insertion add a sentiment word. The label stays the annotator's (who saw the original).
+    if let Some(oracle) = context.task.oracle {
+        for pair in added.records.iter_mut().filter(|pair| pair.gold.is_some()) {
+            pair.gold = Some((oracle.score(&pair.prompt, &pair.chosen).total, oracle.score(&pair.prompt, &pair.rejected).total));
+        }
+    }
+    let lines = marked_lines(added.records.iter().map(AugmentedPair::of), &added.augmentation.provenance);
+    crate::run::write_atomic(&context.dir().join(AUGMENTED_PAIRS_FILE), &lines)?;
+    let report = &added.augmentation.report;
+    update_data_report(context.run, |data_report| add_augmentation(data_report, &format!("{}.pairs", context.name()), report))?;
+    tracing::info!(original = report.original, copies = report.copies, resampled = report.resampled, "augmented the training pairs");
+    train.extend(added.records);
+    Ok(())
+}
+
+/// A line of `augmented_pairs.jsonl` (with `original` and `techniques`).
+#[derive(Serialize)]
+struct AugmentedPair<'a> {
+    prompt: &'a str,
+    chosen: &'a str,
+    rejected: &'a str,
+    tie: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    margin: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gold_chosen: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gold_rejected: Option<f64>,
+}
+
+impl<'a> AugmentedPair<'a> {
+    fn of(pair: &'a PreferencePair) -> Self {
+        AugmentedPair {
+            prompt: &pair.prompt,
+            chosen: &pair.chosen,
+            rejected: &pair.rejected,
+            tie: pair.tie,
+            margin: pair.margin,
+            gold_chosen: pair.gold.map(|g| g.0),
+            gold_rejected: pair.gold.map(|g| g.1),
+        }
+    }
+}
+
+/// Training and held-out pairs from the configured source, as it gives them.
+fn unaugmented_pairs(
     context: &StageContext,
     settings: &PreferenceData,
     policy: &PolicySampler,
@@ -176,8 +257,7 @@ fn synthetic_pairs(
         settings.tie_rate,
         &mut rng,
     );
-    let prompts: Vec<&String> =
-        context.task.prompts.train.iter().chain(context.task.demonstrations.train.iter().map(|d| &d.prompt)).collect();
+    let prompts: Vec<&String> = context.task.training_prompts().collect();
     let eval_prompts: Vec<&String> =
         context.task.prompts.eval.iter().chain(context.task.demonstrations.eval.iter().map(|d| &d.prompt)).collect();
     if prompts.is_empty() || eval_prompts.is_empty() {

@@ -24,6 +24,7 @@ use crate::model::{DeviceSpec, LoraSettings, Precision};
 use crate::rng::{epoch_items, step_seed};
 use crate::run::metrics::SampleLog;
 use crate::run::Metrics;
+use crate::train::alerts::Watched;
 use crate::train::optimizer::{AdamW, AdamWConfig};
 use crate::train::schedule::{LrSchedule, Schedule};
 use crate::train::stage_loop::{self, Trainer};
@@ -40,6 +41,12 @@ pub const FIGURES: StageFigures = StageFigures {
     // The ensemble's figures exist only with `ensemble` > 1: logged when present.
     logged: &["eval/accuracy", "eval/gold_agreement", "eval/ensemble_std", "eval/ensemble_disagreement"],
     step_name: "step",
+    watched: Watched {
+        train_loss: Some("train/loss"),
+        eval_loss: Some("eval/loss"),
+        preference_accuracy: Some("eval/accuracy"),
+        ..Watched::NOTHING
+    },
 };
 
 /// A reward stage's settings: where its pairs come from, and its own keys.
@@ -248,7 +255,13 @@ pub fn accuracy_without_ties(chosen_wins: &[bool], ties: &[bool]) -> Option<f64>
     (!judged.is_empty()).then(|| judged.iter().filter(|&&wins| wins).count() as f64 / judged.len() as f64)
 }
 
+/// −log σ(−x) = log(1 + eˣ), without overflow.
+fn softplus(x: f64) -> f64 {
+    x.max(0.0) + (-x.abs()).exp().ln_1p()
+}
+
 /// Held-out figures from the scores of each pair, `(r_chosen, r_rejected)`:
+/// - `eval/loss`: the Bradley–Terry loss −log σ(Δ) (a tie: −½ log σ(Δ) − ½ log σ(−Δ));
 /// - `eval/accuracy`: share of non-tied pairs where r_chosen > r_rejected;
 /// - `eval/precision`, `eval/recall`, `eval/f1`: the pair shown in a random order (`flips[i]`
 ///   puts the rejected response first) as a binary task, "is the first one preferred?";
@@ -286,7 +299,23 @@ pub fn preference_metrics(scores: &[(f64, f64)], pairs: &[&PreferencePair], flip
     let f1 = if precision + recall > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 };
     let ece = bins.iter().filter(|b| b.2 > 0).map(|(p, y, _)| (p - y).abs()).sum::<f64>() / n;
 
+    // The held-out Bradley–Terry loss (margins and centring left out: it compares steps, not
+    // settings), the figure in which a reward model's overfitting shows first.
+    let loss = scores
+        .iter()
+        .zip(pairs)
+        .map(|(&(chosen, rejected), pair)| {
+            let delta = chosen - rejected;
+            if pair.tie {
+                0.5 * (softplus(-delta) + softplus(delta))
+            } else {
+                softplus(-delta)
+            }
+        })
+        .sum::<f64>()
+        / scores.len().max(1) as f64;
     let mut metrics = Metrics::from([
+        ("eval/loss".to_string(), loss),
         ("eval/accuracy".to_string(), accuracy),
         ("eval/precision".to_string(), precision),
         ("eval/recall".to_string(), recall),

@@ -14,7 +14,6 @@ use super::{
     check_lora, is_programmatic_reward, Composite, Reading, StageContext, StageError, StageFigures, StageSettings, Training, CHECKPOINT_DIR,
 };
 use crate::data::synthetic::GoldOracle;
-use crate::data::task::TaskData;
 use crate::model::reward::RewardNormalization;
 use crate::model::{DeviceSpec, LanguageModel, LoraSettings, Precision, ReferenceModel};
 use crate::rng::step_seed;
@@ -303,11 +302,10 @@ pub fn check_vocabularies(
     Ok(())
 }
 
-/// The prompts an RL stage trains on: the task's training prompts and its training
+/// The prompts an RL stage trains on: the task's training prompts and its (original) training
 /// demonstrations' prompts.
 pub fn training_prompts(context: &StageContext) -> Result<Vec<String>, StageError> {
-    let task: &TaskData = context.task;
-    let prompts: Vec<String> = task.prompts.train.iter().chain(task.demonstrations.train.iter().map(|d| &d.prompt)).cloned().collect();
+    let prompts: Vec<String> = context.task.training_prompts().cloned().collect();
     if prompts.is_empty() {
         return Err(context.invalid("the task has no prompts to train on"));
     }

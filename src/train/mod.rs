@@ -1,6 +1,7 @@
 //! Pieces every training stage uses: the stage loop, the optimizer, the learning-rate schedule,
-//! resume state, the rollout machinery.
+//! resume state, the rollout machinery, the alerts raised while a stage trains.
 
+pub mod alerts;
 pub mod optimizer;
 pub mod policy_gradient;
 pub mod rollout;

@@ -14,8 +14,10 @@ use std::path::PathBuf;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::alerts::{is_non_finite, AlertLog, AlertSettings, Monitor, MonitorSettings, Watched};
 use super::state::{self, Part, PartMut, StateError};
-use crate::run::metrics::{metrics_with_nulls, SampleLog};
+use crate::run::events::EventLog;
+use crate::run::metrics::{metric_lines, metrics_with_nulls, read_kept, SampleLog};
 use crate::run::progress::progress_bar;
 use crate::run::{Metrics, MetricsWriter, RunDirError};
 
@@ -34,13 +36,22 @@ pub const STATE_DIR: &str = "state";
 /// the save is complete (`saved`).
 const ABORT_AT: &str = "RLHF_TEST_ABORT_AT";
 
+/// A test-only hook: `RLHF_TEST_NAN_AT=STAGE:STEP` makes the backward pass of step STEP of
+/// stage STAGE produce NaN gradients (stages that support it: `lm`, `sft`), as a diverging run would.
+const NAN_AT: &str = "RLHF_TEST_NAN_AT";
+
+/// Whether the test hook [`NAN_AT`] asks for NaN gradients at this step.
+pub fn nan_injected(stage: &str, step: u64) -> bool {
+    std::env::var(NAN_AT).is_ok_and(|target| target == format!("{stage}:{step}"))
+}
+
 /// What one kind of stage trains. The loop calls `start` once (unless resumed), then `step` for
 /// each step and `evaluate` at the evaluation cadence.
 pub trait Trainer {
     /// What a resumed stage needs back besides the weights, the optimizers' moments and the
     /// loop's own counters (PPO: its KL coefficient and the starting policy's figures).
     type State: Serialize + DeserializeOwned + Default;
-    type Error: From<RunDirError> + From<StateError>;
+    type Error: From<RunDirError> + From<StateError> + From<Diverged>;
 
     /// The trained models and their optimizers, by the names their state files take.
     fn parts(&self) -> Vec<Part<'_>>;
@@ -75,10 +86,22 @@ pub struct Selection {
     pub patience: Option<u64>,
 }
 
+/// A loss or gradient stopped being finite: the stage stops, keeping the state it last saved.
+#[derive(Debug, thiserror::Error)]
+#[error("stage `{stage}` diverged at step {step}: `{metric}` is not finite. {kept} Lower the learning rate or clip gradients (`grad_clip`) and continue with `rlhf run --resume RUN_DIR`")]
+pub struct Diverged {
+    pub stage: String,
+    pub step: u64,
+    pub metric: String,
+    kept: String,
+}
+
 /// How a stage's loop runs.
 #[derive(Debug, Clone)]
 pub struct LoopSettings<'a> {
     pub stage: &'a str,
+    /// The run directory (its config and alerts.jsonl).
+    pub run_dir: PathBuf,
     pub dir: PathBuf,
     /// Continue from the stage's saved state, if it has one.
     pub resume: bool,
@@ -89,6 +112,13 @@ pub struct LoopSettings<'a> {
     pub shown: &'a [&'a str],
     /// Figures named in the `evaluated` log line.
     pub logged: &'a [&'a str],
+    /// Write TensorBoard's event file beside metrics.jsonl.
+    pub tensorboard: bool,
+    pub alerts: &'a AlertSettings,
+    /// The stage kind's metrics the alert rules watch.
+    pub watched: Watched,
+    /// The KL the stage aims at, for the KL alert.
+    pub kl_target: Option<f64>,
 }
 
 /// How the loop ended.
@@ -136,9 +166,11 @@ pub fn run<T: Trainer>(trainer: &mut T, settings: &LoopSettings) -> Result<Outco
     let keep_up_to = restored.then_some(progress.step);
     let mut metrics_log = MetricsWriter::open(&settings.dir.join(METRICS_FILE), keep_up_to)?;
     let mut samples = SampleLog::new(settings.dir.join(SAMPLES_FILE), keep_up_to);
+    let mut lines = StageLines::open(settings, &metrics_log)?;
     if !restored {
         if let Some(figures) = trainer.start(&mut samples)? {
             metrics_log.log(0, &figures)?;
+            lines.record(0, &figures, &mut samples)?;
         }
     }
 
@@ -151,7 +183,9 @@ pub fn run<T: Trainer>(trainer: &mut T, settings: &LoopSettings) -> Result<Outco
         let mut metrics = trainer.step(step)?;
         bar.set_position(step);
         bar.set_message(describe(&metrics, settings.shown));
-        let evaluate_now = step % settings.eval_every == 0 || step == settings.steps;
+        // A diverged step is not evaluated: its weights are lost.
+        let diverged = metrics.iter().any(|(name, value)| is_non_finite(name, *value));
+        let evaluate_now = (step % settings.eval_every == 0 || step == settings.steps) && !diverged;
         if evaluate_now {
             metrics.extend(trainer.evaluate(step, &mut samples)?);
             if let Some(selection) = &settings.selection {
@@ -169,6 +203,13 @@ pub fn run<T: Trainer>(trainer: &mut T, settings: &LoopSettings) -> Result<Outco
             bar.suspend(|| tracing::info!(stage = settings.stage, step, "evaluated {}", describe(&metrics, settings.logged)));
         }
         metrics_log.log(step, &metrics)?;
+        if let Some(metric) = bar.suspend(|| lines.record(step, &metrics, &mut samples))? {
+            let kept = match progress.step {
+                0 => "No state was saved yet: a resume starts the stage over.".to_string(),
+                saved => format!("Its state of step {saved} is kept."),
+            };
+            return Err(Diverged { stage: settings.stage.to_string(), step, metric, kept }.into());
+        }
         if evaluate_now {
             progress.step = step;
             progress.last_evaluated = metrics;
@@ -196,6 +237,63 @@ pub fn run<T: Trainer>(trainer: &mut T, settings: &LoopSettings) -> Result<Outco
         best: progress.best,
         last_evaluated: progress.last_evaluated,
     })
+}
+
+/// Where a step's metric line goes besides metrics.jsonl: TensorBoard's event file (with the
+/// samples logged since the last line) and the alert rules.
+struct StageLines<'a> {
+    events: Option<EventLog>,
+    monitor: Monitor<'a>,
+    alerts: AlertLog,
+}
+
+impl<'a> StageLines<'a> {
+    /// Opens the event file and the alert log; a resumed stage replays the lines it kept into
+    /// both (writing the event file anew, rebuilding the rules' state without raising again).
+    fn open(settings: &'a LoopSettings, metrics_log: &MetricsWriter) -> Result<Self, RunDirError> {
+        let mut monitor = Monitor::new(MonitorSettings {
+            stage: settings.stage,
+            steps: settings.steps,
+            watched: settings.watched,
+            kl_target: settings.kl_target,
+            thresholds: settings.alerts,
+        });
+        let kept = metric_lines(metrics_log.kept());
+        for (step, metrics) in &kept {
+            monitor.observe(*step, metrics);
+        }
+        let events = match settings.tensorboard {
+            false => None,
+            true => {
+                let mut events = EventLog::for_stage(&settings.run_dir, &settings.dir)?;
+                for (step, metrics) in &kept {
+                    events.scalars(*step, metrics)?;
+                }
+                if let Some((last, _)) = kept.last() {
+                    events.samples(&read_kept(&settings.dir.join(SAMPLES_FILE), *last)?)?;
+                }
+                Some(events)
+            }
+        };
+        Ok(StageLines { events, monitor, alerts: AlertLog::open(&settings.run_dir, settings.stage)? })
+    }
+
+    /// Records the metric line of `step`; returns the metric that stopped being finite, if one did.
+    fn record(&mut self, step: u64, metrics: &Metrics, samples: &mut SampleLog) -> Result<Option<String>, RunDirError> {
+        let logged = samples.take_logged();
+        if let Some(events) = &mut self.events {
+            events.scalars(step, metrics)?;
+            events.samples(&logged)?;
+        }
+        let mut fatal = None;
+        for alert in self.monitor.observe(step, metrics) {
+            if alert.is_fatal() && fatal.is_none() {
+                fatal = Some(alert.metric.clone());
+            }
+            self.alerts.raise(alert)?;
+        }
+        Ok(fatal)
+    }
 }
 
 /// `name=value` for each of `names` present in `metrics`.

@@ -334,3 +334,55 @@ max_new_tokens = 8
 samples = 2
 demonstrations = 3
 "#;
+
+/// The scalars of a stage directory's TensorBoard event file (read with the `tboard` crate), as
+/// `(tag, step) → values` — a tag written twice at one step has two values. Panics unless the
+/// directory has exactly one event file.
+pub fn event_scalars(stage_dir: &Path) -> std::collections::BTreeMap<(String, u64), Vec<f32>> {
+    use tboard::tensorboard::{event::What, summary::value::Value};
+    let files: Vec<PathBuf> = std::fs::read_dir(stage_dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.file_name().unwrap().to_string_lossy().starts_with("events.out.tfevents."))
+        .collect();
+    assert_eq!(files.len(), 1, "{}: one event file expected, found {files:?}", stage_dir.display());
+    let mut scalars: std::collections::BTreeMap<(String, u64), Vec<f32>> = Default::default();
+    for event in tboard::SummaryReader::new(std::fs::File::open(&files[0]).unwrap()) {
+        let event = event.unwrap();
+        let Some(What::Summary(summary)) = event.what else { continue };
+        for value in summary.value {
+            if let Some(Value::SimpleValue(number)) = value.value {
+                scalars.entry((value.tag, event.step as u64)).or_default().push(number);
+            }
+        }
+    }
+    scalars
+}
+
+/// A stage's metrics.jsonl as `(metric, step) → value` (a `null` as NaN).
+pub fn metric_values(stage_dir: &Path) -> std::collections::BTreeMap<(String, u64), f64> {
+    let text = std::fs::read_to_string(stage_dir.join("metrics.jsonl")).unwrap();
+    let mut values = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line).unwrap();
+        let step = object["step"].as_u64().unwrap();
+        for (name, value) in object.into_iter().filter(|(name, _)| name != "step") {
+            values.insert((name, step), value.as_f64().unwrap_or(f64::NAN));
+        }
+    }
+    values
+}
+
+/// Asserts that a stage's event file holds each metric line's values once, as f32.
+pub fn assert_events_match_metrics(stage_dir: &Path) {
+    let events = event_scalars(stage_dir);
+    let metrics = metric_values(stage_dir);
+    let keys = |map: Vec<&(String, u64)>| map.into_iter().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(events.keys().collect()), keys(metrics.keys().collect()), "{}: event scalars ≠ metrics.jsonl", stage_dir.display());
+    for (key, values) in &events {
+        let expected = metrics[key];
+        assert_eq!(values.len(), 1, "{}: {key:?} written {} times", stage_dir.display(), values.len());
+        let same = (values[0].is_nan() && expected.is_nan()) || values[0] == expected as f32;
+        assert!(same, "{}: {key:?} is {} in the event file, {expected} in metrics.jsonl", stage_dir.display(), values[0]);
+    }
+}

@@ -80,6 +80,15 @@ impl ReviewRequest {
     }
 }
 
+/// The review task's groups of interchangeable words, for data augmentation without a synonyms
+/// file: its positive adjectives, and its negative ones. The gold oracle's sentiment term counts
+/// the positive and the negative words of a response (`oracle::review_score`), so replacing a word
+/// by another of its group leaves both counts — and the sentiment term, sign included — as they
+/// were; a mixed group would let a "synonym" flip a review's sentiment.
+pub fn synonym_groups() -> [&'static [&'static str]; 2] {
+    [POSITIVE, NEGATIVE]
+}
+
 /// A prompt with a good response. A conversational demonstration keeps its `messages`, which
 /// SFT renders with the chat template (loss on every assistant turn); its `prompt` and
 /// `response` are then the rendering before the last assistant turn (with the generation
