@@ -161,7 +161,9 @@ fn augmentation_adds_marked_counted_training_records_and_leaves_evaluation_alone
     }
     let added_pairs = json_lines(&augmented.join("rm/augmented_pairs.jsonl"));
     assert_eq!(added_pairs.len(), 30);
-    assert!(added_pairs.iter().all(|pair| pair["gold_chosen"].is_f64() && pair["gold_rejected"].is_f64() && pair["original"].as_u64().is_some_and(|o| o < 24)));
+    assert!(added_pairs
+        .iter()
+        .all(|pair| pair["gold_chosen"].is_f64() && pair["gold_rejected"].is_f64() && pair["original"].as_u64().is_some_and(|o| o < 24)));
 
     // A resumed run rewrites the task's entry and keeps the stage's.
     let (ok, _, stderr) = common::rlhf(&["run", "--resume", augmented.to_str().unwrap()], work.path());
@@ -188,7 +190,8 @@ fn bad_synonym_files_and_techniques_without_synonyms_are_refused_by_name() {
     let task = experiment("augment = { copies = 1, synonym_replace = 0.1, synonyms = \"syn.tsv\" }", "");
     let error = validate_error(&task, &[("syn.tsv", bad_file)]);
     assert!(
-        error.contains("[task] `augment.synonyms`: expected a file of synonym groups: syn.tsv:4: a group needs two or more different words"),
+        error
+            .contains("[task] `augment.synonyms`: expected a file of synonym groups: syn.tsv:4: a group needs two or more different words"),
         "{error}"
     );
 

@@ -8,6 +8,7 @@
 //! [sweep.parameters]
 //! "stages.ppo.kl_coef" = [0.02, 0.1]    # a list: grid values, or choices for random
 //! "stages.ppo.policy_lr" = { min = 1e-5, max = 1e-4, log = true }   # random only
+//! "task.augment.copies,stages.rm.augment.copies" = [0, 2]             # linked: each takes the value
 //! ```
 
 use std::collections::BTreeMap;
@@ -113,14 +114,23 @@ pub(super) fn expand(raw: &RawSweep) -> Result<(Sweep, KeySpans), SweepProblem> 
     if raw.parameters.is_empty() {
         return Err(SweepProblem { span: None, message: "[sweep]: `parameters` lists no key to sweep".into() });
     }
-    let mut domains = Vec::new();
+    // (the keys a parameter sets — several when linked — where it is written, its values)
+    let mut domains: Vec<(Vec<String>, Range<usize>, Domain)> = Vec::new();
     for (key, value) in &raw.parameters {
         let name = key.get_ref();
-        if name.split('.').any(str::is_empty) || name.contains('=') {
-            return Err(SweepProblem::at(key.span(), format!("[sweep]: `{name}` is not a dotted key like stages.ppo.kl_coef")));
-        }
-        if name == "seed" {
-            return Err(SweepProblem::at(key.span(), "[sweep]: sweep seeds with `seeds = [...]`, not as a parameter".into()));
+        // Linked keys, `a.b,c.d`: each takes the parameter's value (one switch for settings of
+        // several tables).
+        let linked: Vec<String> = name.split(',').map(|part| part.trim().to_string()).collect();
+        for (index, part) in linked.iter().enumerate() {
+            if part.split('.').any(str::is_empty) || part.contains('=') {
+                return Err(SweepProblem::at(key.span(), format!("[sweep]: `{part}` is not a dotted key like stages.ppo.kl_coef")));
+            }
+            if part == "seed" {
+                return Err(SweepProblem::at(key.span(), "[sweep]: sweep seeds with `seeds = [...]`, not as a parameter".into()));
+            }
+            if domains.iter().flat_map(|(keys, _, _)| keys).chain(&linked[..index]).any(|k| k == part) {
+                return Err(SweepProblem::at(key.span(), format!("[sweep]: `{part}` is swept twice")));
+            }
         }
         let domain = domain(value.get_ref()).map_err(|message| SweepProblem::at(value.span(), format!("[sweep] `{name}`: {message}")))?;
         if raw.method == Method::Grid && matches!(domain, Domain::Range { .. }) {
@@ -129,7 +139,7 @@ pub(super) fn expand(raw: &RawSweep) -> Result<(Sweep, KeySpans), SweepProblem> 
                 format!("[sweep] `{name}`: a {{ min, max }} range needs method = \"random\"; a grid needs a list of values"),
             ));
         }
-        domains.push((name.clone(), key.span(), domain));
+        domains.push((linked, key.span(), domain));
     }
     let combinations: Vec<Vec<Value>> = match raw.method {
         Method::Grid => {
@@ -158,18 +168,22 @@ pub(super) fn expand(raw: &RawSweep) -> Result<(Sweep, KeySpans), SweepProblem> 
         seen_seeds.push(*seed);
     }
     let seeds: Vec<Option<u64>> = if raw.seeds.is_empty() { vec![None] } else { raw.seeds.iter().copied().map(Some).collect() };
-    let keys: Vec<String> = domains.iter().map(|(name, _, _)| name.clone()).collect();
+    let keys: Vec<String> = domains.iter().flat_map(|(linked, _, _)| linked.iter().cloned()).collect();
     let total = combinations.len() * seeds.len();
     let width = total.to_string().len().max(2);
     let mut variants = Vec::with_capacity(total);
     for values in &combinations {
-        let assignments: Vec<(String, String)> = keys.iter().cloned().zip(values.iter().map(Value::to_string)).collect();
+        let assignments: Vec<(String, String)> = domains
+            .iter()
+            .zip(values)
+            .flat_map(|((linked, _, _), value)| linked.iter().map(move |key| (key.clone(), value.to_string())))
+            .collect();
         for seed in &seeds {
             let index = variants.len() + 1;
             variants.push(Variant { name: variant_name(index, width, &assignments, *seed), assignments: assignments.clone(), seed: *seed });
         }
     }
-    let spans = domains.into_iter().map(|(name, span, _)| (name, span)).collect();
+    let spans = domains.into_iter().flat_map(|(linked, span, _)| linked.into_iter().map(move |key| (key, span.clone()))).collect();
     let mut resolved = toml::Table::new();
     resolved.insert("method".into(), Value::String(if raw.method == Method::Grid { "grid" } else { "random" }.into()));
     resolved.insert("seeds".into(), Value::Array(raw.seeds.iter().map(|&seed| Value::Integer(seed as i64)).collect()));
@@ -334,5 +348,28 @@ seed = 3
             .contains("log range needs `min` > 0"));
         assert!(problem("seeds = [1, 1]\n[parameters]\n\"a\" = [1]").contains("listed twice"));
         assert!(problem("[parameters]").contains("no key to sweep"));
+        assert!(problem("[parameters]\n\"a.b,\" = [1]").contains("`` is not a dotted key"));
+        assert!(problem("[parameters]\n\"a.b, seed\" = [1]").contains("seeds = [...]"));
+        assert!(problem("[parameters]\n\"a.b,c\" = [1]\n\"c\" = [2]").contains("`c` is swept twice"));
+        assert!(problem("[parameters]\n\"a.b,a.b\" = [1]").contains("`a.b` is swept twice"));
+    }
+
+    #[test]
+    fn linked_keys_take_the_same_value_in_every_variant() {
+        let (sweep, spans) = expand(&raw(r#"
+seeds = [1]
+[parameters]
+"task.augment.copies, stages.rm.augment.copies" = [0, 2]
+"stages.ppo.kl_coef" = [0.1]
+"#))
+        .unwrap();
+        assert_eq!(sweep.keys, ["stages.ppo.kl_coef", "task.augment.copies", "stages.rm.augment.copies"]);
+        assert_eq!(sweep.variants.len(), 2);
+        assert_eq!(
+            sweep.variants[1].set_arguments(),
+            ["stages.ppo.kl_coef=0.1", "task.augment.copies=2", "stages.rm.augment.copies=2", "seed=1"]
+        );
+        assert_eq!(sweep.variants[1].name, "02_kl_coef=0.1_copies=2_copies=2_seed=1");
+        assert_eq!(spans[1].1, spans[2].1, "linked keys point at their parameter");
     }
 }

@@ -329,6 +329,7 @@ impl Augmenter {
 
 /// EDA's stop words (the list of its reference implementation): never replaced by a synonym nor
 /// the source of an inserted one.
+#[rustfmt::skip]
 const STOP_WORDS: &[&str] = &[
     "i", "me", "my", "myself", "we", "our", "ours", "ourselves", "you", "your", "yours", "yourself", "yourselves", "he", "him", "his",
     "himself", "she", "her", "hers", "herself", "it", "its", "itself", "they", "them", "their", "theirs", "themselves", "what", "which",
@@ -615,14 +616,7 @@ mod tests {
 
     /// `copies` rewrites of `text` with `settings`, drawn from `seed`.
     fn rewrites(settings: &AugmentSettings, synonyms: Synonyms, text: &str, seed: u64) -> Vec<String> {
-        let pair = PreferencePair {
-            prompt: "p".into(),
-            chosen: text.into(),
-            rejected: text.into(),
-            tie: false,
-            margin: None,
-            gold: None,
-        };
+        let pair = PreferencePair { prompt: "p".into(), chosen: text.into(), rejected: text.into(), tie: false, margin: None, gold: None };
         let added = augmenter(settings, synonyms).augment(&[pair], seed).records;
         added.into_iter().flat_map(|pair| [pair.chosen, pair.rejected]).collect()
     }
@@ -780,7 +774,8 @@ mod tests {
 
     #[test]
     fn resampling_oversamples_the_rare_prompt_and_copies_exactly() {
-        let demonstration = |prompt: &str, response: &str| Demonstration { prompt: prompt.into(), response: response.into(), messages: None };
+        let demonstration =
+            |prompt: &str, response: &str| Demonstration { prompt: prompt.into(), response: response.into(), messages: None };
         let mut originals: Vec<Demonstration> = (0..9).map(|i| demonstration("common", &format!(" answer {i}"))).collect();
         originals.push(demonstration("rare", " the rare answer"));
         let resample = AugmentSettings { resample: 40.0, ..Default::default() };
@@ -868,7 +863,8 @@ mod tests {
         };
         assert!(bad(b"great\tsuperb\ngreat\n").ends_with("syn.tsv:2: a group needs two or more different words, found `great`"));
         assert!(bad(b"# c\ngreat\t\tsuperb\n").ends_with("syn.tsv:2: word 2 is empty (words are separated by one tab)"));
-        assert!(bad(b"very good\tgreat\n").ends_with("syn.tsv:1: `very good` holds whitespace: a synonym is one word, and words are separated by tabs"));
+        assert!(bad(b"very good\tgreat\n")
+            .ends_with("syn.tsv:1: `very good` holds whitespace: a synonym is one word, and words are separated by tabs"));
         assert!(bad(b"great\tsuperb\n\xFF\tx\n").ends_with("syn.tsv:2: not valid UTF-8 (byte 1 of the line)"));
         assert!(bad(b"# nothing\n").ends_with("holds no synonym groups"));
         let missing = AugmentSettings { synonyms: Some(dir.path().join("none.tsv")), ..Default::default() };

@@ -226,7 +226,12 @@ pub fn load(config: &TaskConfig, seed: u64) -> Result<TaskData, TaskError> {
     if let Some(augmenter) = augmenter {
         let added = augmenter.augment(&data.demonstrations.train, step_seed(seed, AUGMENTATION_SEED, 0));
         let report = &added.augmentation.report;
-        tracing::info!(original = report.original, copies = report.copies, resampled = report.resampled, "augmented the training demonstrations");
+        tracing::info!(
+            original = report.original,
+            copies = report.copies,
+            resampled = report.resampled,
+            "augmented the training demonstrations"
+        );
         data.demonstrations.train.extend(added.records);
         data.demonstration_augmentation = Some(added.augmentation);
     }
@@ -419,7 +424,8 @@ mod tests {
 
     #[test]
     fn synonym_techniques_need_synonyms_outside_the_review_task() {
-        let arithmetic: TaskConfig = toml::from_str("kind = \"synthetic-arithmetic\"\naugment = { copies = 1, synonym_replace = 0.1 }").unwrap();
+        let arithmetic: TaskConfig =
+            toml::from_str("kind = \"synthetic-arithmetic\"\naugment = { copies = 1, synonym_replace = 0.1 }").unwrap();
         let error = load(&arithmetic, 1).unwrap_err().to_string();
         assert!(error.starts_with("[task] `augment.synonym_replace`: expected synonyms to draw from"), "{error}");
     }

@@ -25,6 +25,11 @@ pub fn metrics_with_nulls<'de, D: serde::Deserializer<'de>>(deserializer: D) -> 
 /// The objects of a JSON-lines file whose `"step"` is at most `up_to`, in order (a truncated or
 /// step-less line is left out; no file, no lines).
 pub fn read_kept(path: &Path, up_to: u64) -> Result<Vec<Map<String, Value>>, RunDirError> {
+    Ok(kept_lines(path, up_to)?.into_iter().map(|(_, object)| object).collect())
+}
+
+/// [`read_kept`], with each object's line as written.
+fn kept_lines(path: &Path, up_to: u64) -> Result<Vec<(String, Map<String, Value>)>, RunDirError> {
     if !path.exists() {
         return Ok(Vec::new());
     }
@@ -33,7 +38,7 @@ pub fn read_kept(path: &Path, up_to: u64) -> Result<Vec<Map<String, Value>>, Run
         .lines()
         .map_while(Result::ok)
         .filter_map(|line| match serde_json::from_str::<Value>(&line) {
-            Ok(Value::Object(object)) if object.get("step").and_then(Value::as_u64).is_some_and(|step| step <= up_to) => Some(object),
+            Ok(Value::Object(object)) if object.get("step").and_then(Value::as_u64).is_some_and(|step| step <= up_to) => Some((line, object)),
             _ => None,
         })
         .collect())
@@ -71,11 +76,13 @@ impl MetricsWriter {
     /// step is greater (or that are truncated); with `None`, starts an empty file.
     pub fn open(path: &Path, keep_up_to: Option<u64>) -> Result<Self, RunDirError> {
         let kept = match keep_up_to {
-            Some(step) => read_kept(path, step)?,
+            Some(step) => kept_lines(path, step)?,
             None => Vec::new(),
         };
-        let contents: String = kept.iter().map(|object| format!("{}\n", Value::Object(object.clone()))).collect();
+        // The kept lines as they were written, byte for byte.
+        let contents: String = kept.iter().map(|(line, _)| format!("{line}\n")).collect();
         super::write_atomic(path, &contents)?;
+        let kept = kept.into_iter().map(|(_, object)| object).collect();
         let file = OpenOptions::new().append(true).open(path).map_err(|source| RunDirError::Write { path: path.into(), source })?;
         Ok(MetricsWriter { path: path.into(), file, kept })
     }

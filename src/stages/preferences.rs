@@ -158,7 +158,8 @@ pub fn preference_pairs(
 /// counts them in the run's data report as `<stage>.pairs`.
 fn augment_pairs(context: &StageContext, settings: &PreferenceData, train: &mut Vec<PreferencePair>) -> Result<(), StageError> {
     let vocabulary = settings.uses_review_vocabulary().then(Synonyms::reviews);
-    let augmenter = settings.augment.augmenter(vocabulary).map_err(|(key, expected)| context.invalid(format!("`{key}`: expected {expected}")))?;
+    let augmenter =
+        settings.augment.augmenter(vocabulary).map_err(|(key, expected)| context.invalid(format!("`{key}`: expected {expected}")))?;
     let Some(augmenter) = augmenter else { return Ok(()) };
     let mut added = augmenter.augment(train, step_seed(context.seed(), AUGMENTATION_SEED, 1));
     // A rewritten response has its own gold score: a deletion can cut a review's ending, an
