@@ -269,5 +269,8 @@ fn alert_thresholds_and_the_tensorboard_switch_are_checked() {
     assert_error(&VALID.replace("seed = 3", "seed = 3\ntensorboard = \"yes\""), &[], &["tensorboard", "bool"]);
     let (ok, resolved, stderr) = validate(&format!("{VALID}\n[alerts]\nkl_max = 4.0\n"), &["--print"]);
     assert!(ok, "{stderr}");
-    assert!(resolved.contains("tensorboard = true") && resolved.contains("kl_max = 4.0") && resolved.contains("patience = 3"), "{resolved}");
+    assert!(
+        resolved.contains("tensorboard = true") && resolved.contains("kl_max = 4.0") && resolved.contains("patience = 3"),
+        "{resolved}"
+    );
 }

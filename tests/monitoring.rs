@@ -124,20 +124,25 @@ fn tensorboard_reads_every_metric_the_samples_and_the_config_of_every_stage() {
     }
 
     // tensorboard = false: no event files.
-    let (ok, _, stderr) = common::rlhf(&["run", experiment.to_str().unwrap(), "--out", "off", "--set", "tensorboard=false", "--only", "sft"], work.path());
+    let (ok, _, stderr) =
+        common::rlhf(&["run", experiment.to_str().unwrap(), "--out", "off", "--set", "tensorboard=false", "--only", "sft"], work.path());
     assert!(ok, "{stderr}");
     let sft = only_run(work.path(), "off", "tiny-ppo").join("sft");
     assert!(sft.join("metrics.jsonl").is_file());
-    let events = std::fs::read_dir(&sft).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("events.out")).count();
+    let events =
+        std::fs::read_dir(&sft).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("events.out")).count();
     assert_eq!(events, 0);
 }
 
 /// The metric lines without wall-clock figures.
 fn deterministic(lines: Vec<serde_json::Map<String, Value>>) -> Vec<serde_json::Map<String, Value>> {
-    lines.into_iter().map(|mut line| {
-        line.retain(|name, _| !name.ends_with("_per_s"));
-        line
-    }).collect()
+    lines
+        .into_iter()
+        .map(|mut line| {
+            line.retain(|name, _| !name.ends_with("_per_s"));
+            line
+        })
+        .collect()
 }
 
 #[test]
@@ -163,7 +168,10 @@ fn a_nan_stops_the_stage_with_its_last_state_kept_and_a_resume_ends_as_an_uninte
     let cut = only_run(work.path(), "cut", "sft-only");
     let alerts = jsonl(&cut.join("alerts.jsonl"));
     assert_eq!(alerts.len(), 1, "{alerts:?}");
-    assert_eq!((alerts[0]["rule"].as_str(), alerts[0]["metric"].as_str(), alerts[0]["step"].as_u64()), (Some("non_finite"), Some("grad_norm"), Some(7)));
+    assert_eq!(
+        (alerts[0]["rule"].as_str(), alerts[0]["metric"].as_str(), alerts[0]["step"].as_u64()),
+        (Some("non_finite"), Some("grad_norm"), Some(7))
+    );
     assert!(alerts[0]["value"].is_null());
     // The diverged step's line is written (null for the NaN), nothing after it; no checkpoint of the NaN weights.
     let metrics = jsonl(&cut.join("sft/metrics.jsonl"));

@@ -343,7 +343,7 @@ const STOP_WORDS: &[&str] = &[
 
 /// Groups of interchangeable words: a word's synonyms are the other words of the groups it is
 /// in. Words are matched without regard to case.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct Synonyms {
     of: HashMap<String, Vec<String>>,
 }

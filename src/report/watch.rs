@@ -132,7 +132,13 @@ pub fn screen(run: &Run, alerts: &[Alert], running: bool, rates: &mut Rates) -> 
     let marks: Vec<String> = stages
         .iter()
         .map(|s| {
-            let mark = if s.finished { "✓" } else if s.step > 0 { "▶" } else { "·" };
+            let mark = if s.finished {
+                "✓"
+            } else if s.step > 0 {
+                "▶"
+            } else {
+                "·"
+            };
             format!("{} {mark}", s.stage)
         })
         .collect();
@@ -164,7 +170,9 @@ pub fn screen(run: &Run, alerts: &[Alert], running: bool, rates: &mut Rates) -> 
         .filter(|s| s.finished && s.stage != now.stage)
         .filter_map(|s| Some((s, run.stage(&s.stage)?)))
         .map(|(s, stage)| {
-            let figures = logged_figures(stage).iter().filter_map(|name| Some(format!("{name}={}", format_number(stage.summary.get(*name).copied().flatten()?))));
+            let figures = logged_figures(stage)
+                .iter()
+                .filter_map(|name| Some(format!("{name}={}", format_number(stage.summary.get(*name).copied().flatten()?))));
             format!("  {}: {}", s.stage, figures.collect::<Vec<_>>().join(" "))
         })
         .collect();

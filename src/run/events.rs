@@ -64,10 +64,8 @@ impl EventLog {
             string_val: vec![markdown.as_bytes().to_vec()],
             ..Default::default()
         };
-        let metadata = SummaryMetadata {
-            plugin_data: Some(PluginData { plugin_name: "text".into(), content: Vec::new() }),
-            ..Default::default()
-        };
+        let metadata =
+            SummaryMetadata { plugin_data: Some(PluginData { plugin_name: "text".into(), content: Vec::new() }), ..Default::default() };
         let value = summary::Value {
             tag: tag.into(),
             metadata: Some(metadata),
@@ -83,7 +81,8 @@ impl EventLog {
         let mut steps: Vec<u64> = samples.iter().filter_map(|sample| sample.get("step")?.as_u64()).collect();
         steps.dedup();
         for step in steps {
-            let at_step: Vec<&Map<String, Value>> = samples.iter().filter(|s| s.get("step").and_then(Value::as_u64) == Some(step)).collect();
+            let at_step: Vec<&Map<String, Value>> =
+                samples.iter().filter(|s| s.get("step").and_then(Value::as_u64) == Some(step)).collect();
             self.samples_of_step(step, &at_step)?;
         }
         Ok(())

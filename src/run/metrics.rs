@@ -28,8 +28,11 @@ pub fn read_kept(path: &Path, up_to: u64) -> Result<Vec<Map<String, Value>>, Run
     Ok(kept_lines(path, up_to)?.into_iter().map(|(_, object)| object).collect())
 }
 
+/// A line of a JSON-lines file as written, and its object.
+type Line = (String, Map<String, Value>);
+
 /// [`read_kept`], with each object's line as written.
-fn kept_lines(path: &Path, up_to: u64) -> Result<Vec<(String, Map<String, Value>)>, RunDirError> {
+fn kept_lines(path: &Path, up_to: u64) -> Result<Vec<Line>, RunDirError> {
     if !path.exists() {
         return Ok(Vec::new());
     }
@@ -38,7 +41,9 @@ fn kept_lines(path: &Path, up_to: u64) -> Result<Vec<(String, Map<String, Value>
         .lines()
         .map_while(Result::ok)
         .filter_map(|line| match serde_json::from_str::<Value>(&line) {
-            Ok(Value::Object(object)) if object.get("step").and_then(Value::as_u64).is_some_and(|step| step <= up_to) => Some((line, object)),
+            Ok(Value::Object(object)) if object.get("step").and_then(Value::as_u64).is_some_and(|step| step <= up_to) => {
+                Some((line, object))
+            }
             _ => None,
         })
         .collect())

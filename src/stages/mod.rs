@@ -28,8 +28,8 @@ use crate::model::{
     CheckpointError, DeviceSpec, Gpt2Config, LanguageModel, LlamaConfig, LoraSettings, ModelConfig, Precision, ReferenceModel,
 };
 use crate::run::{Metrics, RunDir, RunDirError};
-use crate::train::rollout::{Scorer, TextJudge, TextReward};
 use crate::train::alerts::Watched;
+use crate::train::rollout::{Scorer, TextJudge, TextReward};
 use crate::train::stage_loop::{Diverged, LoopSettings};
 
 /// The validated settings of one stage kind, and what running it does.

@@ -194,7 +194,8 @@ impl<'a> Monitor<'a> {
         if let Some(loss) = watched.train_loss.and_then(|name| metrics.get(name)).filter(|v| v.is_finite()) {
             self.train_losses.push(*loss);
         }
-        if let Some((name, eval_loss)) = watched.eval_loss.and_then(|name| Some((name, *metrics.get(name)?))).filter(|(_, v)| v.is_finite()) {
+        if let Some((name, eval_loss)) = watched.eval_loss.and_then(|name| Some((name, *metrics.get(name)?))).filter(|(_, v)| v.is_finite())
+        {
             // The training loss is averaged over the steps between evaluations: single steps are noisy.
             let train_loss = (!self.train_losses.is_empty())
                 .then(|| self.train_losses.iter().sum::<f64>() / self.train_losses.len() as f64)
@@ -207,10 +208,7 @@ impl<'a> Monitor<'a> {
                 self.previous = Some((eval_loss, train_loss));
             }
             if self.rising >= thresholds.patience {
-                let message = format!(
-                    "`{name}` rose for {} evaluations in a row while the training loss fell: overfitting",
-                    self.rising
-                );
+                let message = format!("`{name}` rose for {} evaluations in a row while the training loss fell: overfitting", self.rising);
                 holding.push((Rule::Overfitting, name, eval_loss, Some(thresholds.patience as f64), message));
             }
         }
@@ -241,7 +239,8 @@ impl<'a> Monitor<'a> {
             let first = *self.first_entropy.get_or_insert(entropy);
             let floor = first * thresholds.entropy_floor;
             if entropy < floor {
-                let message = format!("`{name}` = {entropy:.3}, below {} of its first value {first:.3}: entropy collapse", thresholds.entropy_floor);
+                let message =
+                    format!("`{name}` = {entropy:.3}, below {} of its first value {first:.3}: entropy collapse", thresholds.entropy_floor);
                 holding.push((Rule::EntropyCollapse, name, entropy, Some(floor), message));
             }
         }
@@ -398,7 +397,8 @@ mod tests {
         let thresholds = AlertSettings::default();
         let chance: Vec<(u64, Metrics)> = (1..=10).map(|step| (step * 10, line(&[("eval/accuracy", 0.52)]))).collect();
         assert_eq!(run(&mut monitor(watched, 100, None, &thresholds), &chance), vec![(50, Rule::NearChance, "eval/accuracy".into())]);
-        let learning: Vec<(u64, Metrics)> = (1..=10).map(|step| (step * 10, line(&[("eval/accuracy", 0.5 + 0.04 * step as f64)]))).collect();
+        let learning: Vec<(u64, Metrics)> =
+            (1..=10).map(|step| (step * 10, line(&[("eval/accuracy", 0.5 + 0.04 * step as f64)]))).collect();
         assert_eq!(run(&mut monitor(watched, 100, None, &thresholds), &learning), vec![]);
     }
 
@@ -406,7 +406,9 @@ mod tests {
     fn kl_clip_fraction_and_entropy_rules_fire_once_when_they_start_to_hold() {
         let thresholds = AlertSettings::default();
         let healthy: Vec<(u64, Metrics)> = (1..=20)
-            .map(|i| (i, line(&[("objective/kl", 0.3 * i as f64), ("policy/clipfrac_avg", 0.1), ("objective/entropy", 2.0 - 0.05 * i as f64)])))
+            .map(|i| {
+                (i, line(&[("objective/kl", 0.3 * i as f64), ("policy/clipfrac_avg", 0.1), ("objective/entropy", 2.0 - 0.05 * i as f64)]))
+            })
             .collect();
         assert_eq!(run(&mut monitor(RL, 20, Some(6.0), &thresholds), &healthy), vec![]);
         // Without a target or kl_max, the KL has no bound.
@@ -455,7 +457,10 @@ mod tests {
         let read = read_alerts(&dir.path().join(ALERTS_FILE)).unwrap();
         assert_eq!(read.iter().map(|a| a.step).collect::<Vec<_>>(), vec![4, 5]);
         let text = std::fs::read_to_string(dir.path().join(ALERTS_FILE)).unwrap();
-        assert!(text.starts_with(r#"{"stage":"ppo","step":4,"rule":"kl_high","metric":"objective/kl","value":13.0,"threshold":12.0"#), "{text}");
+        assert!(
+            text.starts_with(r#"{"stage":"ppo","step":4,"rule":"kl_high","metric":"objective/kl","value":13.0,"threshold":12.0"#),
+            "{text}"
+        );
         for rule in [Rule::NonFinite, Rule::Overfitting, Rule::NearChance, Rule::KlHigh, Rule::ClipFractionHigh, Rule::EntropyCollapse] {
             assert_eq!(serde_json::to_value(rule).unwrap(), rule.name(), "the name written is the name shown");
         }

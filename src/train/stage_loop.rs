@@ -1,10 +1,12 @@
 //! The loop every training stage runs, written once: restore the saved state, open the metric
-//! and sample logs, step, evaluate on a cadence, keep the best weights, stop early, log, and save
-//! the state for `--resume`. A stage kind supplies only what differs — its step, its evaluation
-//! and what its state holds — through [`Trainer`].
+//! and sample logs, step, evaluate on a cadence, keep the best weights, stop early, log (to
+//! metrics.jsonl, TensorBoard's event file and the alert rules), and save the state for
+//! `--resume`. A stage kind supplies only what differs — its step, its evaluation and what its
+//! state holds — through [`Trainer`].
 //!
-//! Order within an evaluated step: step → evaluation (samples, best checkpoint) → metrics line →
-//! state. A run killed anywhere before the state is saved replays the step on resume (its metric
+//! Order within an evaluated step: step → evaluation (samples, best checkpoint) → metrics line
+//! (with its events and alerts; a loss that is not finite stops the stage here, skipping the
+//! evaluation) → state. A run killed anywhere before the state is saved replays the step on resume (its metric
 //! and sample lines are dropped first); a run killed after it continues from the next step. The
 //! state records whether the stage stopped early and the figures of its last evaluation, so a
 //! stage resumed from its final state finishes with the same summary without training on.
