@@ -219,6 +219,18 @@ fn watch_prints_each_evaluation_of_a_finished_run_and_follows_a_live_one_to_its_
         .collect();
     assert_eq!(stdout.lines().collect::<Vec<_>>(), expected, "{stdout}");
 
+    // On a terminal (a pseudo-terminal made by util-linux's `script`): the redrawn screen.
+    let command = format!("{} watch {}", env!("CARGO_BIN_EXE_rlhf"), done.display());
+    let output = Command::new("script").args(["-qec", &command, "/dev/null"]).current_dir(work.path()).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert!(screen.contains("\x1b[2J"), "the screen is not redrawn: {screen}");
+    for needle in [" — finished", "stages: sft ✓", "sft (sft)  step 12/12", "train/loss", "eval/loss", "run finished"] {
+        assert!(screen.contains(needle), "`{needle}` missing from the screen:\n{screen}");
+    }
+    let sparkline = screen.lines().find(|line| line.trim_start().starts_with("eval/loss")).unwrap();
+    assert_eq!(sparkline.chars().filter(|c| ('▁'..='█').contains(c)).count(), evaluated.len(), "{sparkline}");
+
     // Live: a longer run, watched from its start; a second process may not resume it meanwhile.
     let mut child = Command::new(env!("CARGO_BIN_EXE_rlhf"))
         .args(["run", experiment.to_str().unwrap(), "--out", "live", "--set", "stages.sft.steps=200", "--set", "stages.sft.eval_every=20"])
