@@ -850,6 +850,85 @@ fn a_sweep_runs_every_variant_resumes_and_reports_mean_and_std() {
     assert!(report.verdict.contains(&line), "{line} not in {:?}", report.verdict);
 }
 
+/// A sweep run as a job array: each variant a separate process started at once, sharing one sweep
+/// directory (the first creates its files, the others check them); the result is the sweep a
+/// single `rlhf run` makes, variant for variant.
+#[test]
+fn sweep_variants_run_as_separate_jobs_into_one_shared_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_experiment(dir.path(), "[sweep]\nseeds = [1, 2]\n[sweep.parameters]\n\"stages.pretrain.lr\" = [0.001, 0.01]\n");
+    let shared = dir.path().join("shared");
+    let job = |selector: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rlhf"))
+            .args(["run", path.to_str().unwrap(), "--variant", selector, "--sweep-dir", shared.to_str().unwrap()])
+            .current_dir(dir.path())
+            .env_remove("SLURM_ARRAY_JOB_ID")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // By index (a job array's task id) or by name, all at once.
+    let jobs: Vec<_> = ["0", "1", "03_lr=0.01_seed=1", "3"].into_iter().map(job).collect();
+    let mut printed = Vec::new();
+    for job in jobs {
+        let output = job.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        printed.push(String::from_utf8_lossy(&output.stdout).trim().to_string());
+    }
+    let names = ["01_lr=0.001_seed=1", "02_lr=0.001_seed=2", "03_lr=0.01_seed=1", "04_lr=0.01_seed=2"];
+    assert_eq!(printed, names.iter().map(|name| shared.join(name).display().to_string()).collect::<Vec<_>>());
+
+    let (ok, stdout, stderr) = common::rlhf(&["run", path.to_str().unwrap(), "--out", "whole"], dir.path());
+    assert!(ok, "{stderr}");
+    let whole = dir.path().join(stdout.trim());
+    let json = |dir: &Path| serde_json::from_str::<Value>(&std::fs::read_to_string(dir.join("sweep.json")).unwrap()).unwrap();
+    assert_eq!(json(&shared), json(&whole));
+    for name in names {
+        let metrics = |sweep: &Path| {
+            let text = std::fs::read_to_string(sweep.join(name).join("pretrain/metrics.jsonl")).unwrap();
+            text.lines()
+                .map(|line| {
+                    let mut line: serde_json::Map<String, Value> = serde_json::from_str(line).unwrap();
+                    line.retain(|key, _| !key.ends_with("_per_s"));
+                    line
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(metrics(&shared), metrics(&whole), "{name}");
+    }
+    let report = write_report(std::slice::from_ref(&shared), &dir.path().join("report"));
+    assert_eq!(report.sweep.expect("a sweep table").rows.len(), 2);
+
+    // A finished variant is skipped; a variant past the end, another sweep in the same
+    // directory and a missing --sweep-dir are errors that say what to do.
+    let (ok, _, stderr) = common::rlhf(&["run", path.to_str().unwrap(), "--variant", "2", "--sweep-dir", "shared"], dir.path());
+    assert!(ok && stderr.contains("already finished, skipped"), "{stderr}");
+    let (ok, _, stderr) = common::rlhf(&["run", path.to_str().unwrap(), "--variant", "4", "--sweep-dir", "shared"], dir.path());
+    assert!(!ok && stderr.contains("--variant 4: the sweep has 4 variants: give an index from 0 to 3"), "{stderr}");
+    let other = ["run", path.to_str().unwrap(), "--variant", "0", "--sweep-dir", "shared", "--set", "stages.pretrain.steps=6"];
+    let (ok, _, stderr) = common::rlhf(&other, dir.path());
+    assert!(!ok && stderr.contains("holds another sweep"), "{stderr}");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["run", path.to_str().unwrap(), "--variant", "0"])
+        .current_dir(dir.path())
+        .env_remove("SLURM_ARRAY_JOB_ID")
+        .output()
+        .unwrap();
+    assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("--variant needs --sweep-dir DIR"));
+    // Under a Slurm array, the sweep directory is named after the array's job id.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["run", path.to_str().unwrap(), "--variant", "0", "--out", "slurm"])
+        .current_dir(dir.path())
+        .env("SLURM_ARRAY_JOB_ID", "4242")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(dir.path().join("slurm/tiny-sweep/sweep-slurm-4242/01_lr=0.001_seed=1/summary.json").is_file());
+    let (ok, stdout, stderr) = common::rlhf(&["run", "--resume", "shared", "--variant", "1"], dir.path());
+    assert!(ok && stdout.trim() == "shared/02_lr=0.001_seed=2" && stderr.contains("already finished, skipped"), "{stdout}{stderr}");
+}
+
 /// A report of one run: its figures, charts and samples, every referenced image present, and none
 /// of the sections that compare runs (a win rate against itself would say nothing).
 #[test]

@@ -1,5 +1,6 @@
 //! `rlhf run EXP.toml [--set KEY=VALUE]... [--out DIR] [--only STAGE[,STAGE]] [--resume RUN_DIR]`.
-//! An experiment with a `[sweep]` runs all its variants; `--resume SWEEP_DIR` continues a sweep.
+//! An experiment with a `[sweep]` runs all its variants; `--resume SWEEP_DIR` continues a sweep;
+//! `--variant K [--sweep-dir DIR]` runs one variant of a sweep (one job of a job array).
 
 use std::path::PathBuf;
 
@@ -27,6 +28,14 @@ pub struct RunArgs {
     /// Continue a killed or partial run (or sweep) from its last saved state.
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<PathBuf>,
+    /// Run only this variant of the experiment's [sweep] (or of the sweep --resume names): its
+    /// index from 0 (e.g. $SLURM_ARRAY_TASK_ID) or its name.
+    #[arg(long, value_name = "K")]
+    pub variant: Option<String>,
+    /// The sweep directory the variants run with --variant share (default under Slurm:
+    /// OUT/<experiment>/sweep-slurm-$SLURM_ARRAY_JOB_ID).
+    #[arg(long, value_name = "DIR", requires = "variant")]
+    pub sweep_dir: Option<PathBuf>,
 }
 
 pub fn run(args: &RunArgs) -> Result<()> {
@@ -34,9 +43,17 @@ pub fn run(args: &RunArgs) -> Result<()> {
         if !args.overrides.is_empty() || !args.only.is_empty() {
             bail!("--set and --only cannot change a sweep that has started ({}); start a new sweep instead", dir.display());
         }
-        sweep::resume(dir)?;
-        println!("{}", dir.display());
+        match &args.variant {
+            Some(variant) => println!("{}", sweep::resume_variant(dir, variant)?.display()),
+            None => {
+                sweep::resume(dir)?;
+                println!("{}", dir.display());
+            }
+        }
         return Ok(());
+    }
+    if args.variant.is_some() && args.resume.is_some() {
+        bail!("--variant: `{}` is not a sweep directory (it has no sweep.json)", args.resume.as_ref().expect("checked").display());
     }
     let (experiment, run) = match &args.resume {
         Some(run_dir) => {
@@ -50,6 +67,21 @@ pub fn run(args: &RunArgs) -> Result<()> {
         None => {
             let path = args.experiment.as_ref().expect("clap requires EXPERIMENT without --resume");
             let experiment = config::load(path, &args.overrides)?;
+            if let Some(variant) = &args.variant {
+                if experiment.sweep.is_none() {
+                    bail!("--variant: {} has no [sweep]", path.display());
+                }
+                if !args.only.is_empty() {
+                    bail!("--only cannot be used with --variant: a variant runs all its stages");
+                }
+                let dir = match (&args.sweep_dir, std::env::var("SLURM_ARRAY_JOB_ID")) {
+                    (Some(dir), _) => dir.clone(),
+                    (None, Ok(job)) => args.out.join(&experiment.name).join(format!("sweep-slurm-{job}")),
+                    (None, Err(_)) => bail!("--variant needs --sweep-dir DIR: the sweep directory its variants share (under a Slurm array it defaults to one named after SLURM_ARRAY_JOB_ID)"),
+                };
+                println!("{}", sweep::run_variant(path, &args.overrides, &experiment, &dir, variant)?.display());
+                return Ok(());
+            }
             if experiment.sweep.is_some() {
                 if !args.only.is_empty() {
                     bail!("--only cannot be used with a [sweep] ({}): every variant runs all its stages", path.display());

@@ -45,6 +45,25 @@ pub struct RunLock {
     _file: std::fs::File,
 }
 
+impl RunLock {
+    /// Waits for the exclusive lock of file `path` (created if missing): for short critical
+    /// sections shared between processes, such as creating a sweep directory's files.
+    pub fn wait_for(path: &Path) -> Result<RunLock, RunDirError> {
+        let file = open_lock_file(path)?;
+        flock(&file, libc::LOCK_EX).map_err(|source| RunDirError::Write { path: path.into(), source })?;
+        Ok(RunLock { _file: file })
+    }
+}
+
+fn open_lock_file(path: &Path) -> Result<std::fs::File, RunDirError> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|source| RunDirError::Write { path: path.into(), source })
+}
+
 /// An open run directory.
 #[derive(Debug, Clone)]
 pub struct RunDir {
@@ -81,12 +100,7 @@ impl RunDir {
     /// knows a run is live by its lock.
     pub fn lock(&self) -> Result<RunLock, RunDirError> {
         let path = self.path.join(LOCK_FILE);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|source| RunDirError::Write { path: path.clone(), source })?;
+        let file = open_lock_file(&path)?;
         match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
             Ok(()) => Ok(RunLock { _file: file }),
             Err(error) if error.raw_os_error() == Some(libc::EWOULDBLOCK) => Err(RunDirError::Busy { path: self.path.clone() }),
