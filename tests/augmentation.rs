@@ -190,11 +190,10 @@ fn bad_synonym_files_and_techniques_without_synonyms_are_refused_by_name() {
     let bad_file = "# adjectives\ngreat\tsuperb\n\nphone\n";
     let task = experiment("augment = { copies = 1, synonym_replace = 0.1, synonyms = \"syn.tsv\" }", "");
     let error = validate_error(&task, &[("syn.tsv", bad_file)]);
-    assert!(
-        error
-            .contains("[task] `augment.synonyms`: expected a file of synonym groups: syn.tsv:4: a group needs two or more different words"),
-        "{error}"
-    );
+    // Found when the experiment is read: at the [task] table's line.
+    let at_task = format!("exp.toml:{}:1: [task]: `augment.synonyms`", task.lines().position(|line| line == "[task]").unwrap() + 1);
+    assert!(error.contains(&at_task), "`{at_task}` missing from {error}");
+    assert!(error.contains("expected a file of synonym groups: syn.tsv:4: a group needs two or more different words"), "{error}");
 
     let stage = experiment("", "augment = { copies = 1, random_insert = 0.1, synonyms = \"pairs.tsv\" }");
     let error = validate_error(&stage, &[("pairs.tsv", "great\t\tsuperb\n")]);
@@ -206,5 +205,5 @@ fn bad_synonym_files_and_techniques_without_synonyms_are_refused_by_name() {
     assert!(error.contains("stage `rm`: `augment.synonym_replace`: expected synonyms to draw from: a `synonyms` file"), "{error}");
 
     let error = validate_error(&experiment("augment = { copies = 1, random_swap = 2 }", ""), &[]);
-    assert!(error.contains("[task] `augment.random_swap`: expected a value in [0, 1], got 2"), "{error}");
+    assert!(error.contains("[task]: `augment.random_swap`: expected a value in [0, 1], got 2"), "{error}");
 }

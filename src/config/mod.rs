@@ -377,7 +377,8 @@ fn check_task(task: &TaskConfig) -> Result<(), String> {
             }
         }
     }
-    Ok(())
+    // Only the synthetic reviews have synonyms of their own.
+    task.augment.check(task.kind == TaskKind::SyntheticReviews).map_err(|(key, expected)| format!("`{key}`: expected {expected}"))
 }
 
 /// The arithmetic task's keys, and room enough among its problems for the held-out ones to
