@@ -52,8 +52,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
         return Ok(());
     }
-    if args.variant.is_some() && args.resume.is_some() {
-        bail!("--variant: `{}` is not a sweep directory (it has no sweep.json)", args.resume.as_ref().expect("checked").display());
+    if let (Some(_), Some(dir)) = (&args.variant, &args.resume) {
+        bail!("--variant: `{}` is not a sweep directory (it has no sweep.json)", dir.display());
     }
     let (experiment, run) = match &args.resume {
         Some(run_dir) => {
