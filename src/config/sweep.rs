@@ -271,7 +271,11 @@ fn variant_name(index: usize, width: usize, assignments: &[(String, String)], se
     let mut parts = vec![format!("{index:0width$}")];
     for (key, value) in assignments {
         let last = key.rsplit('.').next().unwrap_or(key);
-        parts.push(format!("{last}={}", value.trim_matches('"')));
+        let part = format!("{last}={}", value.trim_matches('"'));
+        // Linked keys with one short name (`task.augment.copies,stages.rm.augment.copies`) say it once.
+        if !parts.contains(&part) {
+            parts.push(part);
+        }
     }
     if let Some(seed) = seed {
         parts.push(format!("seed={seed}"));
@@ -369,7 +373,7 @@ seeds = [1]
             sweep.variants[1].set_arguments(),
             ["stages.ppo.kl_coef=0.1", "task.augment.copies=2", "stages.rm.augment.copies=2", "seed=1"]
         );
-        assert_eq!(sweep.variants[1].name, "02_kl_coef=0.1_copies=2_copies=2_seed=1");
+        assert_eq!(sweep.variants[1].name, "02_kl_coef=0.1_copies=2_seed=1");
         assert_eq!(spans[1].1, spans[2].1, "linked keys point at their parameter");
     }
 }

@@ -36,7 +36,12 @@ pub const FIGURES: StageFigures = StageFigures {
     shown: &["train/loss", "rewards/accuracies"],
     logged: &["eval/rewards/accuracies", "eval/gold_score", "eval/kl"],
     step_name: "step",
-    watched: Watched { train_loss: Some("train/loss"), preference_accuracy: Some("eval/rewards/accuracies"), ..Watched::NOTHING },
+    watched: Watched {
+        train_loss: Some("train/loss"),
+        eval_loss: Some("eval/loss"),
+        preference_accuracy: Some("eval/rewards/accuracies"),
+        ..Watched::NOTHING
+    },
 };
 
 /// A DPO stage's settings: where its pairs come from, and its own keys.
