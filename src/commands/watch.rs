@@ -51,12 +51,13 @@ pub fn run(args: &WatchArgs) -> Result<()> {
         }
         stdout.flush()?;
         idle_refreshes = if running { 0 } else { idle_refreshes + 1 };
-        if !running && all_finished(&run) {
+        let stages = progress(&run);
+        if !running && all_finished(&stages) {
             writeln!(stdout, "run finished: {}", run_dir.path.display())?;
             return Ok(());
         }
         if idle_refreshes >= 2 {
-            let unfinished: Vec<String> = progress(&run).into_iter().filter(|stage| !stage.finished).map(|stage| stage.stage).collect();
+            let unfinished: Vec<String> = stages.into_iter().filter(|stage| !stage.finished).map(|stage| stage.stage).collect();
             bail!(
                 "the run is not running and has not finished (unfinished: {}): see its run.log, and continue it with `rlhf run --resume {}`",
                 unfinished.join(", "),

@@ -54,9 +54,8 @@ pub fn progress(run: &Run) -> Vec<StageProgress> {
         .collect()
 }
 
-/// Whether every stage the config lists is finished.
-pub fn all_finished(run: &Run) -> bool {
-    let stages = progress(run);
+/// Whether every stage of a run's [`progress`] is finished.
+pub fn all_finished(stages: &[StageProgress]) -> bool {
     !stages.is_empty() && stages.iter().all(|stage| stage.finished)
 }
 
@@ -123,7 +122,7 @@ fn alert_line(alert: &Alert) -> String {
 /// The terminal screen: every stage's state, the current stage's figures, the alerts.
 pub fn screen(run: &Run, alerts: &[Alert], running: bool, rates: &mut Rates) -> String {
     let stages = progress(run);
-    let state = match (running, all_finished(run)) {
+    let state = match (running, all_finished(&stages)) {
         (true, _) => "running",
         (false, true) => "finished",
         (false, false) => "not running",

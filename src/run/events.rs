@@ -78,17 +78,17 @@ impl EventLog {
     /// Samples (sample log lines, each with its `"step"`): one text per step, with a section per
     /// sample and its fields in a table.
     pub fn samples(&mut self, samples: &[Map<String, Value>]) -> Result<(), RunDirError> {
-        let mut steps: Vec<u64> = samples.iter().filter_map(|sample| sample.get("step")?.as_u64()).collect();
-        steps.dedup();
-        for step in steps {
-            let at_step: Vec<&Map<String, Value>> =
-                samples.iter().filter(|s| s.get("step").and_then(Value::as_u64) == Some(step)).collect();
-            self.samples_of_step(step, &at_step)?;
+        let step_of = |sample: &Map<String, Value>| sample.get("step").and_then(Value::as_u64);
+        // Sample logs are written step by step: a step's samples are consecutive.
+        for at_step in samples.chunk_by(|a, b| step_of(a) == step_of(b)) {
+            if let Some(step) = step_of(&at_step[0]) {
+                self.samples_of_step(step, at_step)?;
+            }
         }
         Ok(())
     }
 
-    fn samples_of_step(&mut self, step: u64, samples: &[&Map<String, Value>]) -> Result<(), RunDirError> {
+    fn samples_of_step(&mut self, step: u64, samples: &[Map<String, Value>]) -> Result<(), RunDirError> {
         let sections: Vec<String> = samples
             .iter()
             .enumerate()

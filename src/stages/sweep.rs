@@ -94,9 +94,7 @@ pub fn run_variant(
             write_sweep(dir, &record, &text)?;
         }
     }
-    let index = variant_index(&record, selector)?;
-    run_one(dir, &record, index)?;
-    Ok(SweepRecord::variant_dir(dir, &record.variants[index]))
+    run_selected(dir, &record, selector)
 }
 
 /// Continues only the variant `selector` names of the sweep in `dir`; returns its run directory.
@@ -104,9 +102,13 @@ pub fn resume_variant(dir: &Path, selector: &str) -> Result<PathBuf, SweepError>
     if !is_sweep(dir) {
         return Err(SweepError::NotASweep { path: dir.to_path_buf() });
     }
-    let record = SweepRecord::read(dir)?;
-    let index = variant_index(&record, selector)?;
-    run_one(dir, &record, index)?;
+    run_selected(dir, &SweepRecord::read(dir)?, selector)
+}
+
+/// Runs the variant `selector` names; returns its run directory.
+fn run_selected(dir: &Path, record: &SweepRecord, selector: &str) -> Result<PathBuf, SweepError> {
+    let index = variant_index(record, selector)?;
+    run_one(dir, record, index)?;
     Ok(SweepRecord::variant_dir(dir, &record.variants[index]))
 }
 
