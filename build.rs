@@ -24,17 +24,27 @@ fn compile_native(lib_dir: &std::path::Path) {
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let include = lib_dir.parent().expect("libtorch's lib/ has a parent").join("include");
     let cxx11_abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_string());
-    cc::Build::new()
-        .cpp(true)
-        .pic(true)
-        .include(&include)
-        .flag("-std=c++17")
-        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={cxx11_abi}"))
-        .flag("-DGLOG_USE_GLOG_EXPORT")
-        // libtorch's own headers warn under -Wall; our code is checked by its few lines.
-        .warnings(false)
-        .file("csrc/native.cpp")
-        .compile("rlhf_native");
+    let build = |file: &str, library: &str, extra: &dyn Fn(&mut cc::Build)| {
+        let mut build = cc::Build::new();
+        build
+            .cpp(true)
+            .pic(true)
+            .include(&include)
+            .flag("-std=c++17")
+            .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={cxx11_abi}"))
+            .flag("-DGLOG_USE_GLOG_EXPORT")
+            // libtorch's own headers warn under -Wall; our code is checked by its few lines.
+            .warnings(false)
+            .file(file);
+        extra(&mut build);
+        build.compile(library);
+    };
+    build("csrc/native.cpp", "rlhf_native", &|_| {});
+    // c10d's Gloo process group: its header is empty without USE_C10D_GLOO and includes gloo's
+    // own headers (Debian's libgloo-dev; the symbols themselves are in libtorch_cpu).
+    build("csrc/collectives.cpp", "rlhf_collectives", &|build| {
+        build.include(include.join("torch/csrc/api/include")).define("USE_C10D_GLOO", None);
+    });
 }
 
 /// `RLHF_GIT_COMMIT` (for a run's env.json): the commit the binary was built from, `-dirty` when

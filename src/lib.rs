@@ -9,6 +9,7 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod data;
+pub mod distributed;
 pub mod eval;
 pub mod label;
 pub mod model;

@@ -20,11 +20,14 @@ pub enum DeviceSpec {
 }
 
 impl DeviceSpec {
+    /// Under data parallelism each rank has its own GPUs: `cuda:i` counts from the rank's
+    /// `LOCAL_RANK` (one rank per GPU: `cuda` is GPU `LOCAL_RANK`).
     pub fn resolve(self) -> Result<Device, DeviceError> {
         match self {
-            DeviceSpec::Auto => Ok(Device::cuda_if_available()),
-            DeviceSpec::Cpu => Ok(Device::Cpu),
+            DeviceSpec::Auto if tch::Cuda::is_available() => DeviceSpec::Cuda(0).resolve(),
+            DeviceSpec::Auto | DeviceSpec::Cpu => Ok(Device::Cpu),
             DeviceSpec::Cuda(index) => {
+                let index = index + crate::distributed::world().local_rank();
                 let visible = tch::Cuda::device_count() as usize;
                 if index < visible {
                     Ok(Device::Cuda(index))

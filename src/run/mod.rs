@@ -9,6 +9,7 @@ pub mod log;
 pub mod memory;
 pub mod metrics;
 pub mod progress;
+pub mod ranks;
 pub mod sweep;
 
 use std::collections::BTreeMap;

@@ -13,6 +13,7 @@ use tch::{Kind, Reduction, Tensor};
 use super::{Reading, StageContext, StageError, StageFigures, StageSettings, Training, CHECKPOINT_DIR};
 use crate::data::chat::Message;
 use crate::data::tokenizer::{TextTokenizer, TokenizerError};
+use crate::distributed::{self, DistributedError, World};
 use crate::model::generate::{generate, GenerateOptions, Sampling};
 use crate::model::{DeviceSpec, LanguageModel, LoraSettings, Precision, Transformer};
 use crate::rng::{epoch_items, step_seed};
@@ -267,19 +268,37 @@ pub struct Batch {
     pub target_tokens: i64,
 }
 
+impl Batch {
+    /// This rank's rows of the batch (all of it in a world of one).
+    fn shard(&self, world: &World) -> Batch {
+        if world.size() == 1 {
+            return Batch { inputs: self.inputs.shallow_clone(), targets: self.targets.shallow_clone(), target_tokens: self.target_tokens };
+        }
+        let rows = world.shard(self.inputs.size()[0] as usize);
+        let narrow = |t: &Tensor| t.narrow(0, rows.start as i64, rows.len() as i64);
+        let targets = narrow(&self.targets);
+        let target_tokens = targets.ne(IGNORE).sum(Kind::Int64).int64_value(&[]);
+        Batch { inputs: narrow(&self.inputs), targets, target_tokens }
+    }
+}
+
 /// Sums token losses over all micro-batches of one optimizer step and divides by the total
 /// number of target tokens, so that k micro-batches give the same gradient as one batch k times
-/// larger (even when micro-batches hold different numbers of response tokens). Gradients are of
-/// the loss times `loss_scale` (the optimizer's, for fp16). Returns the loss.
-pub fn accumulate_gradients(transformer: &dyn Transformer, batches: &[Batch], loss_scale: f64) -> f64 {
+/// larger (even when micro-batches hold different numbers of response tokens). Under data
+/// parallelism each rank takes its rows of every micro-batch and divides by the global count, so
+/// the ranks' gradients sum to the whole batch's. Gradients are of the loss times `loss_scale`
+/// (the optimizer's, for fp16). Returns the loss (of the whole batch, on every rank).
+pub fn accumulate_gradients(transformer: &dyn Transformer, batches: &[Batch], loss_scale: f64) -> Result<f64, DistributedError> {
+    let world = distributed::world();
     let total_tokens: i64 = batches.iter().map(|b| b.target_tokens).sum::<i64>().max(1);
-    let mut loss = 0.0;
+    let mut loss = [0.0];
     for batch in batches {
-        let micro_loss = token_loss_sum(transformer, batch, true) / total_tokens as f64;
+        let micro_loss = token_loss_sum(transformer, &batch.shard(world), true) / total_tokens as f64;
         crate::model::blocks::backward(&(&micro_loss * loss_scale));
-        loss += micro_loss.double_value(&[]);
+        loss[0] += micro_loss.double_value(&[]);
     }
-    loss
+    world.all_reduce_values(&mut loss)?;
+    Ok(loss[0])
 }
 
 /// Summed cross-entropy of a batch's targets.
@@ -289,12 +308,14 @@ fn token_loss_sum(transformer: &dyn Transformer, batch: &Batch, train: bool) -> 
     logits.view([-1, vocab]).cross_entropy_loss::<Tensor>(&batch.targets.view([-1]), None, Reduction::Sum, IGNORE, 0.0)
 }
 
-/// Mean token loss over evaluation batches.
-fn evaluate(transformer: &dyn Transformer, batches: &[Batch]) -> f64 {
+/// Mean token loss over evaluation batches (each rank evaluates its rows of each).
+fn evaluate(transformer: &dyn Transformer, batches: &[Batch]) -> Result<f64, DistributedError> {
     let _no_grad = tch::no_grad_guard();
+    let world = distributed::world();
     let total_tokens: i64 = batches.iter().map(|b| b.target_tokens).sum();
-    let loss: f64 = batches.iter().map(|b| token_loss_sum(transformer, b, false).double_value(&[])).sum();
-    loss / total_tokens.max(1) as f64
+    let mut loss = [batches.iter().map(|b| token_loss_sum(transformer, &b.shard(world), false).double_value(&[])).sum()];
+    world.all_reduce_values(&mut loss)?;
+    Ok(loss[0] / total_tokens.max(1) as f64)
 }
 
 /// Where batches come from.
@@ -587,7 +608,7 @@ impl Trainer for LmTrainer<'_> {
             true => f64::NAN,
             false => self.optimizer.loss_scale(),
         };
-        let train_loss = accumulate_gradients(self.model.transformer.as_ref(), &batches, loss_scale);
+        let train_loss = accumulate_gradients(self.model.transformer.as_ref(), &batches, loss_scale)?;
         let grad_norm = self.optimizer.update(lr, self.settings.grad_clip)?;
         let tokens: i64 = batches.iter().map(|b| b.inputs.numel() as i64).sum();
         Ok(Metrics::from([
@@ -599,7 +620,7 @@ impl Trainer for LmTrainer<'_> {
     }
 
     fn evaluate(&mut self, step: u64, samples: &mut SampleLog) -> Result<Metrics, StageError> {
-        let eval_loss = evaluate(self.model.transformer.as_ref(), &self.data.eval_batches(self.settings.eval_batches));
+        let eval_loss = evaluate(self.model.transformer.as_ref(), &self.data.eval_batches(self.settings.eval_batches))?;
         write_samples(self.context, &self.model, &self.data.sample_prompts(self.settings.samples), step, samples)?;
         Ok(Metrics::from([("eval/loss".to_string(), eval_loss), ("eval/ppl".to_string(), eval_loss.exp())]))
     }
@@ -621,6 +642,7 @@ fn train(context: &StageContext, settings: &TrainSettings, objective: Objective)
             settings.seq_len
         )));
     }
+    super::check_shardable(context, "batch_size", settings.batch_size)?;
     let device = model.device();
     let data: Box<dyn BatchSource> = match objective {
         Objective::Lm => Box::new(CorpusWindows::new(context, settings, device)?),
@@ -672,7 +694,8 @@ fn write_samples(
     step: u64,
     log: &mut SampleLog,
 ) -> Result<(), StageError> {
-    if prompts.is_empty() {
+    // Only rank 0 writes samples (they are no figure the ranks share).
+    if prompts.is_empty() || !distributed::world().is_main() {
         return Ok(());
     }
     let tokenizer: &TextTokenizer = &model.tokenizer;

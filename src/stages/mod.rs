@@ -219,11 +219,27 @@ pub enum StageError {
     #[error(transparent)]
     Native(#[from] crate::native::NativeError),
     #[error(transparent)]
+    Optimizer(#[from] crate::train::optimizer::OptimizerError),
+    #[error(transparent)]
+    Distributed(#[from] crate::distributed::DistributedError),
+    #[error(transparent)]
     State(#[from] crate::train::state::StateError),
     #[error(transparent)]
     Diverged(#[from] Diverged),
     #[error("stage `{stage}`: {message}")]
     Invalid { stage: String, message: String },
+}
+
+/// Under data parallelism every rank takes a share of each batch: `key`'s batch must have at
+/// least one item per rank.
+fn check_shardable(context: &StageContext, key: &str, batch: usize) -> Result<(), StageError> {
+    let ranks = crate::distributed::world().size();
+    if batch < ranks {
+        return Err(context.invalid(format!(
+            "`{key}` = {batch} is smaller than the number of data-parallel ranks ({ranks}): each rank needs at least one item"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks every stage's sequence lengths against the contexts of its models before anything

@@ -24,6 +24,7 @@ use std::path::Path;
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
+use crate::distributed::{self, DistributedError};
 use crate::native::{self, AdamWStep, NativeError};
 
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +43,14 @@ struct Parameter {
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
     decay: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OptimizerError {
+    #[error(transparent)]
+    Native(#[from] NativeError),
+    #[error(transparent)]
+    Distributed(#[from] DistributedError),
 }
 
 pub struct AdamW {
@@ -208,7 +217,11 @@ impl AdamW {
     /// Clips the gradients to `max_norm` (0 = no clipping), takes a step at `lr` and zeroes the
     /// gradients: what every stage does once a minibatch's gradients are in. Returns the norm
     /// before clipping.
-    pub fn update(&mut self, lr: f64, max_norm: f64) -> Result<f64, NativeError> {
+    /// Under data parallelism the gradients are first summed over the ranks (each rank's loss is
+    /// its shard's share of the global batch's), so every rank takes the same step.
+    pub fn update(&mut self, lr: f64, max_norm: f64) -> Result<f64, OptimizerError> {
+        let gradients: Vec<Tensor> = self.parameters.iter().map(|p| p.value.grad()).filter(Tensor::defined).collect();
+        distributed::world().all_reduce_gradients(&gradients)?;
         let norm = self.clip_grad_norm(max_norm)?;
         self.step(lr)?;
         self.zero_grad()?;

@@ -10,10 +10,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use super::optimizer::AdamW;
+use super::optimizer::{AdamW, OptimizerError};
 use super::rollout::{response_logprobs, response_states, RolloutTokens};
 use crate::model::LanguageModel;
-use crate::native::NativeError;
 use crate::rng::step_seed;
 use crate::run::Metrics;
 
@@ -179,7 +178,7 @@ pub fn optimise(
     lr: f64,
     seed: u64,
     loss: MicroBatchLoss,
-) -> Result<Metrics, NativeError> {
+) -> Result<Metrics, OptimizerError> {
     let device = policy.device();
     let micro_size = (passes.minibatch_size / passes.grad_accum).max(1);
     let mut sums: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
