@@ -206,6 +206,18 @@ impl World {
         Ok(())
     }
 
+    /// Each rank's figures times its `weight`, summed over the ranks: the figures of the whole
+    /// batch from each rank's means over its share (`weight` = its share of the batch). Every
+    /// rank must hold the same names.
+    pub fn sum_weighted(&self, figures: crate::run::Metrics, weight: f64) -> Result<crate::run::Metrics, DistributedError> {
+        if self.group.is_none() {
+            return Ok(figures);
+        }
+        let mut values: Vec<f64> = figures.values().map(|value| value * weight).collect();
+        self.all_reduce_values(&mut values)?;
+        Ok(figures.into_keys().zip(values).collect())
+    }
+
     /// Sums gradients over the ranks, in buckets of about [`BUCKET_BYTES`] of one device and
     /// dtype each (one collective per bucket).
     pub fn all_reduce_gradients(&self, gradients: &[Tensor]) -> Result<(), DistributedError> {

@@ -15,6 +15,7 @@ use super::rl::{
 };
 use super::{check_lora, Composite, Frontier, Reading, StageContext, StageError, StageFigures, StageSettings, Training, CHECKPOINT_DIR};
 use crate::data::preferences::PreferencePair;
+use crate::distributed;
 use crate::model::{DeviceSpec, LanguageModel, LoraSettings, Precision, ReferenceModel};
 use crate::rng::epoch_items;
 use crate::run::metrics::SampleLog;
@@ -367,14 +368,23 @@ impl Trainer for DpoTrainer<'_> {
     fn step(&mut self, step: u64) -> Result<Metrics, StageError> {
         let started = std::time::Instant::now();
         let size = self.settings.batch_size;
-        let batch = epoch_items(&self.train_pairs, (step - 1) as usize * size, size, self.context.seed(), DATA_SEED);
-        let (loss, mut metrics) = self.batch_loss(&batch);
+        let global_batch = epoch_items(&self.train_pairs, (step - 1) as usize * size, size, self.context.seed(), DATA_SEED);
+        // Under data parallelism: this rank's pairs; its loss and figures, their share of the
+        // batch's means, sum over the ranks.
+        let world = distributed::world();
+        let batch = &global_batch[world.shard(size)];
+        let share = batch.len() as f64 / size as f64;
+        let (loss, metrics) = self.batch_loss(batch);
+        let loss = loss * share;
         crate::model::blocks::backward(&(&loss * self.optimizer.loss_scale()));
         let lr = self.schedule.at(step);
         let grad_norm = self.optimizer.update(lr, self.settings.grad_clip)?;
+        let mut metrics = world.sum_weighted(metrics, share)?;
+        let mut train_loss = [loss.double_value(&[])];
+        world.all_reduce_values(&mut train_loss)?;
         let seconds = started.elapsed().as_secs_f64();
         metrics.extend([
-            ("train/loss".to_string(), loss.double_value(&[])),
+            ("train/loss".to_string(), train_loss[0]),
             ("grad_norm".to_string(), grad_norm),
             ("lr".to_string(), lr),
             ("pairs_per_s".to_string(), size as f64 / seconds),
@@ -417,6 +427,7 @@ fn encode_pairs(context: &StageContext, pairs: Vec<PreferencePair>, context_leng
 }
 
 fn train(context: &StageContext, data: &PreferenceData, settings: &DpoKeys) -> Result<Metrics, StageError> {
+    super::check_shardable(context, "batch_size", settings.batch_size)?;
     let sampler = PolicySampler { reference: &settings.policy, device: settings.device, dtype: settings.dtype };
     let (train_pairs, eval_pairs) = preference_pairs(context, data, &sampler)?;
     let training = Training { lora: settings.lora.as_ref(), gradient_checkpointing: settings.gradient_checkpointing };

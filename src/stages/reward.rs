@@ -18,6 +18,7 @@ use super::preferences::{preference_pairs, PolicySampler, PreferenceData};
 use super::{Composite, Reading, StageContext, StageError, StageFigures, StageSettings, CHECKPOINT_DIR};
 use crate::data::preferences::PreferencePair;
 use crate::data::synthetic::annotators::sigmoid;
+use crate::distributed;
 use crate::model::generate::left_pad;
 use crate::model::reward::{mean_and_population_std, RewardModel, RewardNormalization};
 use crate::model::{DeviceSpec, LoraSettings, Precision};
@@ -248,11 +249,12 @@ pub fn ensemble_metrics(members: &[(Vec<f64>, Vec<f64>)]) -> Metrics {
     ])
 }
 
-/// The share of pairs the model orders as labeled, ties left out (they have no right order) as
-/// in `eval/accuracy`; `None` for a batch of ties only.
-pub fn accuracy_without_ties(chosen_wins: &[bool], ties: &[bool]) -> Option<f64> {
+/// For the share of pairs the model orders as labeled, ties left out (they have no right order)
+/// as in `eval/accuracy`: the pairs judged and those ordered right, as counts that sum over
+/// data-parallel ranks.
+pub fn judged_and_right(chosen_wins: &[bool], ties: &[bool]) -> [f64; 2] {
     let judged: Vec<bool> = chosen_wins.iter().zip(ties).filter(|(_, &tie)| !tie).map(|(&wins, _)| wins).collect();
-    (!judged.is_empty()).then(|| judged.iter().filter(|&&wins| wins).count() as f64 / judged.len() as f64)
+    [judged.len() as f64, judged.iter().filter(|&&wins| wins).count() as f64]
 }
 
 /// −log σ(−x) = log(1 + eˣ), without overflow.
@@ -434,9 +436,13 @@ impl Trainer for RewardTrainer<'_> {
         let started = Instant::now();
         let lr = self.schedule.at(step);
         tch::manual_seed(step_seed(self.context.seed(), DROPOUT_SEED, step) as i64);
-        let batch =
+        let global_batch =
             epoch_items(&self.train_pairs, (step - 1) as usize * settings.batch_size, settings.batch_size, self.context.seed(), DATA_SEED);
-        let (chosen, rejected) = score_pairs(&self.model, &batch, true)?;
+        // Under data parallelism: this rank's pairs, its loss their share of the batch's mean.
+        let world = distributed::world();
+        let batch = &global_batch[world.shard(global_batch.len())];
+        let share = batch.len() as f64 / global_batch.len() as f64;
+        let (chosen, rejected) = score_pairs(&self.model, batch, true)?;
         let device = chosen.device();
         let margins: Vec<f64> = batch.iter().map(|p| if settings.use_margin { p.margin.unwrap_or(0.0) } else { 0.0 }).collect();
         let ties: Vec<bool> = batch.iter().map(|p| p.tie).collect();
@@ -450,7 +456,7 @@ impl Trainer for RewardTrainer<'_> {
             bootstrap_ensemble_loss(&chosen, &rejected, &margins, &ties_tensor, &weights, settings.center_coef)
         } else {
             bradley_terry_loss(&chosen, &rejected, &margins, &ties_tensor, settings.center_coef)
-        };
+        } * share;
         crate::model::blocks::backward(&(&loss * self.optimizer.loss_scale()));
         let grad_norm = self.optimizer.update(lr, settings.grad_clip)?;
         if let Some(optimizer) = &mut self.ensemble_optimizer {
@@ -459,15 +465,19 @@ impl Trainer for RewardTrainer<'_> {
         }
         // The ensemble's order of a pair is its members' mean score's.
         let (chosen, rejected) = (mean_over_members(&chosen), mean_over_members(&rejected));
+        let chosen_wins: Vec<bool> = Vec::try_from(chosen.gt_tensor(&rejected).to_device(tch::Device::Cpu)).expect("1-D");
+        let [judged, right] = judged_and_right(&chosen_wins, &ties);
+        let mut sums = [loss.double_value(&[]), judged, right];
+        world.all_reduce_values(&mut sums)?;
+        let [train_loss, judged, right] = sums;
         let mut metrics = Metrics::from([
-            ("train/loss".to_string(), loss.double_value(&[])),
+            ("train/loss".to_string(), train_loss),
             ("lr".to_string(), lr),
             ("grad_norm".to_string(), grad_norm),
-            ("pairs_per_s".to_string(), batch.len() as f64 / started.elapsed().as_secs_f64()),
+            ("pairs_per_s".to_string(), global_batch.len() as f64 / started.elapsed().as_secs_f64()),
         ]);
-        let chosen_wins: Vec<bool> = Vec::try_from(chosen.gt_tensor(&rejected).to_device(tch::Device::Cpu)).expect("1-D");
-        if let Some(accuracy) = accuracy_without_ties(&chosen_wins, &ties) {
-            metrics.insert("train/accuracy".into(), accuracy);
+        if judged > 0.0 {
+            metrics.insert("train/accuracy".into(), right / judged);
         }
         Ok(metrics)
     }
@@ -490,6 +500,11 @@ impl Trainer for RewardTrainer<'_> {
 }
 
 fn train(context: &StageContext, data: &PreferenceData, settings: &RewardKeys) -> Result<Metrics, StageError> {
+    super::check_shardable(context, "batch_size", settings.batch_size)?;
+    if settings.ensemble > 1 && distributed::world().size() > 1 {
+        // Each member's loss is normalised by its bootstrap weights over the whole batch.
+        return Err(context.invalid("`ensemble` > 1 is not supported under data parallelism yet: train the ensemble in one process"));
+    }
     let dir = context.dir();
     let seed = context.seed();
     let (mut train_pairs, eval_pairs) = preference_pairs(context, data, &sampler(settings))?;
@@ -791,8 +806,8 @@ mod tests {
     #[test]
     fn training_accuracy_leaves_ties_out() {
         // right, wrong, a tie "won" and a tie "lost": 1 of the 2 judged pairs
-        assert_eq!(accuracy_without_ties(&[true, false, true, false], &[false, false, true, true]), Some(0.5));
-        assert_eq!(accuracy_without_ties(&[true, true], &[true, true]), None);
+        assert_eq!(judged_and_right(&[true, false, true, false], &[false, false, true, true]), [2.0, 1.0]);
+        assert_eq!(judged_and_right(&[true, true], &[true, true]), [0.0, 0.0]);
     }
 
     #[test]
