@@ -218,6 +218,14 @@ impl World {
         Ok(figures.into_keys().zip(values).collect())
     }
 
+    /// The mean of each figure over every rank's values (each rank holding the same names):
+    /// per-micro-batch figures of an optimisation whose micro-batches the ranks share.
+    pub fn means(&self, values: &std::collections::BTreeMap<&str, Vec<f64>>) -> Result<crate::run::Metrics, DistributedError> {
+        let mut sums: Vec<f64> = values.values().flat_map(|list| [list.iter().sum(), list.len() as f64]).collect();
+        self.all_reduce_values(&mut sums)?;
+        Ok(values.keys().zip(sums.chunks(2)).map(|(name, sum)| (name.to_string(), sum[0] / sum[1].max(1.0))).collect())
+    }
+
     /// Sums gradients over the ranks, in buckets of about [`BUCKET_BYTES`] of one device and
     /// dtype each (one collective per bucket).
     pub fn all_reduce_gradients(&self, gradients: &[Tensor]) -> Result<(), DistributedError> {

@@ -75,6 +75,46 @@ normalization_samples = 4
 
 const STAGES: [&str; 3] = ["pretrain", "sft", "rm"];
 
+/// PPO (adaptive KL, a value model) and GRPO from one run's sft and rm (`UPSTREAM`): every rank
+/// generates and scores the whole rollout, and takes one of each minibatch's two micro-batches.
+const RL_STAGES: &str = r#"
+[[stages]]
+name = "ppo"
+kind = "ppo"
+policy = "run:UPSTREAM/sft"
+reference = "run:UPSTREAM/sft"
+reward = "run:UPSTREAM/rm"
+value = "run:UPSTREAM/rm"
+iterations = 6
+rollout_batch = 8
+minibatch_size = 4
+grad_accum = 2
+ppo_epochs = 2
+max_new_tokens = 8
+adaptive_kl = true
+eval_every = 3
+eval_prompts = 4
+samples = 2
+
+[[stages]]
+name = "grpo"
+kind = "grpo"
+policy = "run:UPSTREAM/sft"
+reference = "run:UPSTREAM/sft"
+reward = "run:UPSTREAM/rm"
+iterations = 4
+rollout_batch = 8
+group_size = 4
+minibatch_size = 4
+grad_accum = 2
+updates_per_rollout = 2
+max_new_tokens = 8
+policy_lr = 1e-4
+eval_every = 2
+eval_prompts = 4
+samples = 2
+"#;
+
 fn write_experiment(dir: &Path) -> PathBuf {
     let path = dir.join("dp.toml");
     std::fs::write(&path, EXPERIMENT).unwrap();
@@ -146,7 +186,8 @@ fn two_ranks_train_as_one_process_does_and_rank_0_alone_writes() {
         succeed(rlhf().arg("run").arg(&experiment).args(["--out", "two", "--nproc", "2"]).env("TMPDIR", &scratch).current_dir(dir.path()));
     assert_eq!(stdout.lines().count(), 1, "only rank 0 prints the run directory: {stdout}");
     let ranks = dir.path().join(printed_run(&stdout));
-    assert_same_metrics(&dir.path().join(single), &ranks, &STAGES, 1e-5);
+    let upstream = dir.path().join(single);
+    assert_same_metrics(&upstream, &ranks, &STAGES, 1e-5);
     assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0, "rank 1's copy of the run directory is removed");
     assert_eq!(std::fs::read_dir(dir.path().join("two/dp")).unwrap().count(), 1, "one run directory for both ranks");
     // Written once: one sample line per evaluation (rank 1 generates none), one summary.
@@ -154,6 +195,17 @@ fn two_ranks_train_as_one_process_does_and_rank_0_alone_writes() {
     assert_eq!(samples.lines().count(), 2, "{samples}");
     let summary: Value = serde_json::from_str(&std::fs::read_to_string(ranks.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary.as_object().unwrap().len(), STAGES.len(), "{summary}");
+
+    // The RL stages from the same checkpoints (the lm/sft/reward figures above agree to 1e-5;
+    // starting PPO from two such runs would compare their rounding too).
+    let header = &EXPERIMENT[..EXPERIMENT.find("[[stages]]").unwrap()];
+    let rl = dir.path().join("rl.toml");
+    std::fs::write(&rl, format!("{header}{}", RL_STAGES.replace("UPSTREAM", upstream.to_str().unwrap()))).unwrap();
+    let single = dir.path().join(printed_run(&succeed(rlhf().arg("run").arg(&rl).args(["--out", "rl-one"]).current_dir(dir.path()))));
+    let ranks = dir
+        .path()
+        .join(printed_run(&succeed(rlhf().arg("run").arg(&rl).args(["--out", "rl-two", "--nproc", "2"]).current_dir(dir.path()))));
+    assert_same_metrics(&single, &ranks, &["ppo", "grpo"], 1e-5);
 }
 
 #[test]

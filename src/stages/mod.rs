@@ -230,13 +230,14 @@ pub enum StageError {
     Invalid { stage: String, message: String },
 }
 
-/// Under data parallelism every rank takes a share of each batch: `key`'s batch must have at
-/// least one item per rank.
-fn check_shardable(context: &StageContext, key: &str, batch: usize) -> Result<(), StageError> {
+/// Under data parallelism every rank takes a share of each batch (lm, sft, reward, dpo: of its
+/// items; the RL stages: of each minibatch's `grad_accum` micro-batches): `key` must give every
+/// rank at least one.
+fn check_shardable(context: &StageContext, key: &str, count: usize) -> Result<(), StageError> {
     let ranks = crate::distributed::world().size();
-    if batch < ranks {
+    if count < ranks {
         return Err(context.invalid(format!(
-            "`{key}` = {batch} is smaller than the number of data-parallel ranks ({ranks}): each rank needs at least one item"
+            "`{key}` = {count} is smaller than the number of data-parallel ranks ({ranks}): each rank needs at least one share of it"
         )));
     }
     Ok(())

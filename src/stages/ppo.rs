@@ -25,6 +25,7 @@ use super::rl::{
 };
 use super::{check_lora, Frontier, StageContext, StageError, StageFigures, StageSettings, Training, CHECKPOINT_DIR};
 use crate::data::synthetic::oracle::GoldOracle;
+use crate::distributed;
 use crate::model::blocks;
 use crate::model::generate::Generation;
 use crate::model::reward::{RewardModel, RewardNormalization};
@@ -689,6 +690,7 @@ impl<'a> Ppo<'a> {
         let models = &self.models;
         let policy_device = models.policy.device();
         let micro_size = settings.minibatch_size / settings.grad_accum;
+        let world = distributed::world();
         let mut sums: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
         let mut stopped_early = false;
         let mut order: Vec<i64> = (0..rollout.tokens.sequence.size()[0]).collect();
@@ -699,8 +701,11 @@ impl<'a> Ppo<'a> {
                 let mut approx_kl_sum = 0.0;
                 let policy_scale = self.policy_optimizer.loss_scale();
                 let minibatch_tokens = token_count(&rollout.tokens.response_mask.index_select(0, &Tensor::from_slice(minibatch)));
-                for micro in minibatch.chunks(micro_size) {
-                    trained_sequences += micro.len();
+                // Under data parallelism each rank takes its share of the micro-batches (every
+                // rank holds the whole rollout); the optimizer sums their gradients.
+                let micros: Vec<&[i64]> = minibatch.chunks(micro_size).collect();
+                trained_sequences += minibatch.len();
+                for micro in &micros[world.shard(micros.len())] {
                     let index = Tensor::from_slice(micro);
                     let tokens = rollout.tokens.rows(&index);
                     let mask = tokens.response_mask.to_kind(Kind::Float);
@@ -773,14 +778,16 @@ impl<'a> Ppo<'a> {
                     sums.entry("val/grad_norm").or_default().push(value_grad_norm);
                 }
                 // Stop once the policy has moved too far from the one that made the rollout.
-                let minibatch_kl = approx_kl_sum / minibatch.chunks(micro_size).len() as f64;
+                let mut approx_kl_sum = [approx_kl_sum];
+                world.all_reduce_values(&mut approx_kl_sum)?;
+                let minibatch_kl = approx_kl_sum[0] / micros.len() as f64;
                 if settings.target_approx_kl.is_some_and(|target| minibatch_kl > target) {
                     stopped_early = true;
                     break 'epochs;
                 }
             }
         }
-        let mut metrics: Metrics = sums.into_iter().map(|(name, values)| (name.to_string(), mean(&values))).collect();
+        let mut metrics = world.means(&sums)?;
         metrics.insert("policy/early_stop".into(), f64::from(u8::from(stopped_early)));
         // The policy (and a separate value model) each take a forward and a backward pass per
         // trained sequence.
@@ -974,6 +981,7 @@ impl Trainer for PpoTrainer<'_> {
 }
 
 fn train(context: &StageContext, settings: &PpoSettings) -> Result<Metrics, StageError> {
+    super::check_shardable(context, "grad_accum", settings.grad_accum)?;
     let dir = context.dir();
     let task = context.task;
     let (train_prompts, eval_prompts) = (training_prompts(context)?, evaluation_prompts(context, settings.eval_prompts)?);

@@ -572,6 +572,7 @@ fn train_group(
     algorithm: &dyn GroupAlgorithm,
     figures: &'static StageFigures,
 ) -> Result<Metrics, StageError> {
+    super::check_shardable(context, "grad_accum", keys.grad_accum)?;
     let train_prompts = training_prompts(context)?;
     let eval_prompts = evaluation_prompts(context, keys.eval_prompts)?;
     let training = Training { lora: keys.lora.as_ref(), gradient_checkpointing: keys.gradient_checkpointing };

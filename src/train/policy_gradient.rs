@@ -181,6 +181,7 @@ pub fn optimise(
 ) -> Result<Metrics, OptimizerError> {
     let device = policy.device();
     let micro_size = (passes.minibatch_size / passes.grad_accum).max(1);
+    let world = crate::distributed::world();
     let mut sums: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut order: Vec<i64> = (0..rollout.tokens.sequence.size()[0]).collect();
     for pass in 0..passes.updates_per_rollout {
@@ -188,7 +189,10 @@ pub fn optimise(
         for minibatch in order.chunks(passes.minibatch_size) {
             let denominator = passes.normaliser.denominator(&rollout.loss_mask.index_select(0, &Tensor::from_slice(minibatch)));
             let scale = optimizer.loss_scale() / denominator;
-            for micro in minibatch.chunks(micro_size) {
+            // Under data parallelism each rank takes its share of the micro-batches (every rank
+            // holds the whole rollout); the optimizer sums their gradients.
+            let micros: Vec<&[i64]> = minibatch.chunks(micro_size).collect();
+            for micro in &micros[world.shard(micros.len())] {
                 let index = Tensor::from_slice(micro);
                 let tokens = rollout.tokens.rows(&index);
                 let rows = |t: &Tensor| t.index_select(0, &index).to(device);
@@ -212,7 +216,7 @@ pub fn optimise(
             sums.entry("policy/grad_norm").or_default().push(grad_norm);
         }
     }
-    Ok(sums.into_iter().map(|(name, values)| (name.to_string(), values.iter().sum::<f64>() / values.len().max(1) as f64)).collect())
+    Ok(world.means(&sums)?)
 }
 
 const SHUFFLE_SEED: u64 = 71;
