@@ -170,10 +170,14 @@ impl World {
         self.rank == 0
     }
 
-    /// This rank's contiguous share of `count` items (the first ranks take one more when
-    /// `count` does not divide evenly).
+    /// This rank's contiguous share of `count` items (shares differ by one at most when `count`
+    /// does not divide evenly).
     pub fn shard(&self, count: usize) -> Range<usize> {
-        (count * self.rank / self.size)..(count * (self.rank + 1) / self.size)
+        self.shard_of(self.rank, count)
+    }
+
+    fn shard_of(&self, rank: usize, count: usize) -> Range<usize> {
+        (count * rank / self.size)..(count * (rank + 1) / self.size)
     }
 
     fn with_group<T>(
@@ -182,11 +186,20 @@ impl World {
         call: impl FnOnce(&Group) -> Result<T, String>,
     ) -> Result<Option<T>, DistributedError> {
         let Some(group) = &self.group else { return Ok(None) };
-        let group = group.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        call(&group).map(Some).map_err(|message| {
+        let mut group = group.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let started = std::time::Instant::now();
+        let result = call(&group);
+        group.communication.calls += 1;
+        group.communication.seconds += started.elapsed().as_secs_f64();
+        result.map(Some).map_err(|message| {
             let lost = group.lost_ranks();
             DistributedError::Lost { rank: self.rank, size: self.size, operation, lost, message }
         })
+    }
+
+    /// Collectives so far and the time spent in them (waiting for slower ranks included).
+    pub fn communication(&self) -> Communication {
+        self.group.as_ref().map_or_else(Communication::default, |group| group.lock().unwrap_or_else(|p| p.into_inner()).communication)
     }
 
     /// Sums `tensor` over the ranks, in place.
@@ -285,6 +298,35 @@ impl World {
         })
     }
 
+    /// The largest of the ranks' `value`s.
+    pub fn max(&self, value: i64) -> Result<i64, DistributedError> {
+        let values = self.all_gather(&Tensor::from_slice(&[value]))?;
+        Ok(values.iter().map(|v| v.int64_value(&[0])).max().unwrap_or(value))
+    }
+
+    /// The whole batch of `count` rows on every rank, from each rank's [`shard`](Self::shard) of
+    /// them (`rows`, its rows first; the other dimensions the same on every rank).
+    pub fn gather_rows(&self, rows: &Tensor, count: usize) -> Result<Tensor, DistributedError> {
+        if self.group.is_none() {
+            return Ok(rows.shallow_clone());
+        }
+        // All-gather takes one shape: every share padded to the largest.
+        let largest = (0..self.size).map(|rank| self.shard_of(rank, count).len()).max().unwrap_or(0) as i64;
+        let mut shape = rows.size();
+        let missing = largest - shape[0];
+        let padded = match missing {
+            0 => rows.shallow_clone(),
+            _ => {
+                shape[0] = missing;
+                Tensor::cat(&[rows, &Tensor::zeros(shape.as_slice(), (rows.kind(), rows.device()))], 0)
+            }
+        };
+        let shares = self.all_gather(&padded)?;
+        let kept: Vec<Tensor> =
+            shares.iter().enumerate().map(|(rank, share)| share.narrow(0, 0, self.shard_of(rank, count).len() as i64)).collect();
+        Ok(Tensor::cat(&kept, 0))
+    }
+
     /// Waits until every rank is here.
     pub fn barrier(&self) -> Result<(), DistributedError> {
         self.with_group("barrier", Group::barrier)?;
@@ -333,8 +375,16 @@ fn checked(message: *mut c_char) -> Result<(), String> {
     Err(text)
 }
 
+/// Collectives run and the seconds spent in them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Communication {
+    pub calls: u64,
+    pub seconds: f64,
+}
+
 /// A c10d Gloo process group and its store.
 struct Group {
+    communication: Communication,
     handle: *mut c_void,
     size: usize,
     timeout: Duration,
@@ -371,7 +421,13 @@ impl Group {
             )
         })
         .map_err(fail)?;
-        Ok(Group { handle, size: launch.size, timeout: launch.timeout, failures: std::cell::Cell::new(0) })
+        Ok(Group {
+            communication: Communication::default(),
+            handle,
+            size: launch.size,
+            timeout: launch.timeout,
+            failures: std::cell::Cell::new(0),
+        })
     }
 
     fn all_reduce_sum(&self, tensor: &Tensor) -> Result<(), String> {

@@ -6,6 +6,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::architecture::Transformer;
+use crate::distributed::{DistributedError, World};
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -77,6 +78,33 @@ impl Generation {
     }
 }
 
+impl Generation {
+    /// The whole batch's generation of `count` prompts on every rank, from each rank's rows
+    /// ([`generate_rows`] over its share): a row's padding after it stopped is what the whole
+    /// batch's generation gives it (end-of-sequence ids, mask and log-prob 0).
+    pub fn gathered(self, world: &World, count: usize) -> Result<Generation, DistributedError> {
+        if world.size() == 1 {
+            return Ok(self);
+        }
+        let (rows, width) = self.completion_ids.size2().expect("2-D completions");
+        let longest = world.max(width)?;
+        let padded = |tensor: &Tensor, value: i64| -> Tensor {
+            match longest - width {
+                0 => tensor.shallow_clone(),
+                missing => Tensor::cat(&[tensor, &tensor.new_full([rows, missing], value, (tensor.kind(), tensor.device()))], 1),
+            }
+        };
+        Ok(Generation {
+            prompt_ids: world.gather_rows(&self.prompt_ids, count)?,
+            prompt_mask: world.gather_rows(&self.prompt_mask, count)?,
+            completion_ids: world.gather_rows(&padded(&self.completion_ids, self.stop_ids[0]), count)?,
+            completion_mask: world.gather_rows(&padded(&self.completion_mask, 0), count)?,
+            logprobs: world.gather_rows(&padded(&self.logprobs, 0), count)?,
+            stop_ids: self.stop_ids,
+        })
+    }
+}
+
 /// The stop ids as a tensor on `device`.
 fn stop_tensor(stop_ids: &[i64], device: Device) -> Tensor {
     Tensor::from_slice(stop_ids).to_device(device)
@@ -110,7 +138,21 @@ pub fn generate(
     stop_ids: &[i64],
     options: &GenerateOptions,
 ) -> Result<Generation, GenerateError> {
-    if prompts.is_empty() {
+    generate_rows(model, prompts, stop_ids, options, 0..prompts.len())
+}
+
+/// [`generate`] for the rows `rows` of the batch only (a data-parallel rank's share), each row
+/// exactly as the whole batch's generation would give it: prompts are padded to the whole
+/// batch's width, and sampling draws the whole batch's random numbers and uses the rows' own.
+/// The generation holds those rows; it stops once they have all stopped.
+pub fn generate_rows(
+    model: &dyn Transformer,
+    prompts: &[Vec<i64>],
+    stop_ids: &[i64],
+    options: &GenerateOptions,
+    rows: std::ops::Range<usize>,
+) -> Result<Generation, GenerateError> {
+    if prompts.is_empty() || rows.is_empty() {
         return Err(GenerateError::NoPrompts);
     }
     let &eos_id = stop_ids.first().ok_or(GenerateError::NoStopIds)?;
@@ -128,6 +170,9 @@ pub fn generate(
     let _no_grad = tch::no_grad_guard();
     let device = model.device();
     let (prompt_ids, prompt_mask) = left_pad(&prompts, eos_id, device);
+    let noise_rows = NoiseRows { total: prompts.len() as i64, first: rows.start as i64 };
+    let narrow = |t: Tensor| if rows.len() == prompts.len() { t } else { t.narrow(0, rows.start as i64, rows.len() as i64) };
+    let (prompt_ids, prompt_mask) = (narrow(prompt_ids), narrow(prompt_mask));
     let (batch, prompt_width) = prompt_ids.size2().expect("2-D prompts");
     let _threads = super::threads::for_generation(device, batch, model.config().hidden_size());
 
@@ -148,7 +193,7 @@ pub fn generate(
             None => model.forward(&sequence, Some(&attention_mask), None, false),
         };
         let logits = model.logits(&hidden.select(1, -1)).to_kind(Kind::Float);
-        let (next, logprob) = choose(&logits, &options.sampling);
+        let (next, logprob) = choose(&logits, &options.sampling, noise_rows);
         let next = next.where_self(&finished.logical_not(), &Tensor::from(eos_id).to(device));
         alive_masks.push(finished.logical_not().to_kind(Kind::Int64));
         chosen_logprobs.push(logprob.masked_fill(&finished, 0.0));
@@ -189,8 +234,16 @@ fn check_sampling(sampling: &Sampling) -> Result<(), GenerateError> {
     Ok(())
 }
 
+/// Which rows of the whole batch a generation computes: sampling draws random numbers for all
+/// `total` rows and takes those from `first` on.
+#[derive(Debug, Clone, Copy)]
+struct NoiseRows {
+    total: i64,
+    first: i64,
+}
+
 /// Picks one token per row from `[B, vocab]` float logits: `(ids [B], logprobs [B])`.
-fn choose(logits: &Tensor, sampling: &Sampling) -> (Tensor, Tensor) {
+fn choose(logits: &Tensor, sampling: &Sampling, rows: NoiseRows) -> (Tensor, Tensor) {
     match *sampling {
         Sampling::Greedy => {
             let next = logits.argmax(-1, false);
@@ -207,7 +260,13 @@ fn choose(logits: &Tensor, sampling: &Sampling) -> (Tensor, Tensor) {
             if let Some(p) = top_p.filter(|&p| p < 1.0) {
                 filtered = keep_top_p(&filtered, p);
             }
-            let next = filtered.softmax(-1, Kind::Float).multinomial(1, false);
+            // What `multinomial(1, false)` computes — argmax(p / q), q ~ Exp(1) drawn as
+            // `empty_like(p).exponential_(1)` (ATen's Distributions.cpp) — with q drawn for the
+            // whole batch, so that a row's draw does not depend on which rows are computed here.
+            let probs = filtered.softmax(-1, Kind::Float);
+            let (batch, vocab) = probs.size2().expect("2-D probabilities");
+            let noise = Tensor::empty([rows.total, vocab], (Kind::Float, probs.device())).exponential_(1.0).narrow(0, rows.first, batch);
+            let next = (probs / noise).argmax(-1, true);
             let logprob = logprobs.gather(1, &next, false).squeeze_dim(1);
             (next.squeeze_dim(1), logprob)
         }

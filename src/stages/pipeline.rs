@@ -117,7 +117,20 @@ pub fn run_experiment(experiment: &Experiment, run: &RunDir, selection: &Selecti
         tracing::info!(stage = stage.name, kind = stage.kind, "stage starts");
         let context = StageContext { experiment, stage_index, run, task: &task, tokenizer: &tokenizer, resume: selection.resume };
         let memory = StagePeak::start();
+        let world = crate::distributed::world();
+        let communication = world.communication();
         let mut figures = stage.settings.run(&context)?;
+        if world.size() > 1 {
+            let now = world.communication();
+            let seconds = format!("{:.3}", now.seconds - communication.seconds);
+            tracing::info!(
+                stage = stage.name,
+                rank = world.rank(),
+                collectives = now.calls - communication.calls,
+                seconds,
+                "communication"
+            );
+        }
         let peak = memory.peak();
         let devices: Vec<tch::Device> = stage.settings.devices().into_iter().filter_map(|(_, device)| device.resolve().ok()).collect();
         memory::note_unmeasured_cuda(&stage.name, &devices);

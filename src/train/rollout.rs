@@ -9,7 +9,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::synthetic::GoldOracle;
 use crate::data::tokenizer::{TextTokenizer, TokenizerError};
-use crate::model::generate::{generate, left_pad, GenerateError, GenerateOptions, Generation, Sampling};
+use crate::distributed::{self, DistributedError};
+use crate::model::generate::{generate_rows, left_pad, GenerateError, GenerateOptions, Generation, Sampling};
 use crate::model::reward::{RewardModel, RewardNormalization};
 use crate::model::{LanguageModel, ReferenceModel, Transformer};
 use crate::rng::step_seed;
@@ -21,6 +22,8 @@ pub enum RolloutError {
     Tokenizer(#[from] TokenizerError),
     #[error(transparent)]
     Generate(#[from] GenerateError),
+    #[error(transparent)]
+    Distributed(#[from] DistributedError),
 }
 
 /// How responses are sampled, and at which temperature their log-probs are read.
@@ -47,7 +50,12 @@ pub fn sample_responses(
         seed: Some(seed),
         use_kv_cache: true,
     };
-    let generation = generate(policy.transformer.as_ref(), &encoded, tokenizer.stop_ids(), &options)?;
+    // Under data parallelism each rank samples its share of the prompts (each response as one
+    // process would sample it) and every rank gets the whole batch back.
+    let world = distributed::world();
+    let rows = if encoded.len() >= world.size() { world.shard(encoded.len()) } else { 0..encoded.len() };
+    let generation = generate_rows(policy.transformer.as_ref(), &encoded, tokenizer.stop_ids(), &options, rows.clone())?;
+    let generation = if rows.len() < encoded.len() { generation.gathered(world, encoded.len())? } else { generation };
     Ok((encoded, generation))
 }
 
