@@ -3,7 +3,7 @@
 
 mod common;
 
-use rlhf_lab::model::generate::{generate, GenerateOptions, Sampling};
+use rlhf_lab::model::generate::{generate, generate_rows, GenerateOptions, Sampling};
 use rlhf_lab::model::{LanguageModel, Precision};
 use rlhf_lab::stages::lm::{accumulate_gradients, masked_batch, Batch, Example, IGNORE};
 use rlhf_lab::train::optimizer::{AdamW, AdamWConfig};
@@ -123,4 +123,37 @@ fn sampling_is_reproducible_with_a_seed() {
     };
     assert_eq!(sample(1), sample(1));
     assert_ne!(sample(1), sample(2));
+}
+
+/// A data-parallel rank generates only its rows of a batch: each row must be what the whole
+/// batch's generation samples for it (same padding, same random numbers), and its stopping must
+/// not wait for rows it does not compute.
+#[test]
+fn generating_some_rows_samples_them_as_the_whole_batch_does() {
+    let model = tiny_model(4);
+    let prompts = vec![vec![5, 6], vec![9], vec![3, 4, 5, 6], vec![7], vec![8, 8]];
+    let options = GenerateOptions {
+        max_new_tokens: 10,
+        sampling: Sampling::Sample { temperature: 1.0, top_k: Some(50), top_p: Some(0.95) },
+        seed: Some(3),
+        use_kv_cache: true,
+    };
+    let whole = generate(model.transformer.as_ref(), &prompts, &[0], &options).unwrap();
+    let whole_ids = Vec::<Vec<i64>>::try_from(&whole.completion_ids).unwrap();
+    let whole_logprobs = Vec::<Vec<f32>>::try_from(&whole.logprobs).unwrap();
+    for rows in [0..2, 2..5, 4..5] {
+        let part = generate_rows(model.transformer.as_ref(), &prompts, &[0], &options, rows.clone()).unwrap();
+        assert_eq!(part.completions(), whole.completions()[rows.clone()], "rows {rows:?}");
+        assert_eq!(part.prompt_ids.size()[1], whole.prompt_ids.size()[1], "padded to the whole batch's width");
+        let ids = Vec::<Vec<i64>>::try_from(&part.completion_ids).unwrap();
+        let logprobs = Vec::<Vec<f32>>::try_from(&part.logprobs).unwrap();
+        for (row, (ids, logprobs)) in rows.clone().zip(ids.iter().zip(&logprobs)) {
+            assert_eq!(ids[..], whole_ids[row][..ids.len()], "row {row}");
+            for (a, b) in logprobs.iter().zip(&whole_logprobs[row]) {
+                assert!((a - b).abs() < 1e-5, "row {row}: {a} vs {b}");
+            }
+            // Tokens the part did not generate come after every one of its rows stopped.
+            assert!(whole_ids[row][ids.len()..].iter().all(|&id| id == 0), "row {row} stopped within the part");
+        }
+    }
 }
