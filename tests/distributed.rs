@@ -1,5 +1,5 @@
 //! Data parallelism on this machine's CPU: two ranks against one process with the same global
-//! batch (every figure within 1e-5 relative), launched by `rlhf run --nproc 2`, by `torchrun`
+//! batch (every figure within 1e-5 relative; RL figures near zero within 1e-6 absolute), launched by `rlhf run --nproc 2`, by `torchrun`
 //! from the venv and by hand with torchrun's variables; rank 0 alone writes the run directory;
 //! a rank killed or stopped mid-run makes the other fail naming it; a two-rank run resumed by one
 //! process ends as an uninterrupted one. The collectives themselves (bucketed gradient sums,
@@ -75,8 +75,8 @@ normalization_samples = 4
 
 const STAGES: [&str; 3] = ["pretrain", "sft", "rm"];
 
-/// PPO (adaptive KL, a value model) and GRPO from one run's sft and rm (`UPSTREAM`): every rank
-/// generates and scores the whole rollout, and takes one of each minibatch's two micro-batches.
+/// PPO (adaptive KL, a value model) and GRPO from one run's sft and rm (`UPSTREAM`): each rank
+/// samples and scores half of each rollout and takes one of each minibatch's two micro-batches.
 const RL_STAGES: &str = r#"
 [[stages]]
 name = "ppo"
@@ -145,9 +145,10 @@ fn metric_lines(stage_dir: &Path) -> Vec<BTreeMap<String, Value>> {
     text.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
 }
 
-/// Every metric of every stage equal within `tolerance` relative (wall-clock rates and memory
-/// figures left out), and the same names at the same steps.
-fn assert_same_metrics(expected: &Path, actual: &Path, stages: &[&str], tolerance: f64) {
+/// Every metric of every stage equal within `tolerance` relative — or, for a figure near zero,
+/// within `floor` absolute — (wall-clock rates and memory figures left out), and the same names
+/// at the same steps.
+fn assert_same_metrics(expected: &Path, actual: &Path, stages: &[&str], tolerance: f64, floor: f64) {
     for stage in stages {
         let (want, got) = (metric_lines(&expected.join(stage)), metric_lines(&actual.join(stage)));
         assert_eq!(want.len(), got.len(), "{stage}: number of metric lines");
@@ -165,7 +166,7 @@ fn assert_same_metrics(expected: &Path, actual: &Path, stages: &[&str], toleranc
                 };
                 let relative = (a - b).abs() / a.abs().max(1e-30);
                 assert!(
-                    relative <= tolerance,
+                    relative <= tolerance || (a - b).abs() <= floor,
                     "{stage} step {} {name}: {a} (one process) vs {b} (two ranks): {relative:e} relative",
                     want["step"]
                 );
@@ -187,7 +188,7 @@ fn two_ranks_train_as_one_process_does_and_rank_0_alone_writes() {
     assert_eq!(stdout.lines().count(), 1, "only rank 0 prints the run directory: {stdout}");
     let ranks = dir.path().join(printed_run(&stdout));
     let upstream = dir.path().join(single);
-    assert_same_metrics(&upstream, &ranks, &STAGES, 1e-5);
+    assert_same_metrics(&upstream, &ranks, &STAGES, 1e-5, 0.0);
     assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0, "rank 1's copy of the run directory is removed");
     assert_eq!(std::fs::read_dir(dir.path().join("two/dp")).unwrap().count(), 1, "one run directory for both ranks");
     // Written once: one sample line per evaluation (rank 1 generates none), one summary.
@@ -205,7 +206,17 @@ fn two_ranks_train_as_one_process_does_and_rank_0_alone_writes() {
     let ranks = dir
         .path()
         .join(printed_run(&succeed(rlhf().arg("run").arg(&rl).args(["--out", "rl-two", "--nproc", "2"]).current_dir(dir.path()))));
-    assert_same_metrics(&single, &ranks, &["ppo", "grpo"], 1e-5);
+    // Each rank scores its rows in a batch of its own shape, which rounds log-probs differently
+    // (~1e-7 each): KL figures near 0 (objective/kl ~1e-3, policy/approxkl ~1e-7) differ by as
+    // much absolutely, however small relatively. The samples are the same.
+    assert_same_metrics(&single, &ranks, &["ppo", "grpo"], 1e-5, 1e-6);
+    for stage in ["ppo", "grpo"] {
+        let samples = |run: &Path| std::fs::read_to_string(run.join(stage).join("samples.jsonl")).unwrap();
+        let completions = |text: String| -> Vec<Value> {
+            text.lines().map(|line| serde_json::from_str::<Value>(line).unwrap()["completion"].clone()).collect()
+        };
+        assert_eq!(completions(samples(&single)), completions(samples(&ranks)), "{stage}: sampled responses");
+    }
 }
 
 #[test]
@@ -224,7 +235,7 @@ fn torchrun_launches_the_ranks() {
             .current_dir(dir.path()),
     );
     let ranks = dir.path().join(printed_run(&stdout));
-    assert_same_metrics(&dir.path().join(single), &ranks, &["pretrain", "sft"], 1e-5);
+    assert_same_metrics(&dir.path().join(single), &ranks, &["pretrain", "sft"], 1e-5, 0.0);
 }
 
 /// Starts rank `rank` of 2 by hand, with torchrun's variables.
@@ -334,7 +345,7 @@ fn a_two_rank_run_resumes_in_one_process() {
     let run = std::fs::read_dir(dir.path().join("two/dp")).unwrap().next().unwrap().unwrap().path();
     assert_eq!(metric_lines(&run.join("sft")).len(), 5, "stopped in the middle of sft");
     succeed(rlhf().arg("run").arg("--resume").arg(&run).current_dir(dir.path()));
-    assert_same_metrics(&dir.path().join(single), &run, &STAGES, 1e-5);
+    assert_same_metrics(&dir.path().join(single), &run, &STAGES, 1e-5, 0.0);
 }
 
 #[test]

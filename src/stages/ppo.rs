@@ -37,7 +37,7 @@ use crate::train::alerts::Watched;
 use crate::train::optimizer::{AdamW, AdamWConfig};
 pub use crate::train::rollout::Scorer;
 use crate::train::rollout::{
-    response_logprobs, response_states, sample_and_score, sample_responses, Decoding, Judges, PolicyLogprobs, RolloutTokens,
+    gather_rows, response_logprobs, response_states, sample_and_score, sample_responses, Decoding, Judges, PolicyLogprobs, RolloutTokens,
 };
 use crate::train::schedule::{LrSchedule, Schedule};
 use crate::train::stage_loop::{self, LoopSettings, Trainer};
@@ -651,9 +651,11 @@ impl<'a> Ppo<'a> {
         timings.scoring += scored.seconds.1;
         let started = Instant::now();
         let _no_grad = tch::no_grad_guard();
+        // Each rank's values of its rows (a shared head reads the states of those only).
+        let own_values = models.values(&scored.own_tokens(), scored.policy_states.as_ref()).to_device(Device::Cpu);
         let tokens = scored.tokens;
         let mask = tokens.response_mask.to_kind(Kind::Float);
-        let values = models.values(&tokens, scored.policy_states.as_ref()).to_device(Device::Cpu) * &mask;
+        let values = gather_rows(&scored.rows, own_values, prompts.len())? * &mask;
 
         let normalization = self.normalization;
         let normalised = (scored.raw_scores.expect("a reward judge") - normalization.mean) / normalization.std;

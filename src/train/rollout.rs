@@ -2,6 +2,7 @@
 //! with the KV cache, the token layout of prompt and response, log-probs of the responses under
 //! a model, scorers, and the figures and per-response records of a held-out evaluation.
 
+use std::ops::Range;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -52,10 +53,9 @@ pub fn sample_responses(
     };
     // Under data parallelism each rank samples its share of the prompts (each response as one
     // process would sample it) and every rank gets the whole batch back.
-    let world = distributed::world();
-    let rows = if encoded.len() >= world.size() { world.shard(encoded.len()) } else { 0..encoded.len() };
+    let rows = shared_rows(encoded.len());
     let generation = generate_rows(policy.transformer.as_ref(), &encoded, tokenizer.stop_ids(), &options, rows.clone())?;
-    let generation = if rows.len() < encoded.len() { generation.gathered(world, encoded.len())? } else { generation };
+    let generation = if rows.len() < encoded.len() { generation.gathered(distributed::world(), encoded.len())? } else { generation };
     Ok((encoded, generation))
 }
 
@@ -241,9 +241,11 @@ pub struct ScoredRollout {
     pub encoded_prompts: Vec<Vec<i64>>,
     /// The responses as text, without end-of-text.
     pub responses: Vec<String>,
-    /// The policy's hidden states at the response positions (on its device; a shared value
-    /// head reads them), when its log-probs were recomputed.
+    /// The policy's hidden states at the response positions of this rank's `rows` (on its
+    /// device; a shared value head reads them), when its log-probs were recomputed.
     pub policy_states: Option<Tensor>,
+    /// The rows this rank scored: all of them in one process, its share under data parallelism.
+    pub rows: Range<usize>,
     /// `[B, T]` the policy's log-probs (CPU, masked to the response).
     pub logprobs: Tensor,
     /// `[B, T]` (CPU, masked) with a reference judge.
@@ -257,7 +259,36 @@ pub struct ScoredRollout {
     pub seconds: (f64, f64),
 }
 
+/// The rows of a batch of `count` this rank computes: its share under data parallelism (all of
+/// them when the batch has fewer rows than there are ranks).
+pub fn shared_rows(count: usize) -> Range<usize> {
+    let world = distributed::world();
+    if count >= world.size() {
+        world.shard(count)
+    } else {
+        0..count
+    }
+}
+
+/// `rows` as an index tensor.
+pub fn row_index(rows: &Range<usize>) -> Tensor {
+    Tensor::arange_start(rows.start as i64, rows.end as i64, (Kind::Int64, Device::Cpu))
+}
+
+/// The whole batch of `count` rows from each rank's `rows` of it ([`shared_rows`]).
+pub fn gather_rows(rows: &Range<usize>, own: Tensor, count: usize) -> Result<Tensor, DistributedError> {
+    if rows.len() == count {
+        return Ok(own);
+    }
+    distributed::world().gather_rows(&own, count)
+}
+
 impl ScoredRollout {
+    /// The tokens of this rank's [`rows`](Self::rows).
+    pub fn own_tokens(&self) -> RolloutTokens {
+        self.tokens.rows(&row_index(&self.rows))
+    }
+
     /// Σ (log π − log π_ref) of each response, with a reference judge.
     pub fn sequence_kl(&self) -> Option<Tensor> {
         self.reference_logprobs.as_ref().map(|reference| (&self.logprobs - reference).sum_dim_intlist(1, false, Kind::Double))
@@ -292,26 +323,37 @@ pub fn sample_and_score(
     let _no_grad = tch::no_grad_guard();
     let started = Instant::now();
     let tokens = RolloutTokens::new(&generation);
-    let mask = tokens.response_mask.to_kind(Kind::Float);
+    // Under data parallelism each rank scores its share of the rows and every rank gets the
+    // whole batch's scores back.
+    let rows = shared_rows(prompts.len());
+    let own_tokens = tokens.rows(&row_index(&rows));
+    let gather = |scores: Tensor| gather_rows(&rows, scores, prompts.len());
+    let own_mask = own_tokens.response_mask.to_kind(Kind::Float);
     let logprobs_of = |model: &dyn Transformer, states: &Tensor| {
-        response_logprobs(model, states, &tokens, decoding.temperature, false).0.to_device(Device::Cpu) * &mask
+        gather(response_logprobs(model, states, &own_tokens, decoding.temperature, false).0.to_device(Device::Cpu) * &own_mask)
     };
     let (policy_states, logprobs) = match policy_logprobs {
         PolicyLogprobs::Recomputed => {
-            let states = response_states(policy.transformer.as_ref(), &tokens);
-            let logprobs = logprobs_of(policy.transformer.as_ref(), &states);
+            let states = response_states(policy.transformer.as_ref(), &own_tokens);
+            let logprobs = logprobs_of(policy.transformer.as_ref(), &states)?;
             (Some(states), logprobs)
         }
-        PolicyLogprobs::Sampled => (None, generation.logprobs.to_device(Device::Cpu).to_kind(Kind::Float) * &mask),
+        PolicyLogprobs::Sampled => {
+            (None, generation.logprobs.to_device(Device::Cpu).to_kind(Kind::Float) * tokens.response_mask.to_kind(Kind::Float))
+        }
     };
-    let reference_logprobs = judges.reference.map(|reference| {
-        reference.with(policy, |model| {
-            let transformer = model.transformer.as_ref();
-            logprobs_of(transformer, &response_states(transformer, &tokens))
+    let reference_logprobs = judges
+        .reference
+        .map(|reference| {
+            reference.with(policy, |model| {
+                let transformer = model.transformer.as_ref();
+                logprobs_of(transformer, &response_states(transformer, &own_tokens))
+            })
         })
-    });
+        .transpose()?;
     let completions = generation.completions();
-    let raw_scores = judges.reward.map(|reward| reward.score(&encoded_prompts, &completions));
+    let raw_scores =
+        judges.reward.map(|reward| gather(reward.score(&encoded_prompts[rows.clone()], &completions[rows.clone()]))).transpose()?;
     let responses: Vec<String> = completions.iter().map(|ids| policy.tokenizer.decode(ids)).collect();
     let gold = judges.oracle.map(|oracle| prompts.iter().zip(&responses).map(|(p, r)| oracle.score(p, r).total).collect());
     Ok(ScoredRollout {
@@ -321,6 +363,7 @@ pub fn sample_and_score(
         encoded_prompts,
         responses,
         policy_states,
+        rows,
         logprobs,
         reference_logprobs,
         raw_scores,
