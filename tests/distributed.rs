@@ -75,7 +75,8 @@ normalization_samples = 4
 
 const STAGES: [&str; 3] = ["pretrain", "sft", "rm"];
 
-/// PPO (adaptive KL, a value model) and GRPO from one run's sft and rm (`UPSTREAM`): each rank
+/// PPO (adaptive KL, a value model), GRPO and RLOO (one update per rollout: the sampler's own
+/// log-probs) from one run's sft and rm (`UPSTREAM`): each rank
 /// samples and scores half of each rollout and takes one of each minibatch's two micro-batches.
 const RL_STAGES: &str = r#"
 [[stages]]
@@ -108,6 +109,23 @@ group_size = 4
 minibatch_size = 4
 grad_accum = 2
 updates_per_rollout = 2
+max_new_tokens = 8
+policy_lr = 1e-4
+eval_every = 2
+eval_prompts = 4
+samples = 2
+
+[[stages]]
+name = "rloo"
+kind = "rloo"
+policy = "run:UPSTREAM/sft"
+reference = "run:UPSTREAM/sft"
+reward = "gold"
+iterations = 4
+rollout_batch = 8
+k = 2
+minibatch_size = 8
+grad_accum = 2
 max_new_tokens = 8
 policy_lr = 1e-4
 eval_every = 2
@@ -209,8 +227,8 @@ fn two_ranks_train_as_one_process_does_and_rank_0_alone_writes() {
     // Each rank scores its rows in a batch of its own shape, which rounds log-probs differently
     // (~1e-7 each): KL figures near 0 (objective/kl ~1e-3, policy/approxkl ~1e-7) differ by as
     // much absolutely, however small relatively. The samples are the same.
-    assert_same_metrics(&single, &ranks, &["ppo", "grpo"], 1e-5, 1e-6);
-    for stage in ["ppo", "grpo"] {
+    assert_same_metrics(&single, &ranks, &["ppo", "grpo", "rloo"], 1e-5, 1e-6);
+    for stage in ["ppo", "grpo", "rloo"] {
         let samples = |run: &Path| std::fs::read_to_string(run.join(stage).join("samples.jsonl")).unwrap();
         let completions = |text: String| -> Vec<Value> {
             text.lines().map(|line| serde_json::from_str::<Value>(line).unwrap()["completion"].clone()).collect()
@@ -250,7 +268,7 @@ fn start_rank(rank: usize, port: u16, dir: &Path, experiment: &Path, timeout_s: 
             ("WORLD_SIZE", "2".to_string()),
             ("MASTER_ADDR", "127.0.0.1".to_string()),
             ("MASTER_PORT", port.to_string()),
-            ("RLHF_DIST_TIMEOUT", timeout_s.to_string()),
+            (distributed::TIMEOUT_VARIABLE, timeout_s.to_string()),
         ])
         .current_dir(dir)
         .stdout(Stdio::null())
@@ -346,6 +364,46 @@ fn a_two_rank_run_resumes_in_one_process() {
     assert_eq!(metric_lines(&run.join("sft")).len(), 5, "stopped in the middle of sft");
     succeed(rlhf().arg("run").arg("--resume").arg(&run).current_dir(dir.path()));
     assert_same_metrics(&dir.path().join(single), &run, &STAGES, 1e-5, 0.0);
+}
+
+/// What `srun --ntasks 2` gives each task (Slurm is not installed here; its variables are what
+/// the ranks read): the rendezvous on the launching node, the port from MASTER_PORT.
+#[test]
+fn slurm_step_variables_launch_the_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let experiment = write_experiment(dir.path());
+    let only = ["--only", "pretrain"];
+    let single = printed_run(&succeed(rlhf().arg("run").arg(&experiment).args(["--out", "one"]).args(only).current_dir(dir.path())));
+    let port = free_port().to_string();
+    let tasks: Vec<Child> = (0..2)
+        .map(|task| {
+            rlhf()
+                .arg("run")
+                .arg(&experiment)
+                .args(["--out", "two"])
+                .args(only)
+                .envs([
+                    ("SLURM_PROCID", task.to_string()),
+                    ("SLURM_LOCALID", task.to_string()),
+                    ("SLURM_STEP_NUM_TASKS", "2".to_string()),
+                    ("SLURM_JOB_ID", "4242".to_string()),
+                    ("SLURM_LAUNCH_NODE_IPADDR", "127.0.0.1".to_string()),
+                    ("MASTER_PORT", port.clone()),
+                ])
+                .current_dir(dir.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<_> = tasks.into_iter().map(|task| task.wait_with_output().unwrap()).collect();
+    for (task, output) in outputs.iter().enumerate() {
+        assert!(output.status.success(), "task {task}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    assert!(outputs[1].stdout.is_empty(), "only rank 0 prints the run directory");
+    let ranks = dir.path().join(printed_run(&String::from_utf8_lossy(&outputs[0].stdout)));
+    assert_same_metrics(&dir.path().join(single), &ranks, &["pretrain"], 1e-5, 0.0);
 }
 
 #[test]
