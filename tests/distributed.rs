@@ -1,9 +1,10 @@
 //! Data parallelism on this machine's CPU: two ranks against one process with the same global
-//! batch (every figure within 1e-5 relative; RL figures near zero within 1e-6 absolute), launched by `rlhf run --nproc 2`, by `torchrun`
-//! from the venv and by hand with torchrun's variables; rank 0 alone writes the run directory;
-//! a rank killed or stopped mid-run makes the other fail naming it; a two-rank run resumed by one
-//! process ends as an uninterrupted one. The collectives themselves (bucketed gradient sums,
-//! broadcast, all-gather, barrier) are checked between two processes of this test binary.
+//! batch (every figure within 1e-5 relative; RL figures near zero within 1e-6 absolute), launched
+//! by `rlhf run --nproc 2`, by `torchrun` from the venv, with srun's variables and by hand with
+//! torchrun's; rank 0 alone writes the run directory; a rank killed or stopped mid-run makes the
+//! other fail naming it; a run resumed with another number of ranks (2 → 1, 1 → 2) ends as an
+//! uninterrupted one. The collectives themselves (bucketed gradient sums, broadcast, all-gather,
+//! barrier) are checked between two processes of this test binary.
 
 mod common;
 
@@ -344,26 +345,27 @@ fn a_hung_rank_makes_the_other_exit_after_the_timeout() {
 }
 
 #[test]
-fn a_two_rank_run_resumes_in_one_process() {
+fn a_run_resumes_with_another_number_of_ranks() {
     let dir = tempfile::tempdir().unwrap();
     let experiment = write_experiment(dir.path());
-    let single = printed_run(&succeed(rlhf().arg("run").arg(&experiment).args(["--out", "one"]).current_dir(dir.path())));
-    // Both ranks abort (as kill -9 would) once the state of sft's step 5 is saved.
-    let output = rlhf()
-        .arg("run")
-        .arg(&experiment)
-        .args(["--out", "two", "--nproc", "2"])
-        .env("RLHF_TEST_ABORT_AT", "sft:5:saved")
-        // Rank 1's copy of the run is left behind by the abort: here, not in /tmp.
-        .env("TMPDIR", dir.path())
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let run = std::fs::read_dir(dir.path().join("two/dp")).unwrap().next().unwrap().unwrap().path();
-    assert_eq!(metric_lines(&run.join("sft")).len(), 5, "stopped in the middle of sft");
-    succeed(rlhf().arg("run").arg("--resume").arg(&run).current_dir(dir.path()));
-    assert_same_metrics(&dir.path().join(single), &run, &STAGES, 1e-5, 0.0);
+    let single = dir.path().join(printed_run(&succeed(rlhf().arg("run").arg(&experiment).args(["--out", "one"]).current_dir(dir.path()))));
+    // Stopped by an abort (as kill -9 would) once the state of sft's step 5 is saved — on every
+    // rank — then resumed with the other number of ranks.
+    for (out, started, resumed) in [("two-then-one", Some("2"), None), ("one-then-two", None, Some("2"))] {
+        let mut first = rlhf();
+        first.arg("run").arg(&experiment).args(["--out", out]);
+        first.args(started.map(|n| ["--nproc", n]).iter().flatten());
+        // A rank's private copy of the run is left behind by the abort: here, not in /tmp.
+        let output = first.env("RLHF_TEST_ABORT_AT", "sft:5:saved").env("TMPDIR", dir.path()).current_dir(dir.path()).output().unwrap();
+        assert!(!output.status.success(), "{out}");
+        let run = std::fs::read_dir(dir.path().join(out).join("dp")).unwrap().next().unwrap().unwrap().path();
+        assert_eq!(metric_lines(&run.join("sft")).len(), 5, "{out}: stopped in the middle of sft");
+        let mut resume = rlhf();
+        resume.arg("run").arg("--resume").arg(&run);
+        resume.args(resumed.map(|n| ["--nproc", n]).iter().flatten());
+        succeed(resume.current_dir(dir.path()));
+        assert_same_metrics(&single, &run, &STAGES, 1e-5, 0.0);
+    }
 }
 
 /// What `srun --ntasks 2` gives each task (Slurm is not installed here; its variables are what
