@@ -17,7 +17,8 @@ use rlhf_lab::distributed::{self, Launch, World};
 use serde_json::Value;
 use tch::{Kind, Tensor};
 
-/// lm → sft → reward, without dropout (a rank's dropout masks are its own), one thread a rank.
+/// lm → sft → reward (one head, and an ensemble of three), without dropout (a rank's dropout masks
+/// are its own), one thread a rank.
 const EXPERIMENT: &str = r#"name = "dp"
 seed = 7
 threads = 1
@@ -72,9 +73,21 @@ steps = 6
 batch_size = 4
 eval_every = 3
 normalization_samples = 4
+
+[[stages]]
+name = "ensemble"
+kind = "reward"
+init = "sft"
+ensemble = 3
+pairs = 32
+eval_pairs = 8
+steps = 4
+batch_size = 4
+eval_every = 2
+normalization_samples = 4
 "#;
 
-const STAGES: [&str; 3] = ["pretrain", "sft", "rm"];
+const STAGES: [&str; 4] = ["pretrain", "sft", "rm", "ensemble"];
 
 /// PPO (adaptive KL, a value model), GRPO and RLOO (one update per rollout: the sampler's own
 /// log-probs) from one run's sft and rm (`UPSTREAM`): each rank

@@ -185,22 +185,39 @@ fn centring(chosen: &Tensor, rejected: &Tensor, center_coef: f64) -> Tensor {
     (chosen + rejected).square().mean(Kind::Float) * center_coef
 }
 
+/// The bootstrap weights of an ensemble's pairs: `own` `[n, K]` for the n pairs scored here,
+/// `totals` `[K]` each member's over the whole batch, and the share of the batch's pairs the n
+/// are — all of it in one process, a rank's part under data parallelism.
+pub struct BootstrapWeights {
+    pub own: Tensor,
+    pub totals: Tensor,
+    pub share: f64,
+}
+
+impl BootstrapWeights {
+    /// The weights of a whole batch.
+    pub fn whole(weights: Tensor) -> Self {
+        BootstrapWeights { totals: weights.sum_dim_intlist(0, false, Kind::Float), own: weights, share: 1.0 }
+    }
+}
+
 /// The loss of an ensemble's scores `[n, K]`: member k's Bradley–Terry loss over the pairs,
 /// pair i counted `weights[i, k]` times — its bootstrap resample — as Σ w ℓ / max(Σ w, 1), averaged
-/// over the members; plus the centring penalty on the members' mean scores.
+/// over the members; plus the centring penalty on the members' mean scores. For a rank's part of
+/// a batch, its part of that loss: the sums over its pairs, divided by the whole batch's weights
+/// (and the centring's mean taken as its share), so that the ranks' parts add up to the loss.
 pub fn bootstrap_ensemble_loss(
     chosen: &Tensor,
     rejected: &Tensor,
     margin: &Tensor,
     tie: &Tensor,
-    weights: &Tensor,
+    weights: &BootstrapWeights,
     center_coef: f64,
 ) -> Tensor {
     let per_pair = bradley_terry_per_pair(chosen, rejected, &margin.unsqueeze(1), &tie.unsqueeze(1));
-    let per_member =
-        (per_pair * weights).sum_dim_intlist(0, false, Kind::Float) / weights.sum_dim_intlist(0, false, Kind::Float).clamp_min(1.0);
+    let per_member = (per_pair * &weights.own).sum_dim_intlist(0, false, Kind::Float) / weights.totals.clamp_min(1.0);
     let mean_scores = |scores: &Tensor| scores.mean_dim(1, false, Kind::Float);
-    per_member.mean(Kind::Float) + centring(&mean_scores(chosen), &mean_scores(rejected), center_coef)
+    per_member.mean(Kind::Float) + centring(&mean_scores(chosen), &mean_scores(rejected), center_coef) * weights.share
 }
 
 /// How many times member `member` counts `pair` in its bootstrap resample: Poisson(1), the
@@ -450,13 +467,18 @@ impl Trainer for RewardTrainer<'_> {
         let ties_tensor = Tensor::from_slice(&ties).to(device);
         let loss = if self.ensemble_optimizer.is_some() {
             let seed = self.context.seed();
-            let weights: Vec<f32> =
-                batch.iter().flat_map(|pair| (0..settings.ensemble).map(move |k| bootstrap_multiplicity(seed, pair, k) as f32)).collect();
-            let weights = Tensor::from_slice(&weights).view([batch.len() as i64, settings.ensemble as i64]).to(device);
+            let weights: Vec<f32> = global_batch
+                .iter()
+                .flat_map(|pair| (0..settings.ensemble).map(move |k| bootstrap_multiplicity(seed, pair, k) as f32))
+                .collect();
+            let weights = Tensor::from_slice(&weights).view([global_batch.len() as i64, settings.ensemble as i64]).to(device);
+            let own_rows = world.shard(global_batch.len());
+            let own = weights.narrow(0, own_rows.start as i64, own_rows.len() as i64);
+            let weights = BootstrapWeights { own, totals: weights.sum_dim_intlist(0, false, Kind::Float), share };
             bootstrap_ensemble_loss(&chosen, &rejected, &margins, &ties_tensor, &weights, settings.center_coef)
         } else {
-            bradley_terry_loss(&chosen, &rejected, &margins, &ties_tensor, settings.center_coef)
-        } * share;
+            bradley_terry_loss(&chosen, &rejected, &margins, &ties_tensor, settings.center_coef) * share
+        };
         crate::model::blocks::backward(&(&loss * self.optimizer.loss_scale()));
         let grad_norm = self.optimizer.update(lr, settings.grad_clip)?;
         if let Some(optimizer) = &mut self.ensemble_optimizer {
@@ -501,10 +523,6 @@ impl Trainer for RewardTrainer<'_> {
 
 fn train(context: &StageContext, data: &PreferenceData, settings: &RewardKeys) -> Result<Metrics, StageError> {
     super::check_shardable(context, "batch_size", settings.batch_size)?;
-    if settings.ensemble > 1 && distributed::world().size() > 1 {
-        // Each member's loss is normalised by its bootstrap weights over the whole batch.
-        return Err(context.invalid("`ensemble` > 1 is not supported under data parallelism yet: train the ensemble in one process"));
-    }
     let dir = context.dir();
     let seed = context.seed();
     let (mut train_pairs, eval_pairs) = preference_pairs(context, data, &sampler(settings))?;
@@ -757,16 +775,24 @@ mod tests {
         let weights = Tensor::from_slice2(&[[2.0f32, 1.0], [0.0, 1.0]]);
         let no_margin = Tensor::zeros([2], (Kind::Float, tch::Device::Cpu));
         let no_tie = Tensor::from_slice(&[false, false]);
-        let loss = bootstrap_ensemble_loss(&chosen, &rejected, &no_margin, &no_tie, &weights, 0.0).double_value(&[]);
+        let whole = |weights: &Tensor| BootstrapWeights::whole(weights.shallow_clone());
+        let loss = bootstrap_ensemble_loss(&chosen, &rejected, &no_margin, &no_tie, &whole(&weights), 0.0).double_value(&[]);
         let expected = (0.313_261_687_5 + (1.313_261_687_5 + LN_2) / 2.0) / 2.0;
         assert!((loss - expected).abs() < 1e-6, "{loss} vs {expected}");
         // a member whose resample left every pair out contributes 0, not a division by zero
         let empty = Tensor::from_slice2(&[[2.0f32, 0.0], [0.0, 0.0]]);
-        let loss = bootstrap_ensemble_loss(&chosen, &rejected, &no_margin, &no_tie, &empty, 0.0).double_value(&[]);
+        let loss = bootstrap_ensemble_loss(&chosen, &rejected, &no_margin, &no_tie, &whole(&empty), 0.0).double_value(&[]);
         assert!((loss - 0.313_261_687_5 / 2.0).abs() < 1e-6, "{loss}");
         // centring is on the members' means: chosen (1, 1), rejected (1, 1) → 0.1 · 4
-        let centred = bootstrap_ensemble_loss(&chosen, &rejected, &no_margin, &no_tie, &weights, 0.1).double_value(&[]);
+        let centred = bootstrap_ensemble_loss(&chosen, &rejected, &no_margin, &no_tie, &whole(&weights), 0.1).double_value(&[]);
         assert!((centred - expected - 0.4).abs() < 1e-5, "{centred}");
+        // Two ranks' parts (a pair each, the whole batch's weights) add up to the whole loss.
+        let part = |row: i64| {
+            let weights = BootstrapWeights { own: weights.narrow(0, row, 1), totals: whole(&weights).totals, share: 0.5 };
+            let rows = |t: &Tensor| t.narrow(0, row, 1);
+            bootstrap_ensemble_loss(&rows(&chosen), &rows(&rejected), &rows(&no_margin), &rows(&no_tie), &weights, 0.1).double_value(&[])
+        };
+        assert!((part(0) + part(1) - centred).abs() < 1e-6, "{} + {} vs {centred}", part(0), part(1));
     }
 
     #[test]
