@@ -1,20 +1,19 @@
-// Collective communication between ranks, behind a C ABI for `src/train/distributed.rs`:
+// Collective communication between ranks, behind a C ABI for `src/distributed.rs`:
 // libtorch's own c10d `ProcessGroupGloo` (compiled into the wheel's libtorch_cpu) with a c10d
 // `TCPStore` rendezvous on MASTER_ADDR:MASTER_PORT, as `torch.distributed` does with the `gloo`
 // backend. Kept apart from native.cpp: these headers are slow to compile.
 //
-// Errors come back as malloc'ed messages (NULL on success), as in native.cpp.
+// Errors come back as malloc'ed messages (NULL on success): guarded.hpp.
 
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <chrono>
-#include <cstdlib>
-#include <cstring>
-#include <exception>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "guarded.hpp"
 
 namespace {
 
@@ -25,23 +24,7 @@ struct Group {
   int size;
 };
 
-char* message(const std::string& text) {
-  char* copy = static_cast<char*>(std::malloc(text.size() + 1));
-  if (copy != nullptr) std::memcpy(copy, text.c_str(), text.size() + 1);
-  return copy;
-}
-
-template <typename F>
-char* guarded(F body) {
-  try {
-    body();
-    return nullptr;
-  } catch (const std::exception& error) {
-    return message(error.what());
-  } catch (...) {
-    return message("unknown C++ exception");
-  }
-}
+using rlhf::guarded;
 
 }  // namespace
 

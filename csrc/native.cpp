@@ -1,7 +1,8 @@
 // libtorch operations that tch does not expose, behind a C ABI for `src/native.rs`.
 //
 // Each function takes tch's tensor handles (`at::Tensor*`), catches every C++ exception and
-// returns it as a message allocated with malloc (the caller frees it), or NULL on success.
+// returns it as a message allocated with malloc (the caller frees it), or NULL on success
+// (guarded.hpp).
 // Only per-operator headers are included, which keeps this file quick to compile.
 
 #include <ATen/core/Tensor.h>
@@ -12,36 +13,19 @@
 #include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/stack.h>
 
-#include <cstdlib>
-#include <cstring>
-#include <exception>
 #include <vector>
 
+#include "guarded.hpp"
+
 namespace {
+
+using rlhf::guarded;
 
 std::vector<at::Tensor> tensors(at::Tensor* const* handles, size_t count) {
   std::vector<at::Tensor> list;
   list.reserve(count);
   for (size_t i = 0; i < count; ++i) list.push_back(*handles[i]);
   return list;
-}
-
-char* message(const char* text) {
-  char* copy = static_cast<char*>(std::malloc(std::strlen(text) + 1));
-  if (copy != nullptr) std::strcpy(copy, text);
-  return copy;
-}
-
-template <typename F>
-char* guarded(F body) {
-  try {
-    body();
-    return nullptr;
-  } catch (const std::exception& error) {
-    return message(error.what());
-  } catch (...) {
-    return message("unknown C++ exception");
-  }
 }
 
 }  // namespace

@@ -12,13 +12,15 @@
 //! ([`init`]) like `torch.distributed`'s default group; without a launcher it is a world of one,
 //! where every collective is a no-op.
 
-use std::ffi::{c_char, c_void, CStr, CString};
+use std::ffi::{c_char, c_void, CString};
 use std::ops::Range;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use tch::{Device, Tensor};
 use torch_sys::C_tensor;
+
+use crate::native::shim_result as checked;
 
 /// `RLHF_DIST_TIMEOUT`: seconds a rank waits in a collective (or the rendezvous) for the others
 /// before it fails, naming the ranks that no longer answer.
@@ -362,17 +364,6 @@ extern "C" {
     fn rlhf_group_all_gather(handle: *mut c_void, input: *mut C_tensor, outputs: *mut *mut C_tensor) -> *mut c_char;
     fn rlhf_group_barrier(handle: *mut c_void) -> *mut c_char;
     fn rlhf_group_alive_ranks(handle: *mut c_void, round: i32, wait_s: f64, alive: *mut i32) -> *mut c_char;
-}
-
-/// The shim's message (NULL on success), freed.
-fn checked(message: *mut c_char) -> Result<(), String> {
-    if message.is_null() {
-        return Ok(());
-    }
-    // SAFETY: a non-null return is a NUL-terminated string from malloc, owned by us.
-    let text = unsafe { CStr::from_ptr(message) }.to_string_lossy().into_owned();
-    unsafe { libc::free(message.cast()) };
-    Err(text)
 }
 
 /// Collectives run and the seconds spent in them.

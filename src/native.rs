@@ -34,15 +34,20 @@ extern "C" {
     fn rlhf_foreach_zero_(tensors: *const *mut C_tensor, count: usize) -> *mut c_char;
 }
 
-/// Turns the shim's returned message (NULL on success) into a result, freeing it.
-fn checked(message: *mut c_char) -> Result<(), NativeError> {
+/// Turns a shim function's returned message (NULL on success, see csrc/guarded.hpp) into a
+/// result, freeing it.
+pub(crate) fn shim_result(message: *mut c_char) -> Result<(), String> {
     if message.is_null() {
         return Ok(());
     }
     // SAFETY: a non-null return is a NUL-terminated string from malloc, owned by us.
     let text = unsafe { CStr::from_ptr(message) }.to_string_lossy().into_owned();
     unsafe { libc::free(message.cast()) };
-    Err(NativeError(text))
+    Err(text)
+}
+
+fn checked(message: *mut c_char) -> Result<(), NativeError> {
+    shim_result(message).map_err(NativeError)
 }
 
 /// The handles the shim reads; the tensors outlive the call.
