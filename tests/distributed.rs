@@ -228,6 +228,8 @@ fn two_ranks_train_as_one_process_does_and_rank_0_alone_writes() {
     assert_eq!(samples.lines().count(), 2, "{samples}");
     let summary: Value = serde_json::from_str(&std::fs::read_to_string(ranks.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary.as_object().unwrap().len(), STAGES.len(), "{summary}");
+    let env: Value = serde_json::from_str(&std::fs::read_to_string(ranks.join("env.json")).unwrap()).unwrap();
+    assert_eq!(env["data_parallel_ranks"], 2);
 
     // The RL stages from the same checkpoints (the lm/sft/reward figures above agree to 1e-5;
     // starting PPO from two such runs would compare their rounding too).

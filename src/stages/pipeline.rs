@@ -89,6 +89,7 @@ pub fn run_experiment(experiment: &Experiment, run: &RunDir, selection: &Selecti
     super::check_sequence_lengths(experiment, &task, &tokenizer)?;
     let mut env = environment::describe(experiment.seed, &devices);
     env["eval_set"] = serde_json::json!({ "eval_seed": experiment.task.eval_seed, "sha256": task.eval_set_digest() });
+    env["data_parallel_ranks"] = crate::distributed::world().size().into();
     run.write(crate::run::ENV_FILE, &serde_json::to_string_pretty(&env).expect("JSON serialises"))?;
 
     let finished = run.summary()?;
