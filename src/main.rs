@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use rlhf_lab::commands::{eval, generate, label, merge, report, run, score, validate, watch};
+use rlhf_lab::commands::{compress, eval, generate, label, merge, report, run, score, validate, watch};
 
 #[derive(Parser)]
 #[command(name = "rlhf", version, about = "RLHF experiments on libtorch: pretraining, SFT, reward modeling, PPO")]
@@ -32,6 +32,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Add a LoRA adapter directory into its base's weights: a plain checkpoint.
     Merge(merge::MergeArgs),
+    /// Compress a checkpoint for deployment: prune each linear layer's smallest weights.
+    Compress(compress::CompressArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::Watch(args) => watch::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Merge(args) => merge::run(args),
+        Command::Compress(args) => compress::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
 //! One module per `rlhf` subcommand: its arguments (parsed by clap in `main.rs`) and its work.
 
+pub mod compress;
 pub mod eval;
 pub mod generate;
 pub mod label;

@@ -5,6 +5,7 @@ pub mod architecture;
 pub mod attention;
 pub mod blocks;
 pub mod checkpoint;
+pub mod compress;
 pub mod device;
 pub mod generate;
 pub mod gpt2;

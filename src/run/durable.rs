@@ -61,7 +61,8 @@ pub fn replace_dir<E: From<RunDirError>>(dir: &Path, write: impl FnOnce(&Path) -
     std::fs::create_dir_all(&partial).map_err(write_error(&partial))?;
     write(&partial)?;
     sync(&partial)?;
-    let parent = dir.parent().unwrap_or(Path::new("."));
+    // A bare relative name's parent is "" (the working directory).
+    let parent = dir.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if dir.exists() {
         remove_dir(&old)?;
         std::fs::rename(dir, &old).map_err(write_error(dir))?;
