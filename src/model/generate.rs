@@ -6,7 +6,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::architecture::Transformer;
-use crate::distributed::{DistributedError, World};
+use crate::distributed::DistributedError;
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -79,13 +79,15 @@ impl Generation {
 }
 
 impl Generation {
-    /// The whole batch's generation of `count` prompts on every rank, from each rank's rows
-    /// ([`generate_rows`] over its share): a row's padding after it stopped is what the whole
-    /// batch's generation gives it (end-of-sequence ids, mask and log-prob 0).
-    pub fn gathered(self, world: &World, count: usize) -> Result<Generation, DistributedError> {
-        if world.size() == 1 {
+    /// The whole batch's generation of `count` prompts on every rank, from each rank's `rows`
+    /// ([`generate_rows`] over its share; itself when it holds them all): a row's padding after
+    /// it stopped is what the whole batch's generation gives it (end-of-sequence ids, mask and
+    /// log-prob 0).
+    pub fn gathered(self, rows: &std::ops::Range<usize>, count: usize) -> Result<Generation, DistributedError> {
+        if rows.len() == count {
             return Ok(self);
         }
+        let world = crate::distributed::world();
         let (rows, width) = self.completion_ids.size2().expect("2-D completions");
         let longest = world.max(width)?;
         let padded = |tensor: &Tensor, value: i64| -> Tensor {

@@ -55,7 +55,7 @@ pub fn sample_responses(
     // process would sample it) and every rank gets the whole batch back.
     let rows = shared_rows(encoded.len());
     let generation = generate_rows(policy.transformer.as_ref(), &encoded, tokenizer.stop_ids(), &options, rows.clone())?;
-    let generation = if rows.len() < encoded.len() { generation.gathered(distributed::world(), encoded.len())? } else { generation };
+    let generation = generation.gathered(&rows, encoded.len())?;
     Ok((encoded, generation))
 }
 
@@ -146,6 +146,19 @@ impl RolloutTokens {
             sequence_mask: self.sequence_mask.index_select(0, index),
             response_ids: self.response_ids.index_select(0, index),
             response_mask: self.response_mask.index_select(0, index),
+            prompt_width: self.prompt_width,
+            response_width: self.response_width,
+        }
+    }
+
+    /// The contiguous rows `range`, as views (no copy).
+    pub fn row_range(&self, range: &Range<usize>) -> Self {
+        let rows = |t: &Tensor| t.narrow(0, range.start as i64, range.len() as i64);
+        RolloutTokens {
+            sequence: rows(&self.sequence),
+            sequence_mask: rows(&self.sequence_mask),
+            response_ids: rows(&self.response_ids),
+            response_mask: rows(&self.response_mask),
             prompt_width: self.prompt_width,
             response_width: self.response_width,
         }
@@ -270,11 +283,6 @@ pub fn shared_rows(count: usize) -> Range<usize> {
     }
 }
 
-/// `rows` as an index tensor.
-pub fn row_index(rows: &Range<usize>) -> Tensor {
-    Tensor::arange_start(rows.start as i64, rows.end as i64, (Kind::Int64, Device::Cpu))
-}
-
 /// The whole batch of `count` rows from each rank's `rows` of it ([`shared_rows`]).
 pub fn gather_rows(rows: &Range<usize>, own: Tensor, count: usize) -> Result<Tensor, DistributedError> {
     if rows.len() == count {
@@ -286,7 +294,7 @@ pub fn gather_rows(rows: &Range<usize>, own: Tensor, count: usize) -> Result<Ten
 impl ScoredRollout {
     /// The tokens of this rank's [`rows`](Self::rows).
     pub fn own_tokens(&self) -> RolloutTokens {
-        self.tokens.rows(&row_index(&self.rows))
+        self.tokens.row_range(&self.rows)
     }
 
     /// Σ (log π − log π_ref) of each response, with a reference judge.
@@ -326,7 +334,7 @@ pub fn sample_and_score(
     // Under data parallelism each rank scores its share of the rows and every rank gets the
     // whole batch's scores back.
     let rows = shared_rows(prompts.len());
-    let own_tokens = tokens.rows(&row_index(&rows));
+    let own_tokens = tokens.row_range(&rows);
     let gather = |scores: Tensor| gather_rows(&rows, scores, prompts.len());
     let own_mask = own_tokens.response_mask.to_kind(Kind::Float);
     let logprobs_of = |model: &dyn Transformer, states: &Tensor| {
