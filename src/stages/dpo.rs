@@ -374,17 +374,14 @@ impl Trainer for DpoTrainer<'_> {
         let world = distributed::world();
         let batch = &global_batch[world.shard(size)];
         let share = batch.len() as f64 / size as f64;
-        let (loss, metrics) = self.batch_loss(batch);
-        let loss = loss * share;
-        crate::model::blocks::backward(&(&loss * self.optimizer.loss_scale()));
+        let (loss, mut metrics) = self.batch_loss(batch);
+        metrics.insert("train/loss".to_string(), loss.double_value(&[]));
+        crate::model::blocks::backward(&(loss * (share * self.optimizer.loss_scale())));
         let lr = self.schedule.at(step);
         let grad_norm = self.optimizer.update(lr, self.settings.grad_clip)?;
         let mut metrics = world.sum_weighted(metrics, share)?;
-        let mut train_loss = [loss.double_value(&[])];
-        world.all_reduce_values(&mut train_loss)?;
         let seconds = started.elapsed().as_secs_f64();
         metrics.extend([
-            ("train/loss".to_string(), train_loss[0]),
             ("grad_norm".to_string(), grad_norm),
             ("lr".to_string(), lr),
             ("pairs_per_s".to_string(), size as f64 / seconds),
