@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use rlhf_lab::commands::{compress, eval, generate, label, merge, report, run, score, validate, watch};
+use rlhf_lab::commands::{compress, eval, generate, label, merge, report, run, score, serve, validate, watch};
 
 #[derive(Parser)]
 #[command(name = "rlhf", version, about = "RLHF experiments on libtorch: pretraining, SFT, reward modeling, PPO")]
@@ -34,6 +34,8 @@ enum Command {
     Merge(merge::MergeArgs),
     /// Compress a checkpoint for deployment: prune each linear layer's smallest weights.
     Compress(compress::CompressArgs),
+    /// Serve a model over OpenAI's HTTP API (completions, chat, streaming), or a reward model's scores.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::run(args),
         Command::Merge(args) => merge::run(args),
         Command::Compress(args) => compress::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

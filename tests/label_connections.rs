@@ -190,7 +190,7 @@ fn idle_connections_cannot_lock_out_an_annotator_under_a_low_open_file_limit() {
         128,
         &["--header-timeout-secs", LONG, "--request-timeout-secs", LONG, "--idle-timeout-secs", "120"],
     );
-    let expected_cap = 128 - rlhf_lab::label::connections::RESERVED_FDS;
+    let expected_cap = 128 - rlhf_lab::http::connections::RESERVED_FDS;
     let announced = format!("serving at most {expected_cap} connections at once");
     assert!(server.log_shows(&announced, Duration::from_secs(5)), "no `{announced}` in the log:\n{}", server.log());
 

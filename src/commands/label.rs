@@ -136,13 +136,13 @@ pub struct ServeArgs {
     pub undo_secs: u64,
     /// Seconds a client has to send a request's headers, from connecting or from the end of its
     /// last answer (so also how long a kept-alive connection may wait for its next request).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=crate::label::connections::MAX_TIMEOUT_SECS))]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=crate::http::connections::MAX_TIMEOUT_SECS))]
     pub header_timeout_secs: u64,
     /// Seconds to receive a request's body and answer it; past them the answer is 408.
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=crate::label::connections::MAX_TIMEOUT_SECS))]
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=crate::http::connections::MAX_TIMEOUT_SECS))]
     pub request_timeout_secs: u64,
     /// Seconds a connection may go with no byte moving and no request being handled before it is closed.
-    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=crate::label::connections::MAX_TIMEOUT_SECS))]
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=crate::http::connections::MAX_TIMEOUT_SECS))]
     pub idle_timeout_secs: u64,
     /// Most connections served at once, lowered to the open-file limit less 32; at the cap a new
     /// connection closes the longest-idle one.
@@ -150,7 +150,7 @@ pub struct ServeArgs {
     pub max_connections: u32,
     /// Seconds after Ctrl-C or SIGTERM for requests in flight to finish; connections still open
     /// then are dropped.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=crate::label::connections::MAX_TIMEOUT_SECS))]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=crate::http::connections::MAX_TIMEOUT_SECS))]
     pub shutdown_grace_secs: u64,
 }
 
@@ -209,7 +209,7 @@ pub fn run(args: &LabelArgs) -> Result<()> {
                     lease: Duration::from_secs(args.lease_secs),
                     undo_window: Duration::from_secs(args.undo_secs),
                 };
-                let limits = crate::label::connections::ConnectionLimits {
+                let limits = crate::http::connections::ConnectionLimits {
                     header_timeout: Duration::from_secs(args.header_timeout_secs),
                     request_timeout: Duration::from_secs(args.request_timeout_secs),
                     idle_timeout: Duration::from_secs(args.idle_timeout_secs),

@@ -8,5 +8,6 @@ pub mod merge;
 pub mod report;
 pub mod run;
 pub mod score;
+pub mod serve;
 pub mod validate;
 pub mod watch;

@@ -6,7 +6,6 @@
 //! models behind the responses from the judgements (Bradley–Terry).
 
 pub mod assign;
-pub mod connections;
 pub mod export;
 pub mod import;
 pub mod leaderboard;

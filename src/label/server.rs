@@ -99,43 +99,24 @@ pub fn router(store: Store, policy: Policy) -> Router {
 /// Serves on `bind` until Ctrl-C or SIGTERM under `limits` (timeouts, a connection cap; see
 /// `connections`), then lets requests in flight finish for at most `limits.shutdown_grace`.
 /// Prints `listening on http://ADDR` on stderr once the socket is bound.
-pub async fn serve(store: Store, bind: SocketAddr, policy: Policy, limits: super::connections::ConnectionLimits) -> Result<(), LabelError> {
+pub async fn serve(
+    store: Store,
+    bind: SocketAddr,
+    policy: Policy,
+    limits: crate::http::connections::ConnectionLimits,
+) -> Result<(), LabelError> {
     let listener = tokio::net::TcpListener::bind(bind).await.map_err(|source| LabelError::Bind { addr: bind, source })?;
     let addr = listener.local_addr().map_err(|source| LabelError::Bind { addr: bind, source })?;
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "serving beyond this machine: tokens travel unencrypted (no TLS)");
     }
-    let shutdown = shutdown_signal();
+    let shutdown = crate::http::shutdown_signal();
     eprintln!("listening on http://{addr}");
     let app = router(store.clone(), policy);
-    super::connections::serve(listener, app, limits, shutdown).await;
+    crate::http::connections::serve(listener, app, limits, shutdown).await;
     store.close().await;
     tracing::info!("server stopped");
     Ok(())
-}
-
-/// Waits for Ctrl-C or SIGTERM. The handlers are installed when this is called, not when the
-/// future is first polled: `serve` calls it before announcing its address, so that a signal sent
-/// as soon as that line appears stops the server gracefully instead of killing it.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let listen = |kind: SignalKind, name: &str| signal(kind).map_err(|error| tracing::error!(%error, "cannot listen for {name}")).ok();
-    let (interrupt, terminate) = (listen(SignalKind::interrupt(), "Ctrl-C"), listen(SignalKind::terminate(), "SIGTERM"));
-    let received = |stream: Option<tokio::signal::unix::Signal>| async move {
-        match stream {
-            Some(mut stream) => {
-                stream.recv().await;
-            }
-            None => std::future::pending::<()>().await,
-        }
-    };
-    async move {
-        tokio::select! {
-            () = received(interrupt) => {}
-            () = received(terminate) => {}
-        }
-        tracing::info!("shutting down: finishing requests in flight");
-    }
 }
 
 fn page_file(content_type: &'static str, body: &'static str) -> Response {

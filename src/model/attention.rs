@@ -14,6 +14,14 @@ pub struct KvCache {
     capacity: i64,
 }
 
+/// Rows of a cache carried into a regrouped one ([`KvCache::regroup`]): `rows` (int64 indices),
+/// from column `start` on (the columns before it are padding in every one of those rows).
+pub struct CacheRows<'a> {
+    pub cache: &'a KvCache,
+    pub rows: &'a Tensor,
+    pub start: i64,
+}
+
 /// The shape of a model's cache: layers, key-value heads and the width of a head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheShape {
@@ -46,6 +54,37 @@ impl KvCache {
         self.keys[layer].narrow(2, self.len, time).copy_(keys);
         self.values[layer].narrow(2, self.len, time).copy_(values);
         (self.keys[layer].narrow(2, 0, self.len + time), self.values[layer].narrow(2, 0, self.len + time))
+    }
+
+    /// One cache holding rows of others, for a batch whose rows come and go (continuous
+    /// batching): each part's columns from `start` on, right-aligned at the new length (the
+    /// widest part's), with room for `room` more positions. Columns a row never had hold zeros;
+    /// the batch's attention mask must hide them, as it hides left padding.
+    pub fn regroup(parts: &[CacheRows], room: i64) -> KvCache {
+        let first = parts.first().expect("rows to regroup").cache;
+        let widths: Vec<i64> = parts.iter().map(|part| part.cache.len - part.start).collect();
+        let len = widths.iter().copied().max().unwrap_or(0);
+        let batch: i64 = parts.iter().map(|part| part.rows.size()[0]).sum();
+        let layer = |buffers: &dyn Fn(&KvCache) -> &Vec<Tensor>, index: usize| {
+            let template = &buffers(first)[index];
+            let size = template.size();
+            let out = Tensor::zeros([batch, size[1], len + room, size[3]], (template.kind(), template.device()));
+            let mut row = 0;
+            for (part, &width) in parts.iter().zip(&widths) {
+                let count = part.rows.size()[0];
+                let source = buffers(part.cache)[index].index_select(0, part.rows).narrow(2, part.start, width);
+                out.narrow(0, row, count).narrow(2, len - width, width).copy_(&source);
+                row += count;
+            }
+            out
+        };
+        let layers = first.keys.len();
+        KvCache {
+            keys: (0..layers).map(|index| layer(&|cache: &KvCache| &cache.keys, index)).collect(),
+            values: (0..layers).map(|index| layer(&|cache: &KvCache| &cache.values, index)).collect(),
+            len,
+            capacity: len + room,
+        }
     }
 
     /// Marks `time` new positions as stored, once every layer has extended.

@@ -71,6 +71,21 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig, CheckpointError> {
     ModelConfig::from_hf(&read_json(&path)?).map_err(|reason| CheckpointError::Unsupported { path, reason })
 }
 
+/// Whether `dir` holds a reward model: a checkpoint whose `architectures` names a
+/// sequence-classification class, or PEFT adapters of task `SEQ_CLS`.
+pub fn is_reward_model_dir(dir: &Path) -> Result<bool, CheckpointError> {
+    let (file, read): (&'static str, fn(&Value) -> bool) = if super::peft::is_adapter_dir(dir) {
+        (super::peft::ADAPTER_CONFIG_FILE, |json| json["task_type"] == "SEQ_CLS")
+    } else {
+        (CONFIG_FILE, |json| {
+            json["architectures"]
+                .as_array()
+                .is_some_and(|classes| classes.iter().filter_map(Value::as_str).any(|class| class.ends_with("ForSequenceClassification")))
+        })
+    };
+    Ok(read(&read_json(&require(dir, file)?)?))
+}
+
 /// Writes `config.json`: the keys transformers reads for the architecture (`hf`, from
 /// `ArchitectureConfig::to_hf`), the class of `head`, and the padding id; a
 /// sequence-classification head adds its one label.

@@ -284,7 +284,7 @@ fn keep_top_k(logits: &Tensor, k: i64) -> Tensor {
 }
 
 /// Keeps the smallest set of most likely tokens whose probability reaches `p` (always ≥ 1 token).
-fn keep_top_p(logits: &Tensor, p: f64) -> Tensor {
+pub(crate) fn keep_top_p(logits: &Tensor, p: f64) -> Tensor {
     let (sorted, order) = logits.sort(-1, true);
     let probs = sorted.softmax(-1, Kind::Float);
     // A token is dropped when the tokens before it already reach `p`.

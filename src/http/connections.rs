@@ -1,4 +1,4 @@
-//! The labeling server's own accept loop: hyper's HTTP/1 connections under time limits and a cap.
+//! The HTTP servers' own accept loop: hyper's HTTP/1 connections under time limits and a cap.
 //!
 //! `axum::serve` keeps a connection for as long as the client likes: half a request's headers, a
 //! promised body that never comes or a kept-alive connection that says nothing each hold a socket
