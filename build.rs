@@ -40,6 +40,7 @@ fn compile_native(lib_dir: &std::path::Path) {
         build.compile(library);
     };
     build("csrc/native.cpp", "rlhf_native", &|_| {});
+    build("csrc/quantized.cpp", "rlhf_quantized", &|_| {});
     // c10d's Gloo process group: its header is empty without USE_C10D_GLOO and includes gloo's
     // own headers (Debian's libgloo-dev; the symbols themselves are in libtorch_cpu).
     build("csrc/collectives.cpp", "rlhf_collectives", &|build| {

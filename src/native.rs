@@ -1,6 +1,6 @@
 //! Safe wrappers over `csrc/native.cpp`: libtorch operations that tch does not expose — the
 //! fused AdamW kernel (`torch.optim.AdamW(fused=True)`) and the foreach operations of a global
-//! gradient-norm clip. Each call takes tensors of one device and dtype (the callers group them);
+//! gradient-norm clip, and a weight-only int8 linear layer. Each call takes tensors of one device and dtype (the callers group them);
 //! libtorch's errors come back as [`NativeError`] instead of aborting.
 
 use std::borrow::Borrow;
@@ -32,6 +32,12 @@ extern "C" {
     fn rlhf_foreach_global_norm(tensors: *const *mut C_tensor, count: usize, norm: *mut *mut C_tensor) -> *mut c_char;
     fn rlhf_foreach_mul_(tensors: *const *mut C_tensor, count: usize, factor: f64) -> *mut c_char;
     fn rlhf_foreach_zero_(tensors: *const *mut C_tensor, count: usize) -> *mut c_char;
+    fn rlhf_int8_linear(
+        input: *const C_tensor,
+        weight: *const C_tensor,
+        scales: *const C_tensor,
+        output: *mut *mut C_tensor,
+    ) -> *mut c_char;
 }
 
 /// Turns a shim function's returned message (NULL on success, see csrc/guarded.hpp) into a
@@ -123,6 +129,15 @@ pub fn foreach_zero_<T: Borrow<Tensor>>(tensors: &[T]) -> Result<(), NativeError
     let handles = handles(tensors);
     // SAFETY: live handles for the duration of the call.
     checked(unsafe { rlhf_foreach_zero_(handles.as_ptr(), handles.len()) })
+}
+
+/// `input [rows, in]` (fp32, CPU) times the int8 `weight [out, in]` scaled per output row by
+/// `scales [out]` (`csrc/quantized.cpp`): `[rows, out]` in fp32.
+pub fn int8_linear(input: &Tensor, weight: &Tensor, scales: &Tensor) -> Result<Tensor, NativeError> {
+    let mut output: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: live handles; on success `output` is a new tensor handle that we own.
+    checked(unsafe { rlhf_int8_linear(input.as_ptr(), weight.as_ptr(), scales.as_ptr(), &mut output) })?;
+    Ok(unsafe { Tensor::from_ptr(output) })
 }
 
 #[cfg(test)]

@@ -219,7 +219,7 @@ fn sharded_weights_and_several_end_tokens_both_ways() {
     // Our shards: each at most the size asked (but for a larger tensor alone), every tensor
     // listed once, and transformers computes the same logits from them.
     let ours = work.path().join("ours-sharded");
-    model.save_with(&ours, SaveOptions { head: HfHead::CausalLm, max_shard_bytes: 50_000 }).unwrap();
+    model.save_with(&ours, SaveOptions { max_shard_bytes: 50_000, ..SaveOptions::for_head(HfHead::CausalLm) }).unwrap();
     let index = read_json(&ours.join(WEIGHTS_INDEX_FILE));
     let weight_map = index["weight_map"].as_object().unwrap();
     assert_eq!(weight_map.len(), model.vs.variables().len());

@@ -67,7 +67,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         let (engine, info) =
             Engine::start(move || Ok(LanguageModel::load(&dir, device, precision)?), args.max_batch as usize, Arc::clone(&metrics))
                 .with_context(loading)?;
-        Backend::Generate { engine, info }
+        Backend::Generate { engine, info: Box::new(info) }
     };
     let model_id = match &args.name {
         Some(name) => name.clone(),

@@ -43,8 +43,10 @@ pub enum CheckpointError {
     MissingTensor { path: PathBuf, name: String },
     #[error("`{path}`: tensor `{name}` has shape {found:?}, the model expects {expected:?}")]
     ShapeMismatch { path: PathBuf, name: String, found: Vec<i64>, expected: Vec<i64> },
-    #[error("`{path}`: tensor `{name}` has dtype {dtype:?}; expected F32, F16 or BF16")]
+    #[error("`{path}`: tensor `{name}` has dtype {dtype:?}; expected F32, F16 or BF16 (I8 or U8 for quantized weights)")]
     UnsupportedDtype { path: PathBuf, name: String, dtype: Dtype },
+    #[error("`{path}`: {source}")]
+    Quantized { path: PathBuf, source: super::quantize::QuantizeError },
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
     #[error(transparent)]
@@ -69,6 +71,13 @@ fn read_json(path: &Path) -> Result<Value, CheckpointError> {
 pub fn read_config(dir: &Path) -> Result<ModelConfig, CheckpointError> {
     let path = require(dir, CONFIG_FILE)?;
     ModelConfig::from_hf(&read_json(&path)?).map_err(|reason| CheckpointError::Unsupported { path, reason })
+}
+
+/// How the checkpoint's projections are quantized (`config.json`'s `quantization_config`);
+/// `None` for float weights.
+pub fn read_quantization(dir: &Path) -> Result<Option<super::quantize::Scheme>, CheckpointError> {
+    let path = require(dir, CONFIG_FILE)?;
+    super::quantize::Scheme::from_config(&read_json(&path)?).map_err(|reason| CheckpointError::Unsupported { path, reason })
 }
 
 /// Whether `dir` holds a reward model: a checkpoint whose `architectures` names a
@@ -126,17 +135,19 @@ fn eos_ids(json: &Value, path: &Path) -> Result<Vec<i64>, CheckpointError> {
 }
 
 /// How a checkpoint is written.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SaveOptions {
     pub head: HfHead,
     /// Weights above this many bytes are split into `model-0000i-of-0000n.safetensors` shards
     /// listed by `model.safetensors.index.json`, as `save_pretrained(max_shard_size=…)` does.
     pub max_shard_bytes: u64,
+    /// `config.json`'s `quantization_config`, for quantized weights.
+    pub quantization: Option<Value>,
 }
 
 impl SaveOptions {
     pub fn for_head(head: HfHead) -> Self {
-        SaveOptions { head, max_shard_bytes: DEFAULT_MAX_SHARD_BYTES }
+        SaveOptions { head, max_shard_bytes: DEFAULT_MAX_SHARD_BYTES, quantization: None }
     }
 }
 
@@ -153,6 +164,8 @@ fn to_buffer(name: &str, tensor: &Tensor) -> Buffer {
     let (kind, dtype) = match tensor.kind() {
         Kind::BFloat16 => (Kind::BFloat16, Dtype::BF16),
         Kind::Half => (Kind::Half, Dtype::F16),
+        Kind::Int8 => (Kind::Int8, Dtype::I8),
+        Kind::Uint8 => (Kind::Uint8, Dtype::U8),
         _ => (Kind::Float, Dtype::F32),
     };
     let tensor = tensor.to_kind(kind);
@@ -233,13 +246,29 @@ pub fn save(
     extra: &[(&str, Vec<u8>)],
     options: SaveOptions,
 ) -> Result<(), CheckpointError> {
+    let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    if options.head == HfHead::SequenceClassification {
+        variables.retain(|(name, _)| !name.starts_with("lm_head."));
+    }
+    save_tensors(dir, variables, config, tokenizer, extra, options)
+}
+
+/// [`save`] of the tensors given (by variable name) rather than a store's.
+pub fn save_tensors(
+    dir: &Path,
+    mut variables: Vec<(String, Tensor)>,
+    config: &ModelConfig,
+    tokenizer: &TextTokenizer,
+    extra: &[(&str, Vec<u8>)],
+    options: SaveOptions,
+) -> Result<(), CheckpointError> {
     let write = |dir: &Path| -> Result<(), CheckpointError> {
-        let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-        if options.head == HfHead::SequenceClassification {
-            variables.retain(|(name, _)| !name.starts_with("lm_head."));
-        }
         variables.sort_by(|a, b| a.0.cmp(&b.0));
-        let precision = variables.first().map_or(Kind::Float, |(_, t)| t.kind());
+        let precision = variables
+            .iter()
+            .map(|(_, t)| t.kind())
+            .find(|kind| matches!(kind, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16))
+            .unwrap_or(Kind::Float);
         let buffers: Vec<Buffer> = variables.iter().map(|(name, tensor)| to_buffer(name, tensor)).collect();
         write_weights(dir, &buffers, options.max_shard_bytes)?;
         for file in tokenizer.save(dir)? {
@@ -250,6 +279,10 @@ pub fn save(
         write_generation_config(dir, tokenizer, hf.get("bos_token_id").and_then(Value::as_i64))?;
         for (name, contents) in extra {
             crate::run::durable::write_file(&dir.join(name), contents)?;
+        }
+        let mut hf = hf;
+        if let Some(quantization) = &options.quantization {
+            hf["quantization_config"] = quantization.clone();
         }
         write_config(dir, hf, architecture.hf_class(options.head), options.head, tokenizer.pad_id())
     };
@@ -279,34 +312,69 @@ fn is_derived_tensor(name: &str) -> bool {
 /// from the files one at a time, so that loading holds one tensor beside the model, not a second
 /// copy of it.
 pub fn load_weights(vs: &mut VarStore, dir: &Path, may_be_missing: &[&str]) -> Result<LoadReport, CheckpointError> {
-    let paths = weight_paths(dir)?;
-    let mut files = paths.iter().map(|path| WeightFile::open(path)).collect::<Result<Vec<_>, _>>()?;
-    let mut by_name: HashMap<String, (usize, String)> = HashMap::new();
-    for (index, file) in files.iter().enumerate() {
-        for name in file.tensors.keys().filter(|name| !is_derived_tensor(name)) {
-            by_name.insert(canonical_name(name), (index, name.clone()));
-        }
-    }
-    let path = if paths.len() == 1 { paths[0].clone() } else { dir.join(WEIGHTS_INDEX_FILE) };
-
+    let mut reader = WeightReader::open(dir)?;
     let mut report = LoadReport::default();
-    let mut used = std::collections::HashSet::new();
     let _no_grad = tch::no_grad_guard();
     for (name, mut variable) in vs.variables() {
-        let Some((file_index, file_name)) = by_name.get(&name) else {
+        if !reader.has(&name) {
             if may_be_missing.iter().any(|prefix| name.starts_with(prefix)) {
                 report.missing.push(name);
                 continue;
             }
-            return Err(CheckpointError::MissingTensor { path, name });
-        };
-        let tensor = files[*file_index].read(file_name, &variable.size())?;
+            return Err(CheckpointError::MissingTensor { path: reader.path, name });
+        }
+        let tensor = reader.read(&name, &variable.size())?;
         variable.copy_(&tensor.to_kind(variable.kind()).to_device(variable.device()));
-        used.insert(name);
     }
-    report.unused = by_name.keys().filter(|name| !used.contains(*name)).cloned().collect();
-    report.unused.sort();
+    report.unused = reader.unread();
     Ok(report)
+}
+
+/// The tensors of a checkpoint's weight files (one file or shards), read one at a time by our
+/// variable names.
+pub(crate) struct WeightReader {
+    files: Vec<WeightFile>,
+    by_name: HashMap<String, (usize, String)>,
+    read: std::collections::HashSet<String>,
+    /// The file, or the shards' index, that errors name.
+    pub(crate) path: PathBuf,
+}
+
+impl WeightReader {
+    pub(crate) fn open(dir: &Path) -> Result<Self, CheckpointError> {
+        let paths = weight_paths(dir)?;
+        let files = paths.iter().map(|path| WeightFile::open(path)).collect::<Result<Vec<_>, _>>()?;
+        let mut by_name: HashMap<String, (usize, String)> = HashMap::new();
+        for (index, file) in files.iter().enumerate() {
+            for name in file.tensors.keys().filter(|name| !is_derived_tensor(name)) {
+                by_name.insert(canonical_name(name), (index, name.clone()));
+            }
+        }
+        let path = if paths.len() == 1 { paths[0].clone() } else { dir.join(WEIGHTS_INDEX_FILE) };
+        Ok(WeightReader { files, by_name, read: Default::default(), path })
+    }
+
+    pub(crate) fn has(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// Tensor `name` (our variable name, or HF's), which must have shape `expected`.
+    pub(crate) fn read(&mut self, name: &str, expected: &[i64]) -> Result<Tensor, CheckpointError> {
+        let canonical = canonical_name(name);
+        let Some((file_index, file_name)) = self.by_name.get(&canonical) else {
+            return Err(CheckpointError::MissingTensor { path: self.path.clone(), name: name.to_string() });
+        };
+        let tensor = self.files[*file_index].read(file_name, expected)?;
+        self.read.insert(canonical);
+        Ok(tensor)
+    }
+
+    /// The tensors not read, by name.
+    fn unread(&self) -> Vec<String> {
+        let mut unread: Vec<String> = self.by_name.keys().filter(|name| !self.read.contains(*name)).cloned().collect();
+        unread.sort();
+        unread
+    }
 }
 
 /// An open safetensors file and its header: where each tensor's bytes are.
@@ -352,6 +420,8 @@ impl WeightFile {
             Dtype::F32 => Kind::Float,
             Dtype::F16 => Kind::Half,
             Dtype::BF16 => Kind::BFloat16,
+            Dtype::I8 => Kind::Int8,
+            Dtype::U8 => Kind::Uint8,
             dtype => return Err(CheckpointError::UnsupportedDtype { path, name: name.into(), dtype }),
         };
         let found: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();

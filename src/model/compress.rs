@@ -1,6 +1,6 @@
 //! Compression of a trained model for deployment: magnitude pruning of its linear layers,
 //! unstructured and layer by layer (Han et al. 2015, "Learning both Weights and Connections for
-//! Efficient Neural Networks"). Weight quantisation is not built yet.
+//! Efficient Neural Networks"). Quantization is `quantize`.
 
 use std::collections::BTreeMap;
 

@@ -17,6 +17,7 @@ use tch::nn::{Init, VarStore};
 use tch::Tensor;
 
 use super::blocks::Blocks;
+use super::quantize::QuantizedLinear;
 
 /// A projection role an adapter may target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -125,24 +126,49 @@ pub struct Projection {
     pub bias: Option<Tensor>,
     pub layout: Layout,
     adapter: RefCell<Option<Adapter>>,
+    /// The weight in int8 or int4, when the model was loaded from a quantized checkpoint.
+    quantized: RefCell<Option<QuantizedLinear>>,
 }
 
 impl Projection {
     pub fn new(weight: Tensor, bias: Option<Tensor>, layout: Layout) -> Self {
-        Projection { weight, bias, layout, adapter: RefCell::new(None) }
+        Projection { weight, bias, layout, adapter: RefCell::new(None), quantized: RefCell::new(None) }
+    }
+
+    /// Computes with `quantized` from now on and frees the float weight: it keeps its shape, as
+    /// a view of one zero, so that the model's shapes still read the same, and any write to it
+    /// fails instead of going unnoticed.
+    pub(crate) fn quantize(&self, quantized: QuantizedLinear) {
+        let placeholder = Tensor::zeros([], (self.weight.kind(), self.weight.device())).expand(self.weight.size(), false);
+        self.weight.shallow_clone().set_data(&placeholder);
+        *self.quantized.borrow_mut() = Some(quantized);
+    }
+
+    pub fn is_quantized(&self) -> bool {
+        self.quantized.borrow().is_some()
     }
 
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        let y = match self.layout {
+        let y = match &*self.quantized.borrow() {
+            Some(quantized) => match &self.bias {
+                Some(bias) => quantized.forward(x) + bias,
+                None => quantized.forward(x),
+            },
+            None => self.float_forward(x),
+        };
+        match &*self.adapter.borrow() {
+            Some(adapter) if adapter.enabled.get() => y + adapter.update(x, train),
+            _ => y,
+        }
+    }
+
+    fn float_forward(&self, x: &Tensor) -> Tensor {
+        match self.layout {
             Layout::OutIn => x.linear(&self.weight, self.bias.as_ref()),
             Layout::InOut => match &self.bias {
                 Some(bias) => x.matmul(&self.weight) + bias,
                 None => x.matmul(&self.weight),
             },
-        };
-        match &*self.adapter.borrow() {
-            Some(adapter) if adapter.enabled.get() => y + adapter.update(x, train),
-            _ => y,
         }
     }
 

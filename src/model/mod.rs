@@ -12,6 +12,7 @@ pub mod gpt2;
 pub mod llama;
 pub mod lora;
 pub mod peft;
+pub mod quantize;
 pub mod reward;
 pub mod threads;
 
@@ -77,9 +78,23 @@ impl LanguageModel {
         }
         let config = checkpoint::read_config(dir)?;
         let tokenizer = checkpoint::read_tokenizer(dir, &config)?;
+        let quantization = checkpoint::read_quantization(dir)?;
+        if quantization.is_some() && (device != Device::Cpu || precision != Precision::Fp32) {
+            let source = quantize::QuantizeError::Placement { device, kind: precision.kind() };
+            return Err(CheckpointError::Quantized { path: dir.to_path_buf(), source });
+        }
         let mut model = LanguageModel::fresh(config, tokenizer, device, precision);
-        let report = checkpoint::load_weights(&mut model.vs, dir, &[])?;
-        if !report.unused.is_empty() {
+        // A quantized checkpoint holds its projections' weights in their own form instead.
+        let projection_weights: Vec<String> = match quantization {
+            Some(_) => model.transformer.blocks().projections().into_iter().map(|(module, ..)| format!("{module}.weight")).collect(),
+            None => Vec::new(),
+        };
+        let may_be_missing: Vec<&str> = projection_weights.iter().map(String::as_str).collect();
+        let report = checkpoint::load_weights(&mut model.vs, dir, &may_be_missing)?;
+        if let Some(scheme) = quantization {
+            let mut reader = checkpoint::WeightReader::open(dir)?;
+            quantize::attach(model.transformer.blocks(), &mut reader, scheme)?;
+        } else if !report.unused.is_empty() {
             tracing::debug!(unused = ?report.unused, "checkpoint tensors not used by a language model");
         }
         model.base_dir = Some(dir.to_path_buf());
@@ -108,11 +123,19 @@ impl LanguageModel {
 
     /// Saves with other options (shard size).
     pub fn save_with(&self, dir: &Path, options: checkpoint::SaveOptions) -> Result<(), CheckpointError> {
+        if self.is_quantized() {
+            return Err(CheckpointError::Quantized { path: dir.to_path_buf(), source: quantize::QuantizeError::Resave });
+        }
         checkpoint::save(dir, &self.vs, self.transformer.config(), &self.tokenizer, &[], options)
     }
 
     pub fn device(&self) -> Device {
         self.vs.device()
+    }
+
+    /// Whether the blocks compute from int8 or int4 weights (a quantized checkpoint's model).
+    pub fn is_quantized(&self) -> bool {
+        quantize::is_quantized(self.transformer.blocks())
     }
 
     /// Attaches fresh LoRA adapters and freezes every other weight: training then updates the

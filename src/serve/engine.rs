@@ -32,7 +32,7 @@ pub enum Sampling {
     Sample {
         temperature: f64,
         top_p: f64,
-        rng: ChaCha8Rng,
+        rng: Box<ChaCha8Rng>,
     },
 }
 
@@ -329,24 +329,20 @@ fn choose(logits: &Tensor, rows: &mut [Row]) -> Vec<Token> {
         Vec::<f64>::try_from(logprobs.gather(1, &chosen, false).squeeze_dim(1).to_kind(Kind::Double).to_device(Device::Cpu))
             .expect("1-D log-probs");
     let most = rows.iter().map(|row| row.job.top_logprobs).max().unwrap_or(0);
-    let top: Option<(Vec<Vec<f64>>, Vec<Vec<i64>>)> = (most > 0).then(|| {
+    // Each row's most likely ids with their log-probs, as many as the most any row asks for.
+    let mut top: Vec<Vec<(i64, f64)>> = vec![Vec::new(); rows.len()];
+    if most > 0 {
         let (values, indices) = logprobs.topk(most as i64, -1, true, true);
-        (
-            Vec::<Vec<f64>>::try_from(values.to_kind(Kind::Double).to_device(Device::Cpu)).expect("2-D log-probs"),
-            Vec::<Vec<i64>>::try_from(indices.to_device(Device::Cpu)).expect("2-D ids"),
-        )
-    });
+        let values = Vec::<Vec<f64>>::try_from(values.to_kind(Kind::Double).to_device(Device::Cpu)).expect("2-D log-probs");
+        let indices = Vec::<Vec<i64>>::try_from(indices.to_device(Device::Cpu)).expect("2-D ids");
+        top = indices.into_iter().zip(values).map(|(ids, values)| ids.into_iter().zip(values).collect()).collect();
+    }
     rows.iter()
+        .zip(top)
         .enumerate()
-        .map(|(index, row)| Token {
-            id: ids[index],
-            logprob: chosen_logprobs[index],
-            top: match &top {
-                Some((values, indices)) => {
-                    indices[index].iter().copied().zip(values[index].iter().copied()).take(row.job.top_logprobs).collect()
-                }
-                None => Vec::new(),
-            },
+        .map(|(index, (row, mut top))| {
+            top.truncate(row.job.top_logprobs);
+            Token { id: ids[index], logprob: chosen_logprobs[index], top }
         })
         .collect()
 }

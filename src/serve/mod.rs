@@ -38,7 +38,7 @@ use crate::http::connections::ConnectionLimits;
 
 /// What serves requests: a language model's engine, or a reward model's scorer.
 pub enum Backend {
-    Generate { engine: Engine, info: ModelInfo },
+    Generate { engine: Engine, info: Box<ModelInfo> },
     Score(Scorer),
 }
 
@@ -231,7 +231,7 @@ async fn generate(app: Shared, body: Result<Bytes, BytesRejection>, endpoint: En
                     Some(seed) => ChaCha8Rng::seed_from_u64(seed.wrapping_add(index as u64)),
                     None => ChaCha8Rng::from_os_rng(),
                 };
-                Sampling::Sample { temperature: params.temperature, top_p: params.top_p, rng }
+                Sampling::Sample { temperature: params.temperature, top_p: params.top_p, rng: Box::new(rng) }
             };
             let cancelled = Arc::new(AtomicBool::new(false));
             jobs.push(Job {

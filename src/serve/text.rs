@@ -76,7 +76,7 @@ mod tests {
     use super::*;
 
     fn tokenizer() -> TextTokenizer {
-        TextTokenizer::train(["the cat sat on the mat. END of story", "stop here END now"], 300).unwrap()
+        TextTokenizer::train(["the cat sat on the mat. END of story", "stop here END now"].into_iter(), 300).unwrap()
     }
 
     fn run(text: &str, stops: &[&str]) -> (Vec<String>, bool, String) {
