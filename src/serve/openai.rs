@@ -309,7 +309,12 @@ pub fn completion_logprobs(tokens: &[Token], tokenizer: &TextTokenizer) -> Value
         offset += text.chars().count();
         texts.push(text);
         values.push(token.logprob);
-        let top: Map<String, Value> = token.top.iter().map(|(id, logprob)| (tokenizer.decode(&[*id]), json!(logprob))).collect();
+        // Keyed by text, as OpenAI's format is: tokens that read alike (lone bytes of a character,
+        // special tokens) keep the likeliest one's value, listed first.
+        let mut top = Map::new();
+        for (id, logprob) in &token.top {
+            top.entry(tokenizer.decode(&[*id])).or_insert(json!(logprob));
+        }
         tops.push(Value::Object(top));
     }
     json!({"tokens": texts, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets})
