@@ -6,11 +6,12 @@
 //! a reward model's /v1/score gives `rlhf score`'s numbers.
 
 mod common;
+mod serve_support;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Barrier, Mutex};
+use std::process::Command;
+use std::sync::{mpsc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use rlhf_lab::data::chat::ChatTemplate;
@@ -18,6 +19,7 @@ use rlhf_lab::data::tokenizer::{TextTokenizer, CHATML_END_OF_TURN, CHATML_SPECIA
 use rlhf_lab::model::reward::RewardModel;
 use rlhf_lab::model::{LanguageModel, ModelConfig, Precision};
 use serde_json::{json, Value};
+use serve_support::{agent, get_text, post_json, Process};
 use tch::Device;
 
 /// A random GPT-2: 2 layers, a context of 128.
@@ -58,109 +60,29 @@ fn chat_tokenizer() -> TextTokenizer {
     tokenizer
 }
 
-/// A running `rlhf serve`, killed when dropped; its stderr kept for failure messages.
+/// A running `rlhf serve`, killed when dropped.
 struct Server {
-    child: Child,
-    log: Arc<Mutex<String>>,
+    process: Process,
     /// `http://127.0.0.1:PORT`
     url: String,
 }
 
 impl Server {
     fn start(model: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rlhf"))
-            .args(["serve", "--model", model.to_str().unwrap(), "--port", "0", "--device", "cpu"])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("rlhf serve starts");
-        let log = Arc::new(Mutex::new(String::new()));
-        drain_into(child.stderr.take().unwrap(), Arc::clone(&log));
-        // The one line on stdout, read on a thread so that a server that never listens fails the
-        // test instead of hanging it.
-        let stdout = child.stdout.take().unwrap();
-        let (sender, receiver) = mpsc::channel();
-        let stdout_log = Arc::clone(&log);
-        std::thread::spawn(move || {
-            let mut stdout = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = stdout.read_line(&mut line);
-            let _ = sender.send(line);
-            drain_into(stdout, stdout_log);
-        });
-        let line = receiver.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
-        let mut server = Server { child, log, url: String::new() };
-        match line.trim_end().strip_prefix("listening on http://127.0.0.1:") {
-            Some(port) if port.parse::<u16>().is_ok_and(|port| port > 0) => server.url = format!("http://127.0.0.1:{port}"),
-            _ => panic!("no `listening on http://127.0.0.1:PORT` line on stdout (got {line:?}); stderr:\n{}", server.log()),
-        }
-        server
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill(2) on the pid of a child this process has not reaped yet (only `wait`
-        // and `Drop`, which take `&mut self`, reap it).
-        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
-    }
-
-    /// Its exit status, once it exits within `timeout`.
-    fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the server did not exit within {timeout:?}; its log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
+        let mut process = Process::spawn(
+            "rlhf serve",
+            Command::new(env!("CARGO_BIN_EXE_rlhf"))
+                .args(["serve", "--model", model.to_str().unwrap(), "--port", "0", "--device", "cpu"])
+                .args(extra)
+                .env("RUST_LOG", "info"),
+            libc::SIGKILL,
+        );
+        let addr = process.listening_address(Duration::from_secs(60));
+        match addr.strip_prefix("127.0.0.1:") {
+            Some(port) if port.parse::<u16>().is_ok_and(|port| port > 0) => Server { url: format!("http://{addr}"), process },
+            _ => panic!("not listening on http://127.0.0.1:PORT but on {addr:?}; stderr:\n{}", process.log()),
         }
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-/// Reads `from` to its end on a thread of its own (a child never blocks on a full pipe).
-fn drain_into(from: impl Read + Send + 'static, log: Arc<Mutex<String>>) {
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(from);
-        let mut line = String::new();
-        while lines.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-            log.lock().unwrap().push_str(&line);
-            line.clear();
-        }
-    });
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::new_with_config(
-        ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(60))).build(),
-    )
-}
-
-/// Status and JSON body of a POST of `body` to `url`.
-fn post(agent: &ureq::Agent, url: &str, body: &Value) -> (u16, Value) {
-    let mut response = agent.post(url).send_json(body).unwrap_or_else(|e| panic!("POST {url}: {e}"));
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap();
-    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("POST {url} {body}: {status}, not JSON ({e}): {text}")))
-}
-
-fn get_text(agent: &ureq::Agent, url: &str) -> (u16, String) {
-    let mut response = agent.get(url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
 }
 
 /// A metric's value in Prometheus text (the line `NAME VALUE`, labels included in `name`).
@@ -233,7 +155,7 @@ fn openai_client(server: &Server, scenario: &str, expected: &Value) -> u64 {
     assert!(
         output.status.success(),
         "openai_client.py {scenario} failed:\n{stderr}\n{stdout}\nexpected: {expected:#}\nserver log:\n{}",
-        server.log()
+        server.process.log()
     );
     let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("openai_client.py printed {stdout:?}: {e}"));
     report["checks"].as_u64().unwrap()
@@ -285,7 +207,7 @@ fn concurrent_requests_are_answered_as_alone(model: &Path) {
     };
     let alone: Vec<Value> = (0..32)
         .map(|i| {
-            let (status, answer) = post(&client, &url, &request(i));
+            let (status, answer) = post_json(&client, &url, &request(i));
             assert_eq!(status, 200, "{answer}");
             answer
         })
@@ -301,7 +223,7 @@ fn concurrent_requests_are_answered_as_alone(model: &Path) {
                     barrier.wait();
                     // Some arrive while the others are decoding: they join the running batch.
                     std::thread::sleep(Duration::from_millis(10 * (i % 4) as u64));
-                    post(&agent, url, &request)
+                    post_json(&agent, url, &request)
                 })
             })
             .collect();
@@ -394,7 +316,7 @@ fn sigterm_finishes_the_streams_in_flight_and_exits_0() {
     const MAX_TOKENS: u64 = 400;
     let request = json!({"prompt": "review 1: the battery is", "max_tokens": MAX_TOKENS, "temperature": 0});
     let started = Instant::now();
-    let (status, alone) = post(&agent(), &url, &request);
+    let (status, alone) = post_json(&agent(), &url, &request);
     let alone_time = started.elapsed();
     assert_eq!(status, 200, "{alone}");
     // The greedy answer runs to its length: the stream below has that many tokens to give.
@@ -408,14 +330,14 @@ fn sigterm_finishes_the_streams_in_flight_and_exits_0() {
     assert_eq!(response.status().as_u16(), 200);
     let events = read_events(response);
     let first = events.recv_timeout(Duration::from_secs(30)).expect("a first chunk");
-    server.signal(libc::SIGTERM);
+    server.process.signal(libc::SIGTERM);
 
     // Draining: /health says so (503) until the listener closes (refused).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match agent().get(format!("{}/health", server.url)).call() {
             Ok(response) if response.status().as_u16() == 200 => {
-                assert!(Instant::now() < deadline, "still healthy 10 s after SIGTERM; log:\n{}", server.log());
+                assert!(Instant::now() < deadline, "still healthy 10 s after SIGTERM; log:\n{}", server.process.log());
                 std::thread::sleep(Duration::from_millis(5));
             }
             Ok(response) => {
@@ -444,7 +366,7 @@ fn sigterm_finishes_the_streams_in_flight_and_exits_0() {
     // The stream goes on to its end.
     let mut all = vec![first];
     all.extend(events.iter());
-    let log = server.log();
+    let log = server.process.log();
     let datas: Vec<&str> = all.iter().map(|(_, data)| data.as_str()).collect();
     assert_eq!(datas.last(), Some(&"[DONE]"), "the stream's end; log:\n{log}");
     let chunks: Vec<Value> = datas[..datas.len() - 1].iter().map(|data| serde_json::from_str(data).unwrap()).collect();
@@ -459,8 +381,8 @@ fn sigterm_finishes_the_streams_in_flight_and_exits_0() {
     let after = all.iter().filter(|(at, _)| *at > draining).count();
     assert!(after > 10, "{after} of {} events came after draining began (the answer alone took {alone_time:?}); log:\n{log}", all.len());
 
-    let status = server.wait(Duration::from_secs(30));
-    assert_eq!(status.code(), Some(0), "the server's exit; log:\n{}", server.log());
+    let status = server.process.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "the server's exit; log:\n{}", server.process.log());
 }
 
 /// With one sequence decoding and one waiting, more requests at once are refused with 429
@@ -481,7 +403,7 @@ fn a_full_queue_answers_429() {
                 scope.spawn(move || {
                     let client = agent();
                     barrier.wait();
-                    post(&client, url, &request)
+                    post_json(&client, url, &request)
                 })
             })
             .collect();
@@ -505,7 +427,7 @@ fn a_full_queue_answers_429() {
         }
     }
     // The queue has room again.
-    let (status, answer) = post(&agent(), &url, &request(0));
+    let (status, answer) = post_json(&agent(), &url, &request(0));
     assert_eq!(status, 200, "{answer}");
     let metrics = settled_metrics(&agent(), &server);
     assert_eq!(metric(&metrics, "rlhf_serve_requests_total{endpoint=\"/v1/completions\",status=\"429\"}"), refused as f64, "{metrics}");
@@ -560,7 +482,7 @@ fn a_reward_model_scores_as_rlhf_score_does() {
     };
 
     let body = json!({"model": "judge", "items": items.iter().map(|(prompt, response)| json!({"prompt": prompt, "response": response})).collect::<Vec<_>>()});
-    let (status, answer) = post(&client, &score, &body);
+    let (status, answer) = post_json(&client, &score, &body);
     assert_eq!(status, 200, "{answer}");
     let rewards = answer["rewards"].as_array().unwrap();
     assert_eq!(rewards.len(), items.len(), "{answer}");
@@ -569,7 +491,7 @@ fn a_reward_model_scores_as_rlhf_score_does() {
     }
 
     let body = json!({"pairs": pairs.iter().map(|(prompt, chosen, rejected)| json!({"prompt": prompt, "chosen": chosen, "rejected": rejected})).collect::<Vec<_>>()});
-    let (status, answer) = post(&client, &score, &body);
+    let (status, answer) = post_json(&client, &score, &body);
     assert_eq!(status, 200, "{answer}");
     let (rewards, probabilities) = (answer["rewards"].as_array().unwrap(), answer["probabilities"].as_array().unwrap());
     assert_eq!((rewards.len(), probabilities.len()), (pairs.len(), pairs.len()), "{answer}");
@@ -587,10 +509,10 @@ fn a_reward_model_scores_as_rlhf_score_does() {
         ("/v1/completions", json!({"model": "judge", "prompt": "a"})),
         ("/v1/chat/completions", json!({"model": "judge", "messages": [{"role": "user", "content": "a"}]})),
     ] {
-        let (status, answer) = post(&client, &format!("{}{path}", server.url), &body);
+        let (status, answer) = post_json(&client, &format!("{}{path}", server.url), &body);
         assert_eq!(status, 404, "{path}: {answer}");
         assert_eq!(answer["error"]["type"], "invalid_request_error", "{path}: {answer}");
     }
-    let (status, answer) = post(&client, &score, &json!({"model": "rm", "items": [{"prompt": "a", "response": "b"}]}));
+    let (status, answer) = post_json(&client, &score, &json!({"model": "rm", "items": [{"prompt": "a", "response": "b"}]}));
     assert_eq!((status, &answer["error"]["code"]), (404, &json!("model_not_found")), "{answer}");
 }

@@ -6,99 +6,22 @@
 //! --test` installs it); no Docker.
 
 mod common;
+mod serve_support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use serve_support::{agent, get_text, post, Process};
 
 const NGINX: &str = "/usr/sbin/nginx";
 /// The model's directory name, hence the model id the replicas serve.
 const MODEL_ID: &str = "tiny";
 /// `rlhf serve --max-body-bytes`'s default; deploy/nginx.conf's `client_max_body_size 1m`.
 const MAX_BODY_BYTES: usize = 1_048_576;
-
-/// A child process killed when dropped, its stderr (and, once read, its stdout) kept for failure
-/// messages.
-struct Process {
-    name: String,
-    child: Child,
-    log: Arc<Mutex<String>>,
-    /// How to stop it: nginx's master gets SIGTERM so that it takes its worker with it.
-    stop_signal: libc::c_int,
-}
-
-impl Process {
-    fn spawn(name: &str, command: &mut Command, stop_signal: libc::c_int) -> Process {
-        // SAFETY: prctl is async-signal-safe; between fork and exec nothing else runs. The child
-        // gets `stop_signal` should this test process die without dropping it.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, stop_signal) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{name} does not start: {e}"));
-        let log = Arc::new(Mutex::new(String::new()));
-        drain_into(child.stderr.take().unwrap(), log.clone());
-        Process { name: name.to_string(), child, log, stop_signal }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Panics with the log when the process has exited.
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!("{} exited ({status}); its log:\n{}", self.name, self.log());
-        }
-    }
-
-    fn kill(&mut self, signal: libc::c_int) {
-        if self.child.try_wait().unwrap().is_none() {
-            // SAFETY: kill(2) on the pid of a child this process has not reaped yet.
-            unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill(self.stop_signal);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Reads `from` to its end on a thread of its own (a child never blocks on a full pipe).
-fn drain_into(from: impl Read + Send + 'static, log: Arc<Mutex<String>>) {
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(from);
-        let mut line = String::new();
-        while lines.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-            log.lock().unwrap().push_str(&line);
-            line.clear();
-        }
-    });
-}
 
 /// An `rlhf serve` process on 127.0.0.1 with a port the system picked.
 struct Replica {
@@ -116,25 +39,8 @@ impl Replica {
                 .env("RUST_LOG", "info"),
             libc::SIGKILL,
         );
-        // The one line on stdout, `listening on http://HOST:PORT`, read on a thread so that a
-        // server that never listens fails the test instead of hanging it.
-        let stdout = process.child.stdout.take().unwrap();
-        let log = process.log.clone();
-        let (sender, receiver) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut stdout = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = stdout.read_line(&mut line);
-            let _ = sender.send(line);
-            drain_into(stdout, log);
-        });
-        let line = receiver.recv_timeout(Duration::from_secs(120)).unwrap_or_default();
-        let Some(addr) = line.trim_end().strip_prefix("listening on http://") else {
-            process.kill(libc::SIGKILL);
-            let _ = process.child.wait();
-            panic!("{name}: no `listening on http://…` line on stdout (got {line:?}); stderr:\n{}", process.log());
-        };
-        Replica { addr: addr.to_string(), process }
+        let addr = process.listening_address(Duration::from_secs(120));
+        Replica { addr, process }
     }
 
     fn url(&self) -> String {
@@ -225,19 +131,6 @@ fn render_site(deploy: &str, replicas: [&str; 2], port: u16) -> String {
     site
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::new_with_config(
-        ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(60))).build(),
-    )
-}
-
-/// Status and body of a POST of `body` (JSON text) to `url`.
-fn post(agent: &ureq::Agent, url: &str, body: &str) -> (u16, String) {
-    let mut response = agent.post(url).header("Content-Type", "application/json").send(body).unwrap_or_else(|e| panic!("POST {url}: {e}"));
-    let status = response.status().as_u16();
-    (status, response.body_mut().with_config().limit(16 << 20).read_to_string().unwrap())
-}
-
 fn completion_request(i: usize) -> String {
     json!({"model": MODEL_ID, "prompt": format!("review {i}: the battery is"), "max_tokens": 6, "temperature": 0}).to_string()
 }
@@ -256,9 +149,8 @@ fn assert_completion(status: u16, body: &str, what: &str) {
 /// (0 before the first such request).
 fn completions_served(agent: &ureq::Agent, replica: &Replica) -> u64 {
     let url = format!("{}/metrics", replica.url());
-    let mut response = agent.get(&url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    assert_eq!(response.status().as_u16(), 200);
-    let text = response.body_mut().read_to_string().unwrap();
+    let (status, text) = get_text(agent, &url);
+    assert_eq!(status, 200);
     let mut total = 0.0;
     for line in text.lines().filter(|line| line.starts_with("rlhf_serve_requests_total{")) {
         let (labels, value) = line["rlhf_serve_requests_total{".len()..].rsplit_once('}').unwrap();
@@ -355,13 +247,13 @@ fn nginx_spreads_requests_over_two_replicas_and_routes_around_a_killed_one() {
     assert_eq!(error["error"]["type"], "invalid_request_error", "{body}");
 
     // /metrics is per replica, not load-balanced.
-    let mut response = agent.get(format!("{base}/metrics")).call().unwrap();
-    assert_eq!(response.status().as_u16(), 404, "{}", response.body_mut().read_to_string().unwrap());
+    let (status, body) = get_text(&agent, &format!("{base}/metrics"));
+    assert_eq!(status, 404, "{body}");
 
     // SIGKILL one replica: nginx sends the next requests to the other, none fails.
     let before = completions_served(&agent, &a);
-    b.process.kill(libc::SIGKILL);
-    b.process.child.wait().unwrap();
+    b.process.signal(libc::SIGKILL);
+    b.process.wait(Duration::from_secs(10));
     for i in 0..10 {
         let (status, body) = post(&agent, &completions, &completion_request(100 + i));
         assert_completion(status, &body, &format!("request {i} after replica b was killed"));
@@ -369,8 +261,8 @@ fn nginx_spreads_requests_over_two_replicas_and_routes_around_a_killed_one() {
     assert_eq!(completions_served(&agent, &a), before + 10);
 
     // With no replica left, nginx's own 502 has an OpenAI-style body too.
-    a.process.kill(libc::SIGKILL);
-    a.process.child.wait().unwrap();
+    a.process.signal(libc::SIGKILL);
+    a.process.wait(Duration::from_secs(10));
     let (status, body) = post(&agent, &completions, &completion_request(200));
     assert_eq!(status, 502, "{body}");
     let error: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("502 not JSON ({e}): {body}"));

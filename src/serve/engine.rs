@@ -20,7 +20,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::metrics::Metrics;
 use crate::model::attention::CacheRows;
-use crate::model::generate::keep_top_p;
+use crate::model::generate::{keep_top_p, left_pad};
 use crate::model::{KvCache, LanguageModel};
 
 /// How a request's next token is chosen.
@@ -220,32 +220,41 @@ impl Scheduler<'_> {
             self.waiting.fetch_sub(admitted.len(), Ordering::SeqCst);
             self.metrics.queue_length.store(self.waiting.load(Ordering::SeqCst), Ordering::Relaxed);
 
-            let mut joining = Vec::new();
-            for job in admitted {
-                self.metrics.prompt_tokens.fetch_add(job.prompt.len() as u64, Ordering::Relaxed);
-                if let Some(prefilled) = self.prefill(job, &stop_ids) {
-                    joining.push(prefilled);
-                }
-            }
-            let survivors = batch.take().and_then(|running| self.decode(running, &stop_ids));
-            batch = regroup(survivors, joining);
+            let running = batch.take();
+            // A failing libtorch call panics: the requests of this step fail (their channels
+            // close, answered 500) and the engine goes on with the next ones.
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let joining = (!admitted.is_empty()).then(|| self.prefill(admitted, &stop_ids)).flatten();
+                let survivors = running.and_then(|running| self.decode(running, &stop_ids));
+                regroup(survivors.into_iter().chain(joining).collect())
+            }));
+            batch = step.unwrap_or_else(|_| {
+                tracing::error!("a decoding step failed: its requests are dropped");
+                None
+            });
             self.metrics.running.store(batch.as_ref().map_or(0, |batch| batch.rows.len()), Ordering::Relaxed);
         }
     }
 
-    /// Runs a new job's prompt alone and chooses its first token; `None` when the job ended
-    /// with it.
-    fn prefill(&self, job: Job, stop_ids: &[i64]) -> Option<Batch> {
+    /// Runs the new jobs' prompts together (left-padded; alone, a prompt is computed as
+    /// `rlhf generate` computes it) and chooses their first tokens; returns the batch of those
+    /// that go on, as [`Scheduler::decode`] does.
+    fn prefill(&self, jobs: Vec<Job>, stop_ids: &[i64]) -> Option<(Batch, Vec<i64>)> {
         let model = self.model.transformer.as_ref();
-        let _threads = crate::model::threads::for_generation(model.device(), 1, model.config().hidden_size());
-        let length = job.prompt.len() as i64;
-        let ids = Tensor::from_slice(&job.prompt).view([1, length]).to_device(model.device());
-        let mut cache = model.new_cache(1, length);
-        let hidden = model.forward(&ids, None, Some(&mut cache), false);
+        let rows = jobs.len() as i64;
+        let tokens: usize = jobs.iter().map(|job| job.prompt.len()).sum();
+        self.metrics.prompt_tokens.fetch_add(tokens as u64, Ordering::Relaxed);
+        let _threads = crate::model::threads::for_generation(model.device(), rows, model.config().hidden_size());
+        let prompts: Vec<Vec<i64>> = jobs.iter().map(|job| job.prompt.clone()).collect();
+        let (ids, mask) = left_pad(&prompts, self.model.tokenizer.eos_id(), model.device());
+        // Room for every token the rows may generate: they decode in this cache until the batch
+        // regroups.
+        let room = jobs.iter().map(|job| job.max_tokens).max().unwrap_or(0) as i64;
+        let mut cache = model.new_cache(rows, ids.size()[1] + room);
+        let hidden = model.forward(&ids, Some(&mask), Some(&mut cache), false);
         let logits = model.logits(&hidden.select(1, -1)).to_kind(Kind::Float);
-        let step = self.advance(&logits, vec![Row { job, generated: 0 }], stop_ids);
-        let mask = Tensor::ones([1, length], (Kind::Int64, model.device()));
-        (!step.rows.is_empty()).then_some(Batch { cache, mask, next: step.next, rows: step.rows })
+        let step = self.advance(&logits, jobs.into_iter().map(|job| Row { job, generated: 0 }).collect(), stop_ids);
+        (!step.rows.is_empty()).then_some((Batch { cache, mask, next: step.next, rows: step.rows }, step.kept))
     }
 
     /// One decoding step of the running rows; returns the batch with the places (before the
@@ -347,25 +356,26 @@ fn choose(logits: &Tensor, rows: &mut [Row]) -> Vec<Token> {
         .collect()
 }
 
-/// One batch of the rows that go on (`(batch, its kept rows' places before the step)`) and the
-/// rows that join; `None` when none is left. Columns that are padding in every row are dropped.
-fn regroup(survivors: Option<(Batch, Vec<i64>)>, joining: Vec<Batch>) -> Option<Batch> {
-    if joining.is_empty() && survivors.as_ref().is_none_or(|(batch, kept)| kept.len() as i64 == batch.mask.size()[0]) {
-        // No row came or went: the batch goes on as it is.
-        return survivors.map(|(batch, _)| batch);
+/// One batch of the rows that go on in each of `batches` (`(batch, its kept rows' places
+/// before the step)`: the running batch, the new rows); `None` when none is left. Columns that
+/// are padding in every row are dropped.
+fn regroup(mut batches: Vec<(Batch, Vec<i64>)>) -> Option<Batch> {
+    if let [(batch, kept)] = batches.as_slice() {
+        if kept.len() as i64 == batch.mask.size()[0] {
+            // No row came or went: the batch goes on as it is.
+            return batches.pop().map(|(batch, _)| batch);
+        }
     }
-    let mut parts: Vec<(Batch, Tensor)> = Vec::new();
-    if let Some((batch, kept)) = survivors {
-        let rows = Tensor::from_slice(&kept).to_device(batch.mask.device());
-        parts.push((batch, rows));
-    }
-    for batch in joining {
-        let rows = Tensor::zeros([1], (Kind::Int64, batch.mask.device()));
-        parts.push((batch, rows));
-    }
-    if parts.is_empty() {
+    if batches.is_empty() {
         return None;
     }
+    let parts: Vec<(Batch, Tensor)> = batches
+        .into_iter()
+        .map(|(batch, kept)| {
+            let rows = Tensor::from_slice(&kept).to_device(batch.mask.device());
+            (batch, rows)
+        })
+        .collect();
     let masks: Vec<Tensor> = parts.iter().map(|(batch, rows)| batch.mask.index_select(0, rows)).collect();
     // The first column any kept row uses: the ones before it hold nothing any row needs.
     let starts: Vec<i64> = masks.iter().map(|mask| mask.any_dim(0, false).to_kind(Kind::Int64).argmax(0, false).int64_value(&[])).collect();
