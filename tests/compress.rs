@@ -15,11 +15,11 @@ fn weights(dir: &Path) -> HashMap<String, Tensor> {
     Tensor::read_safetensors(dir.join("model.safetensors")).unwrap().into_iter().collect()
 }
 
-fn compress(model: &Path, out: &Path, prune: &str) -> (bool, String) {
-    let (ok, _, stderr) = common::rlhf(
-        &["compress", "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap(), "--prune", prune],
-        model.parent().unwrap(),
-    );
+/// `rlhf compress --model MODEL --out OUT OPTIONS…`: whether it succeeded, and its stderr.
+fn compress(model: &Path, out: &Path, options: &[&str]) -> (bool, String) {
+    let mut args = vec!["compress", "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    args.extend(options);
+    let (ok, _, stderr) = common::rlhf(&args, model.parent().unwrap());
     (ok, stderr)
 }
 
@@ -40,8 +40,8 @@ fn pruning_zeroes_the_asked_share_of_each_linear_layer_smallest_first() {
         common::tiny_tokenizer(320).save(&model).unwrap();
         // Pruning nothing: the model as we save it (our tensor names), the reference below.
         let (original, pruned) = (dir.path().join("original"), dir.path().join("pruned"));
-        assert!(compress(&model, &original, "0").0);
-        let (ok, stderr) = compress(&model, &pruned, "0.3");
+        assert!(compress(&model, &original, &["--prune", "0"]).0);
+        let (ok, stderr) = compress(&model, &pruned, &["--prune", "0.3"]);
         assert!(ok, "{stderr}");
         let (before, after) = (weights(&original), weights(&pruned));
         assert_eq!(before.len(), after.len());
@@ -79,9 +79,9 @@ fn pruning_zeroes_the_asked_share_of_each_linear_layer_smallest_first() {
 fn bad_compress_arguments_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing");
-    let (ok, stderr) = compress(&missing, &dir.path().join("out"), "1.0");
+    let (ok, stderr) = compress(&missing, &dir.path().join("out"), &["--prune", "1.0"]);
     assert!(!ok && stderr.contains("--prune: a fraction of each layer's weights in [0, 1), got 1"), "{stderr}");
-    let (ok, stderr) = compress(&missing, &dir.path().join("out"), "0.5");
+    let (ok, stderr) = compress(&missing, &dir.path().join("out"), &["--prune", "0.5"]);
     assert!(!ok && stderr.contains("missing") && stderr.contains("config.json"), "{stderr}");
 }
 
@@ -122,13 +122,6 @@ fn dequantized_logits(model: &Path, quantized: &Path, rows: &[Vec<i64>]) -> Tens
     float.transformer.forward_logits(&ids, Some(&mask), false).masked_select(&mask.unsqueeze(-1).ne(0))
 }
 
-fn quantize(model: &Path, out: &Path, bits: &str, extra: &[&str]) -> (bool, String) {
-    let mut args = vec!["compress", "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quantize", bits];
-    args.extend(extra);
-    let (ok, _, stderr) = common::rlhf(&args, model.parent().unwrap());
-    (ok, stderr)
-}
-
 #[test]
 fn quantized_checkpoints_compute_close_to_the_float_model_and_are_smaller() {
     let configs = [
@@ -156,7 +149,7 @@ fn quantized_checkpoints_compute_close_to_the_float_model_and_are_smaller() {
         // to rounding: the kernels compute what the stored weights say.
         for (bits, worst, mean) in [("int8", 0.10, 0.02), ("int4", f64::INFINITY, 0.25)] {
             let out = dir.path().join(bits);
-            let (ok, stderr) = quantize(&model, &out, bits, &[]);
+            let (ok, stderr) = compress(&model, &out, &["--quantize", bits]);
             assert!(ok, "{stderr}");
             let quantized = logits(&out, &rows);
             let error = (&quantized - &reference).abs() / spread;
@@ -179,12 +172,12 @@ fn quantized_checkpoints_compute_close_to_the_float_model_and_are_smaller() {
                 dir.path(),
             );
             assert!(!ok && stderr.contains("quantized weights run on the CPU in fp32"), "{stderr}");
-            let (ok, stderr) = quantize(&out, &dir.path().join("again"), "int8", &[]);
+            let (ok, stderr) = compress(&out, &dir.path().join("again"), &["--quantize", "int8"]);
             assert!(!ok && stderr.contains("already quantized"), "{stderr}");
         }
         // Pruned then quantized: zeros stay zeros in int8 (symmetric scales).
         let both = dir.path().join("both");
-        let (ok, stderr) = quantize(&model, &both, "int8", &["--prune", "0.5"]);
+        let (ok, stderr) = compress(&model, &both, &["--quantize", "int8", "--prune", "0.5"]);
         assert!(ok, "{stderr}");
         let stored: HashMap<String, Tensor> = weights(&both);
         let qweights: Vec<&Tensor> = stored.iter().filter(|(name, _)| name.ends_with(".qweight")).map(|(_, t)| t).collect();
@@ -204,6 +197,6 @@ fn int4_needs_groups_that_divide_the_inputs() {
                         "bos_token_id": 0, "eos_token_id": 0});
     common::hf_reference(&["make-model", &config.to_string(), model.to_str().unwrap(), "1"]);
     common::tiny_tokenizer(320).save(&model).unwrap();
-    let (ok, stderr) = quantize(&model, &dir.path().join("out"), "int4", &["--group-size", "32"]);
+    let (ok, stderr) = compress(&model, &dir.path().join("out"), &["--quantize", "int4", "--group-size", "32"]);
     assert!(!ok && stderr.contains("48 inputs do not split into groups of 32"), "{stderr}");
 }

@@ -312,7 +312,15 @@ fn is_derived_tensor(name: &str) -> bool {
 /// from the files one at a time, so that loading holds one tensor beside the model, not a second
 /// copy of it.
 pub fn load_weights(vs: &mut VarStore, dir: &Path, may_be_missing: &[&str]) -> Result<LoadReport, CheckpointError> {
-    let mut reader = WeightReader::open(dir)?;
+    load_weights_from(vs, &mut WeightReader::open(dir)?, may_be_missing)
+}
+
+/// [`load_weights`] from files already open (a quantized checkpoint reads more from them after).
+pub(crate) fn load_weights_from(
+    vs: &mut VarStore,
+    reader: &mut WeightReader,
+    may_be_missing: &[&str],
+) -> Result<LoadReport, CheckpointError> {
     let mut report = LoadReport::default();
     let _no_grad = tch::no_grad_guard();
     for (name, mut variable) in vs.variables() {
@@ -321,7 +329,7 @@ pub fn load_weights(vs: &mut VarStore, dir: &Path, may_be_missing: &[&str]) -> R
                 report.missing.push(name);
                 continue;
             }
-            return Err(CheckpointError::MissingTensor { path: reader.path, name });
+            return Err(CheckpointError::MissingTensor { path: reader.path.clone(), name });
         }
         let tensor = reader.read(&name, &variable.size())?;
         variable.copy_(&tensor.to_kind(variable.kind()).to_device(variable.device()));

@@ -90,9 +90,9 @@ impl LanguageModel {
             None => Vec::new(),
         };
         let may_be_missing: Vec<&str> = projection_weights.iter().map(String::as_str).collect();
-        let report = checkpoint::load_weights(&mut model.vs, dir, &may_be_missing)?;
+        let mut reader = checkpoint::WeightReader::open(dir)?;
+        let report = checkpoint::load_weights_from(&mut model.vs, &mut reader, &may_be_missing)?;
         if let Some(scheme) = quantization {
-            let mut reader = checkpoint::WeightReader::open(dir)?;
             quantize::attach(model.transformer.blocks(), &mut reader, scheme)?;
         } else if !report.unused.is_empty() {
             tracing::debug!(unused = ?report.unused, "checkpoint tensors not used by a language model");
